@@ -1,0 +1,144 @@
+"""Accounts, their limits per metric and the recipients of their notifications."""
+
+from __future__ import annotations
+
+import uuid
+import zoneinfo
+from functools import cache
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models.functions import Lower
+from django.utils.translation import gettext_lazy as _
+from simple_history.models import HistoricalRecords
+
+from .metrics import Metric
+
+
+@cache
+def _known_time_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def validate_timezone(value: str) -> None:
+    """Accept IANA time zone names only (``Europe/Paris``, ``UTC``)."""
+    if value not in _known_time_zones():
+        raise ValidationError(
+            _("“%(value)s” is not a known IANA time zone."), code="invalid", params={"value": value}
+        )
+
+
+class Plan(models.TextChoices):
+    FREE = "free", _("Free")
+    PRO = "pro", _("Pro")
+    ENTERPRISE = "enterprise", _("Enterprise")
+
+
+class Language(models.TextChoices):
+    EN = "en", _("English")
+    FR = "fr", _("French")
+
+
+class Level(models.TextChoices):
+    """The two levels of a limit, and of the notifications they send."""
+
+    WARNING = "warning", _("Warning")
+    BLOCKED = "blocked", _("Blocked")
+
+
+class Account(models.Model):
+    """A customer account, as synced from the CRM; only Enterprise accounts take limits."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    external_id = models.CharField(_("external id"), max_length=128, unique=True)
+    name = models.CharField(_("name"), max_length=200)
+    plan = models.CharField(_("plan"), max_length=32, choices=Plan.choices, default=Plan.ENTERPRISE)
+    language = models.CharField(
+        _("language"), max_length=2, choices=Language.choices, default=Language.EN
+    )
+    timezone = models.CharField(
+        _("time zone"),
+        max_length=64,
+        default="UTC",
+        validators=[validate_timezone],
+        help_text=_("IANA name, e.g. Europe/Paris. Periods are calendar months in this zone."),
+    )
+    is_active = models.BooleanField(_("active"), default=True)
+    limits_updated_at = models.DateTimeField(_("limits updated at"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        verbose_name = _("account")
+        verbose_name_plural = _("accounts")
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.external_id})"
+
+    @property
+    def is_enterprise(self) -> bool:
+        return self.plan == Plan.ENTERPRISE
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+
+class Limit(models.Model):
+    """The thresholds of one metric for one account; ``None`` means no threshold (unlimited)."""
+
+    account = models.ForeignKey(
+        Account, on_delete=models.CASCADE, related_name="limits", verbose_name=_("account")
+    )
+    metric = models.CharField(_("metric"), max_length=64, choices=Metric.choices)
+    warning = models.PositiveBigIntegerField(_("warning threshold"), null=True, blank=True)
+    blocked = models.PositiveBigIntegerField(_("blocked threshold"), null=True, blank=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        verbose_name = _("limit")
+        verbose_name_plural = _("limits")
+        ordering = ["account", "metric"]
+        constraints = [
+            models.UniqueConstraint(fields=["account", "metric"], name="limit_one_per_metric"),
+            models.CheckConstraint(
+                condition=models.Q(warning__isnull=True)
+                | models.Q(blocked__isnull=True)
+                | models.Q(warning__lt=models.F("blocked")),
+                name="limit_warning_below_blocked",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.metric}: warning={self.warning} blocked={self.blocked}"
+
+
+class Recipient(models.Model):
+    """An address notified when a threshold of the given level is reached."""
+
+    account = models.ForeignKey(
+        Account, on_delete=models.CASCADE, related_name="recipients", verbose_name=_("account")
+    )
+    level = models.CharField(_("level"), max_length=16, choices=Level.choices)
+    email = models.EmailField(_("e-mail address"))
+    language = models.CharField(_("language"), max_length=2, choices=Language.choices)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        verbose_name = _("recipient")
+        verbose_name_plural = _("recipients")
+        ordering = ["account", "level", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                "account", "level", Lower("email"), name="recipient_one_address_per_level"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.email} ({self.level}, {self.language})"

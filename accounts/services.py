@@ -1,0 +1,369 @@
+"""Writes to accounts, limits and recipients.
+
+The rules of limits and recipients (SPEC section 3) live here and only here: the admin
+form, the API and the ``set_limits`` command hand the same JSON-like document to
+``limits_replace`` or ``limits_patch`` and show the errors it raises, so the three can
+never disagree on what is allowed or on how a refusal is worded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import transaction
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from .metrics import METRICS
+from .models import Account, Language, Level, Limit, Plan, Recipient, validate_timezone
+from .selectors import LimitsDocument, RecipientSpec, Thresholds, limits_document_get
+
+MAX_THRESHOLD = 10**15
+MAX_RECIPIENTS_PER_LEVEL = 50
+# Keys a client may send back unchanged after a GET; they are read-only and ignored.
+READ_ONLY_KEYS = frozenset({"account", "updated_at"})
+
+MSG_WARNING_NEEDS_RECIPIENT = _(
+    "At least one warning recipient is required when a warning threshold is set."
+)
+MSG_WARNING_NOT_BELOW_BLOCKED = _("The warning threshold must be lower than the blocked threshold.")
+MSG_NOT_ENTERPRISE = _("Limits can only be defined for an Enterprise account.")
+
+Errors = dict[Any, Any]
+
+
+class LimitsInvalid(Exception):
+    """A limits document breaks a rule; ``errors`` is keyed by field path, DRF style."""
+
+    def __init__(self, errors: Errors) -> None:
+        super().__init__(errors)
+        self.errors = errors
+
+    def messages(self) -> list[tuple[str, str]]:
+        """Every error as ``(dotted.path, message)``, in document order."""
+        found: list[tuple[str, str]] = []
+
+        def walk(node: Any, path: tuple[str, ...]) -> None:
+            if isinstance(node, dict):
+                for key, child in node.items():
+                    walk(child, (*path, str(key)))
+            else:
+                found.extend((".".join(path), str(message)) for message in node)
+
+        walk(self.errors, ())
+        return found
+
+
+class AccountNotEnterprise(Exception):
+    """Limits were given for an account whose plan is not Enterprise (SPEC section 3, rule 6)."""
+
+    code = "not_enterprise"
+
+    def __init__(self) -> None:
+        super().__init__(str(MSG_NOT_ENTERPRISE))
+        self.message = MSG_NOT_ENTERPRISE
+
+
+@dataclass
+class _ErrorCollector:
+    errors: Errors
+
+    def add(self, path: tuple[Any, ...], message: Any) -> None:
+        node = self.errors
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node.setdefault(path[-1], []).append(message)
+
+
+def _parse_threshold(value: Any) -> tuple[int | None, Any]:
+    """Return ``(threshold, error message or None)``."""
+    if value is None:
+        return None, None
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None, _("A valid integer is required.")
+    if value < 0:
+        return None, _("Ensure this value is greater than or equal to 0.")
+    if value > MAX_THRESHOLD:
+        return None, _("Ensure this value is less than or equal to %(limit)s.") % {
+            "limit": MAX_THRESHOLD
+        }
+    return value, None
+
+
+def _parse_limits(data: Any, collect: _ErrorCollector) -> dict[str, Thresholds]:
+    parsed = {code: Thresholds() for code in METRICS}
+    if data is None:
+        return parsed
+    if not isinstance(data, Mapping):
+        collect.add(("limits",), _("Expected an object keyed by metric code."))
+        return parsed
+    for metric, thresholds in data.items():
+        if metric not in METRICS:
+            collect.add(
+                ("limits", metric),
+                _("Unknown metric. Expected one of: %(metrics)s.")
+                % {"metrics": ", ".join(METRICS)},
+            )
+            continue
+        if thresholds is None:
+            continue
+        if not isinstance(thresholds, Mapping):
+            collect.add(("limits", metric), _("Expected an object with “warning” and “blocked”."))
+            continue
+        for key in thresholds:
+            if key not in Level.values:
+                collect.add(("limits", metric, key), _("Unknown field."))
+        warning, warning_error = _parse_threshold(thresholds.get(Level.WARNING))
+        blocked, blocked_error = _parse_threshold(thresholds.get(Level.BLOCKED))
+        if warning_error:
+            collect.add(("limits", metric, Level.WARNING.value), warning_error)
+        if blocked_error:
+            collect.add(("limits", metric, Level.BLOCKED.value), blocked_error)
+        if warning is not None and blocked is not None and warning >= blocked:
+            collect.add(("limits", metric, Level.WARNING.value), MSG_WARNING_NOT_BELOW_BLOCKED)
+        parsed[metric] = Thresholds(warning=warning, blocked=blocked)
+    return parsed
+
+
+def _parse_recipient(
+    item: Any, default_language: str, path: tuple[Any, ...], collect: _ErrorCollector
+) -> RecipientSpec | None:
+    if not isinstance(item, Mapping):
+        collect.add(
+            (*path, "non_field_errors"),
+            _("Expected an object with “email” and “language”."),
+        )
+        return None
+    ok = True
+    for key in item:
+        if key not in ("email", "language"):
+            collect.add((*path, key), _("Unknown field."))
+            ok = False
+    email = item.get("email")
+    if email is None or email == "":
+        collect.add((*path, "email"), _("This field is required."))
+        ok = False
+    else:
+        try:
+            if not isinstance(email, str):
+                raise ValidationError("not a string")
+            validate_email(email)
+        except ValidationError:
+            collect.add((*path, "email"), _("Enter a valid email address."))
+            ok = False
+    language = item.get("language") or default_language
+    if language not in Language.values:
+        collect.add(
+            (*path, "language"),
+            _("“%(value)s” is not a valid choice. Expected one of: %(choices)s.")
+            % {"value": language, "choices": ", ".join(Language.values)},
+        )
+        ok = False
+    return RecipientSpec(email=email.strip(), language=language) if ok else None
+
+
+def _parse_recipients(
+    data: Any, default_language: str, collect: _ErrorCollector
+) -> dict[str, tuple[RecipientSpec, ...]]:
+    parsed: dict[str, tuple[RecipientSpec, ...]] = {level: () for level in Level.values}
+    if data is None:
+        return parsed
+    if not isinstance(data, Mapping):
+        collect.add(("recipients",), _("Expected an object with “warning” and “blocked” lists."))
+        return parsed
+    for level, items in data.items():
+        if level not in Level.values:
+            collect.add(
+                ("recipients", level),
+                _("Unknown level. Expected one of: %(levels)s.")
+                % {"levels": ", ".join(Level.values)},
+            )
+            continue
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            collect.add(("recipients", level), _("Expected a list of recipients."))
+            continue
+        if len(items) > MAX_RECIPIENTS_PER_LEVEL:
+            collect.add(
+                ("recipients", level),
+                _("Ensure this list has at most %(limit)s recipients.")
+                % {"limit": MAX_RECIPIENTS_PER_LEVEL},
+            )
+            continue
+        seen: set[str] = set()
+        specs: list[RecipientSpec] = []
+        for index, item in enumerate(items):
+            spec = _parse_recipient(item, default_language, ("recipients", level, index), collect)
+            if spec is None:
+                continue
+            if spec.email.lower() in seen:
+                collect.add(
+                    ("recipients", level, index, "email"),
+                    _("This address is already in the list."),
+                )
+                continue
+            seen.add(spec.email.lower())
+            specs.append(spec)
+        parsed[level] = tuple(specs)
+    return parsed
+
+
+def limits_document_validate(*, account: Account, data: Any) -> LimitsDocument:
+    """Check a whole limits document against SPEC section 3, rules 1 to 6.
+
+    ``data`` is JSON-like: ``{"limits": {metric: {"warning", "blocked"}}, "recipients":
+    {"warning": [{"email", "language"}], "blocked": [...]}}``; metrics and lists left out
+    are unlimited and empty. Raises ``LimitsInvalid`` or ``AccountNotEnterprise``.
+    """
+    collect = _ErrorCollector(errors={})
+    if not isinstance(data, Mapping):
+        collect.add(("non_field_errors",), _("Expected an object with “limits” and “recipients”."))
+        raise LimitsInvalid(collect.errors)
+    for key in data:
+        if key not in ("limits", "recipients") and key not in READ_ONLY_KEYS:
+            collect.add((key,), _("Unknown field."))
+    limits = _parse_limits(data.get("limits"), collect)
+    recipients = _parse_recipients(data.get("recipients"), account.language, collect)
+    has_warning = any(t.warning is not None for t in limits.values())
+    warning_list_broken = Level.WARNING.value in collect.errors.get("recipients", {})
+    if has_warning and not recipients[Level.WARNING] and not warning_list_broken:
+        collect.add(("recipients", Level.WARNING.value), MSG_WARNING_NEEDS_RECIPIENT)
+    if collect.errors:
+        raise LimitsInvalid(collect.errors)
+    document = LimitsDocument(limits=limits, recipients=recipients)
+    if not account.is_enterprise and not document.is_empty:
+        raise AccountNotEnterprise()
+    return document
+
+
+def limits_document_merge(*, current: LimitsDocument, patch: Any) -> Any:
+    """Apply a JSON merge patch (RFC 7396) on ``limits``; a recipient list given replaces it.
+
+    Returns the merged JSON-like document, still to be validated.
+    """
+    if not isinstance(patch, Mapping):
+        return patch
+    merged = current.as_data()
+    for key, value in patch.items():
+        if key == "limits" and isinstance(value, Mapping):
+            for metric, thresholds in value.items():
+                if isinstance(thresholds, Mapping) and isinstance(
+                    merged["limits"].get(metric), dict
+                ):
+                    merged["limits"][metric] = {**merged["limits"][metric], **thresholds}
+                else:
+                    merged["limits"][metric] = thresholds
+        elif key == "recipients" and isinstance(value, Mapping):
+            merged["recipients"] = {**merged["recipients"], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _limits_write(
+    *, account: Account, document: LimitsDocument, actor: AbstractBaseUser | None, reason: str
+) -> bool:
+    """Store ``document`` as the account's limits; returns whether anything changed."""
+    changed = False
+    existing_limits = {row.metric: row for row in account.limits.all()}
+    for metric, thresholds in document.limits.items():
+        row = existing_limits.get(metric)
+        if row is None:
+            if thresholds.is_unlimited:
+                continue
+            row = Limit(account=account, metric=metric)
+        elif (row.warning, row.blocked) == (thresholds.warning, thresholds.blocked):
+            continue
+        row.warning, row.blocked = thresholds.warning, thresholds.blocked
+        row._history_user = actor
+        row._change_reason = reason
+        row.save()
+        changed = True
+
+    existing_recipients = {(r.level, r.email.lower()): r for r in account.recipients.all()}
+    wanted = {
+        (level, spec.email.lower()): spec
+        for level, specs in document.recipients.items()
+        for spec in specs
+    }
+    # Deletions first, so that re-adding an address under another case never collides.
+    for key, row in existing_recipients.items():
+        if key not in wanted:
+            row._history_user = actor
+            row._change_reason = reason
+            row.delete()
+            changed = True
+    for (level, folded), spec in wanted.items():
+        row = existing_recipients.get((level, folded))
+        if row is None:
+            row = Recipient(account=account, level=level)
+        elif (row.email, row.language) == (spec.email, spec.language):
+            continue
+        row.email, row.language = spec.email, spec.language
+        row._history_user = actor
+        row._change_reason = reason
+        row.save()
+        changed = True
+    return changed
+
+
+def limits_replace(
+    *, account: Account, data: Any, actor: AbstractBaseUser | None = None, reason: str = ""
+) -> LimitsDocument:
+    """Replace the whole limits document (``PUT``): metrics and lists left out are cleared.
+
+    Refused whole (nothing written) with ``LimitsInvalid`` or ``AccountNotEnterprise``.
+    """
+    with transaction.atomic():
+        # One writer at a time per account, so two concurrent changes cannot interleave.
+        account = Account.objects.select_for_update().get(pk=account.pk)
+        document = limits_document_validate(account=account, data=data)
+        if _limits_write(account=account, document=document, actor=actor, reason=reason):
+            Account.objects.filter(pk=account.pk).update(limits_updated_at=timezone.now())
+    return limits_document_get(account=account)
+
+
+def limits_patch(
+    *, account: Account, data: Any, actor: AbstractBaseUser | None = None, reason: str = ""
+) -> LimitsDocument:
+    """Change only what ``data`` names (``PATCH``): a merge patch on limits, lists replaced."""
+    with transaction.atomic():
+        account = Account.objects.select_for_update().get(pk=account.pk)
+        merged = limits_document_merge(current=limits_document_get(account=account), patch=data)
+        return limits_replace(account=account, data=merged, actor=actor, reason=reason)
+
+
+def account_upsert(
+    *,
+    external_id: str,
+    name: str,
+    plan: str | None = None,
+    language: str | None = None,
+    timezone_name: str | None = None,
+) -> tuple[Account, bool]:
+    """Create or update an account by its external id, as a CRM sync would.
+
+    Returns ``(account, created)``; raises ``ValidationError`` on a bad value.
+    """
+    with transaction.atomic():
+        account = Account.objects.select_for_update().filter(external_id=external_id).first()
+        created = account is None
+        if created:
+            account = Account(external_id=external_id, plan=Plan.ENTERPRISE)
+        account.name = name
+        if plan is not None:
+            account.plan = plan
+        if language is not None:
+            account.language = language
+        if timezone_name is not None:
+            validate_timezone(timezone_name)
+            account.timezone = timezone_name
+        account.full_clean(validate_unique=False)
+        account.save()
+    return account, created

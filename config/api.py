@@ -1,0 +1,51 @@
+"""Pieces shared by every API view: error handling and permission checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.utils.translation import gettext_lazy as _
+from rest_framework import exceptions, status
+from rest_framework.permissions import BasePermission
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from accounts.services import AccountNotEnterprise, LimitsInvalid
+
+
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = _("The request conflicts with the state of the resource.")
+    default_code = "conflict"
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's handler, plus the domain exceptions of the services mapped to 400 and 409."""
+    if isinstance(exc, LimitsInvalid):
+        exc = exceptions.ValidationError(exc.errors)
+    elif isinstance(exc, AccountNotEnterprise):
+        return Response(
+            {"detail": str(exc.message), "code": exc.code}, status=status.HTTP_409_CONFLICT
+        )
+    elif isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(
+            exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        )
+    return drf_exception_handler(exc, context)
+
+
+class ModelPermissions(BasePermission):
+    """Grants access when the user holds every permission the view lists for the method.
+
+    Views set ``required_permissions = {"GET": ["app.codename"], ...}``; a method left out
+    is refused.
+    """
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        user = request.user
+        if not (user and user.is_authenticated):
+            return False
+        method = "GET" if request.method in ("HEAD", "OPTIONS") else request.method
+        needed = getattr(view, "required_permissions", {}).get(method)
+        return needed is not None and user.has_perms(needed)
