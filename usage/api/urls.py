@@ -1,0 +1,11 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("usage/events/", views.UsageEventsView.as_view(), name="usage-events"),
+    path("accounts/<str:pk>/usage/", views.AccountUsageView.as_view(), name="account-usage"),
+    path(
+        "accounts/<str:pk>/usage/check/", views.UsageCheckView.as_view(), name="account-usage-check"
+    ),
+]

@@ -1,0 +1,189 @@
+"""Usage API: record events, read usage, pre-flight check (SPEC section 5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils.translation import gettext_lazy as _
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.exceptions import ValidationError
+from rest_framework.generics import get_object_or_404
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.metrics import METRICS
+from accounts.models import Account
+from config.api import ModelPermissions
+from usage.ingest import EventsInvalid, parse_metric, parse_quantity
+from usage.periods import period_from_code
+from usage.selectors import MetricUsage, account_usage, current_period, number
+from usage.services import usage_events_record
+
+from .parsers import ExactJSONParser
+from .serializers import (
+    AccountUsageSerializer,
+    CheckRequestSerializer,
+    CheckResultSerializer,
+    ErrorSerializer,
+    EventBatchSerializer,
+    EventSerializer,
+    IngestResultSerializer,
+    ValidationErrorSerializer,
+)
+
+ERRORS = {
+    400: ValidationErrorSerializer,
+    401: ErrorSerializer,
+    403: ErrorSerializer,
+}
+
+
+def _status_entry(usage: MetricUsage) -> dict[str, Any]:
+    return {
+        "account": usage.account_id,
+        "metric": usage.metric,
+        "used": number(usage.used_milli, usage.metric),
+        "status": usage.status,
+        "remaining": number(usage.remaining_milli, usage.metric),
+        "is_within_budget": usage.is_within_budget,
+    }
+
+
+class UsageEventsView(APIView):
+    """Record one usage event or a batch of up to 1000, idempotently by ``event_id``."""
+
+    parser_classes = [ExactJSONParser]
+    permission_classes = [ModelPermissions]
+    required_permissions = {"POST": ["usage.add_usageevent"]}
+
+    @extend_schema(
+        operation_id="usage_events_create",
+        request=EventSerializer | EventBatchSerializer,
+        responses={
+            201: IngestResultSerializer,
+            200: IngestResultSerializer,
+            **ERRORS,
+            415: ErrorSerializer,
+        },
+        description='One event, or `{"events": [...]}` with up to 1000 events validated as '
+        "a whole (errors keyed by index, nothing recorded). 201 when anything was recorded, "
+        "200 when every event was a duplicate.",
+    )
+    def post(self, request: Request) -> Response:
+        try:
+            result = usage_events_record(payload=request.data)
+        except EventsInvalid as exc:
+            raise ValidationError(exc.errors) from exc
+        body = {
+            "accepted": result.accepted,
+            "duplicates": result.duplicates,
+            "usage": [_status_entry(usage) for usage in result.usage],
+        }
+        return Response(body, status=status.HTTP_201_CREATED if result.accepted else 200)
+
+
+class AccountScopedView(APIView):
+    permission_classes = [ModelPermissions]
+
+    def get_account(self, pk: str) -> Account:
+        return get_object_or_404(Account.objects.all(), pk=pk)
+
+
+class AccountUsageView(AccountScopedView):
+    """Current-period usage of every metric, or a past month with ``?period=YYYY-MM``."""
+
+    required_permissions = {"GET": ["usage.view_usagecounter"]}
+
+    @extend_schema(
+        operation_id="accounts_usage_retrieve",
+        parameters=[
+            OpenApiParameter(
+                "period", str, description="A month as YYYY-MM; the current period by default."
+            )
+        ],
+        responses={200: AccountUsageSerializer, **ERRORS, 404: ErrorSerializer},
+    )
+    def get(self, request: Request, pk: str) -> Response:
+        account = self.get_account(pk)
+        code = request.query_params.get("period")
+        if code is None:
+            period = current_period(account)
+        else:
+            try:
+                period = period_from_code(code, account.zone)
+            except ValueError:
+                raise ValidationError(
+                    {"period": [_("Expected a month as YYYY-MM, e.g. 2026-11.")]}
+                ) from None
+        metrics = account_usage(account=account, period=period)
+        return Response(
+            {
+                "account": account.pk,
+                "period": {
+                    "start": period.start.isoformat(),
+                    "end": period.end.isoformat(),
+                    "timezone": account.timezone,
+                },
+                "has_remaining_capacity": all(m.is_within_budget for m in metrics),
+                "metrics": [
+                    {
+                        "metric": m.metric,
+                        "unit": METRICS[m.metric].unit,
+                        "used": number(m.used_milli, m.metric),
+                        "warning_threshold": m.warning,
+                        "blocked_threshold": m.blocked,
+                        "extension": m.extension,
+                        "remaining": number(m.remaining_milli, m.metric),
+                        "status": m.status,
+                        "is_within_budget": m.is_within_budget,
+                    }
+                    for m in metrics
+                ],
+            }
+        )
+
+
+class UsageCheckView(AccountScopedView):
+    """Pre-flight: may this much more usage be processed now?"""
+
+    parser_classes = [ExactJSONParser]
+    required_permissions = {"POST": ["usage.check_usage"]}
+
+    @extend_schema(
+        operation_id="accounts_usage_check",
+        request=CheckRequestSerializer,
+        responses={
+            200: CheckResultSerializer,
+            **ERRORS,
+            404: ErrorSerializer,
+            415: ErrorSerializer,
+        },
+    )
+    def post(self, request: Request, pk: str) -> Response:
+        account = self.get_account(pk)
+        payload = request.data
+        if not isinstance(payload, dict):
+            raise ValidationError({"non_field_errors": [_("Expected an object.")]})
+        metric, error = parse_metric(payload.get("metric"))
+        if error:
+            raise ValidationError({"metric": [error]})
+        quantity = payload.get("quantity")
+        quantity_milli = 0
+        if quantity is not None:
+            quantity_milli, error = parse_quantity(
+                quantity, METRICS[metric].decimal_places, allow_zero=True
+            )
+            if error:
+                raise ValidationError({"quantity": [error]})
+        usage = next(u for u in account_usage(account=account) if u.metric == metric)
+        return Response(
+            {
+                "allowed": usage.allows(quantity_milli),
+                "metric": metric,
+                "used": number(usage.used_milli, metric),
+                "remaining": number(usage.remaining_milli, metric),
+                "status": usage.status,
+            }
+        )

@@ -1,0 +1,239 @@
+"""Parsing and checking of usage events, in plain Python.
+
+The batch path validates up to 1000 events per request; a DRF serializer per event would
+cost more than the database work (SPEC section 10), so the checks are written out here,
+once, with DRF-style messages keyed by field.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.utils.translation import gettext_lazy as _
+
+from accounts.metrics import METRICS
+
+MAX_BATCH = 1000
+MAX_QUANTITY = 10**12
+MAX_EVENT_ID_LENGTH = 128
+MAX_SOURCE_LENGTH = 64
+MAX_METADATA_BYTES = 8192
+MAX_FUTURE = timedelta(minutes=5)
+
+Errors = dict[Any, Any]
+
+
+class EventsInvalid(Exception):
+    """The request's events break a rule; ``errors`` is keyed by field (and index in a batch)."""
+
+    def __init__(self, errors: Errors) -> None:
+        super().__init__(errors)
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True)
+class EventIn:
+    """A checked event, ready to store."""
+
+    account_id: uuid.UUID
+    event_id: str
+    metric: str
+    quantity_milli: int
+    occurred_at: datetime
+    source: str
+    metadata: str  # JSON text
+
+
+def _required() -> Any:
+    return _("This field is required.")
+
+
+def parse_quantity(raw: Any, decimal_places: int, *, allow_zero: bool = False) -> tuple[int, Any]:
+    """``raw`` as exact thousandths of the unit: ``(milli, None)`` or ``(0, message)``.
+
+    Checks the value, not its spelling: ``1530.0`` tokens is 1530, ``1.2500`` seconds has
+    two decimals. Never rounds.
+    """
+    if isinstance(raw, bool) or not isinstance(raw, int | Decimal | float | str):
+        return 0, _("A valid number is required.")
+    try:
+        value = Decimal(str(raw)) if isinstance(raw, float | str) else Decimal(raw)
+    except ArithmeticError:
+        return 0, _("A valid number is required.")
+    if not value.is_finite():
+        return 0, _("A valid number is required.")
+    if value < 0 or (value == 0 and not allow_zero):
+        if allow_zero:
+            return 0, _("Ensure this value is greater than or equal to 0.")
+        return 0, _("Ensure this value is greater than 0.")
+    if value > MAX_QUANTITY:
+        return 0, _("Ensure this value is less than or equal to %(limit)s.") % {
+            "limit": MAX_QUANTITY
+        }
+    _sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite, checked above
+    while exponent < 0 and digits and digits[-1] == 0:
+        digits, exponent = digits[:-1], exponent + 1
+    if -exponent > decimal_places:
+        if decimal_places == 0:
+            return 0, _("Ensure this value is a whole number: this metric takes no decimals.")
+        return 0, _("Ensure that there are no more than %(places)s decimal places.") % {
+            "places": decimal_places
+        }
+    mantissa = int("".join(map(str, digits)) or "0")
+    return mantissa * 10 ** (exponent + 3), None
+
+
+def parse_metric(raw: Any) -> tuple[str, Any]:
+    if raw is None or raw == "":
+        return "", _required()
+    if not isinstance(raw, str) or raw not in METRICS:
+        return "", _("“%(value)s” is not a valid metric. Expected one of: %(metrics)s.") % {
+            "value": raw,
+            "metrics": ", ".join(METRICS),
+        }
+    return raw, None
+
+
+def _parse_occurred_at(raw: Any, now: datetime) -> tuple[datetime | None, Any]:
+    if raw is None:
+        return now, None
+    if not isinstance(raw, str):
+        return None, _("Datetime has wrong format. Use ISO 8601 with a UTC offset.")
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        return None, _("Datetime has wrong format. Use ISO 8601 with a UTC offset.")
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        return None, _("Datetime has no UTC offset. Use ISO 8601 with a UTC offset.")
+    if moment > now + MAX_FUTURE:
+        return None, _("Ensure this moment is not more than 5 minutes in the future.")
+    return moment, None
+
+
+def _parse_event(raw: Any, now: datetime) -> tuple[EventIn | None, Errors]:
+    if not isinstance(raw, dict):
+        return None, {"non_field_errors": [_("Expected an event object.")]}
+    errors: Errors = {}
+
+    event_id = raw.get("event_id")
+    if event_id is None:
+        errors["event_id"] = [_required()]
+    elif event_id == "":
+        errors["event_id"] = [_("This field may not be blank.")]
+    elif not isinstance(event_id, str):
+        errors["event_id"] = [_("Not a valid string.")]
+    elif len(event_id) > MAX_EVENT_ID_LENGTH:
+        errors["event_id"] = [
+            _("Ensure this field has no more than %(limit)s characters.")
+            % {"limit": MAX_EVENT_ID_LENGTH}
+        ]
+
+    account_id = None
+    account = raw.get("account")
+    if account is None or account == "":
+        errors["account"] = [_required()]
+    else:
+        try:
+            account_id = uuid.UUID(account) if isinstance(account, str) else None
+        except ValueError:
+            account_id = None
+        if account_id is None:
+            errors["account"] = [_("Must be a valid UUID.")]
+
+    metric, error = parse_metric(raw.get("metric"))
+    if error:
+        errors["metric"] = [error]
+
+    quantity_milli = 0
+    if "quantity" not in raw or raw["quantity"] is None:
+        errors["quantity"] = [_required()]
+    elif metric:
+        quantity_milli, error = parse_quantity(raw["quantity"], METRICS[metric].decimal_places)
+        if error:
+            errors["quantity"] = [error]
+
+    occurred_at, error = _parse_occurred_at(raw.get("occurred_at"), now)
+    if error:
+        errors["occurred_at"] = [error]
+
+    source = raw.get("source") or ""
+    if not isinstance(source, str):
+        errors["source"] = [_("Not a valid string.")]
+    elif len(source) > MAX_SOURCE_LENGTH:
+        errors["source"] = [
+            _("Ensure this field has no more than %(limit)s characters.")
+            % {"limit": MAX_SOURCE_LENGTH}
+        ]
+
+    metadata = raw.get("metadata")
+    metadata_json = "{}"
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            errors["metadata"] = [_("Expected an object.")]
+        else:
+            metadata_json = json.dumps(metadata, default=str, separators=(",", ":"))
+            if len(metadata_json) > MAX_METADATA_BYTES:
+                errors["metadata"] = [
+                    _("Ensure the metadata is at most %(limit)s bytes once encoded.")
+                    % {"limit": MAX_METADATA_BYTES}
+                ]
+
+    if errors:
+        return None, errors
+    assert account_id is not None and occurred_at is not None
+    return (
+        EventIn(
+            account_id=account_id,
+            event_id=event_id,
+            metric=metric,
+            quantity_milli=quantity_milli,
+            occurred_at=occurred_at,
+            source=source,
+            metadata=metadata_json,
+        ),
+        {},
+    )
+
+
+def parse_events(payload: Any, now: datetime) -> tuple[list[EventIn], bool]:
+    """Check one event or ``{"events": [...]}``; returns ``(events, is_batch)``.
+
+    A batch is checked whole: any invalid event raises ``EventsInvalid`` with errors keyed
+    by the event's index, e.g. ``{"events": {"3": {"quantity": [...]}}}``.
+    """
+    if isinstance(payload, dict) and "events" in payload:
+        raw_events = payload["events"]
+        if not isinstance(raw_events, list):
+            raise EventsInvalid({"events": [_("Expected a list of events.")]})
+        if not raw_events:
+            raise EventsInvalid({"events": [_("This list may not be empty.")]})
+        if len(raw_events) > MAX_BATCH:
+            raise EventsInvalid(
+                {
+                    "events": [
+                        _("Ensure this list has at most %(limit)s events.") % {"limit": MAX_BATCH}
+                    ]
+                }
+            )
+        events: list[EventIn] = []
+        errors: Errors = {}
+        for index, raw in enumerate(raw_events):
+            event, event_errors = _parse_event(raw, now)
+            if event_errors:
+                errors[str(index)] = event_errors
+            elif event is not None:
+                events.append(event)
+        if errors:
+            raise EventsInvalid({"events": errors})
+        return events, True
+    event, event_errors = _parse_event(payload, now)
+    if event_errors:
+        raise EventsInvalid(event_errors)
+    assert event is not None
+    return [event], False

@@ -1,0 +1,165 @@
+"""Raw usage events, the daily counters read for period totals, and capacity extensions.
+
+Quantities are stored as integers in thousandths of the metric's unit (``*_milli``):
+exact on every database (SQLite keeps decimals as floating point) and cheap to add.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from accounts.metrics import Metric
+from accounts.models import Account
+
+MILLI = 1000
+
+
+def from_milli(value: int) -> Decimal:
+    """Thousandths to the metric's unit, exactly."""
+    return Decimal(value).scaleb(-3).normalize() if value % MILLI else Decimal(value // MILLI)
+
+
+class UsageEvent(models.Model):
+    """One report of usage by a service; ``event_id`` is unique per account (idempotency)."""
+
+    id = models.BigAutoField(primary_key=True)
+    account = models.ForeignKey(
+        Account,
+        on_delete=models.CASCADE,
+        related_name="usage_events",
+        db_index=False,  # the unique (account, event_id) index serves lookups by account
+        verbose_name=_("account"),
+    )
+    event_id = models.CharField(_("event id"), max_length=128)
+    metric = models.CharField(_("metric"), max_length=64, choices=Metric.choices)
+    quantity_milli = models.BigIntegerField(_("quantity (thousandths)"))
+    occurred_at = models.DateTimeField(_("occurred at"))
+    received_at = models.DateTimeField(_("received at"))
+    source = models.CharField(_("source"), max_length=64, blank=True, default="")
+    metadata = models.JSONField(_("metadata"), default=dict, blank=True)
+
+    class Meta:
+        verbose_name = _("usage event")
+        verbose_name_plural = _("usage events")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "event_id"], name="usage_event_unique_id_per_account"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(quantity_milli__gt=0), name="usage_event_quantity_positive"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["account", "occurred_at"], name="usage_event_account_time"),
+            models.Index(fields=["occurred_at"], name="usage_event_time"),
+        ]
+        permissions = [("check_usage", _("Can ask whether more usage may be processed"))]
+
+    def __str__(self) -> str:
+        return self.event_id
+
+    @property
+    def quantity(self) -> Decimal:
+        return from_milli(self.quantity_milli)
+
+
+class UsageCounter(models.Model):
+    """The sum of an account's events for one metric and one day in the account's time zone.
+
+    A period's ``used`` is the sum of its days' counters, so reading usage never scans events.
+    """
+
+    account = models.ForeignKey(
+        Account,
+        on_delete=models.CASCADE,
+        related_name="usage_counters",
+        db_index=False,
+        verbose_name=_("account"),
+    )
+    metric = models.CharField(_("metric"), max_length=64, choices=Metric.choices)
+    day = models.DateField(_("day"))
+    quantity_milli = models.BigIntegerField(_("quantity (thousandths)"), default=0)
+    updated_at = models.DateTimeField(_("updated at"))
+
+    class Meta:
+        verbose_name = _("usage counter")
+        verbose_name_plural = _("usage counters")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "metric", "day"], name="usage_counter_one_per_day"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.day}: {self.quantity}"
+
+    @property
+    def quantity(self) -> Decimal:
+        return from_milli(self.quantity_milli)
+
+
+class Extension(models.Model):
+    """A one-off raise of a metric's blocked threshold for one period of one account."""
+
+    account = models.ForeignKey(
+        Account, on_delete=models.CASCADE, related_name="extensions", verbose_name=_("account")
+    )
+    metric = models.CharField(_("metric"), max_length=64, choices=Metric.choices)
+    period = models.DateField(
+        _("period"), help_text=_("The first day of the month the extension applies to.")
+    )
+    amount = models.PositiveBigIntegerField(
+        _("amount"), help_text=_("Added to the blocked threshold for this period only.")
+    )
+    reason = models.TextField(_("reason"))
+    granted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("granted by"),
+    )
+    granted_at = models.DateTimeField(_("granted at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("extension")
+        verbose_name_plural = _("extensions")
+        ordering = ["-period", "metric", "-granted_at"]
+        indexes = [
+            models.Index(fields=["account", "period", "metric"], name="extension_account_period")
+        ]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(amount__gt=0), name="extension_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"+{self.amount} {self.metric} {self.period:%Y-%m}"
+
+
+class CounterRepair(models.Model):
+    """A counter found different from the sum of its events, and set right."""
+
+    account = models.ForeignKey(
+        Account, on_delete=models.CASCADE, related_name="+", verbose_name=_("account")
+    )
+    metric = models.CharField(_("metric"), max_length=64, choices=Metric.choices)
+    day = models.DateField(_("day"))
+    found_milli = models.BigIntegerField(_("counter found (thousandths)"))
+    expected_milli = models.BigIntegerField(_("sum of events (thousandths)"))
+    repaired_at = models.DateTimeField(_("repaired at"), auto_now_add=True)
+    repaired_by = models.CharField(
+        _("repaired by"), max_length=64, help_text=_("The task or command that repaired it.")
+    )
+
+    class Meta:
+        verbose_name = _("counter repair")
+        verbose_name_plural = _("counter repairs")
+        ordering = ["-repaired_at"]
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.day}: {self.found_milli} → {self.expected_milli}"
