@@ -103,7 +103,7 @@ class Limit(models.Model):
     class Meta:
         verbose_name = _("limit")
         verbose_name_plural = _("limits")
-        ordering = ["account", "metric"]
+        ordering = ["account_id", "metric"]
         constraints = [
             models.UniqueConstraint(fields=["account", "metric"], name="limit_one_per_metric"),
             models.CheckConstraint(
@@ -133,7 +133,7 @@ class Recipient(models.Model):
     class Meta:
         verbose_name = _("recipient")
         verbose_name_plural = _("recipients")
-        ordering = ["account", "level", "id"]
+        ordering = ["account_id", "level", "id"]
         constraints = [
             models.UniqueConstraint(
                 "account", "level", Lower("email"), name="recipient_one_address_per_level"

@@ -356,7 +356,8 @@ def account_upsert(
         created = account is None
         if created:
             account = Account(external_id=external_id, plan=Plan.ENTERPRISE)
-        account.name = name
+        before = {f: getattr(account, f) for f in ("name", "plan", "language", "timezone")}
+        account.name = name.strip()
         if plan is not None:
             account.plan = plan
         if language is not None:
@@ -365,5 +366,7 @@ def account_upsert(
             validate_timezone(timezone_name)
             account.timezone = timezone_name
         account.full_clean(validate_unique=False)
-        account.save()
+        # A sync that changes nothing writes nothing (and adds no history row).
+        if created or before != {f: getattr(account, f) for f in before}:
+            account.save()
     return account, created

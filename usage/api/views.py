@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
-from rest_framework.exceptions import ValidationError
-from rest_framework.generics import get_object_or_404
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -88,7 +88,10 @@ class AccountScopedView(APIView):
     permission_classes = [ModelPermissions]
 
     def get_account(self, pk: str) -> Account:
-        return get_object_or_404(Account.objects.all(), pk=pk)
+        try:
+            return Account.objects.get(pk=uuid.UUID(pk))
+        except (ValueError, Account.DoesNotExist):
+            raise NotFound(_("Account not found.")) from None
 
 
 class AccountUsageView(AccountScopedView):

@@ -1,0 +1,140 @@
+"""``manage.py seed_demo``."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.db import transaction
+
+from accounts.management.base import OpsCommand
+from accounts.models import Account, Language, Plan
+from accounts.roles import ACCOUNT_MANAGERS
+from accounts.services import account_upsert, limits_replace
+
+PASSWORD_VARIABLE = "DEMO_ADMIN_PASSWORD"
+
+
+@dataclass(frozen=True)
+class DemoAccount:
+    external_id: str
+    name: str
+    plan: str
+    language: str
+    timezone: str
+    # A whole limits document, as PUT takes it; ``None`` leaves the limits alone.
+    limits: dict[str, Any] | None = None
+
+
+DEMO_ACCOUNTS = (
+    DemoAccount(
+        "demo-lumiere",
+        "Lumière Médias",
+        Plan.ENTERPRISE,
+        Language.FR,
+        "Europe/Paris",
+        {
+            "limits": {
+                "audio_transcribed_seconds": {"warning": 36_000, "blocked": 72_000},
+                "text_tokens": {"warning": 800_000, "blocked": 1_000_000},
+            },
+            "recipients": {
+                "warning": [{"email": "chef-de-projet@lumiere.example", "language": "fr"}],
+                "blocked": [
+                    {"email": "ops-alertes@lumiere.example", "language": "fr"},
+                    {"email": "usage-alerts@vendor.example", "language": "en"},
+                ],
+            },
+        },
+    ),
+    DemoAccount(
+        "demo-pacific",
+        "Pacific Coast Podcasts",
+        Plan.ENTERPRISE,
+        Language.EN,
+        "America/Los_Angeles",
+        # A blocked threshold alone needs no recipient: it still blocks.
+        {"limits": {"audio_analyzed_seconds": {"warning": None, "blocked": 180_000}}},
+    ),
+    DemoAccount(
+        "demo-kiwi",
+        "Kiwi Legal Transcripts",
+        Plan.ENTERPRISE,
+        Language.EN,
+        "Pacific/Auckland",
+        {
+            "limits": {
+                "audio_transcribed_seconds": {"warning": 360_000, "blocked": None},
+                "text_tokens": {"warning": 5_000_000, "blocked": 6_000_000},
+            },
+            "recipients": {
+                "warning": [
+                    {"email": "legal-ops@kiwi.example", "language": "en"},
+                    {"email": "account-manager@vendor.example", "language": "fr"},
+                ],
+                "blocked": [{"email": "legal-ops@kiwi.example", "language": "en"}],
+            },
+        },
+    ),
+    DemoAccount("demo-studio", "Small Studio", Plan.PRO, Language.EN, "UTC"),
+)
+
+
+class Command(OpsCommand):
+    help = (
+        "Create or bring back the demo data: three Enterprise accounts with limits and "
+        "recipients (Europe/Paris in French, America/Los_Angeles and Pacific/Auckland in "
+        "English), one Pro account without limits, a superuser “admin” and a staff user "
+        f"“manager” in the “{ACCOUNT_MANAGERS}” group. Both users get the same password: "
+        f"${PASSWORD_VARIABLE} when set, else a new random one on every run; it is printed. "
+        "Running it again creates no duplicates: it resets the demo accounts, their limits "
+        "and the two users to the values above and changes nothing else."
+    )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        password = os.environ.get(PASSWORD_VARIABLE) or secrets.token_urlsafe(12)
+        with transaction.atomic():
+            self._seed_accounts()
+            self._seed_users(password)
+        self.stdout.write(f"Superuser: admin / {password}")
+        self.stdout.write(f"Account manager: manager / {password}")
+
+    def _seed_accounts(self) -> list[Account]:
+        accounts = []
+        for demo in DEMO_ACCOUNTS:
+            account, created = account_upsert(
+                external_id=demo.external_id,
+                name=demo.name,
+                plan=demo.plan,
+                language=demo.language,
+                timezone_name=demo.timezone,
+            )
+            if demo.limits is not None:
+                limits_replace(account=account, data=demo.limits, reason="seed_demo")
+            self.stdout.write(
+                f"{'Created' if created else 'Updated'} {account.get_plan_display()} account "
+                f"{account.name} ({account.external_id}), {account.timezone}, "
+                f"{account.language}" + (", with limits" if demo.limits else "")
+            )
+            accounts.append(account)
+        return accounts
+
+    def _seed_users(self, password: str) -> None:
+        user_model = get_user_model()
+        managers = Group.objects.get(name=ACCOUNT_MANAGERS)
+        for username, is_superuser in (("admin", True), ("manager", False)):
+            user, _ = user_model._default_manager.get_or_create(
+                **{user_model.USERNAME_FIELD: username},
+                defaults={"email": f"{username}@example.com"},
+            )
+            user.is_active = True
+            user.is_staff = True
+            user.is_superuser = is_superuser
+            user.set_password(password)
+            user.save()
+            if not is_superuser:
+                user.groups.add(managers)

@@ -1,0 +1,64 @@
+"""``manage.py upsert_account EXTERNAL_ID --name NAME [--plan] [--language] [--timezone]``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import CommandError, CommandParser
+
+from accounts.management.base import OpsCommand
+from accounts.models import Language, Plan
+from accounts.services import account_upsert
+
+
+def _one_line(error: ValidationError) -> str:
+    if hasattr(error, "error_dict"):
+        return "; ".join(
+            f"{field}: {message}"
+            for field, messages in error.message_dict.items()
+            for message in messages
+        )
+    return "; ".join(error.messages)
+
+
+class Command(OpsCommand):
+    help = (
+        "Create the account EXTERNAL_ID, or update it if it exists, as a sync from the CRM "
+        "would: the name is always set, the plan, language and time zone only when given "
+        f"(a new account defaults to plan {Plan.ENTERPRISE.value}, language {Language.EN.value}, "
+        "time zone UTC). Prints the account's id alone on the last line. A bad value is "
+        "refused and nothing is changed."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "external_id", metavar="EXTERNAL_ID", help="The account's id in the CRM."
+        )
+        parser.add_argument("--name", required=True, help="The account's display name.")
+        parser.add_argument("--plan", metavar="CODE", help=f"One of: {', '.join(Plan.values)}.")
+        parser.add_argument(
+            "--language",
+            help=f"Default language of its notifications, one of: {', '.join(Language.values)}.",
+        )
+        parser.add_argument(
+            "--timezone", metavar="TZ", help="IANA time zone of its periods, e.g. Europe/Paris."
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            account, created = account_upsert(
+                external_id=options["external_id"],
+                name=options["name"],
+                plan=options["plan"],
+                language=options["language"],
+                timezone_name=options["timezone"],
+            )
+        except ValidationError as error:
+            raise CommandError(f"Account refused: {_one_line(error)}") from error
+        action = "Created" if created else "Updated"
+        self.stdout.write(
+            f"{action} account {account.name} ({account.external_id}), plan {account.plan}, "
+            f"language {account.language}, time zone {account.timezone}:"
+        )
+        self.stdout.write(str(account.pk))
