@@ -19,6 +19,8 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from notifications.services import thresholds_evaluate
+
 from .metrics import METRICS
 from .models import Account, Language, Level, Limit, Plan, Recipient, validate_timezone
 from .selectors import LimitsDocument, RecipientSpec, Thresholds, limits_document_get
@@ -326,6 +328,8 @@ def limits_replace(
         document = limits_document_validate(account=account, data=data)
         if _limits_write(account=account, document=document, actor=actor, reason=reason):
             Account.objects.filter(pk=account.pk).update(limits_updated_at=timezone.now())
+            # A new or lowered threshold that usage already passed notifies now (rule 7).
+            thresholds_evaluate(account_ids=[account.pk])
     return limits_document_get(account=account)
 
 

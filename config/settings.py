@@ -154,6 +154,10 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Celery ---
+# Production: a Redis broker, late acknowledgement with a prefetch of one (a task is
+# redelivered if its worker dies), results ignored, one beat process. Publishing is
+# bounded by short socket timeouts and never retried, so a dead Redis cannot hang a web
+# request: what was not enqueued is picked up by the periodic sweep.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=not CELERY_BROKER_URL)
 CELERY_TASK_EAGER_PROPAGATES = True
@@ -161,8 +165,29 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TIMEZONE = "UTC"
 CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_TASK_PUBLISH_RETRY = False
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Delivery retries: base, 2 x base, 4 x base... up to the maximum delay, then failed.
+NOTIFICATIONS_RETRY_BASE_DELAY = env.float("NOTIFICATIONS_RETRY_BASE_DELAY", default=30.0)
+NOTIFICATIONS_MAX_RETRY_DELAY = env.float("NOTIFICATIONS_MAX_RETRY_DELAY", default=3600.0)
+NOTIFICATIONS_MAX_ATTEMPTS = env.int("NOTIFICATIONS_MAX_ATTEMPTS", default=8)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # Redis redelivers an unacknowledged task after this long: it must exceed the longest
+    # countdown of a retry, or a waiting retry would be delivered twice.
+    "visibility_timeout": int(NOTIFICATIONS_MAX_RETRY_DELAY * 2),
+    "socket_timeout": 2,
+    "socket_connect_timeout": 2,
+}
+CELERY_BEAT_SCHEDULE: dict = {
+    "sweep-notifications": {
+        "task": "notifications.tasks.sweep_notifications",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
+}
 
 # --- Mail ---
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")

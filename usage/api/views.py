@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from django.utils.translation import gettext_lazy as _
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
@@ -60,7 +60,11 @@ class UsageEventsView(APIView):
 
     @extend_schema(
         operation_id="usage_events_create",
-        request=EventSerializer | EventBatchSerializer,
+        request=PolymorphicProxySerializer(
+            component_name="EventOrBatch",
+            serializers=[EventSerializer, EventBatchSerializer],
+            resource_type_field_name=None,
+        ),
         responses={
             201: IngestResultSerializer,
             200: IngestResultSerializer,

@@ -1,0 +1,100 @@
+"""The threshold e-mail: subject, text and HTML from ``templates/emails/threshold_reached.*``.
+
+One function per e-mail; each message is rendered in its recipient's language.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from anymail.message import AnymailMessage
+from django.conf import settings
+from django.template.loader import render_to_string
+from django.utils import formats
+from django.utils.translation import gettext, override
+
+from accounts.metrics import METRICS
+from accounts.models import Account
+from usage.models import from_milli
+
+from .models import Delivery, Notification
+
+HEADER_PREFIX = "X-Usage-"
+
+
+def _single_line(value: str) -> str:
+    """Header-safe text: no line breaks, so nothing can be injected into the headers."""
+    return " ".join(str(value).split())
+
+
+def _number(value: Decimal | int) -> str:
+    return formats.number_format(value, use_l10n=True, force_grouping=True)
+
+
+def _quantity(value: Decimal | int, metric: str) -> str:
+    """``36,000 seconds (10 h 0 min)`` / ``36 000 secondes (10 h 0 min)``."""
+    if METRICS[metric].unit == "seconds":
+        seconds = Decimal(value)
+        total_minutes = int(seconds // 60)
+        return gettext("%(amount)s seconds (%(hours)s h %(minutes)s min)") % {
+            "amount": _number(seconds.normalize() if seconds % 1 else int(seconds)),
+            "hours": _number(total_minutes // 60),
+            "minutes": total_minutes % 60,
+        }
+    return gettext("%(amount)s tokens") % {"amount": _number(int(value))}
+
+
+def threshold_context(*, notification: Notification, account: Account) -> dict[str, object]:
+    """What the threshold e-mail says, in the active language."""
+    used = from_milli(notification.used_milli)
+    percent = _number(int(used * 100 / notification.threshold)) if notification.threshold else None
+    period = formats.date_format(notification.period, "YEAR_MONTH_FORMAT")
+    return {
+        "account_name": account.name,
+        "external_id": account.external_id,
+        "metric_label": str(METRICS[notification.metric].label),
+        "level": notification.level,
+        "threshold": _quantity(notification.threshold, notification.metric),
+        "used": _quantity(used, notification.metric),
+        "percent": percent,
+        "period": period,
+        "is_test": notification.is_test,
+    }
+
+
+def threshold_message(*, notification: Notification, delivery: Delivery) -> AnymailMessage:
+    """The e-mail telling ``delivery.email`` that ``notification``'s threshold was reached."""
+    account = notification.account
+    with override(delivery.language):
+        context = threshold_context(notification=notification, account=account)
+        subject = _single_line(render_to_string("emails/threshold_reached.subject.txt", context))
+        text = render_to_string("emails/threshold_reached.txt", context)
+        html = render_to_string("emails/threshold_reached.html", context)
+    used = from_milli(notification.used_milli)
+    headers = {
+        f"{HEADER_PREFIX}Account": str(account.pk),
+        f"{HEADER_PREFIX}Account-External-Id": _single_line(account.external_id),
+        f"{HEADER_PREFIX}Metric": notification.metric,
+        f"{HEADER_PREFIX}Level": notification.level,
+        f"{HEADER_PREFIX}Period": notification.period_code,
+        f"{HEADER_PREFIX}Threshold": str(notification.threshold),
+        f"{HEADER_PREFIX}Used": str(used),
+    }
+    message = AnymailMessage(
+        subject=subject,
+        body=text,
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        to=[delivery.email],
+        headers=headers,
+        tags=["usage-limits", notification.level, notification.metric],
+        metadata={
+            "account": str(account.pk),
+            "metric": notification.metric,
+            "level": notification.level,
+            "period": notification.period_code,
+            "notification": str(notification.pk),
+            "delivery": str(delivery.pk),
+        },
+    )
+    message.attach_alternative(html, "text/html")
+    return message

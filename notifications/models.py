@@ -1,0 +1,99 @@
+"""The notification ledger and the per-recipient deliveries of each notification."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from accounts.metrics import Metric
+from accounts.models import Account, Language, Level
+
+
+class Notification(models.Model):
+    """A threshold reached: exactly one row per account, metric, level, period and threshold.
+
+    The unique constraint is what makes "exactly once" hold across requests, workers and
+    sweeps: whoever inserts the row first owns the e-mails; everyone else inserts nothing.
+    For the blocked level, ``threshold`` is the effective blocked threshold (extensions
+    included), so a raised threshold or a new extension re-arms it.
+    """
+
+    account = models.ForeignKey(
+        Account, on_delete=models.CASCADE, related_name="notifications", verbose_name=_("account")
+    )
+    metric = models.CharField(_("metric"), max_length=64, choices=Metric.choices)
+    level = models.CharField(_("level"), max_length=16, choices=Level.choices)
+    period = models.DateField(_("period"), help_text=_("The first day of the period."))
+    threshold = models.BigIntegerField(_("threshold"))
+    used_milli = models.BigIntegerField(_("usage when reached (thousandths)"))
+    created_at = models.DateTimeField(_("reached at"), auto_now_add=True)
+    is_test = models.BooleanField(_("test"), default=False)
+
+    class Meta:
+        verbose_name = _("notification")
+        verbose_name_plural = _("notifications")
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "metric", "level", "period", "threshold"],
+                condition=models.Q(is_test=False),
+                name="notification_once_per_crossing",
+            ),
+        ]
+        indexes = [models.Index(fields=["account", "-created_at"], name="notification_account")]
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.level} {self.threshold} ({self.period:%Y-%m})"
+
+    @property
+    def period_code(self) -> str:
+        return f"{self.period:%Y-%m}"
+
+
+class Delivery(models.Model):
+    """One e-mail of a notification to one recipient, and what became of it."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("Queued")
+        SENDING = "sending", _("Sending")
+        SENT = "sent", _("Sent")
+        FAILED = "failed", _("Failed")
+        DELIVERED = "delivered", _("Delivered")
+        BOUNCED = "bounced", _("Bounced")
+        COMPLAINED = "complained", _("Complained")
+
+    notification = models.ForeignKey(
+        Notification,
+        on_delete=models.CASCADE,
+        related_name="deliveries",
+        verbose_name=_("notification"),
+    )
+    email = models.EmailField(_("e-mail address"))
+    language = models.CharField(_("language"), max_length=2, choices=Language.choices)
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.QUEUED
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    esp_message_id = models.CharField(_("provider message id"), max_length=255, blank=True)
+    last_error = models.TextField(_("last error"), blank=True)
+    claimed_at = models.DateTimeField(_("claimed at"), null=True, blank=True)
+    sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("delivery")
+        verbose_name_plural = _("deliveries")
+        ordering = ["-created_at", "email"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["notification", "email"], name="delivery_once_per_recipient"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "updated_at"], name="delivery_status"),
+            models.Index(fields=["esp_message_id"], name="delivery_esp_message_id"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.email}: {self.status}"
