@@ -1,16 +1,18 @@
-"""Pieces shared by every API view: error handling and permission checks."""
+"""Pieces shared by every API view: error handling, the error schema and permission checks."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.utils.translation import gettext_lazy as _
-from rest_framework import exceptions, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from accounts.models import Account
 from accounts.services import AccountNotEnterprise, LimitsInvalid
 
 
@@ -35,6 +37,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     return drf_exception_handler(exc, context)
 
 
+class ErrorSerializer(serializers.Serializer):
+    """An error about the request as a whole: credentials, permission, unknown resource."""
+
+    detail = serializers.CharField(help_text=_("What went wrong, in the request's language."))
+
+
 class ModelPermissions(BasePermission):
     """Grants access when the user holds every permission the view lists for the method.
 
@@ -49,3 +57,21 @@ class ModelPermissions(BasePermission):
         method = "GET" if request.method in ("HEAD", "OPTIONS") else request.method
         needed = getattr(view, "required_permissions", {}).get(method)
         return needed is not None and user.has_perms(needed)
+
+
+def account_get_or_404(account_id: str) -> Account:
+    """The account with this id; a malformed id is as unknown as a missing one (404)."""
+    try:
+        pk = uuid.UUID(account_id)
+    except ValueError:
+        raise exceptions.NotFound(_("Account not found.")) from None
+    account = Account.objects.filter(pk=pk).first()
+    if account is None:
+        raise exceptions.NotFound(_("Account not found."))
+    return account
+
+
+def require_body(request: Any) -> None:
+    """Refuse an empty body: a PUT of nothing would otherwise clear every limit."""
+    if request.META.get("CONTENT_LENGTH") in (None, "", "0"):
+        raise exceptions.ValidationError({"non_field_errors": [_("A JSON body is required.")]})

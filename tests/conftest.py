@@ -47,8 +47,10 @@ def _services(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _english(settings) -> None:
+def _english_and_fast_passwords(settings) -> None:
     settings.LANGUAGE_CODE = "en"
+    # Password hashing at production strength is most of a user factory's cost.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture

@@ -107,10 +107,6 @@ class CheckResultSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=STATUS_CHOICES)
 
 
-class ErrorSerializer(serializers.Serializer):
-    detail = serializers.CharField()
-
-
 class ValidationErrorSerializer(serializers.Serializer):
     """Errors keyed by field path (by event index in a batch), each a list of messages."""
 

@@ -4,8 +4,8 @@ from . import views
 
 urlpatterns = [
     path("usage/events/", views.UsageEventsView.as_view(), name="usage-events"),
-    path("accounts/<str:pk>/usage/", views.AccountUsageView.as_view(), name="account-usage"),
+    path("accounts/<str:id>/usage/", views.AccountUsageView.as_view(), name="account-usage"),
     path(
-        "accounts/<str:pk>/usage/check/", views.UsageCheckView.as_view(), name="account-usage-check"
+        "accounts/<str:id>/usage/check/", views.UsageCheckView.as_view(), name="account-usage-check"
     ),
 ]

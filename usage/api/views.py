@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
 from rest_framework import status
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.metrics import METRICS
 from accounts.models import Account
-from config.api import ModelPermissions
+from config.api import ErrorSerializer, ModelPermissions, account_get_or_404
 from usage.ingest import EventsInvalid, parse_metric, parse_quantity
 from usage.periods import period_from_code
 from usage.selectors import MetricUsage, account_usage, current_period, number
@@ -26,7 +25,6 @@ from .serializers import (
     AccountUsageSerializer,
     CheckRequestSerializer,
     CheckResultSerializer,
-    ErrorSerializer,
     EventBatchSerializer,
     EventSerializer,
     IngestResultSerializer,
@@ -91,11 +89,8 @@ class UsageEventsView(APIView):
 class AccountScopedView(APIView):
     permission_classes = [ModelPermissions]
 
-    def get_account(self, pk: str) -> Account:
-        try:
-            return Account.objects.get(pk=uuid.UUID(pk))
-        except (ValueError, Account.DoesNotExist):
-            raise NotFound(_("Account not found.")) from None
+    def get_account(self, account_id: str) -> Account:
+        return account_get_or_404(account_id)
 
 
 class AccountUsageView(AccountScopedView):
@@ -112,8 +107,8 @@ class AccountUsageView(AccountScopedView):
         ],
         responses={200: AccountUsageSerializer, **ERRORS, 404: ErrorSerializer},
     )
-    def get(self, request: Request, pk: str) -> Response:
-        account = self.get_account(pk)
+    def get(self, request: Request, id: str) -> Response:
+        account = self.get_account(id)
         code = request.query_params.get("period")
         if code is None:
             period = current_period(account)
@@ -168,8 +163,8 @@ class UsageCheckView(AccountScopedView):
             415: ErrorSerializer,
         },
     )
-    def post(self, request: Request, pk: str) -> Response:
-        account = self.get_account(pk)
+    def post(self, request: Request, id: str) -> Response:
+        account = self.get_account(id)
         payload = request.data
         if not isinstance(payload, dict):
             raise ValidationError({"non_field_errors": [_("Expected an object.")]})
