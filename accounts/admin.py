@@ -27,6 +27,12 @@ from django.utils.translation import gettext_lazy as _
 from simple_history.admin import SimpleHistoryAdmin
 from simple_history.models import is_historic
 
+from notifications.admin import (
+    NotificationInline,
+    evaluate_thresholds_now,
+    send_test_notification,
+)
+
 from .forms import (
     ACCOUNT_FIELDS,
     AccountAdminForm,
@@ -200,7 +206,8 @@ class RecipientInline(admin.TabularInline):
 @admin.register(Account)
 class AccountAdmin(SimpleHistoryAdmin):
     form = AccountAdminForm
-    inlines = [RecipientInline]
+    inlines = [RecipientInline, NotificationInline]
+    actions = [evaluate_thresholds_now, send_test_notification]
     # More columns (status badge, usage bars) are appended here as admin display methods.
     list_display = ("name", "external_id", "plan", "language", "timezone", "is_active")
     list_filter = ("plan", "is_active")

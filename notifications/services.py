@@ -22,6 +22,7 @@ from django.core.validators import validate_email
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from accounts.metrics import METRICS
 from accounts.models import Account, Language, Level, Recipient
@@ -116,7 +117,7 @@ def crossings_record(*, usages: Iterable[MetricUsage], now: datetime | None = No
         return []
     recipients: dict[tuple[uuid.UUID, str], list[Recipient]] = {}
     for recipient in Recipient.objects.filter(
-        account_id__in={c.account_id for _, c in created}
+        account_id__in={crossing.account_id for _pk, crossing in created}
     ).order_by("id"):
         recipients.setdefault((recipient.account_id, recipient.level), []).append(recipient)
     Delivery.objects.bulk_create(
@@ -124,7 +125,7 @@ def crossings_record(*, usages: Iterable[MetricUsage], now: datetime | None = No
         for pk, crossing in created
         for r in recipients.get((crossing.account_id, crossing.level), [])
     )
-    ids = [pk for pk, _ in created]
+    ids = [pk for pk, _crossing in created]
     for pk, crossing in created:
         logger.info(
             "notification %s: account %s reached %s %s of %s",
@@ -241,9 +242,10 @@ def notification_deliver(*, notification_id: int, final_attempt: bool = False) -
                 failed += 1
             continue
         status_info = getattr(message, "anymail_status", None)
+        message_id = status_info.message_id if status_info else None
         Delivery.objects.filter(pk=delivery.pk).update(
             status=Delivery.Status.SENT,
-            esp_message_id=(status_info.message_id if status_info else "") or "",
+            esp_message_id="" if message_id is None else str(message_id),
             sent_at=timezone.now(),
             last_error="",
             updated_at=timezone.now(),
@@ -255,16 +257,14 @@ def notification_deliver(*, notification_id: int, final_attempt: bool = False) -
 def deliveries_resend(*, delivery_ids: Iterable[int]) -> int:
     """Queue failed (or bounced) deliveries again and enqueue their notifications."""
     resendable = [Delivery.Status.FAILED, Delivery.Status.BOUNCED]
-    ids = list(delivery_ids)
-    notification_ids = set(
-        Delivery.objects.filter(pk__in=ids, status__in=resendable).values_list(
-            "notification_id", flat=True
+    with transaction.atomic():
+        chosen = Delivery.objects.select_for_update().filter(
+            pk__in=list(delivery_ids), status__in=resendable
         )
-    )
-    count = Delivery.objects.filter(pk__in=ids, status__in=resendable).update(
-        status=Delivery.Status.QUEUED, updated_at=timezone.now()
-    )
-    transaction.on_commit(lambda: notifications_enqueue(sorted(notification_ids)))
+        notification_ids = sorted(set(chosen.values_list("notification_id", flat=True)))
+        count = chosen.update(status=Delivery.Status.QUEUED, updated_at=timezone.now())
+        if count:
+            transaction.on_commit(lambda: notifications_enqueue(notification_ids))
     return count
 
 
@@ -301,9 +301,16 @@ def notification_send_test(*, account: Account, level: str, language: str, to: s
     exactly-once ledger.
     """
     if level not in Level.values:
-        raise ValidationError({"level": f"Expected one of: {', '.join(Level.values)}."})
+        raise ValidationError(
+            {"level": _("Expected one of: %(choices)s.") % {"choices": ", ".join(Level.values)}}
+        )
     if language not in Language.values:
-        raise ValidationError({"language": f"Expected one of: {', '.join(Language.values)}."})
+        raise ValidationError(
+            {
+                "language": _("Expected one of: %(choices)s.")
+                % {"choices": ", ".join(Language.values)}
+            }
+        )
     validate_email(to)
     now = timezone.now()
     period = period_containing(now, account.zone)

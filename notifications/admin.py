@@ -1,0 +1,420 @@
+"""The admin of the notification ledger and its deliveries (SPEC sections 6 and 7).
+
+Both are read-only: rows are written by the services only. People act through actions:
+resend failed deliveries here, and on the account admin (which imports them from here)
+evaluate thresholds now and send a test notification.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.core.exceptions import ValidationError
+from django.db.models import Count, Q, QuerySet
+from django.forms.models import BaseInlineFormSet
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
+from django.utils import formats
+from django.utils.html import format_html, format_html_join
+from django.utils.translation import get_language, gettext, ngettext
+from django.utils.translation import gettext_lazy as _
+
+from accounts.models import Account, Language, Level
+from usage.models import from_milli
+
+from .models import Delivery, Notification
+from .services import deliveries_resend, notification_send_test, thresholds_evaluate
+
+RECENT_NOTIFICATIONS = 20  # shown on the account page
+# The delivery statuses a summary shows in bold.
+_PROBLEMS = {Delivery.Status.FAILED, Delivery.Status.BOUNCED, Delivery.Status.COMPLAINED}
+
+
+def _count_field(status: str) -> str:
+    return f"deliveries_{status}"
+
+
+def notifications_with_delivery_counts(queryset: QuerySet[Notification]) -> QuerySet[Notification]:
+    """``queryset`` with its number of deliveries, in total and per status, in the same query."""
+    per_status = {
+        _count_field(status): Count("deliveries", filter=Q(deliveries__status=status))
+        for status in Delivery.Status.values
+    }
+    return queryset.annotate(deliveries_total=Count("deliveries"), **per_status)
+
+
+def _number(value: Any) -> str:
+    return formats.number_format(value, force_grouping=True)
+
+
+class NotificationDisplay:
+    """The columns a notification is shown with, in its admin and on the account page."""
+
+    @admin.display(description=_("period"), ordering="period")
+    def period_display(self, obj: Notification) -> str:
+        return obj.period_code
+
+    @admin.display(description=_("threshold"), ordering="threshold")
+    def threshold_display(self, obj: Notification) -> str:
+        return _number(obj.threshold)
+
+    @admin.display(description=_("usage when reached"), ordering="used_milli")
+    def used_display(self, obj: Notification) -> str:
+        return _number(from_milli(obj.used_milli))
+
+    @admin.display(description=_("deliveries"), ordering="deliveries_total")
+    def deliveries_total_display(self, obj: Notification) -> int:
+        return obj.deliveries_total
+
+    @admin.display(description=_("delivery statuses"))
+    def deliveries_summary(self, obj: Notification) -> str:
+        counts = [
+            (status, getattr(obj, _count_field(status.value)))
+            for status in Delivery.Status
+            if getattr(obj, _count_field(status.value))
+        ]
+        if not counts:
+            return "—"
+        parts = []
+        for status, count in counts:
+            text = gettext("%(status)s: %(count)s") % {"status": status.label, "count": count}
+            # The statuses that need a person's attention stand out.
+            parts.append(format_html("<strong>{}</strong>", text) if status in _PROBLEMS else text)
+        return format_html_join(", ", "{}", ((part,) for part in parts))
+
+
+# --- Resending ---
+
+
+def _message_resent(modeladmin: admin.ModelAdmin, request: HttpRequest, count: int) -> None:
+    if count:
+        modeladmin.message_user(
+            request,
+            ngettext(
+                "%(count)d failed delivery was queued to be sent again.",
+                "%(count)d failed deliveries were queued to be sent again.",
+                count,
+            )
+            % {"count": count},
+            messages.SUCCESS,
+        )
+    else:
+        modeladmin.message_user(
+            request,
+            gettext("Nothing to resend: none of the selected deliveries failed or bounced."),
+            messages.WARNING,
+        )
+
+
+class ResendPermission:
+    """Resending changes deliveries: it takes the permission to change them."""
+
+    def has_resend_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("notifications.change_delivery")
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+# --- Notifications ---
+
+
+class DeliveryInline(admin.TabularInline):
+    model = Delivery
+    fields = (
+        "email",
+        "language",
+        "status",
+        "attempts",
+        "esp_message_id",
+        "last_error",
+        "sent_at",
+        "updated_at",
+    )
+    readonly_fields = fields
+    extra = 0
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class PeriodFilter(admin.SimpleListFilter):
+    """The periods that have notifications, newest first, as ``YYYY-MM``."""
+
+    title = _("period")
+    parameter_name = "period"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        periods = (
+            Notification.objects.order_by("-period").values_list("period", flat=True).distinct()
+        )
+        return [(period.isoformat(), f"{period:%Y-%m}") for period in periods]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        if value is None:
+            return queryset
+        return queryset.filter(period=value)
+
+
+class DeliveryStatusFilter(admin.SimpleListFilter):
+    """Notifications with at least one delivery in the chosen status."""
+
+    title = _("delivery status")
+    parameter_name = "delivery_status"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        return Delivery.Status.choices
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        if value not in Delivery.Status.values:
+            return queryset
+        # A subquery, not a join: a join would multiply the annotated delivery counts.
+        return queryset.filter(
+            pk__in=Delivery.objects.filter(status=value).values("notification_id")
+        )
+
+
+@admin.register(Notification)
+class NotificationAdmin(NotificationDisplay, ResendPermission, ReadOnlyAdmin):
+    list_display = (
+        "account",
+        "metric",
+        "level",
+        "period_display",
+        "threshold_display",
+        "used_display",
+        "created_at",
+        "is_test",
+        "deliveries_total_display",
+        "deliveries_summary",
+    )
+    list_filter = ("level", "metric", PeriodFilter, "is_test", DeliveryStatusFilter)
+    list_select_related = ("account",)
+    search_fields = ("account__name", "account__external_id")
+    fields = (
+        "account",
+        "metric",
+        "level",
+        "period_display",
+        "threshold_display",
+        "used_display",
+        "created_at",
+        "is_test",
+    )
+    readonly_fields = fields
+    inlines = [DeliveryInline]
+    actions = ["resend_failed_deliveries"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Notification]:
+        return notifications_with_delivery_counts(super().get_queryset(request))
+
+    @admin.action(description=_("Resend failed deliveries"), permissions=["resend"])
+    def resend_failed_deliveries(self, request: HttpRequest, queryset: QuerySet) -> None:
+        delivery_ids = Delivery.objects.filter(
+            notification_id__in=list(queryset.values_list("pk", flat=True))
+        ).values_list("pk", flat=True)
+        _message_resent(self, request, deliveries_resend(delivery_ids=delivery_ids))
+
+
+# --- Deliveries ---
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(ResendPermission, ReadOnlyAdmin):
+    list_display = (
+        "email",
+        "language",
+        "status",
+        "attempts",
+        "esp_message_id",
+        "last_error_display",
+        "account_display",
+        "metric_display",
+        "level_display",
+    )
+    list_filter = ("status", "language")
+    list_select_related = ("notification__account",)
+    search_fields = ("email", "=esp_message_id")
+    fields = (
+        "notification",
+        "email",
+        "language",
+        "status",
+        "attempts",
+        "esp_message_id",
+        "last_error",
+        "claimed_at",
+        "sent_at",
+        "created_at",
+        "updated_at",
+    )
+    actions = ["resend_failed_deliveries"]
+
+    @admin.display(description=_("last error"), ordering="last_error")
+    def last_error_display(self, obj: Delivery) -> str:
+        return obj.last_error if len(obj.last_error) <= 80 else f"{obj.last_error[:79]}…"
+
+    @admin.display(description=_("account"), ordering="notification__account__name")
+    def account_display(self, obj: Delivery) -> Account:
+        return obj.notification.account
+
+    @admin.display(description=_("metric"), ordering="notification__metric")
+    def metric_display(self, obj: Delivery) -> str:
+        return obj.notification.get_metric_display()
+
+    @admin.display(description=_("level"), ordering="notification__level")
+    def level_display(self, obj: Delivery) -> str:
+        return obj.notification.get_level_display()
+
+    @admin.action(description=_("Resend failed deliveries"), permissions=["resend"])
+    def resend_failed_deliveries(self, request: HttpRequest, queryset: QuerySet) -> None:
+        delivery_ids = list(queryset.values_list("pk", flat=True))
+        _message_resent(self, request, deliveries_resend(delivery_ids=delivery_ids))
+
+
+# --- For the account admin (wired into ``accounts.admin.AccountAdmin``) ---
+
+
+class RecentNotificationsFormSet(BaseInlineFormSet):
+    def get_queryset(self) -> QuerySet[Notification]:
+        # Sliced here, after the inline's filter on the account (a sliced queryset can no
+        # longer be filtered), and kept: the forms index it, one query for all of them.
+        if not hasattr(self, "_recent"):
+            self._recent = super().get_queryset()[:RECENT_NOTIFICATIONS]
+        return self._recent
+
+
+class NotificationInline(NotificationDisplay, admin.TabularInline):
+    """The account's most recent notifications, read-only, each linked to its page."""
+
+    model = Notification
+    formset = RecentNotificationsFormSet
+    verbose_name_plural = _("recent notifications")
+    fields = (
+        "created_at",
+        "metric",
+        "level",
+        "period_display",
+        "threshold_display",
+        "used_display",
+        "is_test",
+        "deliveries_summary",
+    )
+    readonly_fields = fields
+    ordering = ("-created_at", "-pk")
+    extra = 0
+    show_change_link = True
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Notification]:
+        return notifications_with_delivery_counts(super().get_queryset(request))
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.action(description=_("Evaluate thresholds now"), permissions=["change"])
+def evaluate_thresholds_now(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Account]
+) -> None:
+    """Record (and send) the threshold crossings of the selected accounts not yet notified."""
+    created = thresholds_evaluate(account_ids=list(queryset.values_list("pk", flat=True)))
+    if created:
+        message = ngettext(
+            "%(count)d notification created; its e-mails are being sent.",
+            "%(count)d notifications created; their e-mails are being sent.",
+            len(created),
+        ) % {"count": len(created)}
+    else:
+        message = gettext("No notification created: no threshold newly reached.")
+    modeladmin.message_user(request, message, messages.SUCCESS if created else messages.INFO)
+
+
+class TestNotificationForm(forms.Form):
+    to = forms.EmailField(label=_("Send to"))
+    level = forms.ChoiceField(label=_("Level"), choices=Level.choices, initial=Level.WARNING)
+    language = forms.ChoiceField(label=_("Language"), choices=Language.choices)
+
+
+SEND_TEST_TEMPLATE = "admin/notifications/send_test_notification.html"
+
+
+@admin.action(description=_("Send a test notification"), permissions=["change"])
+def send_test_notification(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Account]
+) -> TemplateResponse | None:
+    """Ask for an address, a level and a language, then send each selected account's sample.
+
+    The first call shows a form; the form posts back to the changelist with the action
+    and the selected ids, and ``apply`` set: that second call sends.
+    """
+    if "apply" in request.POST:
+        form = TestNotificationForm(request.POST)
+        if form.is_valid():
+            sent = []
+            for account in queryset:
+                try:
+                    delivery = notification_send_test(account=account, **form.cleaned_data)
+                except ValidationError as error:
+                    modeladmin.message_user(request, " ".join(error.messages), messages.ERROR)
+                    return None
+                sent.append(delivery)
+            modeladmin.message_user(
+                request,
+                ngettext(
+                    "%(count)d test notification sent to %(to)s.",
+                    "%(count)d test notifications sent to %(to)s.",
+                    len(sent),
+                )
+                % {"count": len(sent), "to": form.cleaned_data["to"]},
+                messages.SUCCESS,
+            )
+            return None
+    else:
+        languages = set(queryset.values_list("language", flat=True))
+        language = languages.pop() if len(languages) == 1 else (get_language() or "en")[:2]
+        form = TestNotificationForm(
+            initial={
+                "to": request.user.email,
+                "language": language if language in Language.values else Language.EN,
+            }
+        )
+    opts = modeladmin.model._meta
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": _("Send a test notification"),
+        "subtitle": None,
+        "opts": opts,
+        "queryset": queryset,
+        "form": form,
+        "action_name": "send_test_notification",
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        "media": modeladmin.media + form.media,
+    }
+    request.current_app = modeladmin.admin_site.name
+    return TemplateResponse(request, SEND_TEST_TEMPLATE, context)

@@ -1,0 +1,67 @@
+"""``manage.py send_test_notification ACCOUNT --level L --language LANG --to EMAIL``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import CommandError, CommandParser
+
+from accounts.management.base import OpsCommand
+from accounts.models import Language, Level
+from accounts.selectors import account_get_by_reference
+from notifications.models import Delivery
+from notifications.services import notification_send_test
+
+
+def _one_line(error: ValidationError) -> str:
+    if hasattr(error, "error_dict"):
+        return "; ".join(
+            f"{field}: {' '.join(messages)}" for field, messages in error.message_dict.items()
+        )
+    return " ".join(error.messages)
+
+
+class Command(OpsCommand):
+    help = (
+        "Send a sample threshold notification of ACCOUNT (its id or external id) to EMAIL "
+        "through the real mail path: a test notification and its delivery are recorded, "
+        "and the e-mail goes through the task and the provider like any other. The sample "
+        "uses the account's current threshold and usage of its first limited metric. "
+        "Prints the delivery's id, then its status once the task has run (queued when a "
+        "broker is configured: the worker sends it). Exits non-zero if the sending failed."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("account", metavar="ACCOUNT", help="The account's id or external id.")
+        parser.add_argument(
+            "--level", required=True, choices=Level.values, help="The level of the sample."
+        )
+        parser.add_argument(
+            "--language", required=True, choices=Language.values, help="The e-mail's language."
+        )
+        parser.add_argument("--to", required=True, metavar="EMAIL", help="The address to send to.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        account = account_get_by_reference(reference=options["account"])
+        if account is None:
+            raise CommandError(
+                f"Unknown account “{options['account']}” (give its id or external id)."
+            )
+        try:
+            delivery = notification_send_test(
+                account=account,
+                level=options["level"],
+                language=options["language"],
+                to=options["to"],
+            )
+        except ValidationError as refused:
+            raise CommandError(_one_line(refused)) from refused
+
+        self.stdout.write(
+            f"Test notification queued for {delivery.email} (delivery #{delivery.pk})."
+        )
+        delivery.refresh_from_db()
+        self.stdout.write(f"Delivery status: {delivery.status}.")
+        if delivery.status == Delivery.Status.FAILED:
+            raise CommandError(f"Sending failed: {' '.join(delivery.last_error.split())}")

@@ -1,0 +1,225 @@
+"""The ops commands of notifications (SPEC section 8): evaluate_thresholds, send_test_notification."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from django.core import mail
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from accounts.models import Account, Level
+from notifications.models import Delivery, Notification
+from tests.factories import AccountFactory, LimitFactory, RecipientFactory
+from tests.notifications.factories import NotificationFactory, usage_already_counted
+
+pytestmark = pytest.mark.django_db(transaction=True)  # the e-mails are sent at commit
+
+
+@pytest.fixture(autouse=True)
+def _anymail_test_backend(settings) -> None:
+    settings.EMAIL_BACKEND = "anymail.backends.test.EmailBackend"
+
+
+def run(*args: str) -> list[str]:
+    """The lines a command writes on stdout."""
+    out = StringIO()
+    call_command(*args, stdout=out, stderr=StringIO())
+    return out.getvalue().splitlines()
+
+
+def account_past_its_warning(external_id: str, used: int = 900_000) -> Account:
+    """An account whose usage passed the warning threshold (800,000) before any sweep."""
+    account = AccountFactory(external_id=external_id)
+    LimitFactory(account=account, metric="text_tokens", warning=800_000, blocked=1_000_000)
+    RecipientFactory(account=account, level=Level.WARNING, email=f"warn@{external_id}.example")
+    RecipientFactory(account=account, level=Level.BLOCKED, email=f"block@{external_id}.example")
+    usage_already_counted(account, used)
+    return account
+
+
+# --- evaluate_thresholds ---
+
+
+def test_evaluate_thresholds_prints_each_notification_created_and_sends_its_emails():
+    # given
+    account_past_its_warning("acme", used=1_000_000)
+    account_past_its_warning("globex")
+    AccountFactory(external_id="initech")  # no limits: nothing to notify
+    # when
+    lines = run("evaluate_thresholds")
+    # then
+    assert lines == [
+        "acme    text_tokens  blocked  1000000",
+        "acme    text_tokens  warning   800000",
+        "globex  text_tokens  warning   800000",
+        "3 notification(s) created.",
+    ]
+    assert Notification.objects.count() == 3
+    assert sorted(message.to[0] for message in mail.outbox) == [
+        "block@acme.example",
+        "warn@acme.example",
+        "warn@globex.example",
+    ]
+
+
+def test_evaluate_thresholds_again_creates_nothing():
+    account_past_its_warning("acme")
+    run("evaluate_thresholds")
+
+    lines = run("evaluate_thresholds")
+
+    assert lines == ["0 notification(s) created."]
+    assert Notification.objects.count() == 1
+    assert len(mail.outbox) == 1
+
+
+@pytest.mark.parametrize("reference", ["id", "external id"])
+def test_evaluate_thresholds_of_one_account_leaves_the_others_alone(reference):
+    acme = account_past_its_warning("acme")
+    account_past_its_warning("globex")
+
+    lines = run("evaluate_thresholds", "--account", str(acme.pk) if reference == "id" else "acme")
+
+    assert lines == ["acme  text_tokens  warning  800000", "1 notification(s) created."]
+    assert list(Notification.objects.values_list("account__external_id", flat=True)) == ["acme"]
+
+
+def test_evaluate_thresholds_refuses_an_unknown_account_in_one_line_and_creates_nothing():
+    account_past_its_warning("acme")
+
+    with pytest.raises(CommandError) as refused:
+        run("evaluate_thresholds", "--account", "nope")
+
+    assert str(refused.value) == "Unknown account “nope” (give its id or external id)."
+    assert not Notification.objects.exists()
+    assert mail.outbox == []
+
+
+# --- send_test_notification ---
+
+
+def test_send_test_notification_sends_a_sample_and_prints_the_delivery_and_its_status():
+    # given
+    account = account_past_its_warning("acme")
+    # when
+    lines = run(
+        "send_test_notification",
+        "acme",
+        "--level",
+        "warning",
+        "--language",
+        "en",
+        "--to",
+        "ops@example.com",
+    )
+    # then
+    delivery = Delivery.objects.get()
+    assert lines == [
+        f"Test notification queued for ops@example.com (delivery #{delivery.pk}).",
+        "Delivery status: sent.",
+    ]
+    assert delivery.notification.is_test
+    assert delivery.notification.account == account
+    [message] = mail.outbox
+    assert message.to == ["ops@example.com"]
+    assert message.subject == f"[Test] Warning: {account.name} is approaching its Text tokens limit"
+    assert message.body.startswith("This is a test message: no threshold was actually reached.")
+    assert message.extra_headers["X-Usage-Account-External-Id"] == "acme"
+    assert message.extra_headers["X-Usage-Level"] == "warning"
+
+
+def test_send_test_notification_takes_the_account_id_and_the_recipient_language():
+    account = AccountFactory(external_id="acme")
+
+    lines = run(
+        "send_test_notification",
+        str(account.pk),
+        "--level",
+        "blocked",
+        "--language",
+        "fr",
+        "--to",
+        "ops@example.com",
+    )
+
+    assert lines[-1] == "Delivery status: sent."
+    delivery = Delivery.objects.get()
+    assert (delivery.notification.account, delivery.notification.level) == (account, "blocked")
+    assert delivery.language == "fr"
+    assert mail.outbox[0].extra_headers["X-Usage-Level"] == "blocked"
+
+
+def test_send_test_notification_reports_a_failed_sending_and_exits_non_zero(monkeypatch):
+    from anymail.backends.test import EmailBackend
+    from anymail.exceptions import AnymailAPIError
+
+    def refuse(self, payload, message):
+        raise AnymailAPIError("Sender signature not confirmed")
+
+    monkeypatch.setattr(EmailBackend, "post_to_esp", refuse)
+    AccountFactory(external_id="acme")
+    out = StringIO()
+
+    with pytest.raises(CommandError) as refused:
+        call_command(
+            "send_test_notification",
+            "acme",
+            "--level=warning",
+            "--language=en",
+            "--to=ops@example.com",
+            stdout=out,
+        )
+
+    assert out.getvalue().splitlines()[-1] == "Delivery status: failed."
+    assert str(refused.value) == "Sending failed: Sender signature not confirmed"
+    assert Delivery.objects.get().status == Delivery.Status.FAILED
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (
+            ["nope", "--level=warning", "--language=en", "--to=ops@example.com"],
+            "Unknown account “nope” (give its id or external id).",
+        ),
+        (
+            ["acme", "--level=warning", "--language=en", "--to=not-an-address"],
+            "Enter a valid email address.",
+        ),
+        (
+            ["acme", "--level=critical", "--language=en", "--to=ops@example.com"],
+            "Error: argument --level: invalid choice: 'critical'",
+        ),
+        (
+            ["acme", "--level=warning", "--language=de", "--to=ops@example.com"],
+            "Error: argument --language: invalid choice: 'de'",
+        ),
+        (
+            ["acme", "--level=warning", "--language=en"],
+            "Error: the following arguments are required: --to",
+        ),
+    ],
+)
+def test_send_test_notification_refuses_bad_input_in_one_line_and_changes_nothing(args, error):
+    AccountFactory(external_id="acme")
+
+    with pytest.raises(CommandError) as refused:
+        run("send_test_notification", *args)
+
+    # argparse words the list of choices differently across Python versions
+    assert str(refused.value).startswith(error)
+    assert "\n" not in str(refused.value)
+    assert not Notification.objects.exists()
+    assert mail.outbox == []
+
+
+def test_a_test_notification_does_not_count_as_the_real_one():
+    # given: a test notification of the very threshold the account has passed
+    account = account_past_its_warning("acme")
+    NotificationFactory(account=account, threshold=800_000, is_test=True)
+    # when
+    lines = run("evaluate_thresholds")
+    # then
+    assert lines[-1] == "1 notification(s) created."
