@@ -160,7 +160,8 @@ SPECTACULAR_SETTINGS = {
 # request: what was not enqueued is picked up by the periodic sweep.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=not CELERY_BROKER_URL)
-CELERY_TASK_EAGER_PROPAGATES = True
+# In-process (eager) tasks log their errors instead of failing the request that ran them.
+CELERY_TASK_EAGER_PROPAGATES = False
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TIMEZONE = "UTC"
@@ -174,6 +175,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 NOTIFICATIONS_RETRY_BASE_DELAY = env.float("NOTIFICATIONS_RETRY_BASE_DELAY", default=30.0)
 NOTIFICATIONS_MAX_RETRY_DELAY = env.float("NOTIFICATIONS_MAX_RETRY_DELAY", default=3600.0)
 NOTIFICATIONS_MAX_ATTEMPTS = env.int("NOTIFICATIONS_MAX_ATTEMPTS", default=8)
+# A delivery still queued this long after its notification was recorded lost its task
+# (broker down, worker killed): the sweep enqueues it again.
+NOTIFICATIONS_LOST_AFTER = env.float("NOTIFICATIONS_LOST_AFTER", default=120.0)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Redis redelivers an unacknowledged task after this long: it must exceed the longest
     # countdown of a retry, or a waiting retry would be delivered twice.
@@ -186,6 +190,13 @@ CELERY_BEAT_SCHEDULE: dict = {
         "task": "notifications.tasks.sweep_notifications",
         "schedule": 60.0,
         "options": {"expires": 55},
+    },
+    # Sets right the counters of the last days that differ from their events (logged as errors).
+    "reconcile-recent-counters": {
+        "task": "usage.tasks.reconcile_recent_counters",
+        "schedule": 15 * 60,
+        # A run that waited past the next one's start is dropped rather than piled up.
+        "options": {"expires": 14 * 60},
     },
 }
 

@@ -86,7 +86,8 @@ def threshold_message(*, notification: Notification, delivery: Delivery) -> Anym
         from_email=settings.DEFAULT_FROM_EMAIL,
         to=[delivery.email],
         headers=headers,
-        tags=["usage-limits", notification.level, notification.metric],
+        # One tag: several providers (Postmark...) accept only one; metadata carries the rest.
+        tags=[f"usage-{notification.level}"],
         metadata={
             "account": str(account.pk),
             "metric": notification.metric,

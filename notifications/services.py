@@ -23,6 +23,7 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from kombu.exceptions import OperationalError
 
 from accounts.metrics import METRICS
 from accounts.models import Account, Language, Level, Recipient
@@ -37,8 +38,6 @@ logger = logging.getLogger(__name__)
 NOTIFICATION_TABLE = Notification._meta.db_table
 # A delivery claimed this long ago and still "sending" belongs to a worker that died.
 STUCK_AFTER = timedelta(minutes=10)
-# A queued delivery whose task is this late was lost (broker down, worker killed).
-LOST_AFTER = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -92,10 +91,15 @@ def _insert_notifications(crossings: list[Crossing], now: datetime) -> list[tupl
     ]
 
 
-def crossings_record(*, usages: Iterable[MetricUsage], now: datetime | None = None) -> list[int]:
+def crossings_record(
+    *,
+    usages: Iterable[MetricUsage],
+    zones: dict[uuid.UUID, ZoneInfo] | None = None,
+    now: datetime | None = None,
+) -> list[int]:
     """Record the current-period crossings of ``usages``; returns the new notification ids.
 
-    Call inside the transaction that changed usage or limits. Only the current period
+    ``zones`` (account id to time zone) saves a query when the caller has them. Call inside the transaction that changed usage or limits. Only the current period
     notifies: usages of another period must not be passed. Each new notification gets a
     delivery per recipient of its level, and its sending task is enqueued after commit.
     """
@@ -103,12 +107,16 @@ def crossings_record(*, usages: Iterable[MetricUsage], now: datetime | None = No
     usages = list(usages)
     if not usages:
         return []
-    zones = dict(
-        Account.objects.filter(pk__in={u.account_id for u in usages}).values_list("id", "timezone")
-    )
+    if zones is None:
+        zones = {
+            pk: ZoneInfo(name)
+            for pk, name in Account.objects.filter(
+                pk__in={u.account_id for u in usages}
+            ).values_list("id", "timezone")
+        }
     crossings = []
     for usage in usages:
-        period = period_containing(now, ZoneInfo(zones[usage.account_id])).first_day
+        period = period_containing(now, zones[usage.account_id]).first_day
         crossings.extend(crossings_of(usage, period))
     if not crossings:
         return []
@@ -149,7 +157,7 @@ def notifications_enqueue(notification_ids: Iterable[int]) -> None:
     for notification_id in notification_ids:
         try:
             deliver_notification.apply_async(args=[notification_id], retry=False)
-        except Exception:  # the broker is down: the sweep will enqueue it later
+        except (OperationalError, OSError):  # the broker is down: the sweep will enqueue it
             logger.warning("could not enqueue notification %s; the sweep will", notification_id)
 
 
@@ -194,6 +202,14 @@ def _is_transient(error: Exception) -> bool:
     return isinstance(error, OSError | TimeoutError | ConnectionError)
 
 
+def _describe(error: Exception) -> str:
+    """The error as text for the admin; never raises, whatever the exception carries."""
+    try:
+        return str(error) or type(error).__name__
+    except Exception:
+        return type(error).__name__
+
+
 @dataclass(frozen=True)
 class DeliveryOutcome:
     sent: int
@@ -233,7 +249,7 @@ def notification_deliver(*, notification_id: int, final_attempt: bool = False) -
                 else Delivery.Status.FAILED
             )
             Delivery.objects.filter(pk=delivery.pk).update(
-                status=status, last_error=str(error)[:2000], updated_at=timezone.now()
+                status=status, last_error=_describe(error)[:2000], updated_at=timezone.now()
             )
             logger.warning("delivery %s to %s failed: %s", delivery.pk, delivery.email, error)
             if status == Delivery.Status.QUEUED:
@@ -279,11 +295,12 @@ def deliveries_recover(*, now: datetime | None = None) -> list[int]:
     Delivery.objects.filter(
         status=Delivery.Status.SENDING, claimed_at__lt=now - STUCK_AFTER
     ).update(status=Delivery.Status.QUEUED, updated_at=now)
-    retry_window = timedelta(seconds=settings.NOTIFICATIONS_MAX_RETRY_DELAY)
+    lost_after = timedelta(seconds=settings.NOTIFICATIONS_LOST_AFTER)
+    retry_window = timedelta(seconds=settings.NOTIFICATIONS_MAX_RETRY_DELAY) + lost_after
     lost = (
         Delivery.objects.filter(status=Delivery.Status.QUEUED)
         .filter(
-            Q(updated_at__lt=now - LOST_AFTER, attempts=0) | Q(updated_at__lt=now - retry_window)
+            Q(updated_at__lt=now - lost_after, attempts=0) | Q(updated_at__lt=now - retry_window)
         )
         .values_list("notification_id", flat=True)
         .distinct()

@@ -47,6 +47,19 @@ def _services(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _eager_celery(request: pytest.FixtureRequest):
+    """Unit tests run tasks in-process even when a broker is configured (CI's second run);
+    tests marked ``worker`` talk to a real broker and worker instead."""
+    from config.celery_app import app
+
+    eager = not request.node.get_closest_marker("worker")
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = eager
+    yield
+    app.conf.task_always_eager = previous
+
+
+@pytest.fixture(autouse=True)
 def _english_and_fast_passwords(settings) -> None:
     settings.LANGUAGE_CODE = "en"
     # Password hashing at production strength is most of a user factory's cost.

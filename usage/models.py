@@ -163,3 +163,26 @@ class CounterRepair(models.Model):
 
     def __str__(self) -> str:
         return f"{self.metric} {self.day}: {self.found_milli} → {self.expected_milli}"
+
+
+class EventPurge(models.Model):
+    """A deletion of the raw events of every local day before ``before`` (counters are kept).
+
+    Counters of those days can no longer be checked against their events, so
+    ``counters_rebuild`` leaves every day before the greatest ``before`` alone.
+    """
+
+    before = models.DateField(
+        _("before"),
+        help_text=_("Events of earlier days, in each account's time zone, are deleted."),
+    )
+    purged_at = models.DateTimeField(_("purged at"), auto_now_add=True)
+    deleted = models.PositiveBigIntegerField(_("events deleted"), default=0)
+
+    class Meta:
+        verbose_name = _("event purge")
+        verbose_name_plural = _("event purges")
+        ordering = ["-purged_at"]
+
+    def __str__(self) -> str:
+        return f"< {self.before}: {self.deleted}"

@@ -14,7 +14,9 @@ from notifications.models import Delivery, Notification
 from tests.factories import AccountFactory, LimitFactory, RecipientFactory
 from tests.notifications.factories import NotificationFactory, usage_already_counted
 
-pytestmark = pytest.mark.django_db(transaction=True)  # the e-mails are sent at commit
+pytestmark = pytest.mark.django_db(
+    transaction=True, serialized_rollback=True
+)  # the e-mails are sent at commit
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,7 @@ def quantity_of(number: int) -> int:
 
 
 @pytest.mark.postgres
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_eight_threads_posting_overlapping_batches_count_each_event_once(service_user):
     # given: two accounts and a pool of event ids that every thread draws from
     accounts = [AccountFactory(), AccountFactory()]

@@ -1,0 +1,192 @@
+"""Crossing a threshold creates one notification and one e-mail per recipient (SPEC 6)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from django.core import mail
+from django.utils import timezone
+
+from accounts.services import limits_patch, limits_replace
+from notifications.models import Delivery, Notification
+from notifications.services import thresholds_evaluate
+from tests.factories import AccountFactory
+from tests.notifications.backends import FlakyBackend
+from usage.models import Extension
+from usage.periods import period_containing
+from usage.services import usage_events_record
+
+pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+
+WARNING_TO = {"email": "pm@example.com", "language": "fr"}
+BLOCKED_TO = {"email": "ops@example.com", "language": "en"}
+
+
+@pytest.fixture(autouse=True)
+def _anymail_test_backend(settings):
+    settings.EMAIL_BACKEND = "anymail.backends.test.EmailBackend"
+
+
+def limited_account(warning=80, blocked=100, metric="text_tokens", recipients=None, **fields):
+    account = AccountFactory(**fields)
+    limits_replace(
+        account=account,
+        data={
+            "limits": {metric: {"warning": warning, "blocked": blocked}},
+            "recipients": recipients
+            if recipients is not None
+            else {"warning": [WARNING_TO], "blocked": [BLOCKED_TO]},
+        },
+    )
+    return account
+
+
+def record(account, event_id, quantity, metric="text_tokens", now=None, occurred_at=None):
+    usage_events_record(
+        payload={
+            "event_id": event_id,
+            "account": str(account.pk),
+            "metric": metric,
+            "quantity": quantity,
+            **({"occurred_at": occurred_at} if occurred_at else {}),
+        },
+        now=now,
+    )
+
+
+def ledger(account):
+    return sorted(
+        Notification.objects.filter(account=account).values_list("level", "threshold", "period")
+    )
+
+
+def test_an_exact_hit_notifies_once_each_recipient():
+    account = limited_account()
+    record(account, "a", 79)
+    assert not Notification.objects.exists()
+    record(account, "b", 1)  # exactly 80
+    assert [(level, threshold) for level, threshold, _ in ledger(account)] == [("warning", 80)]
+    assert [m.to for m in mail.outbox] == [["pm@example.com"]]
+    record(account, "c", 5)
+    record(account, "d", 5)
+    assert len(ledger(account)) == 1
+    assert len(mail.outbox) == 1
+    delivery = Delivery.objects.get()
+    assert (delivery.status, delivery.attempts, delivery.language) == ("sent", 1, "fr")
+    assert delivery.esp_message_id
+
+
+def test_one_batch_past_both_thresholds_creates_both_notifications():
+    account = limited_account()
+    usage_events_record(
+        payload={
+            "events": [
+                {
+                    "event_id": f"e{i}",
+                    "account": str(account.pk),
+                    "metric": "text_tokens",
+                    "quantity": 60,
+                }
+                for i in range(2)
+            ]
+        }
+    )
+    assert [(level, threshold) for level, threshold, _ in ledger(account)] == [
+        ("blocked", 100),
+        ("warning", 80),
+    ]
+    sent = sorted((m.to[0], m.extra_headers["X-Usage-Level"]) for m in mail.outbox)
+    assert sent == [("ops@example.com", "blocked"), ("pm@example.com", "warning")]
+
+
+def test_a_lowered_threshold_already_passed_notifies_when_saved():
+    account = limited_account(warning=None, blocked=1000)
+    record(account, "a", 500)
+    assert not Notification.objects.exists()
+    limits_patch(account=account, data={"limits": {"text_tokens": {"warning": 400}}})
+    assert [(level, threshold) for level, threshold, _ in ledger(account)] == [("warning", 400)]
+    assert len(mail.outbox) == 1
+
+
+def test_a_raised_threshold_re_arms():
+    account = limited_account(warning=10, blocked=None, recipients={"warning": [WARNING_TO]})
+    record(account, "a", 10)
+    limits_patch(account=account, data={"limits": {"text_tokens": {"warning": 20}}})
+    record(account, "b", 5)
+    assert [t for _, t, _ in ledger(account)] == [10]
+    record(account, "c", 5)
+    assert [t for _, t, _ in ledger(account)] == [10, 20]
+    assert len(mail.outbox) == 2
+
+
+def test_each_period_starts_afresh_and_late_events_do_not_email():
+    account = limited_account(timezone="UTC")
+    october = datetime.fromisoformat("2026-10-31T12:00:00+00:00")
+    november = datetime.fromisoformat("2026-11-03T12:00:00+00:00")
+    record(account, "oct", 85, now=october, occurred_at=october.isoformat())
+    assert [(lv, str(p)) for lv, _, p in ledger(account)] == [("warning", "2026-10-01")]
+    # a late event for October, recorded in November, counts there but e-mails nobody
+    record(account, "late", 20, now=november, occurred_at=october.isoformat())
+    assert len(ledger(account)) == 1
+    record(account, "nov", 85, now=november, occurred_at=november.isoformat())
+    assert [(lv, str(p)) for lv, _, p in ledger(account)] == [
+        ("warning", "2026-10-01"),
+        ("warning", "2026-11-01"),
+    ]
+    assert len(mail.outbox) == 2
+
+
+def test_a_blocked_threshold_without_recipients_is_recorded_and_sends_nothing():
+    account = limited_account(warning=None, blocked=10, recipients={})
+    record(account, "a", 10)
+    notification = Notification.objects.get()
+    assert (notification.level, notification.threshold) == ("blocked", 10)
+    assert not notification.deliveries.exists()
+    assert mail.outbox == []
+
+
+def test_the_blocked_notification_uses_the_effective_threshold():
+    account = limited_account(warning=None, blocked=100)
+    period = period_containing(timezone.now(), account.zone)
+    Extension.objects.create(
+        account=account, metric="text_tokens", period=period.first_day, amount=50, reason="deal"
+    )
+    record(account, "a", 120)
+    assert not Notification.objects.exists()
+    record(account, "b", 30)
+    assert [(lv, t) for lv, t, _ in ledger(account)] == [("blocked", 150)]
+
+
+def test_the_sweep_finds_crossings_no_task_recorded_and_never_twice():
+    account = limited_account()
+    record(account, "a", 90)
+    Notification.objects.all().delete()  # as if the recording had been lost
+    mail.outbox.clear()
+    assert len(thresholds_evaluate()) == 1
+    assert thresholds_evaluate() == []
+    assert len(mail.outbox) == 1
+
+
+def test_a_provider_failing_twice_then_succeeding_sends_one_message_after_three_attempts(
+    settings,
+):
+    settings.EMAIL_BACKEND = "tests.notifications.backends.FlakyBackend"
+    settings.NOTIFICATIONS_RETRY_BASE_DELAY = 0
+    FlakyBackend.calls, FlakyBackend.FAILURES, FlakyBackend.STATUS = 0, 2, 503
+    account = limited_account(warning=10, blocked=None, recipients={"warning": [WARNING_TO]})
+    record(account, "a", 10)
+    delivery = Delivery.objects.get()
+    assert (delivery.status, delivery.attempts) == ("sent", 3)
+    assert len(mail.outbox) == 1
+
+
+def test_a_permanent_provider_error_fails_at_once_and_is_visible(settings):
+    settings.EMAIL_BACKEND = "tests.notifications.backends.FlakyBackend"
+    FlakyBackend.calls, FlakyBackend.FAILURES, FlakyBackend.STATUS = 0, 1, 400
+    account = limited_account(warning=10, blocked=None, recipients={"warning": [WARNING_TO]})
+    record(account, "a", 10)
+    delivery = Delivery.objects.get()
+    assert (delivery.status, delivery.attempts) == ("failed", 1)
+    assert "provider unavailable" in delivery.last_error
+    assert mail.outbox == []

@@ -1,0 +1,54 @@
+"""Helpers that record usage the way services do, so counters are kept as in production."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import date, datetime
+from decimal import Decimal
+
+from django.utils import timezone
+
+from accounts.models import Account
+from usage.models import UsageCounter
+from usage.services import usage_events_record
+
+_event_ids = itertools.count(1)
+
+
+def event_record(
+    account: Account,
+    occurred_at: datetime | str,
+    quantity: int | Decimal | str = 10,
+    metric: str = "text_tokens",
+    event_id: str | None = None,
+) -> None:
+    """Record one event through ``usage_events_record`` (which also adds it to its counter)."""
+    moment = datetime.fromisoformat(occurred_at) if isinstance(occurred_at, str) else occurred_at
+    usage_events_record(
+        payload={
+            "event_id": event_id or f"evt-{next(_event_ids)}",
+            "account": str(account.pk),
+            "metric": metric,
+            "quantity": quantity,
+            "occurred_at": moment.isoformat(),
+        },
+        now=max(timezone.now(), moment),
+    )
+
+
+def counters_of(account: Account, metric: str = "text_tokens") -> dict[date, int]:
+    """The account's stored counters of ``metric``, in thousandths by local day."""
+    return dict(
+        UsageCounter.objects.filter(account=account, metric=metric)
+        .order_by("day")
+        .values_list("day", "quantity_milli")
+    )
+
+
+def counter_corrupt(
+    account: Account, day: date, quantity_milli: int, metric: str = "text_tokens"
+) -> None:
+    """Set a counter behind the services' back, as a bug or a hand-made change would."""
+    UsageCounter.objects.filter(account=account, metric=metric, day=day).update(
+        quantity_milli=quantity_milli
+    )
