@@ -22,6 +22,8 @@ from accounts.roles import ACCOUNT_MANAGERS, USAGE_SERVICES
 from accounts.selectors import limits_document_get
 from accounts.services import limits_replace
 from tests.factories import AccountFactory, UserFactory
+from usage.models import UsageEvent
+from usage.selectors import account_usage
 
 pytestmark = pytest.mark.django_db
 
@@ -464,6 +466,24 @@ def test_seed_demo_twice_creates_no_duplicates_and_prints_a_working_password(mon
     assert manager is not None and manager.is_staff and not manager.is_superuser
     assert manager.groups.get() == Group.objects.get(name=ACCOUNT_MANAGERS)
     assert authenticate(username="admin", password=first[-2].split(" / ")[1]) is None
+
+
+def test_seed_demo_records_current_usage_once_with_one_account_warning_and_one_blocked():
+    # given
+    run("seed_demo")
+    events = UsageEvent.objects.count()
+    statuses = {
+        account.external_id: {u.metric: u.status for u in account_usage(account=account)}
+        for account in Account.objects.all()
+    }
+    # when
+    run("seed_demo")
+    # then
+    assert events > 0
+    assert UsageEvent.objects.count() == events
+    assert statuses["demo-lumiere"]["text_tokens"] == "warning"
+    assert statuses["demo-pacific"]["audio_analyzed_seconds"] == "blocked"
+    assert set(statuses["demo-kiwi"].values()) == {"ok"}
 
 
 def test_seed_demo_takes_the_password_from_the_environment(monkeypatch):

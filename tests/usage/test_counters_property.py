@@ -1,11 +1,14 @@
-"""For any sequence of batches, duplicates and retries, counters equal the distinct events."""
+"""For any sequence of batches, duplicates and retries, counters equal the distinct events
+and ``rebuild_usage --check`` finds no drift."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime, timedelta
 from decimal import Decimal
+from io import StringIO
 
+from django.core.management import call_command
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.django import TestCase
@@ -65,3 +68,6 @@ class CountersProperty(TestCase):
         ):
             counted[metric] += milli
         assert dict(counted) == dict(expected)
+        out = StringIO()
+        call_command("rebuild_usage", "--check", "--account", str(account.pk), stdout=out)
+        assert "drifted: 0." in out.getvalue()

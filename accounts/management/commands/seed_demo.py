@@ -10,11 +10,14 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
+from django.utils import timezone
 
 from accounts.management.base import OpsCommand
 from accounts.models import Account, Language, Plan
 from accounts.roles import ACCOUNT_MANAGERS
 from accounts.services import account_upsert, limits_replace
+from usage.periods import period_containing
+from usage.services import usage_events_record
 
 PASSWORD_VARIABLE = "DEMO_ADMIN_PASSWORD"
 
@@ -28,6 +31,8 @@ class DemoAccount:
     timezone: str
     # A whole limits document, as PUT takes it; ``None`` leaves the limits alone.
     limits: dict[str, Any] | None = None
+    # Usage of the current period per metric, recorded as ten events spread over it.
+    usage: dict[str, int] | None = None
 
 
 DEMO_ACCOUNTS = (
@@ -50,6 +55,7 @@ DEMO_ACCOUNTS = (
                 ],
             },
         },
+        {"audio_transcribed_seconds": 21_600, "text_tokens": 850_000},  # text: warning
     ),
     DemoAccount(
         "demo-pacific",
@@ -59,6 +65,7 @@ DEMO_ACCOUNTS = (
         "America/Los_Angeles",
         # A blocked threshold alone needs no recipient: it still blocks.
         {"limits": {"audio_analyzed_seconds": {"warning": None, "blocked": 180_000}}},
+        {"audio_analyzed_seconds": 181_000, "text_tokens": 42_000},  # audio: blocked
     ),
     DemoAccount(
         "demo-kiwi",
@@ -79,8 +86,11 @@ DEMO_ACCOUNTS = (
                 "blocked": [{"email": "legal-ops@kiwi.example", "language": "en"}],
             },
         },
+        {"audio_transcribed_seconds": 120_000, "text_tokens": 1_200_000},  # all ok
     ),
-    DemoAccount("demo-studio", "Small Studio", Plan.PRO, Language.EN, "UTC"),
+    DemoAccount(
+        "demo-studio", "Small Studio", Plan.PRO, Language.EN, "UTC", None, {"text_tokens": 9_000}
+    ),
 )
 
 
@@ -88,7 +98,8 @@ class Command(OpsCommand):
     help = (
         "Create or bring back the demo data: three Enterprise accounts with limits and "
         "recipients (Europe/Paris in French, America/Los_Angeles and Pacific/Auckland in "
-        "English), one Pro account without limits, a superuser “admin” and a staff user "
+        "English), one Pro account without limits, current-period usage for each (one account in "
+        "warning, one blocked), a superuser “admin” and a staff user "
         f"“manager” in the “{ACCOUNT_MANAGERS}” group. Both users get the same password: "
         f"${PASSWORD_VARIABLE} when set, else a new random one on every run; it is printed. "
         "Running it again creates no duplicates: it resets the demo accounts, their limits "
@@ -98,10 +109,32 @@ class Command(OpsCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         password = os.environ.get(PASSWORD_VARIABLE) or secrets.token_urlsafe(12)
         with transaction.atomic():
-            self._seed_accounts()
+            accounts = self._seed_accounts()
             self._seed_users(password)
+        self._seed_usage(accounts)
         self.stdout.write(f"Superuser: admin / {password}")
         self.stdout.write(f"Account manager: manager / {password}")
+
+    def _seed_usage(self, accounts: list[Account]) -> None:
+        """Usage of the current period; event ids are fixed, so a second run adds nothing."""
+        now = timezone.now()
+        for demo, account in zip(DEMO_ACCOUNTS, accounts, strict=True):
+            start = period_containing(now, account.zone).start
+            step = (now - start) / 10
+            events = [
+                {
+                    "event_id": f"demo-{metric}-{n}",
+                    "account": str(account.pk),
+                    "metric": metric,
+                    "quantity": total // 10,
+                    "occurred_at": (start + step * n).isoformat(),
+                    "source": "seed_demo",
+                }
+                for metric, total in (demo.usage or {}).items()
+                for n in range(10)
+            ]
+            if events:
+                usage_events_record(payload={"events": events}, now=now)
 
     def _seed_accounts(self) -> list[Account]:
         accounts = []
