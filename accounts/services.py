@@ -268,6 +268,13 @@ def limits_document_merge(*, current: LimitsDocument, patch: Any) -> Any:
     return merged
 
 
+def _attribute(row: Limit | Recipient, actor: AbstractBaseUser | None, reason: str) -> Any:
+    """Tell django-simple-history who makes the next change of ``row``, and through what."""
+    row._history_user = actor
+    row._change_reason = reason
+    return row
+
+
 def _limits_write(
     *, account: Account, document: LimitsDocument, actor: AbstractBaseUser | None, reason: str
 ) -> bool:
@@ -283,9 +290,7 @@ def _limits_write(
         elif (row.warning, row.blocked) == (thresholds.warning, thresholds.blocked):
             continue
         row.warning, row.blocked = thresholds.warning, thresholds.blocked
-        row._history_user = actor
-        row._change_reason = reason
-        row.save()
+        _attribute(row, actor, reason).save()
         changed = True
 
     existing_recipients = {(r.level, r.email.lower()): r for r in account.recipients.all()}
@@ -297,9 +302,7 @@ def _limits_write(
     # Deletions first, so that re-adding an address under another case never collides.
     for key, row in existing_recipients.items():
         if key not in wanted:
-            row._history_user = actor
-            row._change_reason = reason
-            row.delete()
+            _attribute(row, actor, reason).delete()
             changed = True
     for (level, folded), spec in wanted.items():
         row = existing_recipients.get((level, folded))
@@ -308,9 +311,7 @@ def _limits_write(
         elif (row.email, row.language) == (spec.email, spec.language):
             continue
         row.email, row.language = spec.email, spec.language
-        row._history_user = actor
-        row._change_reason = reason
-        row.save()
+        _attribute(row, actor, reason).save()
         changed = True
     return changed
 
