@@ -45,7 +45,7 @@ format: install-test
 ## Refresh locale/fr from the code, then compile it (needs GNU gettext).
 messages: install
 	$(MANAGE) makemessages $(MESSAGES)
-	$(MANAGE) compilemessages --locale fr
+	$(MANAGE) compilemessages --locale fr --ignore '.venv/*'
 
 ## Fails when locale/ is out of date with the code or a French string is missing.
 check-messages: messages
@@ -53,6 +53,10 @@ check-messages: messages
 		|| { echo "untranslated strings in locale/fr:"; msgattrib --untranslated --no-obsolete locale/fr/LC_MESSAGES/django.po; exit 1; }
 	@git diff --quiet -I '^"POT-Creation-Date' -- locale \
 		|| { echo "locale/ is out of date: run 'make messages' and commit"; git diff --stat -- locale; exit 1; }
+
+## Performance figures on PostgreSQL and gunicorn (SPEC section 10); see bench/README.md.
+bench: install
+	$(BIN)/python bench/ingest.py --quick && $(BIN)/python bench/sweep.py
 
 clean:
 	rm -rf $(VENV) db.sqlite3 staticfiles

@@ -4,23 +4,31 @@ The account page edits the account, its limits per metric and its recipients in 
 form, validated whole by ``accounts.services`` and stored by ``limits_replace`` (see
 ``accounts.forms`` for how the form and the inline meet). Account managers may change
 limits and recipients but not the account's own fields, which come from the CRM.
+
+The list shows each account's status and a usage bar per metric of its current period,
+read for the whole page at once (``AccountChangeList``); the page shows the same usage in
+detail, and the period's extensions, granted through ``usage.services.extension_grant``.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from django.contrib import admin
 from django.contrib.admin.utils import flatten_fieldsets
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import ImproperlyConfigured
-from django.db.models import Case, Model, QuerySet, When
+from django.db.models import Case, Model, Q, QuerySet, When
 from django.http import HttpRequest, HttpResponse
-from django.utils import formats
+from django.urls import reverse
+from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
@@ -32,10 +40,17 @@ from notifications.admin import (
     evaluate_thresholds_now,
     send_test_notification,
 )
+from notifications.services import thresholds_evaluate
+from usage.models import MILLI, Extension, UsageCounter, UsageEvent
+from usage.periods import Period, period_containing
+from usage.selectors import MetricUsage, Status, current_period, number, usage_for
+from usage.services import extension_grant
 
 from .forms import (
     ACCOUNT_FIELDS,
+    UNIT_LABELS,
     AccountAdminForm,
+    ExtensionInlineForm,
     LimitsDraft,
     RecipientInlineForm,
     RecipientInlineFormSet,
@@ -174,6 +189,251 @@ def limits_history_list(*, account: Account, limit: int = HISTORY_LENGTH) -> lis
     return [change for _key, change in found[:limit]]
 
 
+# --- Usage of the current period (SPEC sections 4 and 7) ---
+
+# Worst last: an account's status is the worst status of its metrics.
+STATUSES = (Status.OK, Status.WARNING, Status.BLOCKED)
+STATUS_LABELS = {
+    Status.OK: _("OK"),
+    Status.WARNING: Level.WARNING.label,
+    Status.BLOCKED: Level.BLOCKED.label,
+}
+
+
+def worst_status(usages: Iterable[MetricUsage]) -> str:
+    return max((usage.status for usage in usages), key=STATUSES.index, default=Status.OK)
+
+
+def current_usage_attach(accounts: Iterable[Account], now: datetime | None = None) -> None:
+    """Read the current-period usage of every metric of ``accounts`` in three queries.
+
+    Each account gets ``current_usage``: metric -> ``MetricUsage``, in METRICS order.
+    """
+    now = now or timezone.now()
+    accounts = list(accounts)
+    found = usage_for(periods={account.pk: current_period(account, now) for account in accounts})
+    for account in accounts:
+        account.current_usage = {metric: found[(account.pk, metric)] for metric in METRICS}
+
+
+def current_usage_of(account: Account) -> dict[str, MetricUsage]:
+    """``account.current_usage``, read now (three queries) when no list attached it."""
+    if not hasattr(account, "current_usage"):
+        current_usage_attach([account])
+    return account.current_usage
+
+
+def account_statuses_reached(now: datetime | None = None) -> dict[Any, str]:
+    """The status of every account past a threshold of its current period (others are ok).
+
+    Only metrics with a threshold can leave ``ok``: four queries whatever the number of
+    accounts (the limits with their accounts' time zones, then ``usage_for``).
+    """
+    now = now or timezone.now()
+    periods: dict[Any, Period] = {}
+    pairs = set()
+    by_zone: dict[str, Period] = {}
+    rows = Limit.objects.filter(Q(warning__isnull=False) | Q(blocked__isnull=False)).values_list(
+        "account_id", "metric", "account__timezone"
+    )
+    for account_id, metric, zone in rows:
+        if zone not in by_zone:
+            by_zone[zone] = period_containing(now, ZoneInfo(zone))
+        periods[account_id] = by_zone[zone]
+        pairs.add((account_id, metric))
+    reached: dict[Any, str] = {}
+    for usage in usage_for(periods=periods, pairs=pairs).values():
+        status = usage.status
+        if STATUSES.index(status) > STATUSES.index(reached.get(usage.account_id, Status.OK)):
+            reached[usage.account_id] = status
+    return reached
+
+
+def _number_display(value: Any) -> str:
+    return formats.number_format(value, force_grouping=True)
+
+
+def _quantity_display(value_milli: int, metric: str) -> str:
+    """A quantity in the metric's unit: whole tokens, seconds with up to 3 decimals."""
+    return _number_display(number(value_milli, metric))
+
+
+def status_badge(status: str, title: str = "") -> str:
+    return format_html(
+        '<span class="usage-badge usage-badge-{}" title="{}">{}</span>',
+        status,
+        title,
+        STATUS_LABELS[status],
+    )
+
+
+def _percent(part: float, whole: float) -> float:
+    """``part`` as a percentage of ``whole``, within 0..100 (a zero ``whole`` is full)."""
+    return 100.0 if whole <= 0 else max(0.0, min(100.0, 100.0 * part / whole))
+
+
+def usage_bar(usage: MetricUsage) -> str:
+    """``used / threshold`` over a bar filled up to the effective blocked threshold.
+
+    Without a blocked threshold the bar goes up to the warning threshold; a line marks the
+    warning threshold on a bar that goes up to the blocked one. No threshold: "unlimited".
+    """
+    spec = METRICS[usage.metric]
+    unit = UNIT_LABELS.get(spec.unit, spec.unit)
+    used = _quantity_display(usage.used_milli, usage.metric)
+    scale = usage.effective_blocked if usage.effective_blocked is not None else usage.warning
+    if scale is None:
+        title = gettext("%(metric)s: %(used)s %(unit)s used, no threshold.") % {
+            "metric": spec.label,
+            "used": used,
+            "unit": unit,
+        }
+        text = gettext("%(used)s / unlimited") % {"used": used}
+        return format_html('<span class="usage-unlimited" title="{}">{}</span>', title, text)
+
+    percent = _percent(usage.used_milli, scale * MILLI)
+    lines = [
+        gettext("%(metric)s: %(used)s of %(threshold)s %(unit)s used.")
+        % {"metric": spec.label, "used": used, "threshold": _number_display(scale), "unit": unit}
+    ]
+    if usage.warning is not None:
+        lines.append(
+            gettext("Warning threshold: %(threshold)s.")
+            % {"threshold": _number_display(usage.warning)}
+        )
+    if usage.blocked is not None:
+        if usage.extension:
+            line = gettext(
+                "Blocked threshold: %(threshold)s (%(blocked)s + extensions %(extension)s)."
+            ) % {
+                "threshold": _number_display(usage.effective_blocked),
+                "blocked": _number_display(usage.blocked),
+                "extension": _number_display(usage.extension),
+            }
+        else:
+            line = gettext("Blocked threshold: %(threshold)s.") % {
+                "threshold": _number_display(usage.blocked)
+            }
+        lines.append(line)
+    lines.append(gettext("Status: %(status)s.") % {"status": STATUS_LABELS[usage.status]})
+    marker = ""
+    if usage.effective_blocked is not None and usage.warning is not None:
+        marker = format_html(
+            '<span class="usage-bar-marker" style="left: {}%"></span>',
+            f"{_percent(usage.warning, usage.effective_blocked):.1f}",
+        )
+    return format_html(
+        '<div class="usage-bar usage-{}" title="{}">'
+        '<div class="usage-bar-track"><div class="usage-bar-fill" style="width: {}%"></div>{}'
+        '</div><div class="usage-bar-text">{} / {}</div></div>',
+        usage.status,
+        "\n".join(lines),
+        f"{percent:.1f}",
+        marker,
+        used,
+        _number_display(scale),
+    )
+
+
+def _usage_column(metric: str) -> Any:
+    """The list column of one metric: its usage bar (generated for each metric of METRICS)."""
+
+    @admin.display(description=METRICS[metric].label)
+    def column(account: Account) -> str:
+        return usage_bar(current_usage_of(account)[metric])
+
+    column.__name__ = f"usage_{metric}"
+    return column
+
+
+class AccountChangeList(ChangeList):
+    """The accounts list, which reads the usage of all the accounts of the page at once."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        current_usage_attach(self.result_list)  # evaluates (and caches) the page's rows
+
+
+class UsageStatusFilter(admin.SimpleListFilter):
+    """Accounts by the status of their current period (the worst over their metrics)."""
+
+    title = _("usage status")
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        return [(status, STATUS_LABELS[status]) for status in STATUSES]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        if value not in STATUSES:
+            return queryset
+        # Read once per request: with "Show counts", the admin asks for every status.
+        if not hasattr(self, "_reached"):
+            self._reached = account_statuses_reached()
+        reached = self._reached
+        if value == Status.OK:
+            return queryset.exclude(pk__in=list(reached))
+        return queryset.filter(pk__in=[pk for pk, status in reached.items() if status == value])
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """One metric in the account page's usage section, every value written for display."""
+
+    label: str
+    unit: str
+    used: str
+    warning: str
+    blocked: str
+    extension: str
+    effective_blocked: str
+    remaining: str
+    badge: str
+    bar: str
+
+
+def _usage_row(usage: MetricUsage) -> UsageRow:
+    spec = METRICS[usage.metric]
+    remaining = usage.remaining_milli
+    return UsageRow(
+        label=spec.label,
+        unit=UNIT_LABELS.get(spec.unit, spec.unit),
+        used=_quantity_display(usage.used_milli, usage.metric),
+        warning=_threshold_display(usage.warning),
+        blocked=_threshold_display(usage.blocked),
+        extension=_number_display(usage.extension),
+        effective_blocked=_threshold_display(usage.effective_blocked),
+        remaining="—" if remaining is None else _quantity_display(remaining, usage.metric),
+        badge=status_badge(usage.status),
+        bar=usage_bar(usage),
+    )
+
+
+def _changelist_link(request: HttpRequest, model: type[Model], account: Account) -> str | None:
+    """The admin list of ``model`` filtered on ``account``, if the user may see it."""
+    opts = model._meta
+    if not request.user.has_perm(f"{opts.app_label}.view_{opts.model_name}"):
+        return None
+    url = reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist")
+    return f"{url}?{urlencode({'account__id__exact': account.pk})}"
+
+
+def current_usage_section(request: HttpRequest, account: Account) -> dict[str, Any]:
+    """What the account page shows of its current period (``includes/current_usage.html``)."""
+    period = current_period(account)
+    usages = list(current_usage_of(account).values())
+    return {
+        "period": period.code,
+        "start": formats.date_format(period.start, "DATETIME_FORMAT"),
+        "end": formats.date_format(period.end, "DATETIME_FORMAT"),
+        "zone": account.timezone,
+        "badge": status_badge(worst_status(usages)),
+        "rows": [_usage_row(usage) for usage in usages],
+        "events_url": _changelist_link(request, UsageEvent, account),
+        "counters_url": _changelist_link(request, UsageCounter, account),
+    }
+
+
 # --- Admin classes ---
 
 
@@ -203,18 +463,82 @@ class RecipientInline(admin.TabularInline):
         return can_edit_limits(request.user)
 
 
+class ExtensionInline(admin.TabularInline):
+    """The account's extensions: granted ones read-only, new ones for the current period.
+
+    A new row is judged by ``extension_grant`` (see ``ExtensionInlineForm``) and saved by
+    ``AccountAdmin.save_related`` through the same service: extensions are never changed
+    or deleted, they are the record of what was granted.
+    """
+
+    model = Extension
+    form = ExtensionInlineForm
+    fields = ("metric", "period_display", "amount", "reason", "granted_by", "granted_at")
+    readonly_fields = ("period_display", "granted_by", "granted_at")
+    extra = 0
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Extension]:
+        return super().get_queryset(request).select_related("granted_by")
+
+    @admin.display(description=_("period"))
+    def period_display(self, obj: Extension) -> str:
+        if obj.period is None:
+            return gettext("current")  # a new row: granted for the current period
+        return f"{obj.period:%Y-%m}"
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+
 @admin.register(Account)
 class AccountAdmin(SimpleHistoryAdmin):
     form = AccountAdminForm
-    inlines = [RecipientInline, NotificationInline]
+    inlines = [RecipientInline, ExtensionInline, NotificationInline]
     actions = [evaluate_thresholds_now, send_test_notification]
-    # More columns (status badge, usage bars) are appended here as admin display methods.
-    list_display = ("name", "external_id", "plan", "language", "timezone", "is_active")
-    list_filter = ("plan", "is_active")
+    # Then the status and one usage bar per metric (``get_list_display``).
+    list_display = ("name", "external_id", "plan")
+    list_filter = ("plan", UsageStatusFilter, "is_active", "language")
     search_fields = ("name", "external_id")
     ordering = ("name", "external_id")
     record_fields = ("id", "limits_updated_at", "created_at", "updated_at")
     readonly_fields = (*record_fields, "limits_summary")
+
+    class Media:
+        css = {"all": ["accounts/usage.css"]}
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return AccountChangeList
+
+    def get_list_display(self, request: HttpRequest) -> list:
+        # Built from METRICS on each request, so a new metric gets its column by itself.
+        return [
+            *super().get_list_display(request),
+            "usage_status",
+            *(_usage_column(metric) for metric in METRICS),
+        ]
+
+    @admin.display(description=_("status"))
+    def usage_status(self, obj: Account) -> str:
+        usages = current_usage_of(obj).values()
+        status = worst_status(usages)
+        title = ", ".join(
+            gettext("%(metric)s: %(status)s")
+            % {"metric": METRICS[usage.metric].label, "status": STATUS_LABELS[usage.status]}
+            for usage in usages
+            if usage.status != Status.OK
+        )
+        return status_badge(status, title)
+
+    def get_inline_instances(self, request: HttpRequest, obj: Account | None = None) -> list:
+        # An extension is granted to an existing account only.
+        return [
+            inline
+            for inline in super().get_inline_instances(request, obj)
+            if obj is not None or not isinstance(inline, ExtensionInline)
+        ]
 
     def has_change_permission(self, request: HttpRequest, obj: Account | None = None) -> bool:
         # Account managers change limits and recipients, on the account page.
@@ -288,22 +612,48 @@ class AccountAdmin(SimpleHistoryAdmin):
         self, request: HttpRequest, form: AccountAdminForm, formsets: list, change: bool
     ) -> None:
         form.save_m2m()
+        extensions = []
         for formset in formsets:
             if isinstance(formset, RecipientInlineFormSet):
                 # Writes nothing: fills what the admin's change message lists.
                 formset.save(commit=False)
+            elif formset.model is Extension:
+                extensions.append(formset)
             else:
                 self.save_formset(request, form, formset, change)
         draft: LimitsDraft | None = getattr(form.instance, "_limits_draft", None)
-        if draft is None:
-            return
-        if draft.document is None:
-            raise ImproperlyConfigured(
-                "The limits were not validated: the recipients inline is missing."
+        if draft is not None:
+            if draft.document is None:
+                raise ImproperlyConfigured(
+                    "The limits were not validated: the recipients inline is missing."
+                )
+            limits_replace(
+                account=form.instance, data=draft.document, actor=request.user, reason="admin"
             )
-        limits_replace(
-            account=form.instance, data=draft.document, actor=request.user, reason="admin"
-        )
+        granted = [
+            extension for formset in extensions for extension in self._grant(request, formset)
+        ]
+        if granted:
+            # A raised effective blocked threshold may re-arm its notification (SPEC 6).
+            thresholds_evaluate(account_ids=[form.instance.pk])
+
+    @staticmethod
+    def _grant(request: HttpRequest, formset: Any) -> list[Extension]:
+        """Grant the new rows of the extensions inline, already judged by the service."""
+        granted = [
+            extension_grant(
+                account=formset.instance,
+                metric=row.cleaned_data["metric"],
+                amount=row.cleaned_data["amount"],
+                reason=row.cleaned_data["reason"],
+                actor=request.user,
+            )
+            for row in formset.extra_forms
+            if row.has_changed()
+        ]
+        # What the admin's change message lists.
+        formset.new_objects, formset.changed_objects, formset.deleted_objects = granted, [], []
+        return granted
 
     def render_change_form(
         self,
@@ -319,6 +669,8 @@ class AccountAdmin(SimpleHistoryAdmin):
                 "changes": limits_history_list(account=obj),
                 "length": HISTORY_LENGTH,
             }
+        if obj is not None:
+            context["current_usage"] = current_usage_section(request, obj)
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def revert_disabled(self, request: HttpRequest, obj: Account | None = None) -> bool:

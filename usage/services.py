@@ -467,16 +467,10 @@ MSG_EXTENSION_CLOSED_PERIOD = _(
 )
 
 
-def extension_grant(
-    *,
-    account: Account,
-    metric: str,
-    amount: int,
-    reason: str,
-    actor: Any,
-    period: Period | None = None,
-) -> Extension:
-    """Raise ``metric``'s blocked threshold by ``amount`` for ``period`` (by default the current).
+def extension_validate(
+    *, account: Account, metric: Any, amount: Any, reason: Any, period: Period | None = None
+) -> Period:
+    """Check an extension before it is granted; returns its period (the current by default).
 
     Raises ``ValidationError`` keyed by field when the account is not Enterprise, the
     metric unknown, the amount not a whole number > 0, the reason blank or the period closed.
@@ -509,7 +503,25 @@ def extension_grant(
         errors["period"] = [ValidationError(MSG_EXTENSION_CLOSED_PERIOD, code="closed")]
     if errors:
         raise ValidationError(errors)
+    return period
 
+
+def extension_grant(
+    *,
+    account: Account,
+    metric: str,
+    amount: int,
+    reason: str,
+    actor: Any,
+    period: Period | None = None,
+) -> Extension:
+    """Raise ``metric``'s blocked threshold by ``amount`` for ``period`` (by default the current).
+
+    Refused with ``ValidationError`` as ``extension_validate`` says.
+    """
+    period = extension_validate(
+        account=account, metric=metric, amount=amount, reason=reason, period=period
+    )
     granted_by = actor if getattr(actor, "is_authenticated", False) else None
     return Extension.objects.create(
         account=account,

@@ -1,0 +1,367 @@
+"""A real Celery worker on Redis and PostgreSQL, and a fake e-mail provider on 127.0.0.1.
+
+The provider speaks Postmark's HTTP API (Anymail's Postmark backend is pointed at it), so
+everything between the recorded usage and the provider's door is the production path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import kombu.pools
+import pytest
+from django.conf import settings as django_settings
+from django.db import connection
+from knox.models import AuthToken
+from rest_framework.test import APIClient
+
+from accounts.services import limits_replace
+from config.celery_app import app as celery_app
+from notifications.models import Delivery, Notification
+from notifications.tasks import sweep_notifications
+from tests.factories import AccountFactory
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.redis,
+    pytest.mark.worker,
+    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT = 30.0  # seconds: bound of every wait on the worker
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class FakeProvider:
+    """Postmark's ``POST /email`` on 127.0.0.1: records messages, fails on demand."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+        self.requests = 0
+        self.fail_next = 0
+        self.lock = threading.Lock()
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with provider.lock:
+                    provider.requests += 1
+                    failing = provider.fail_next > 0
+                    if failing:
+                        provider.fail_next -= 1
+                    else:
+                        provider.messages.append(body)
+                        number = len(provider.messages)
+                if failing:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                answer = json.dumps(
+                    {
+                        "To": body["To"],
+                        "MessageID": f"fake-{number}",
+                        "ErrorCode": 0,
+                        "Message": "OK",
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, count: int) -> list[dict]:
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.messages) >= count:
+                    break
+            time.sleep(0.1)
+        time.sleep(1.0)  # long enough for a duplicate to show up, if there were one
+        with self.lock:
+            return list(self.messages)
+
+
+@pytest.fixture
+def provider(settings) -> Iterator[FakeProvider]:
+    fake = FakeProvider()
+    settings.EMAIL_BACKEND = "anymail.backends.postmark.EmailBackend"
+    settings.ANYMAIL = {"POSTMARK_SERVER_TOKEN": "test-token", "POSTMARK_API_URL": fake.url}
+    yield fake
+    fake.server.shutdown()
+
+
+def use_broker(url: str) -> None:
+    """Point this process's Celery app at ``url``, dropping connections to the previous one."""
+    # Celery reads CELERY_BROKER_URL from the environment before its own configuration.
+    os.environ["CELERY_BROKER_URL"] = url
+    celery_app.conf.broker_url = url
+    kombu.pools.reset()  # kombu keeps connection and producer pools per broker, globally
+    celery_app._pool = None
+    celery_app.amqp._producer_pool = None
+
+
+def start_worker(broker_url: str, provider: FakeProvider) -> subprocess.Popen:
+    database = connection.settings_dict
+    env = {
+        **os.environ,
+        "DATABASE_URL": (
+            f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/"
+            f"{database['NAME']}"
+        ),
+        "CELERY_BROKER_URL": broker_url,
+        "CELERY_TASK_ALWAYS_EAGER": "0",
+        "EMAIL_BACKEND": "anymail.backends.postmark.EmailBackend",
+        "ANYMAIL_POSTMARK_SERVER_TOKEN": "test-token",
+        "ANYMAIL_POSTMARK_API_URL": provider.url,
+        "NOTIFICATIONS_RETRY_BASE_DELAY": "0.5",
+        "CONN_MAX_AGE": "0",
+    }
+    log = tempfile.NamedTemporaryFile(prefix="worker-", suffix=".log", delete=False)  # noqa: SIM115
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "--loglevel=INFO",
+            "--concurrency=2",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    worker.log_path = log.name  # type: ignore[attr-defined]
+    return worker
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a process; a worker's log is printed, so a failing test shows what it did."""
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+    log_path = getattr(process, "log_path", None)
+    if log_path:
+        print(Path(log_path).read_text()[-5000:])
+        Path(log_path).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def broker(settings) -> Iterator[str]:
+    """The Redis broker of CI's run, emptied, used by the web side and the worker."""
+    url = django_settings.CELERY_BROKER_URL
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+    previous = celery_app.conf.broker_url
+    use_broker(url)
+    yield url
+    use_broker(previous)
+
+
+@pytest.fixture
+def worker(broker: str, provider: FakeProvider) -> Iterator[subprocess.Popen]:
+    process = start_worker(broker, provider)
+    yield process
+    stop(process)
+
+
+def enterprise_account_with_limits():
+    account = AccountFactory(name="Acme Speech")
+    limits_replace(
+        account=account,
+        data={
+            "limits": {"text_tokens": {"warning": 100, "blocked": 1000}},
+            "recipients": {
+                "warning": [
+                    {"email": "pm@example.com", "language": "fr"},
+                    {"email": "crm@example.com", "language": "en"},
+                ]
+            },
+        },
+    )
+    return account
+
+
+def token_for(service_user) -> str:
+    return AuthToken.objects.create(user=service_user, expiry=None)[1]
+
+
+def post_events(key: str, account, prefix: str, count: int, quantity: int):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    events = [
+        {
+            "event_id": f"{prefix}-{i}",
+            "account": str(account.pk),
+            "metric": "text_tokens",
+            "quantity": quantity,
+        }
+        for i in range(count)
+    ]
+    return client.post("/api/v1/usage/events/", {"events": events}, format="json")
+
+
+def test_four_concurrent_crossings_yield_one_notification_and_one_message_per_recipient(
+    worker, provider, service_user
+):
+    # given
+    account = enterprise_account_with_limits()
+    key = token_for(service_user)
+    start = threading.Barrier(4)
+    statuses: list[int] = []
+
+    def cross(name: str) -> None:
+        start.wait()
+        try:
+            statuses.append(post_events(key, account, name, 5, 10).status_code)
+        finally:
+            connection.close()
+
+    # when: four requests each bring usage from below to past the warning threshold
+    threads = [threading.Thread(target=cross, args=(f"t{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=WAIT)
+    # then
+    assert statuses == [201] * 4
+    messages = provider.wait_for(2)
+    assert sorted(m["To"] for m in messages) == ["crm@example.com", "pm@example.com"]
+    assert Notification.objects.count() == 1
+    assert list(Delivery.objects.values_list("status", flat=True)) == ["sent", "sent"]
+    french = next(m for m in messages if m["To"] == "pm@example.com")
+    assert french["Subject"] == (
+        "Avertissement : Acme Speech approche de sa limite « Jetons texte »"
+    )
+    headers = {h["Name"]: h["Value"] for h in french["Headers"]}
+    assert (headers["X-Usage-Level"], headers["X-Usage-Threshold"]) == ("warning", "100")
+
+
+def test_a_provider_failing_twice_then_succeeding_sends_one_message_after_three_attempts(
+    worker, provider, service_user
+):
+    account = AccountFactory()
+    limits_replace(
+        account=account,
+        data={
+            "limits": {"text_tokens": {"warning": 10}},
+            "recipients": {"warning": [{"email": "pm@example.com", "language": "en"}]},
+        },
+    )
+    provider.fail_next = 2
+    assert post_events(token_for(service_user), account, "e", 1, 10).status_code == 201
+    messages = provider.wait_for(1)
+    assert [m["To"] for m in messages] == ["pm@example.com"]
+    assert provider.requests == 3
+    delivery = Delivery.objects.get()
+    deadline = time.monotonic() + WAIT
+    while delivery.status != "sent" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, delivery.esp_message_id) == ("sent", 3, "fake-1")
+
+
+@pytest.fixture
+def private_redis() -> Iterator[dict]:
+    """A Redis server of the test's own, so that it can be stopped and started again."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed", pytrace=False)
+    port = free_port()
+    command = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    server = {"command": command, "url": f"redis://127.0.0.1:{port}/0"}
+
+    def start() -> None:
+        server["process"] = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("private redis did not start")
+
+    server["start"] = start
+    start()
+    yield server
+    stop(server["process"])
+
+
+def test_usage_recorded_while_redis_is_down_is_emailed_by_the_sweep_once_it_is_back(
+    settings, provider, private_redis, service_user
+):
+    # given: the broker is down
+    settings.NOTIFICATIONS_LOST_AFTER = 0
+    previous = celery_app.conf.broker_url
+    use_broker(private_redis["url"])
+    try:
+        account = enterprise_account_with_limits()
+        key = token_for(service_user)
+        stop(private_redis["process"])
+        # when: usage crosses the warning threshold
+        started = time.monotonic()
+        response = post_events(key, account, "down", 1, 150)
+        # then: the request succeeds, quickly, and the notification waits in the ledger
+        assert response.status_code == 201
+        assert time.monotonic() - started < 15
+        assert Notification.objects.count() == 1
+        assert set(Delivery.objects.values_list("status", flat=True)) == {"queued"}
+        assert provider.messages == []
+        # when: Redis is back, a worker runs, and the sweep passes
+        private_redis["start"]()
+        worker = start_worker(private_redis["url"], provider)
+        try:
+            sweep_notifications()
+            messages = provider.wait_for(2)
+        finally:
+            stop(worker)
+        # then: each recipient got the e-mail once
+        assert sorted(m["To"] for m in messages) == ["crm@example.com", "pm@example.com"]
+        assert list(Delivery.objects.values_list("status", flat=True)) == ["sent", "sent"]
+    finally:
+        use_broker(previous)

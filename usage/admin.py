@@ -1,0 +1,168 @@
+"""The admin of usage rows (SPEC section 7): all read-only, they are facts.
+
+Events and counters are written by the services only, extensions are granted on the
+account page (``accounts.admin.ExtensionInline``), repairs and purges by the commands.
+Lists that grow without bound never count the whole table and order by the primary key,
+and every list can be narrowed to one account with ``?account__id__exact=<id>`` (the
+account page links there) without loading every account into a filter.
+"""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import formats
+from django.utils.translation import gettext_lazy as _
+
+from accounts.metrics import METRICS
+from accounts.models import Account
+from notifications.admin import ReadOnlyAdmin
+
+from .models import MILLI, CounterRepair, EventPurge, Extension, UsageCounter, UsageEvent
+
+
+def quantity_display(value_milli: int, metric: str) -> str:
+    """Whole tokens, or seconds with their 3 decimals, grouped by thousands."""
+    spec = METRICS.get(metric)
+    if spec is not None and spec.decimal_places == 0:
+        return formats.number_format(value_milli // MILLI, force_grouping=True)
+    return formats.number_format(Decimal(value_milli).scaleb(-3), 3, force_grouping=True)
+
+
+class AccountFilter(admin.SimpleListFilter):
+    """One account, as linked from its page; offers no list of every account."""
+
+    title = _("account")
+    parameter_name = "account__id__exact"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        value = self.value()
+        if value is None:
+            return []
+        account = Account.objects.filter(pk=self._account_id()).first()
+        # An unknown or malformed id is still offered: the filter then shows no rows.
+        return [(value, str(account) if account is not None else value)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() is None:
+            return queryset
+        account_id = self._account_id()
+        return queryset.none() if account_id is None else queryset.filter(account_id=account_id)
+
+    def _account_id(self) -> uuid.UUID | None:
+        try:
+            return uuid.UUID(self.value())
+        except (TypeError, ValueError):
+            return None
+
+
+class LargeTableAdmin(ReadOnlyAdmin):
+    """A list of rows that grows with usage: no count of the whole table, newest first."""
+
+    show_full_result_count = False
+    ordering = ("-pk",)
+    list_select_related = ("account",)
+
+
+@admin.register(UsageEvent)
+class UsageEventAdmin(LargeTableAdmin):
+    list_display = (
+        "event_id",
+        "account",
+        "metric",
+        "quantity_display",
+        "occurred_at",
+        "received_at",
+        "source",
+    )
+    list_filter = ("metric", AccountFilter)
+    # Exact: event ids are case-sensitive, and a pattern would scan the table.
+    search_fields = ("event_id__exact",)
+    search_help_text = _("Search by exact event id.")
+    fields = (
+        "event_id",
+        "account",
+        "metric",
+        "quantity_display",
+        "occurred_at",
+        "received_at",
+        "source",
+        "metadata",
+    )
+    readonly_fields = fields
+
+    @admin.display(description=_("quantity"), ordering="quantity_milli")
+    def quantity_display(self, obj: UsageEvent) -> str:
+        return quantity_display(obj.quantity_milli, obj.metric)
+
+
+@admin.register(UsageCounter)
+class UsageCounterAdmin(LargeTableAdmin):
+    list_display = ("account", "metric", "day", "quantity_display", "updated_at")
+    list_filter = ("metric", AccountFilter)
+    ordering = ("-day", "-pk")
+    fields = ("account", "metric", "day", "quantity_display", "updated_at")
+    readonly_fields = fields
+
+    @admin.display(description=_("quantity"), ordering="quantity_milli")
+    def quantity_display(self, obj: UsageCounter) -> str:
+        return quantity_display(obj.quantity_milli, obj.metric)
+
+
+@admin.register(Extension)
+class ExtensionAdmin(ReadOnlyAdmin):
+    """Granted on the account page, through ``usage.services.extension_grant``."""
+
+    list_display = (
+        "account",
+        "metric",
+        "period_display",
+        "amount",
+        "reason",
+        "granted_by",
+        "granted_at",
+    )
+    list_filter = ("metric", AccountFilter)
+    list_select_related = ("account", "granted_by")
+    fields = ("account", "metric", "period_display", "amount", "reason", "granted_by", "granted_at")
+    readonly_fields = fields
+
+    @admin.display(description=_("period"), ordering="period")
+    def period_display(self, obj: Extension) -> str:
+        return f"{obj.period:%Y-%m}"
+
+
+@admin.register(CounterRepair)
+class CounterRepairAdmin(ReadOnlyAdmin):
+    list_display = (
+        "account",
+        "metric",
+        "day",
+        "found_display",
+        "expected_display",
+        "repaired_at",
+        "repaired_by",
+    )
+    list_filter = ("metric", "repaired_by", AccountFilter)
+    list_select_related = ("account",)
+    fields = list_display
+    readonly_fields = fields
+
+    @admin.display(description=_("counter found"))
+    def found_display(self, obj: CounterRepair) -> str:
+        return quantity_display(obj.found_milli, obj.metric)
+
+    @admin.display(description=_("sum of events"))
+    def expected_display(self, obj: CounterRepair) -> str:
+        return quantity_display(obj.expected_milli, obj.metric)
+
+
+@admin.register(EventPurge)
+class EventPurgeAdmin(ReadOnlyAdmin):
+    list_display = ("before", "purged_at", "deleted")
+    fields = list_display
+    readonly_fields = fields
