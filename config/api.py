@@ -5,7 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.contrib.auth.models import Permission
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 from rest_framework import exceptions, serializers, status
 from rest_framework.permissions import BasePermission
@@ -43,6 +45,20 @@ class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField(help_text=_("What went wrong, in the request's language."))
 
 
+def _permissions_of(user: Any) -> frozenset[str]:
+    """The ``app_label.codename`` permissions of an active user, in one query per request."""
+    cached = getattr(user, "_api_permissions", None)
+    if cached is None:
+        rows = (
+            Permission.objects.filter(Q(user=user) | Q(group__user=user))
+            .values_list("content_type__app_label", "codename")
+            .distinct()
+        )
+        cached = frozenset(f"{app_label}.{codename}" for app_label, codename in rows)
+        user._api_permissions = cached
+    return cached
+
+
 class ModelPermissions(BasePermission):
     """Grants access when the user holds every permission the view lists for the method.
 
@@ -56,7 +72,9 @@ class ModelPermissions(BasePermission):
             return False
         method = "GET" if request.method in ("HEAD", "OPTIONS") else request.method
         needed = getattr(view, "required_permissions", {}).get(method)
-        return needed is not None and user.has_perms(needed)
+        if needed is None or not user.is_active:
+            return False
+        return user.is_superuser or set(needed) <= _permissions_of(user)
 
 
 def account_get_or_404(account_id: str) -> Account:

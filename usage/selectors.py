@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -11,7 +11,8 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from django.db.models import Max, Q, Sum
+from django.db import connection
+from django.db.models import Max
 from django.utils import timezone
 
 from accounts.metrics import METRICS
@@ -98,7 +99,7 @@ def usage_for(
     periods: dict[uuid.UUID, Period],
     pairs: Iterable[tuple[uuid.UUID, str]] | None = None,
 ) -> dict[tuple[uuid.UUID, str], MetricUsage]:
-    """Usage of several accounts, each in its own period, in three queries whatever the count.
+    """Usage of several accounts, each in its own period, in one query whatever the count.
 
     ``periods`` maps account ids to the period to read; ``pairs`` narrows the
     (account id, metric) pairs to read (every metric of every account by default).
@@ -110,59 +111,70 @@ def usage_for(
         if pairs is not None
         else {(account_id, metric) for account_id in periods for metric in METRICS}
     )
-    metrics_by_account: dict[uuid.UUID, set[str]] = {}
-    for account_id, metric in wanted:
-        metrics_by_account.setdefault(account_id, set()).add(metric)
-
-    # One condition per distinct (period, metrics): accounts that share them are read
-    # together, so the query stays small whatever the number of accounts.
-    groups: dict[tuple[date, date, frozenset[str]], list[uuid.UUID]] = defaultdict(list)
-    for account_id, metrics in metrics_by_account.items():
-        period = periods[account_id]
-        groups[(period.first_day, period.end_day, frozenset(metrics))].append(account_id)
-    counters = Q()
-    extensions = Q()
-    for (first_day, end_day, metrics), account_ids in groups.items():
-        counters |= Q(
-            account_id__in=account_ids,
-            metric__in=sorted(metrics),
-            day__gte=first_day,
-            day__lt=end_day,
-        )
-        extensions |= Q(account_id__in=account_ids, metric__in=sorted(metrics), period=first_day)
-
-    used = {
-        (row["account_id"], row["metric"]): row["total"]
-        for row in UsageCounter.objects.filter(counters)
-        .values("account_id", "metric")
-        .annotate(total=Sum("quantity_milli"))
-        .order_by()
-    }
-    extra = {
-        (row["account_id"], row["metric"]): row["total"]
-        for row in Extension.objects.filter(extensions)
-        .values("account_id", "metric")
-        .annotate(total=Sum("amount"))
-        .order_by()
-    }
-    limits = {
-        (row.account_id, row.metric): row
-        for row in Limit.objects.filter(account_id__in=metrics_by_account.keys()).only(
-            "account_id", "metric", "warning", "blocked"
-        )
-    }
-    result = {}
-    for key in wanted:
-        limit = limits.get(key)
-        result[key] = MetricUsage(
+    rows = _usage_rows(wanted, periods)
+    return {
+        key: MetricUsage(
             account_id=key[0],
             metric=key[1],
-            used_milli=used.get(key) or 0,
-            warning=limit.warning if limit else None,
-            blocked=limit.blocked if limit else None,
-            extension=extra.get(key) or 0,
+            used_milli=rows[key][0],
+            warning=rows[key][2],
+            blocked=rows[key][3],
+            extension=rows[key][1],
         )
-    return result
+        for key in wanted
+    }
+
+
+# What to read travels as one JSON parameter, unpacked by the database into rows
+# (account, metric, first day, end day); each row's sums then use the unique indexes.
+_WANTED = {
+    "postgresql": "SELECT * FROM jsonb_to_recordset(%s::jsonb) AS w(a uuid, m text, f date, e date)",
+    "sqlite": (
+        "SELECT json_extract(value, '$.a') AS a, json_extract(value, '$.m') AS m,"
+        " json_extract(value, '$.f') AS f, json_extract(value, '$.e') AS e FROM json_each(%s)"
+    ),
+}
+_USAGE_SQL = f"""
+WITH w AS ({{wanted}})
+SELECT w.a, w.m,
+  COALESCE((SELECT SUM(c.quantity_milli) FROM {UsageCounter._meta.db_table} c
+            WHERE c.account_id = w.a AND c.metric = w.m AND c.day >= w.f AND c.day < w.e), 0),
+  COALESCE((SELECT SUM(x.amount) FROM {Extension._meta.db_table} x
+            WHERE x.account_id = w.a AND x.metric = w.m AND x.period = w.f), 0),
+  l.warning, l.blocked
+FROM w LEFT JOIN {Limit._meta.db_table} l ON l.account_id = w.a AND l.metric = w.m
+"""
+
+
+def _usage_rows(
+    wanted: set[tuple[uuid.UUID, str]], periods: dict[uuid.UUID, Period]
+) -> dict[tuple[uuid.UUID, str], tuple[int, int, int | None, int | None]]:
+    """``(used_milli, extension, warning, blocked)`` of each wanted pair, in one query."""
+    vendor = connection.vendor
+    as_db = str if vendor == "postgresql" else (lambda account_id: account_id.hex)
+    ids = {as_db(account_id): account_id for account_id in periods}
+    payload = json.dumps(
+        [
+            {
+                "a": as_db(account_id),
+                "m": metric,
+                "f": periods[account_id].first_day.isoformat(),
+                "e": periods[account_id].end_day.isoformat(),
+            }
+            for account_id, metric in wanted
+        ]
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(_USAGE_SQL.format(wanted=_WANTED[vendor]), [payload])
+        return {
+            (ids[str(account) if vendor == "postgresql" else account], metric): (
+                int(used),
+                int(extension),
+                warning,
+                blocked,
+            )
+            for account, metric, used, extension, warning, blocked in cursor.fetchall()
+        }
 
 
 def account_usage(*, account: Account, period: Period | None = None) -> list[MetricUsage]:
