@@ -1,0 +1,944 @@
+"""Ingestion, reads and memory of the API under gunicorn on PostgreSQL (SPEC section 10).
+
+Creates a fresh database ``bench_usage_limits``, migrates it, starts gunicorn (2 sync
+workers) on a free port of 127.0.0.1, then measures and prints:
+
+a. batch ingestion through HTTP (batches of 1000, 2 client threads): events/s;
+b. the ceiling: hand-written idempotent SQL for the same kind of rows through psycopg
+   (2 connections), rows/s, and the ratio HTTP / SQL; a and b take turns in 3 rounds;
+c. single-event ``POST``: requests/s, p50 and p99 latency;
+d. usage read and pre-flight: p99 latency at ~1,000 events of the account, then after
+   loading the table to 1,000,000 events (100,000 with ``--quick``), and the ratio;
+e. memory: peak RSS (``VmHWM``) of each gunicorn worker.
+
+Every figure is printed next to its target with PASS or FAIL. The database is left in
+place for inspection and dropped by the next run. Run from the project root:
+
+    .venv/bin/python bench/ingest.py [--quick] [--strict] [--single-threads N] [--profile DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = ROOT / ".venv" / "bin" / "python"
+GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
+PY_SPY = ROOT / ".venv" / "bin" / "py-spy"
+HOST = "127.0.0.1"
+DB_NAME = "bench_usage_limits"
+SERVER_DSN = f"postgresql://postgres@{HOST}:5432/postgres"
+DATABASE_URL = f"postgres://postgres@{HOST}:5432/{DB_NAME}"
+BATCH = 1000
+METRICS = ("audio_transcribed_seconds", "audio_analyzed_seconds", "text_tokens")
+ZONES = ("UTC", "Europe/Paris", "America/New_York", "Asia/Tokyo")
+SOURCE = "bench"
+METADATA = {"model": "large"}
+WORKERS = 2  # gunicorn sync workers
+STREAMS = 2  # concurrent clients (part a) and connections (part b)
+ROUNDS = 3  # parts a and b take turns this many times
+
+# SPEC section 10.
+TARGET_BATCH_EVENTS_S = 15_000
+TARGET_BATCH_RATIO = 0.40
+TARGET_SINGLE_REQ_S = 400
+TARGET_SINGLE_P99_MS = 50
+TARGET_READ_P99_MS = 10
+TARGET_READ_RATIO = 1.3
+TARGET_RSS_MB = 200
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each part does."""
+
+    accounts: int  # accounts posting in parts a-c; one more is the probe of part d
+    batches: int  # batches of 1000 for part a, and as many for part b
+    single_requests: int
+    single_threads: int
+    read_requests: int  # per endpoint and per table size
+    table_events: int  # events stored when part d reads the second time
+
+
+FULL = Sizes(
+    accounts=50,
+    batches=150,
+    single_requests=3000,
+    single_threads=2,
+    read_requests=1000,
+    table_events=1_000_000,
+)
+QUICK = Sizes(
+    accounts=50,
+    batches=40,
+    single_requests=1000,
+    single_threads=2,
+    read_requests=300,
+    table_events=100_000,
+)
+
+
+@dataclass(frozen=True)
+class Account:
+    id: uuid.UUID
+    zone: ZoneInfo
+
+
+@dataclass(frozen=True)
+class Event:
+    """One usage event, with what both paths need: the JSON fields and the local day."""
+
+    account: Account
+    event_id: str
+    metric: str
+    quantity_milli: int
+    occurred_at: datetime
+
+    @property
+    def day(self) -> date:
+        return self.occurred_at.astimezone(self.account.zone).date()
+
+    def as_json(self) -> dict[str, Any]:
+        quantity: int | float = self.quantity_milli // 1000
+        if self.metric != "text_tokens":
+            quantity = self.quantity_milli / 1000  # at most 3 decimals once printed
+        return {
+            "event_id": self.event_id,
+            "account": str(self.account.id),
+            "metric": self.metric,
+            "quantity": quantity,
+            "occurred_at": self.occurred_at.astimezone(self.account.zone).isoformat(),
+            "source": SOURCE,
+            "metadata": METADATA,
+        }
+
+
+@dataclass
+class Result:
+    """One figure, its target and whether it was met."""
+
+    name: str
+    value: str
+    target: str
+    ok: bool | None  # None: informative only
+
+
+@dataclass
+class Report:
+    results: list[Result] = field(default_factory=list)
+
+    def add(self, name: str, value: str, target: str = "", ok: bool | None = None) -> None:
+        self.results.append(Result(name, value, target, ok))
+        verdict = "" if ok is None else ("PASS" if ok else "FAIL")
+        print(f"  {name:<44} {value:>14}  {target:<16} {verdict}", flush=True)
+
+    def summary(self) -> str:
+        lines = [f"{'figure':<44} {'measured':>14}  {'target':<16} verdict"]
+        for r in self.results:
+            verdict = "" if r.ok is None else ("PASS" if r.ok else "FAIL")
+            lines.append(f"{r.name:<44} {r.value:>14}  {r.target:<16} {verdict}")
+        return "\n".join(lines)
+
+    @property
+    def failed(self) -> bool:
+        return any(r.ok is False for r in self.results)
+
+
+# --- Database, Django and gunicorn ----------------------------------------------------
+
+
+def server_env() -> dict[str, str]:
+    """The environment of ``manage.py`` and gunicorn: PostgreSQL, eager Celery, no debug."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DJANGO_"))}
+    env.update(
+        DATABASE_URL=DATABASE_URL,
+        DEBUG="0",
+        ALLOWED_HOSTS=HOST,
+        SECRET_KEY="bench",
+        CONN_MAX_AGE="600",
+        EMAIL_BACKEND="django.core.mail.backends.locmem.EmailBackend",
+    )
+    return env
+
+
+def database_create() -> None:
+    """Drop ``bench_usage_limits`` if it exists, create it empty, and migrate it."""
+    with psycopg.connect(SERVER_DSN, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {DB_NAME}")
+    manage("migrate", "--noinput", "-v", "0")
+
+
+def manage(*args: str) -> str:
+    """Run ``manage.py`` with the bench environment; returns its standard output."""
+    done = subprocess.run(
+        [str(PYTHON), "manage.py", *args],
+        cwd=ROOT,
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0:
+        sys.exit(f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def accounts_create(count: int) -> list[Account]:
+    """Create ``count`` Enterprise accounts without limits, in a few time zones."""
+    code = (
+        "from accounts.models import Account\n"
+        "Account.objects.bulk_create([Account(external_id=f'bench-{i:04d}', "
+        f"name=f'Bench {{i}}', timezone={ZONES!r}[i % {len(ZONES)}]) for i in range({count})])\n"
+    )
+    manage("shell", "-c", code)
+    with sql_connect() as conn:
+        rows = conn.execute(
+            "SELECT id, timezone FROM accounts_account WHERE external_id LIKE 'bench-%%' "
+            "ORDER BY external_id"
+        ).fetchall()
+    return [Account(id=row[0], zone=ZoneInfo(row[1])) for row in rows]
+
+
+def token_create() -> str:
+    """A service token for the "Usage services" group; the key is alone on the last line."""
+    return manage("create_service_token", "bench").strip().splitlines()[-1].strip()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def gunicorn(port: int, token: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Serve the project with ``WORKERS`` sync workers until the block ends (even on error).
+
+    The server's output goes to a temporary log, removed unless something failed.
+    """
+    log = tempfile.NamedTemporaryFile(prefix="bench-gunicorn-", suffix=".log", delete=False)  # noqa: SIM115
+    command = [str(GUNICORN), "config.wsgi", "--workers", str(WORKERS), "--bind", f"{HOST}:{port}"]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=server_env(), stdout=log, stderr=subprocess.STDOUT
+    )
+    failed = True
+    try:
+        client = Client(port, token)
+        for _attempt in range(150):  # up to ~30 s
+            if process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {process.returncode}; see {log.name}")
+            try:
+                if client.request("GET", "/api/v1/accounts/?page_size=1")[0] == 200:
+                    break
+            except (http.client.HTTPException, OSError):
+                pass
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"gunicorn did not answer in time; see {log.name}")
+        client.close()
+        yield process
+        failed = False
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        log.close()
+        if failed:
+            print(f"gunicorn's log: {log.name}", file=sys.stderr)
+        else:
+            Path(log.name).unlink()
+
+
+def worker_pids(master: int) -> list[int]:
+    """The processes whose parent is ``master`` (gunicorn's workers)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces: the parent id follows the closing parenthesis.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == master:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def memory_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+# --- Profiling (optional) ---------------------------------------------------------------
+
+
+@contextmanager
+def profiled(directory: Path | None, part: str, master: int) -> Iterator[None]:
+    """Sample every gunicorn worker with py-spy during the block, then print where time went.
+
+    Does nothing when ``directory`` is ``None``. The raw samples (collapsed stacks, one
+    file per worker) are kept in ``directory``.
+    """
+    if directory is None:
+        yield
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for pid in worker_pids(master):
+        output = directory / f"{part}-{pid}.txt"
+        command = [str(PY_SPY), "record", "--pid", str(pid), "--format", "raw"]
+        command += ["--rate", "200", "--nonblocking", "--output", str(output)]
+        spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spies.append((spy, output))
+    time.sleep(1)  # py-spy attaches
+    try:
+        yield
+    finally:
+        for spy, _output in spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        for spy, _output in spies:
+            try:
+                spy.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+        print(profile_summary([output for _spy, output in spies if output.exists()]))
+
+
+def profile_summary(files: list[Path], top: int = 30) -> str:
+    """The functions holding the most samples (inclusive), leaving out the server's plumbing.
+
+    The plumbing: frames present in more than 90 % of the samples (gunicorn, middleware).
+    """
+    total = 0
+    inclusive: defaultdict[str, int] = defaultdict(int)
+    for path in files:
+        for line in path.read_text().splitlines():
+            stack, _space, count = line.rpartition(" ")
+            total += int(count)
+            # A frame is "function (file:line)": drop the line to add up whole functions.
+            for frame in {frame.rsplit(":", 1)[0] + ")" for frame in stack.split(";")}:
+                inclusive[frame] += int(count)
+    if not total:
+        return "  (no samples)"
+    lines = [f"  where the workers spent their time ({total} samples, inclusive):"]
+    ranked = sorted(inclusive.items(), key=lambda item: -item[1])
+    shown = [(frame, n) for frame, n in ranked if n / total < 0.9][:top]
+    lines += [f"  {n / total:6.1%}  {frame}" for frame, n in shown]
+    return "\n".join(lines)
+
+
+# --- HTTP client ------------------------------------------------------------------------
+
+
+class Client:
+    """A keep-alive HTTP client for the API.
+
+    gunicorn's sync workers close the connection after each response; ``http.client``
+    then opens a new one for the next request, as a production client would.
+    """
+
+    def __init__(self, port: int, token: str) -> None:
+        self.connection = http.client.HTTPConnection(HOST, port, timeout=30)
+        self.headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        for attempt in range(2):
+            try:
+                self.connection.request(method, path, body=body, headers=self.headers)
+                response = self.connection.getresponse()
+                return response.status, response.read()
+            except (http.client.HTTPException, OSError) as error:
+                self.connection.close()  # the next request opens a new connection
+                closed = isinstance(error, http.client.RemoteDisconnected | ConnectionResetError)
+                # The server closed an idle connection: every request here is idempotent.
+                if attempt or not closed:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def percentile(samples: list[float], p: float) -> float:
+    """The nearest-rank percentile ``p`` (0-100) of ``samples``."""
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def run_threads(threads: int, work: Callable[[int], None]) -> float:
+    """Run ``work(index)`` in ``threads`` threads; returns the wall time in seconds."""
+    errors: list[BaseException] = []
+
+    def guarded(index: int) -> None:
+        try:
+            work(index)
+        except BaseException as error:
+            errors.append(error)
+
+    pool = [threading.Thread(target=guarded, args=(i,)) for i in range(threads)]
+    started = time.perf_counter()
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return elapsed
+
+
+# --- Events ---------------------------------------------------------------------------
+
+
+def events_make(
+    accounts: list[Account], prefix: str, count: int, now: datetime, spread: timedelta
+) -> list[Event]:
+    """``count`` new events with unique ids, over ``accounts`` and the 3 metrics."""
+    rng = random.Random(prefix)
+    seconds = int(spread.total_seconds())
+    events = []
+    for i in range(count):
+        metric = METRICS[i % len(METRICS)]
+        if metric == "text_tokens":
+            quantity_milli = rng.randint(1, 5000) * 1000
+        else:
+            quantity_milli = rng.randint(1, 600_000)  # 0.001 s to 10 min
+        events.append(
+            Event(
+                account=accounts[rng.randrange(len(accounts))],
+                event_id=f"{prefix}-{i:08d}",
+                metric=metric,
+                quantity_milli=quantity_milli,
+                occurred_at=now - timedelta(seconds=rng.randrange(seconds)),
+            )
+        )
+    return events
+
+
+def batches_of(events: list[Event]) -> list[list[Event]]:
+    return [events[i : i + BATCH] for i in range(0, len(events), BATCH)]
+
+
+# --- The ceiling: hand-written idempotent SQL through psycopg --------------------------
+
+# Parameters are bound server-side and in binary (``%b``): quoting the 7,000 values of a
+# batch into the SQL text, as Django's default client-side binding does, costs about 25 ms
+# of client CPU per batch on the reference machine, and PostgreSQL parses text arrays
+# (JSON text above all) more slowly than binary ones.
+
+EVENTS_SQL = (
+    "INSERT INTO usage_usageevent "
+    "(account_id, event_id, metric, quantity_milli, occurred_at, received_at, source, metadata) "
+    "SELECT a, e, m, q, o, %b, s, md::jsonb FROM unnest("
+    "%b::uuid[], %b::text[], %b::text[], %b::bigint[], %b::timestamptz[], %b::text[], %b::text[]"
+    ") AS t(a, e, m, q, o, s, md) "
+    "ON CONFLICT (account_id, event_id) DO NOTHING RETURNING account_id, event_id"
+)
+COUNTERS_SQL = (
+    "INSERT INTO usage_usagecounter (account_id, metric, day, quantity_milli, updated_at) "
+    "SELECT a, m, d, q, %b FROM unnest(%b::uuid[], %b::text[], %b::date[], %b::bigint[]) "
+    "AS t(a, m, d, q) "
+    "ON CONFLICT (account_id, metric, day) DO UPDATE SET "
+    "quantity_milli = usage_usagecounter.quantity_milli + excluded.quantity_milli, "
+    "updated_at = excluded.updated_at"
+)
+
+
+@dataclass(frozen=True)
+class SqlBatch:
+    """A batch as the SQL path takes it: column arrays, and each event's counter key."""
+
+    columns: list[list[Any]]
+    by_key: dict[tuple[uuid.UUID, str], tuple[str, date, int]]
+
+    @classmethod
+    def of(cls, events: list[Event]) -> SqlBatch:
+        metadata = json.dumps(METADATA, separators=(",", ":"))
+        ordered = sorted(events, key=lambda e: (e.account.id, e.event_id))
+        return cls(
+            columns=[
+                [e.account.id for e in ordered],
+                [e.event_id for e in ordered],
+                [e.metric for e in ordered],
+                [e.quantity_milli for e in ordered],
+                [e.occurred_at for e in ordered],
+                [SOURCE] * len(ordered),
+                [metadata] * len(ordered),
+            ],
+            by_key={
+                (e.account.id, e.event_id): (e.metric, e.day, e.quantity_milli) for e in events
+            },
+        )
+
+
+def sql_connect(*, autocommit: bool = False) -> psycopg.Connection[Any]:
+    return psycopg.connect(f"dbname={DB_NAME} host={HOST} user=postgres", autocommit=autocommit)
+
+
+def sql_ingest(conn: psycopg.Connection[Any], batch: SqlBatch) -> int:
+    """One transaction: insert the new events, add them to their counters; returns how many."""
+    now = datetime.now(UTC)
+    with conn.cursor() as cursor:
+        cursor.execute(EVENTS_SQL, [now, *batch.columns])
+        inserted = cursor.fetchall()
+        deltas: dict[tuple[uuid.UUID, str, date], int] = defaultdict(int)
+        for account_id, event_id in inserted:
+            metric, day, quantity_milli = batch.by_key[(account_id, event_id)]
+            deltas[(account_id, metric, day)] += quantity_milli
+        keys = sorted(deltas)  # a stable order: concurrent batches never deadlock
+        if keys:
+            cursor.execute(
+                COUNTERS_SQL,
+                [
+                    now,
+                    [k[0] for k in keys],
+                    [k[1] for k in keys],
+                    [k[2] for k in keys],
+                    [deltas[k] for k in keys],
+                ],
+            )
+    conn.commit()
+    return len(inserted)
+
+
+def sql_run(batches: Callable[[int], Iterator[SqlBatch]], connections: int) -> tuple[float, int]:
+    """Ingest what ``batches(i)`` yields on connection ``i``, all concurrently.
+
+    Returns the wall time in seconds and the number of rows inserted.
+    """
+    conns = [sql_connect() for _ in range(connections)]
+    inserted = [0] * connections
+
+    def worker(index: int) -> None:
+        for batch in batches(index):
+            inserted[index] += sql_ingest(conns[index], batch)
+
+    try:
+        elapsed = run_threads(connections, worker)
+    finally:
+        for conn in conns:
+            conn.close()
+    return elapsed, sum(inserted)
+
+
+def shares(items: list[Any], parts: int) -> Callable[[int], Iterator[Any]]:
+    """Split ``items`` round-robin into ``parts``, one per worker."""
+    return lambda index: iter(items[index::parts])
+
+
+def events_count(account: Account | None = None) -> int:
+    with sql_connect() as conn:
+        if account is None:
+            row = conn.execute("SELECT count(*) FROM usage_usageevent").fetchone()
+        else:
+            row = conn.execute(
+                "SELECT count(*) FROM usage_usageevent WHERE account_id = %s", [account.id]
+            ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def counters_mismatches() -> tuple[int, int]:
+    """Counters that differ from the sum of their events (by local day); and how many exist."""
+    with sql_connect() as conn:
+        row = conn.execute(
+            "WITH sums AS ("
+            " SELECT e.account_id, e.metric, (e.occurred_at AT TIME ZONE a.timezone)::date AS day,"
+            " sum(e.quantity_milli) AS total"
+            " FROM usage_usageevent e JOIN accounts_account a ON a.id = e.account_id"
+            " GROUP BY 1, 2, 3)"
+            " SELECT count(*) FILTER (WHERE s.total IS DISTINCT FROM c.quantity_milli), count(*)"
+            " FROM sums s FULL JOIN usage_usagecounter c USING (account_id, metric, day)"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def settle() -> None:
+    """Vacuum, analyze and checkpoint, then wait for autovacuum: reads are measured at rest.
+
+    Right after a bulk load, autovacuum and a checkpoint would compete for the 2 cores with
+    the requests measured; a table of 1,000,000 events in production is not being loaded.
+    """
+    with sql_connect(autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE) usage_usageevent, usage_usagecounter")
+        conn.execute("CHECKPOINT")
+        for _attempt in range(120):  # up to ~60 s
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE backend_type = 'autovacuum worker' AND datname = %s",
+                [DB_NAME],
+            ).fetchone()
+            if row is None or row[0] == 0:
+                return
+            time.sleep(0.5)
+
+
+def cpu_busy(seconds: float = 2.0) -> float:
+    """The share of the machine's CPU time in use over ``seconds`` (from ``/proc/stat``)."""
+
+    def sample() -> tuple[int, int]:
+        ticks = [int(value) for value in Path("/proc/stat").read_text().split()[1:9]]
+        return ticks[3] + ticks[4], sum(ticks)  # idle + iowait, all
+
+    idle, total = sample()
+    time.sleep(seconds)
+    idle_after, total_after = sample()
+    return 1 - (idle_after - idle) / max(1, total_after - total)
+
+
+def python_speed() -> float:
+    """Millions of iterations per second of a plain Python loop: to compare machines."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(3_000_000):
+        total += i
+    return 3 / (time.perf_counter() - started)
+
+
+# --- The parts ----------------------------------------------------------------------------
+
+
+def http_bodies(accounts: list[Account], prefix: str, batches: int, now: datetime) -> list[bytes]:
+    """``batches`` JSON bodies of 1000 new events each, ready to post."""
+    events = events_make(accounts, prefix, batches * BATCH, now, timedelta(hours=48))
+    return [
+        json.dumps({"events": [e.as_json() for e in batch]}).encode()
+        for batch in batches_of(events)
+    ]
+
+
+def sql_batches(
+    accounts: list[Account], prefix: str, batches: int, now: datetime
+) -> list[SqlBatch]:
+    """``batches`` batches of 1000 new events each, as the SQL path takes them."""
+    events = events_make(accounts, prefix, batches * BATCH, now, timedelta(hours=48))
+    return [SqlBatch.of(batch) for batch in batches_of(events)]
+
+
+def http_post_batches(port: int, token: str, bodies: list[bytes]) -> tuple[float, list[float]]:
+    """Post ``bodies`` from ``STREAMS`` threads; returns the wall time and each latency (s)."""
+    latencies: list[list[float]] = [[] for _ in range(STREAMS)]
+
+    def post_all(index: int) -> None:
+        client = Client(port, token)
+        try:
+            for body in bodies[index::STREAMS]:
+                started = time.perf_counter()
+                status, answer = client.request("POST", "/api/v1/usage/events/", body)
+                latencies[index].append(time.perf_counter() - started)
+                if status != 201 or json.loads(answer)["accepted"] != BATCH:
+                    raise RuntimeError(f"a batch answered {status}: {answer[:500]!r}")
+        finally:
+            client.close()
+
+    elapsed = run_threads(STREAMS, post_all)
+    return elapsed, [s for per_thread in latencies for s in per_thread]
+
+
+def part_batches(
+    report: Report, port: int, token: str, accounts: list[Account], sizes: Sizes, now: datetime
+) -> None:
+    """a. and b. Batches of 1000 through HTTP, then through the hand-written SQL ceiling.
+
+    Both paths get ``STREAMS`` concurrent streams and take turns in ``ROUNDS`` rounds, so
+    that a noisy neighbour slows both alike; each rate is its rows over its summed time.
+    """
+    per_round = max(1, sizes.batches // ROUNDS)
+    bodies = http_bodies(accounts, "http", per_round * ROUNDS, now)
+    prepared = sql_batches(accounts, "sql", per_round * ROUNDS, now)
+    print(
+        f"  {len(bodies)} batches of {BATCH} per path ({len(bodies[0]) // 1024} KiB of JSON "
+        f"each), {STREAMS} streams each, {ROUNDS} rounds"
+    )
+    http_post_batches(port, token, http_bodies(accounts, "http-warm", 2 * STREAMS, now))
+    sql_run(shares(sql_batches(accounts, "sql-warm", 2 * STREAMS, now), STREAMS), STREAMS)
+
+    http_seconds = sql_seconds = 0.0
+    latencies: list[float] = []
+    rounds = []
+    for number in range(ROUNDS):
+        chunk = slice(number * per_round, (number + 1) * per_round)
+        elapsed, samples = http_post_batches(port, token, bodies[chunk])
+        http_seconds += elapsed
+        latencies += samples
+        sql_elapsed, inserted = sql_run(shares(prepared[chunk], STREAMS), STREAMS)
+        if inserted != per_round * BATCH:
+            raise RuntimeError(f"{inserted} rows inserted out of {per_round * BATCH}")
+        sql_seconds += sql_elapsed
+        rounds.append(
+            f"{per_round * BATCH / elapsed:,.0f} / {per_round * BATCH / sql_elapsed:,.0f}"
+        )
+    print(f"  rounds, HTTP / SQL rows/s: {'; '.join(rounds)}")
+
+    http_rate = len(bodies) * BATCH / http_seconds
+    sql_rate = len(prepared) * BATCH / sql_seconds
+    ratio = http_rate / sql_rate
+    report.add(
+        "a. batch ingestion, HTTP",
+        f"{http_rate:,.0f} ev/s",
+        f">= {TARGET_BATCH_EVENTS_S:,}",
+        http_rate >= TARGET_BATCH_EVENTS_S,
+    )
+    p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
+    report.add("   batch latency p50 / p99", f"{p50:.0f} / {p99:.0f} ms")
+    report.add("b. ceiling, hand-written SQL (psycopg)", f"{sql_rate:,.0f} rows/s")
+    report.add(
+        "   ratio HTTP / SQL",
+        f"{ratio:.0%}",
+        f">= {TARGET_BATCH_RATIO:.0%}",
+        ratio >= TARGET_BATCH_RATIO,
+    )
+
+
+def part_single(
+    report: Report, port: int, token: str, accounts: list[Account], sizes: Sizes, now: datetime
+) -> None:
+    """c. One event per POST from ``sizes.single_threads`` threads."""
+    threads = sizes.single_threads
+
+    def bodies(prefix: str, count: int) -> list[bytes]:
+        events = events_make(accounts, prefix, count, now, timedelta(hours=1))
+        return [json.dumps(e.as_json()).encode() for e in events]
+
+    warm_up = bodies("one-warm", 50 * threads)
+    timed = bodies("one", sizes.single_requests)
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+
+    def post_all(work: list[bytes], index: int) -> None:
+        client = Client(port, token)
+        try:
+            for body in work:
+                started = time.perf_counter()
+                status, answer = client.request("POST", "/api/v1/usage/events/", body)
+                latencies[index].append(time.perf_counter() - started)
+                if status != 201:
+                    raise RuntimeError(f"event answered {status}: {answer[:500]!r}")
+        finally:
+            client.close()
+
+    run_threads(threads, lambda i: post_all(warm_up[i::threads], i))
+    latencies = [[] for _ in range(threads)]
+    elapsed = run_threads(threads, lambda i: post_all(timed[i::threads], i))
+    every = [s for per_thread in latencies for s in per_thread]
+    rate = len(timed) / elapsed
+    p50, p99 = percentile(every, 50) * 1000, percentile(every, 99) * 1000
+    print(f"  {len(timed)} requests, {threads} threads")
+    report.add(
+        "c. single-event POST",
+        f"{rate:,.0f} req/s",
+        f">= {TARGET_SINGLE_REQ_S}",
+        rate >= TARGET_SINGLE_REQ_S,
+    )
+    report.add("   single-event POST p50", f"{p50:.1f} ms")
+    report.add(
+        "   single-event POST p99",
+        f"{p99:.1f} ms",
+        f"< {TARGET_SINGLE_P99_MS} ms",
+        p99 < TARGET_SINGLE_P99_MS,
+    )
+
+
+def reads_latency(port: int, token: str, probe: Account, requests: int) -> dict[str, list[float]]:
+    """Latencies (s) of the usage read and of the pre-flight check, one client, one at a time."""
+    client = Client(port, token)
+    usage_path = f"/api/v1/accounts/{probe.id}/usage/"
+    check_path = f"/api/v1/accounts/{probe.id}/usage/check/"
+    check_body = json.dumps({"metric": "text_tokens", "quantity": 1000}).encode()
+
+    def timed(method: str, path: str, body: bytes | None, count: int) -> list[float]:
+        samples = []
+        for _ in range(count):
+            started = time.perf_counter()
+            status, answer = client.request(method, path, body)
+            samples.append(time.perf_counter() - started)
+            if status != 200:
+                raise RuntimeError(f"{method} {path} answered {status}: {answer[:500]!r}")
+        return samples
+
+    try:
+        timed("GET", usage_path, None, 50)  # warm-up
+        timed("POST", check_path, check_body, 50)
+        return {
+            "usage read": timed("GET", usage_path, None, requests),
+            "pre-flight": timed("POST", check_path, check_body, requests),
+        }
+    finally:
+        client.close()
+
+
+def table_load(accounts: list[Account], probe: Account, target: int, now: datetime) -> None:
+    """Fill the events table up to ``target`` rows through the SQL path (counters included).
+
+    Half of the new events go to ``probe``, the rest over ``accounts``, over the last 20 days.
+    """
+    missing = max(0, target - events_count())
+    count = math.ceil(missing / BATCH)
+    weighted = [probe] * len(accounts) + accounts
+    connections = 2
+
+    def batches(index: int) -> Iterator[SqlBatch]:
+        for number in range(index, count, connections):
+            size = min(BATCH, missing - number * BATCH)
+            events = events_make(weighted, f"load-{number}", size, now, timedelta(days=20))
+            yield SqlBatch.of(events)
+
+    elapsed, inserted = sql_run(batches, connections)
+    print(
+        f"  loaded {inserted:,} events in {elapsed:.1f} s ({inserted / elapsed:,.0f} rows/s, generation included)"
+    )
+
+
+def part_reads(
+    report: Report,
+    port: int,
+    token: str,
+    accounts: list[Account],
+    probe: Account,
+    sizes: Sizes,
+    now: datetime,
+    spy: Callable[[str], AbstractContextManager[None]],
+) -> None:
+    """d. Usage read and pre-flight at ~1,000 events of the account, then at a full table."""
+    events = events_make([probe], "probe", 1000, now, timedelta(days=20))
+    sql_run(shares([SqlBatch.of(events)], 1), 1)
+    p99s: dict[tuple[str, str], float] = {}
+    for size in ("small", "large"):
+        if size == "large":
+            table_load(accounts, probe, sizes.table_events, now)
+        settle()
+        print(f"  {size}: {events_count(probe):,} events of the account, {events_count():,} in all")
+        with spy(f"d-{size}"):
+            samples = reads_latency(port, token, probe, sizes.read_requests)
+        for name, latencies in samples.items():
+            p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
+            p99s[(name, size)] = p99
+            target = f"< {TARGET_READ_P99_MS} ms"
+            report.add(f"d. {name} p99, {size}", f"{p99:.1f} ms", target, p99 < TARGET_READ_P99_MS)
+            report.add(f"   {name} p50, {size}", f"{p50:.1f} ms")
+    for name in ("usage read", "pre-flight"):
+        ratio = p99s[(name, "large")] / p99s[(name, "small")]
+        target = f"< {TARGET_READ_RATIO}"
+        report.add(
+            f"d. {name} p99 large / small", f"{ratio:.2f}", target, ratio < TARGET_READ_RATIO
+        )
+
+
+def part_memory(report: Report, master: int) -> None:
+    """e. Peak resident memory (``VmHWM``) of each gunicorn worker."""
+    for pid in worker_pids(master):
+        peak = memory_kb(pid, "VmHWM") / 1024
+        report.add(
+            f"e. peak RSS, worker {pid}",
+            f"{peak:.0f} MB",
+            f"< {TARGET_RSS_MB} MB",
+            peak < TARGET_RSS_MB,
+        )
+    report.add("   peak RSS, gunicorn master", f"{memory_kb(master, 'VmHWM') / 1024:.0f} MB")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (about a minute)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--single-threads",
+        type=int,
+        choices=range(1, 9),
+        metavar="N",
+        help="client threads of part c (default 2, as many as gunicorn workers)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample the workers with py-spy (.venv/bin/py-spy) during parts a, c and d, "
+        "print where time went and keep the samples in DIR; the figures of such a run are "
+        "not the reference ones",
+    )
+    args = parser.parse_args()
+    if args.profile and not PY_SPY.exists():
+        parser.error(f"--profile needs {PY_SPY}: .venv/bin/pip install py-spy")
+    sizes = QUICK if args.quick else FULL
+    if args.single_threads:
+        sizes = replace(sizes, single_threads=args.single_threads)
+    report = Report()
+    begun = time.perf_counter()
+    busy = cpu_busy()
+    print(
+        f"bench/ingest.py{' --quick' if args.quick else ''}: "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, {busy:.0%} busy"
+    )
+    if busy > 0.1:
+        print("  warning: something else is using the CPUs; the figures will be lower")
+    report.add("machine speed (Python loop), at the start", f"{python_speed():.1f} M it/s")
+
+    print(f"database {DB_NAME}: create, migrate, {sizes.accounts + 1} accounts, a service token")
+    database_create()
+    accounts = accounts_create(sizes.accounts + 1)
+    probe, posting = accounts[0], accounts[1:]
+    token = token_create()
+    now = datetime.now(UTC)
+    port = free_port()
+    print(f"gunicorn: {WORKERS} sync workers on {HOST}:{port}")
+    with gunicorn(port, token) as server:
+
+        def spy(part: str) -> AbstractContextManager[None]:
+            return profiled(args.profile, part, server.pid)
+
+        print("a. batch ingestion through HTTP, b. the ceiling: hand-written SQL, in turns")
+        with spy("a"):
+            part_batches(report, port, token, posting, sizes, now)
+        print("c. single-event POST")
+        with spy("c"):
+            part_single(report, port, token, posting, sizes, now)
+        print("d. usage read and pre-flight")
+        part_reads(report, port, token, posting, probe, sizes, now, spy)
+        print("e. memory")
+        part_memory(report, server.pid)
+
+    mismatches, counters = counters_mismatches()
+    report.add(
+        "counters that differ from their events",
+        f"{mismatches} of {counters:,}",
+        "0",
+        mismatches == 0,
+    )
+    report.add("machine speed (Python loop), at the end", f"{python_speed():.1f} M it/s")
+    print(f"\nsummary ({time.perf_counter() - begun:.0f} s in all):\n{report.summary()}")
+    return 1 if args.strict and report.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
