@@ -130,7 +130,20 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 # --- Notifications ---
 
 
-class DeliveryInline(admin.TabularInline):
+class ReadOnlyInline(admin.TabularInline):
+    """An inline that shows rows and never adds, changes or deletes them."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class DeliveryInline(ReadOnlyInline):
     model = Delivery
     fields = (
         "email",
@@ -145,15 +158,6 @@ class DeliveryInline(admin.TabularInline):
     readonly_fields = fields
     extra = 0
     show_change_link = True
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class PeriodFilter(admin.SimpleListFilter):
@@ -304,7 +308,7 @@ class RecentNotificationsFormSet(BaseInlineFormSet):
         return self._recent
 
 
-class NotificationInline(NotificationDisplay, admin.TabularInline):
+class NotificationInline(NotificationDisplay, ReadOnlyInline):
     """The account's most recent notifications, read-only, each linked to its page."""
 
     model = Notification
@@ -327,15 +331,6 @@ class NotificationInline(NotificationDisplay, admin.TabularInline):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Notification]:
         return notifications_with_delivery_counts(super().get_queryset(request))
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.action(description=_("Evaluate thresholds now"), permissions=["change"])
