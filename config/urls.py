@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
+from django.utils.translation import gettext_lazy as _
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 api_v1 = [
@@ -8,6 +9,10 @@ api_v1 = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]
+
+admin.site.site_header = _("Usage limits back-office")
+admin.site.site_title = _("Usage limits")
+admin.site.index_title = _("Accounts, usage and notifications")
 
 urlpatterns = [
     path("admin/", admin.site.urls),
