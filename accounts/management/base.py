@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils.translation import gettext as _
+
+from accounts.models import Account
+from accounts.selectors import account_get_by_reference
 
 
 class OneLineErrorParser(CommandParser):
@@ -19,6 +23,16 @@ class OneLineErrorParser(CommandParser):
 
 class OpsCommand(BaseCommand):
     """A management command whose every refusal, of arguments or of values, is one line."""
+
+    def get_account(self, reference: str) -> Account:
+        """The account whose id or external id is ``reference``, or a one-line refusal."""
+        account = account_get_by_reference(reference=reference)
+        if account is None:
+            raise CommandError(
+                _("Unknown account “%(reference)s” (give its id or external id).")
+                % {"reference": reference}
+            )
+        return account
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
         parser = super().create_parser(prog_name, subcommand, **kwargs)

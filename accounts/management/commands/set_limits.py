@@ -10,7 +10,7 @@ from django.core.management.base import CommandError, CommandParser
 from accounts.management.base import OpsCommand
 from accounts.metrics import METRICS
 from accounts.models import Level
-from accounts.selectors import LimitsDocument, account_get_by_reference, limits_document_get
+from accounts.selectors import LimitsDocument, limits_document_get
 from accounts.services import AccountNotEnterprise, LimitsInvalid, limits_patch
 
 NONE = "none"
@@ -115,11 +115,7 @@ class Command(OpsCommand):
                 "or --warning-recipient or --blocked-recipient."
             )
 
-        account = account_get_by_reference(reference=options["account"])
-        if account is None:
-            raise CommandError(
-                f"Unknown account “{options['account']}” (give its id or external id)."
-            )
+        account = self.get_account(options["account"])
 
         patch: dict[str, Any] = {}
         if metric is not None:

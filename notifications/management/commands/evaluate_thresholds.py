@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import CommandError, CommandParser
+from django.core.management.base import CommandParser
 
 from accounts.management.base import OpsCommand
-from accounts.selectors import account_get_by_reference
 from notifications.models import Notification
 from notifications.services import thresholds_evaluate
 
@@ -30,11 +29,7 @@ class Command(OpsCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         account_ids = None
         if options["account"] is not None:
-            account = account_get_by_reference(reference=options["account"])
-            if account is None:
-                raise CommandError(
-                    f"Unknown account “{options['account']}” (give its id or external id)."
-                )
+            account = self.get_account(options["account"])
             account_ids = [account.pk]
 
         created = thresholds_evaluate(account_ids=account_ids)

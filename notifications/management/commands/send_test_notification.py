@@ -9,7 +9,6 @@ from django.core.management.base import CommandError, CommandParser
 
 from accounts.management.base import OpsCommand
 from accounts.models import Language, Level
-from accounts.selectors import account_get_by_reference
 from notifications.models import Delivery
 from notifications.services import notification_send_test
 
@@ -43,11 +42,7 @@ class Command(OpsCommand):
         parser.add_argument("--to", required=True, metavar="EMAIL", help="The address to send to.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        account = account_get_by_reference(reference=options["account"])
-        if account is None:
-            raise CommandError(
-                f"Unknown account “{options['account']}” (give its id or external id)."
-            )
+        account = self.get_account(options["account"])
         try:
             delivery = notification_send_test(
                 account=account,

@@ -9,7 +9,6 @@ from django.core.management.base import CommandError, CommandParser
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from accounts.selectors import account_get_by_reference
 from usage.management.base import UsageCommand
 from usage.periods import Period, period_from_code
 from usage.services import Drift, RebuildProgress, counters_rebuild
@@ -49,12 +48,7 @@ class Command(UsageCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         account = None
         if options["account"] is not None:
-            account = account_get_by_reference(reference=options["account"])
-            if account is None:
-                raise CommandError(
-                    _("Unknown account “%(reference)s” (give its id or external id).")
-                    % {"reference": options["account"]}
-                )
+            account = self.get_account(options["account"])
         period: Period | None = None
         if options["period"] is not None:
             try:

@@ -11,7 +11,6 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from rest_framework.utils.encoders import JSONEncoder
 
-from accounts.selectors import account_get_by_reference
 from usage.management.base import UsageCommand
 from usage.selectors import REPORT_COLUMNS, usage_report_rows
 
@@ -74,12 +73,7 @@ class Command(UsageCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         account = None
         if options["account"] is not None:
-            account = account_get_by_reference(reference=options["account"])
-            if account is None:
-                raise CommandError(
-                    _("Unknown account “%(reference)s” (give its id or external id).")
-                    % {"reference": options["account"]}
-                )
+            account = self.get_account(options["account"])
         try:
             rows = usage_report_rows(account=account, period_code=options["period"])
         except ValueError as refused:
