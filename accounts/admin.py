@@ -205,7 +205,7 @@ def worst_status(usages: Iterable[MetricUsage]) -> str:
 
 
 def current_usage_attach(accounts: Iterable[Account], now: datetime | None = None) -> None:
-    """Read the current-period usage of every metric of ``accounts`` in three queries.
+    """Read the current-period usage of every metric of ``accounts`` in one query.
 
     Each account gets ``current_usage``: metric -> ``MetricUsage``, in METRICS order.
     """
@@ -217,7 +217,7 @@ def current_usage_attach(accounts: Iterable[Account], now: datetime | None = Non
 
 
 def current_usage_of(account: Account) -> dict[str, MetricUsage]:
-    """``account.current_usage``, read now (three queries) when no list attached it."""
+    """``account.current_usage``, read now (one query) when no list attached it."""
     if not hasattr(account, "current_usage"):
         current_usage_attach([account])
     return account.current_usage

@@ -99,9 +99,10 @@ def crossings_record(
 ) -> list[int]:
     """Record the current-period crossings of ``usages``; returns the new notification ids.
 
-    ``zones`` (account id to time zone) saves a query when the caller has them. Call inside the transaction that changed usage or limits. Only the current period
+    Call inside the transaction that changed usage or limits. Only the current period
     notifies: usages of another period must not be passed. Each new notification gets a
     delivery per recipient of its level, and its sending task is enqueued after commit.
+    ``zones`` (account id to time zone) saves a query when the caller has them.
     """
     now = now or timezone.now()
     usages = list(usages)
@@ -166,8 +167,8 @@ def thresholds_evaluate(
 ) -> list[int]:
     """Record every current-period crossing not yet notified (the sweep, and limit changes).
 
-    Reads usage from counters: a constant number of queries per time zone, whatever the
-    number of accounts. Returns the ids of the notifications it created.
+    Reads usage from counters in one query (``usage_for``), whatever the number of
+    accounts. Returns the ids of the notifications it created.
     """
     now = now or timezone.now()
     accounts = Account.objects.filter(is_active=True, limits__isnull=False)

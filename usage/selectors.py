@@ -250,7 +250,7 @@ def usage_report_rows(*, account: Account | None, period_code: str | None) -> li
 
     ``period_code`` (``YYYY-MM``) names the month, in each account's time zone; the
     current period of each account by default. Raises ``ValueError`` for a malformed code.
-    Costs one query plus three per ``REPORT_CHUNK`` accounts.
+    Costs one query plus one per ``REPORT_CHUNK`` accounts.
     """
     if period_code is not None:
         period_from_code(period_code, WESTERNMOST_ZONE)  # refuses a bad code with no account
