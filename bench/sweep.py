@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from machine import cpu_busy  # bench/ is the script's own folder
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -70,19 +71,6 @@ def setup_django() -> None:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-
-
-def cpu_busy(seconds: float = 2.0) -> float:
-    """The share of the machine's CPU time in use over ``seconds`` (from ``/proc/stat``)."""
-
-    def sample() -> tuple[int, int]:
-        ticks = [int(value) for value in Path("/proc/stat").read_text().split()[1:9]]
-        return ticks[3] + ticks[4], sum(ticks)  # idle + iowait, all
-
-    idle, total = sample()
-    time.sleep(seconds)
-    idle_after, total_after = sample()
-    return 1 - (idle_after - idle) / max(1, total_after - total)
 
 
 def month_days(today: date) -> list[date]:
