@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 from accounts.models import Account
 from accounts.selectors import account_list, limits_document_get
 from accounts.services import AccountNotEnterprise, limits_patch, limits_replace
-from config.api import ErrorSerializer, ModelPermissions, account_get_or_404
+from config.api import ErrorSerializer, ModelPermissions, account_get_or_404, require_body
 
 from .serializers import (
     AccountSerializer,
@@ -85,7 +85,7 @@ LIMITS_EXAMPLE = OpenApiExample(
 )
 
 
-def _enterpriseaccount_get_or_404(account_id: str) -> Account:
+def _enterprise_account_get_or_404(account_id: str) -> Account:
     """The account with this id, refused with 409 unless it is on the Enterprise plan.
 
     Reading limits is refused too, not only writing them: a non-Enterprise account has none.
@@ -148,7 +148,7 @@ class AccountLimitsView(APIView):
         responses={200: LimitsDocumentSerializer, **LIMITS_ERRORS},
     )
     def get(self, request: Request, id: str) -> Response:
-        account = _enterpriseaccount_get_or_404(id)
+        account = _enterprise_account_get_or_404(id)
         return Response(limits_document_data(limits_document_get(account=account)))
 
     @extend_schema(
@@ -163,7 +163,8 @@ class AccountLimitsView(APIView):
         examples=[LIMITS_EXAMPLE],
     )
     def put(self, request: Request, id: str) -> Response:
-        account = _enterpriseaccount_get_or_404(id)
+        account = _enterprise_account_get_or_404(id)
+        require_body(request)
         document = limits_replace(
             account=account, data=request.data, actor=request.user, reason="api"
         )
@@ -180,7 +181,8 @@ class AccountLimitsView(APIView):
         responses={200: LimitsDocumentSerializer, **LIMITS_WRITE_ERRORS},
     )
     def patch(self, request: Request, id: str) -> Response:
-        account = _enterpriseaccount_get_or_404(id)
+        account = _enterprise_account_get_or_404(id)
+        require_body(request)
         document = limits_patch(
             account=account, data=request.data, actor=request.user, reason="api"
         )

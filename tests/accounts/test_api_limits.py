@@ -282,6 +282,20 @@ def test_put_of_an_empty_object_clears_everything(manager_client, limited_accoun
     assert response.json()["recipients"] == {"warning": [], "blocked": []}
 
 
+@pytest.mark.parametrize("method", ["put", "patch"])
+def test_an_empty_body_is_refused_and_clears_nothing(manager_client, limited_account, method):
+    # given
+    rows_before = stored(limited_account)
+    # when: no body at all, as an accidental request would send
+    response = getattr(manager_client, method)(
+        limits_url(limited_account.id), content_type="application/json"
+    )
+    # then
+    assert response.status_code == 400
+    assert response.json() == {"non_field_errors": ["A JSON body is required."]}
+    assert stored(limited_account) == rows_before
+
+
 def test_put_of_the_get_answer_is_accepted_unchanged(manager_client, limited_account):
     # given
     before = manager_client.get(limits_url(limited_account.id)).json()
