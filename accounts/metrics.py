@@ -6,7 +6,6 @@ Adding a metric is one line in ``METRICS`` (plus a migration for the choices).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
 
 from django.db import models
 from django.utils.translation import gettext_lazy as _
@@ -20,11 +19,6 @@ class MetricSpec:
     label: str
     unit: str
     decimal_places: int
-
-    @property
-    def quantum(self) -> Decimal:
-        """The smallest quantity the metric records (1 for tokens, 0.001 for seconds)."""
-        return Decimal(1).scaleb(-self.decimal_places)
 
 
 METRICS: dict[str, MetricSpec] = {

@@ -18,12 +18,6 @@ from accounts.models import Account
 from accounts.services import AccountNotEnterprise, LimitsInvalid
 
 
-class Conflict(exceptions.APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_detail = _("The request conflicts with the state of the resource.")
-    default_code = "conflict"
-
-
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, plus the domain exceptions of the services mapped to 400 and 409."""
     if isinstance(exc, LimitsInvalid):

@@ -186,10 +186,6 @@ def thresholds_evaluate(
     return created
 
 
-class TransientError(Exception):
-    """The provider may accept the message later (network error, 429, 5xx)."""
-
-
 def _is_transient(error: Exception) -> bool:
     from anymail.exceptions import AnymailAPIError, AnymailRequestsAPIError
 
