@@ -635,7 +635,7 @@ class AccountAdmin(SimpleHistoryAdmin):
         ]
         if granted:
             # A raised effective blocked threshold may re-arm its notification (SPEC 6).
-            thresholds_evaluate(account_ids=[form.instance.pk])
+            thresholds_evaluate(account_ids=[form.instance.pk], after_limit_change=True)
 
     @staticmethod
     def _grant(request: HttpRequest, formset: Any) -> list[Extension]:

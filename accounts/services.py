@@ -324,13 +324,15 @@ def limits_replace(
     Refused whole (nothing written) with ``LimitsInvalid`` or ``AccountNotEnterprise``.
     """
     with transaction.atomic():
-        # One writer at a time per account, so two concurrent changes cannot interleave.
-        account = Account.objects.select_for_update().get(pk=account.pk)
+        # One writer at a time per account, so two concurrent changes cannot interleave. NO
+        # KEY UPDATE does not conflict with the KEY SHARE lock that recording usage takes on
+        # the account when it commits, so it cannot deadlock with the usage lock below.
+        account = Account.objects.select_for_update(no_key=True).get(pk=account.pk)
         document = limits_document_validate(account=account, data=data)
         if _limits_write(account=account, document=document, actor=actor, reason=reason):
             Account.objects.filter(pk=account.pk).update(limits_updated_at=timezone.now())
             # A new or lowered threshold that usage already passed notifies now (rule 7).
-            thresholds_evaluate(account_ids=[account.pk])
+            thresholds_evaluate(account_ids=[account.pk], after_limit_change=True)
     return limits_document_get(account=account)
 
 
@@ -339,7 +341,7 @@ def limits_patch(
 ) -> LimitsDocument:
     """Change only what ``data`` names (``PATCH``): a merge patch on limits, lists replaced."""
     with transaction.atomic():
-        account = Account.objects.select_for_update().get(pk=account.pk)
+        account = Account.objects.select_for_update(no_key=True).get(pk=account.pk)
         merged = limits_document_merge(current=limits_document_get(account=account), patch=data)
         return limits_replace(account=account, data=merged, actor=actor, reason=reason)
 

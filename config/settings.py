@@ -184,6 +184,9 @@ NOTIFICATIONS_MAX_ATTEMPTS = env.int("NOTIFICATIONS_MAX_ATTEMPTS", default=8)
 # A delivery still queued this long after its notification was recorded lost its task
 # (broker down, worker killed): the sweep enqueues it again.
 NOTIFICATIONS_LOST_AFTER = env.float("NOTIFICATIONS_LOST_AFTER", default=120.0)
+# For this long after a period ends, the sweep also looks for crossings of that period
+# reached before its end and never recorded (late events count but never notify).
+NOTIFICATIONS_CLOSED_PERIOD_GRACE = env.float("NOTIFICATIONS_CLOSED_PERIOD_GRACE", default=3600.0)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Redis redelivers an unacknowledged task after this long: it must exceed the longest
     # countdown of a retry, or a waiting retry would be delivered twice.

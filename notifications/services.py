@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -27,8 +27,10 @@ from kombu.exceptions import OperationalError
 
 from accounts.metrics import METRICS
 from accounts.models import Account, Language, Level, Recipient
-from usage.periods import period_containing
-from usage.selectors import MetricUsage, Status, usage_for
+from usage.locks import usage_lock
+from usage.models import MILLI
+from usage.periods import Period, period_containing
+from usage.selectors import MetricUsage, Status, usage_for, usage_received_before
 
 from .emails import threshold_message
 from .models import Delivery, Notification
@@ -99,10 +101,11 @@ def crossings_record(
 ) -> list[int]:
     """Record the current-period crossings of ``usages``; returns the new notification ids.
 
-    Call inside the transaction that changed usage or limits. Only the current period
-    notifies: usages of another period must not be passed. Each new notification gets a
-    delivery per recipient of its level, and its sending task is enqueued after commit.
-    ``zones`` (account id to time zone) saves a query when the caller has them.
+    Call inside the transaction that changed usage or limits, after ``usage_lock``. Only
+    the current period notifies: usages of another period must not be passed. Each new
+    notification gets a delivery per recipient of its level, and its sending task is
+    enqueued after commit. ``zones`` (account id to time zone) saves a query when the
+    caller has them.
     """
     now = now or timezone.now()
     usages = list(usages)
@@ -119,6 +122,11 @@ def crossings_record(
     for usage in usages:
         period = period_containing(now, zones[usage.account_id]).first_day
         crossings.extend(crossings_of(usage, period))
+    return _crossings_insert(crossings, now)
+
+
+def _crossings_insert(crossings: list[Crossing], now: datetime) -> list[int]:
+    """Insert the crossings the ledger lacks, with their deliveries; enqueue after commit."""
     if not crossings:
         return []
     created = _insert_notifications(crossings, now)
@@ -137,15 +145,61 @@ def crossings_record(
     ids = [pk for pk, _crossing in created]
     for pk, crossing in created:
         logger.info(
-            "notification %s: account %s reached %s %s of %s",
+            "notification %s: account %s reached %s %s of %s (period %s)",
             pk,
             crossing.account_id,
             crossing.level,
             crossing.threshold,
             crossing.metric,
+            crossing.period,
         )
     transaction.on_commit(lambda: notifications_enqueue(ids))
     return ids
+
+
+def _closed_period_crossings(periods: dict[uuid.UUID, Period], now: datetime) -> list[Crossing]:
+    """Crossings of the period that just closed, reached before it closed, not in the ledger.
+
+    Only during ``NOTIFICATIONS_CLOSED_PERIOD_GRACE`` after each account's period ended.
+    Counters include late events, which count but never notify, so a candidate found on
+    the counters is measured again on the events received before the period's end.
+    """
+    grace = timedelta(seconds=settings.NOTIFICATIONS_CLOSED_PERIOD_GRACE)
+    closed = {pk: period.previous for pk, period in periods.items() if now < period.start + grace}
+    if not closed:
+        return []
+    candidates = [
+        crossing
+        for usage in usage_for(periods=closed).values()
+        if usage.status != Status.OK
+        for crossing in crossings_of(usage, closed[usage.account_id].first_day)
+    ]
+    if not candidates:
+        return []
+    recorded = set(
+        Notification.objects.filter(
+            is_test=False,
+            account_id__in={c.account_id for c in candidates},
+            period__in={c.period for c in candidates},
+        ).values_list("account_id", "metric", "level", "period", "threshold")
+    )
+    missing = [
+        c
+        for c in candidates
+        if (c.account_id, c.metric, c.level, c.period, c.threshold) not in recorded
+    ]
+    found = []
+    for pair in sorted({(c.account_id, c.metric) for c in missing}):
+        period = closed[pair[0]]
+        used_milli = usage_received_before(
+            account_id=pair[0], metric=pair[1], period=period, before=period.end
+        )
+        found += [
+            replace(c, used_milli=used_milli)
+            for c in missing
+            if (c.account_id, c.metric) == pair and used_milli >= c.threshold * MILLI
+        ]
+    return found
 
 
 def notifications_enqueue(notification_ids: Iterable[int]) -> None:
@@ -163,12 +217,19 @@ def notifications_enqueue(notification_ids: Iterable[int]) -> None:
 
 
 def thresholds_evaluate(
-    *, account_ids: Iterable[uuid.UUID] | None = None, now: datetime | None = None
+    *,
+    account_ids: Iterable[uuid.UUID] | None = None,
+    now: datetime | None = None,
+    after_limit_change: bool = False,
 ) -> list[int]:
-    """Record every current-period crossing not yet notified (the sweep, and limit changes).
+    """Record every crossing not yet notified; returns the ids of the notifications created.
 
-    Reads usage from counters in one query (``usage_for``), whatever the number of
-    accounts. Returns the ids of the notifications it created.
+    The sweep (and ``evaluate_thresholds``) looks at the current period, and at the period
+    that just closed during ``NOTIFICATIONS_CLOSED_PERIOD_GRACE`` (a crossing reached
+    before the end whose recording was lost). ``after_limit_change``: called inside the
+    transaction that changed limits or extensions; takes the usage locks first, so that
+    usage recorded concurrently is seen, and looks at the current period only.
+    Reads usage from counters in one query (``usage_for``), whatever the number of accounts.
     """
     now = now or timezone.now()
     accounts = Account.objects.filter(is_active=True, limits__isnull=False)
@@ -178,11 +239,15 @@ def thresholds_evaluate(
         pk: period_containing(now, ZoneInfo(tz))
         for pk, tz in accounts.values_list("id", "timezone").distinct()
     }
-    created: list[int] = []
+    if not periods:
+        return []
     with transaction.atomic():
-        usages = usage_for(periods=periods).values() if periods else []
-        reached = [u for u in usages if u.status != Status.OK]
+        if after_limit_change:
+            usage_lock(pairs=[(pk, metric) for pk in sorted(periods) for metric in METRICS])
+        reached = [u for u in usage_for(periods=periods).values() if u.status != Status.OK]
         created = crossings_record(usages=reached, now=now)
+        if not after_limit_change:
+            created += _crossings_insert(_closed_period_crossings(periods, now), now)
     return created
 
 

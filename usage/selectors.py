@@ -12,13 +12,13 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.db import connection
-from django.db.models import Max
+from django.db.models import Max, Sum
 from django.utils import timezone
 
 from accounts.metrics import METRICS
 from accounts.models import Account, Level, Limit
 
-from .models import MILLI, EventPurge, Extension, UsageCounter, from_milli
+from .models import MILLI, EventPurge, Extension, UsageCounter, UsageEvent, from_milli
 from .periods import Period, period_containing, period_from_code
 
 
@@ -175,6 +175,24 @@ def _usage_rows(
             )
             for account, metric, used, extension, warning, blocked in cursor.fetchall()
         }
+
+
+def usage_received_before(
+    *, account_id: uuid.UUID, metric: str, period: Period, before: datetime
+) -> int:
+    """Thousandths of ``metric`` in ``period`` from the events received before ``before``.
+
+    Scans the period's raw events of one account and metric: for rare checks only (what a
+    period had reached when it closed), never for the hot path, which reads counters.
+    """
+    total = UsageEvent.objects.filter(
+        account_id=account_id,
+        metric=metric,
+        occurred_at__gte=period.start,
+        occurred_at__lt=period.end,
+        received_at__lt=before,
+    ).aggregate(total=Sum("quantity_milli"))["total"]
+    return int(total or 0)
 
 
 def account_usage(*, account: Account, period: Period | None = None) -> list[MetricUsage]:

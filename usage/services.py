@@ -1,8 +1,9 @@
 """Writes of usage: recording events and keeping the daily counters exact.
 
 Recording costs a constant number of queries whatever the batch size: one to read the
-accounts, one ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` for the events, one counter
-upsert, then the reads of the answer. Rows are written in a stable order (events by
+accounts, on PostgreSQL one to take the (account, metric) locks (``usage_lock``), one
+``INSERT ... ON CONFLICT DO NOTHING RETURNING`` for the events, one counter upsert, then
+the reads of the answer. Rows are written in a stable order (events by
 account and event id, counters by account, metric and day) so that concurrent batches
 wait for each other instead of deadlocking.
 """
@@ -31,6 +32,7 @@ from accounts.services import MAX_THRESHOLD
 from notifications.services import crossings_record
 
 from .ingest import EventIn, EventsInvalid, parse_events, parse_metric
+from .locks import usage_lock
 from .models import CounterRepair, EventPurge, Extension, UsageCounter, UsageEvent, from_milli
 from .periods import Period, period_containing
 from .selectors import (
@@ -173,7 +175,9 @@ def usage_events_record(*, payload: object, now: datetime | None = None) -> Inge
         unique.setdefault((event.account_id, event.event_id), event)
     ordered = [unique[key] for key in sorted(unique)]
 
+    touched = sorted({(e.account_id, e.metric) for e in events})
     with transaction.atomic():
+        usage_lock(pairs=touched)
         inserted = _insert_events(ordered, now)
         by_key = {(key[0].hex, key[1]): event for key, event in unique.items()}
         deltas: dict[tuple[uuid.UUID, str, date], int] = defaultdict(int)
@@ -184,7 +188,6 @@ def usage_events_record(*, payload: object, now: datetime | None = None) -> Inge
         if deltas:
             counters_add(deltas, now)
         periods = {account_id: period_containing(now, zone) for account_id, zone in zones.items()}
-        touched = sorted({(e.account_id, e.metric) for e in events})
         usage = usage_for(periods=periods, pairs=touched)
         # In the same transaction: a crossing is recorded exactly when its usage is.
         crossings_record(

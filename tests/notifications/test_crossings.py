@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from django.core import mail
+from django.db import DatabaseError
 from django.utils import timezone
 
+import notifications.services
 from accounts.services import limits_patch, limits_replace
 from notifications.models import Delivery, Notification
 from notifications.services import thresholds_evaluate
-from tests.factories import AccountFactory
+from tests.factories import AccountFactory, LimitFactory, RecipientFactory
 from tests.notifications.backends import FlakyBackend
-from usage.models import Extension
+from usage.models import Extension, UsageCounter, UsageEvent
 from usage.periods import period_containing
 from usage.services import usage_events_record
 
@@ -190,3 +192,52 @@ def test_a_permanent_provider_error_fails_at_once_and_is_visible(settings):
     assert (delivery.status, delivery.attempts) == ("failed", 1)
     assert "provider unavailable" in delivery.last_error
     assert mail.outbox == []
+
+
+def test_a_crossing_is_recorded_with_its_usage_or_not_at_all(monkeypatch):
+    # given: the ledger cannot be written
+    account = limited_account(warning=None, blocked=10)
+
+    def unavailable(*args, **kwargs):
+        raise DatabaseError("ledger unavailable")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(notifications.services, "_insert_notifications", unavailable)
+        # when
+        with pytest.raises(DatabaseError):
+            record(account, "a", 12)
+    # then: the usage was refused with its crossing, so the client's retry records both
+    assert not UsageEvent.objects.exists()
+    assert not UsageCounter.objects.exists()
+    record(account, "a", 12)
+    period = period_containing(timezone.now(), account.zone).first_day
+    assert ledger(account) == [("blocked", 10, period)]
+    assert [message.to for message in mail.outbox] == [[BLOCKED_TO["email"]]]
+
+
+def test_the_sweep_repairs_a_crossing_of_the_period_that_just_closed_never_a_late_one(
+    settings,
+):
+    # given: in the period that just closed, one account passed 100 before the end and
+    # another only with a late event; the cap was set without evaluating (a lost crossing)
+    settings.NOTIFICATIONS_CLOSED_PERIOD_GRACE = 3600
+    reached, late = AccountFactory(timezone="UTC"), AccountFactory(timezone="UTC")
+    closed = period_containing(timezone.now(), reached.zone).previous
+    before_end = closed.end - timedelta(minutes=1)
+    occurred = (closed.start + timedelta(hours=1)).isoformat()
+    record(reached, "a", 120, now=before_end, occurred_at=occurred)
+    record(late, "a", 80, now=before_end, occurred_at=occurred)
+    record(late, "late", 40, now=closed.end + timedelta(minutes=1), occurred_at=occurred)
+    for account in (reached, late):
+        LimitFactory(account=account, metric="text_tokens", warning=None, blocked=100)
+        RecipientFactory(account=account, level="blocked", email=BLOCKED_TO["email"])
+    # when / then: past the grace, nothing
+    assert thresholds_evaluate(now=closed.end + timedelta(hours=2)) == []
+    # within it, the crossing reached before the end, with the usage it had then, once
+    created = thresholds_evaluate(now=closed.end + timedelta(minutes=10))
+    assert [
+        (n.account_id, n.level, n.threshold, n.period, n.used_milli)
+        for n in Notification.objects.filter(pk__in=created)
+    ] == [(reached.pk, "blocked", 100, closed.first_day, 120_000)]
+    assert thresholds_evaluate(now=closed.end + timedelta(minutes=20)) == []
+    assert [message.to for message in mail.outbox] == [[BLOCKED_TO["email"]]]
