@@ -48,12 +48,15 @@ class MetricUsage:
         """The blocked threshold plus the period's extensions; ``None`` when not set."""
         return None if self.blocked is None else self.blocked + self.extension
 
+    def reaches(self, threshold: int | None) -> bool:
+        """Whether ``used`` has reached ``threshold`` (an exact hit included); ``None`` never is."""
+        return threshold is not None and self.used_milli >= threshold * MILLI
+
     @property
     def status(self) -> str:
-        effective = self.effective_blocked
-        if effective is not None and self.used_milli >= effective * MILLI:
+        if self.reaches(self.effective_blocked):
             return Status.BLOCKED
-        if self.warning is not None and self.used_milli >= self.warning * MILLI:
+        if self.reaches(self.warning):
             return Status.WARNING
         return Status.OK
 
