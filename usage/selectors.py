@@ -20,6 +20,7 @@ from accounts.models import Account, Level, Limit
 
 from .models import MILLI, EventPurge, Extension, UsageCounter, from_milli
 from .periods import Period, period_containing, period_from_code
+from .quantities import quantity_number
 
 
 class Status:
@@ -82,15 +83,6 @@ class MetricUsage:
         if quantity_milli == 0:
             return self.status != Status.BLOCKED
         return self.used_milli + quantity_milli <= effective * MILLI
-
-
-def number(value_milli: int | None, metric: str) -> int | Decimal | None:
-    """A quantity as the API writes it: an integer for tokens, up to 3 decimals for seconds."""
-    if value_milli is None:
-        return None
-    if METRICS[metric].decimal_places == 0:
-        return value_milli // MILLI
-    return from_milli(value_milli)
 
 
 def current_period(account: Account, now: datetime | None = None) -> Period:
@@ -239,11 +231,11 @@ class ReportRow:
             "period": self.period.code,
             "metric": usage.metric,
             "unit": METRICS[usage.metric].unit,
-            "used": number(usage.used_milli, usage.metric),
+            "used": quantity_number(usage.used_milli, usage.metric),
             "warning": usage.warning,
             "blocked": usage.blocked,
             "extension": usage.extension,
-            "remaining": number(usage.remaining_milli, usage.metric),
+            "remaining": quantity_number(usage.remaining_milli, usage.metric),
             "status": usage.status,
         }
 

@@ -101,6 +101,8 @@ class Command(UsageCommand):
                     "account": drift.external_id,
                     "metric": drift.metric,
                     "day": drift.day.isoformat(),
+                    # Exact, not in the metric's unit: a corrupt counter may hold
+                    # a fraction of a token, and rounding would hide it.
                     "found": "-" if drift.found_milli is None else drift.found,
                     "expected": drift.expected,
                 }
