@@ -7,7 +7,6 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
-from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -18,7 +17,7 @@ from django.utils import timezone
 from accounts.metrics import METRICS
 from accounts.models import Account, Level, Limit
 
-from .models import MILLI, EventPurge, Extension, UsageCounter, from_milli
+from .models import MILLI, EventPurge, Extension, UsageCounter
 from .periods import Period, period_containing, period_from_code
 from .quantities import quantity_number
 
@@ -41,10 +40,6 @@ class MetricUsage:
     extension: int
 
     @property
-    def used(self) -> Decimal:
-        return from_milli(self.used_milli)
-
-    @property
     def effective_blocked(self) -> int | None:
         """The blocked threshold plus the period's extensions; ``None`` when not set."""
         return None if self.blocked is None else self.blocked + self.extension
@@ -65,11 +60,6 @@ class MetricUsage:
     def remaining_milli(self) -> int | None:
         effective = self.effective_blocked
         return None if effective is None else max(0, effective * MILLI - self.used_milli)
-
-    @property
-    def remaining(self) -> Decimal | None:
-        remaining = self.remaining_milli
-        return None if remaining is None else from_milli(remaining)
 
     @property
     def is_within_budget(self) -> bool:
