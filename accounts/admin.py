@@ -43,7 +43,8 @@ from notifications.admin import (
 from notifications.services import thresholds_evaluate
 from usage.models import MILLI, Extension, UsageCounter, UsageEvent
 from usage.periods import Period, period_containing
-from usage.selectors import MetricUsage, Status, current_period, number, usage_for
+from usage.quantities import quantity_text
+from usage.selectors import MetricUsage, Status, current_period, usage_for
 from usage.services import extension_grant
 
 from .forms import (
@@ -100,10 +101,11 @@ class LimitsChange:
     reason: str
 
 
-def _threshold_display(value: int | None) -> str:
+def _threshold_display(value: int | None, metric: str) -> str:
+    """A threshold or an extension, in whole units of ``metric``; ``None`` is unlimited."""
     if value is None:
         return gettext("unlimited")
-    return formats.number_format(value, force_grouping=True)
+    return quantity_text(value * MILLI, metric)
 
 
 def _recipient_display(record: Any) -> str:
@@ -146,8 +148,8 @@ def _limit_changes(record: Any, previous: Any) -> list[tuple[str, str, str]]:
     return [
         (
             str(limit_label(spec, level)) if spec else f"{record.metric}: {level}",
-            _threshold_display(old),
-            _threshold_display(new),
+            _threshold_display(old, record.metric),
+            _threshold_display(new, record.metric),
         )
         for level, old, new in sorted(values, key=lambda value: levels.index(value[0]))
         if old != new
@@ -249,15 +251,6 @@ def account_statuses_reached(now: datetime | None = None) -> dict[Any, str]:
     return reached
 
 
-def _number_display(value: Any) -> str:
-    return formats.number_format(value, force_grouping=True)
-
-
-def _quantity_display(value_milli: int, metric: str) -> str:
-    """A quantity in the metric's unit: whole tokens, seconds with up to 3 decimals."""
-    return _number_display(number(value_milli, metric))
-
-
 def status_badge(status: str, title: str = "") -> str:
     return format_html(
         '<span class="usage-badge usage-badge-{}" title="{}">{}</span>',
@@ -280,7 +273,7 @@ def usage_bar(usage: MetricUsage) -> str:
     """
     spec = METRICS[usage.metric]
     unit = UNIT_LABELS.get(spec.unit, spec.unit)
-    used = _quantity_display(usage.used_milli, usage.metric)
+    used = quantity_text(usage.used_milli, usage.metric)
     scale = usage.effective_blocked if usage.effective_blocked is not None else usage.warning
     if scale is None:
         title = gettext("%(metric)s: %(used)s %(unit)s used, no threshold.") % {
@@ -294,25 +287,30 @@ def usage_bar(usage: MetricUsage) -> str:
     percent = _percent(usage.used_milli, scale * MILLI)
     lines = [
         gettext("%(metric)s: %(used)s of %(threshold)s %(unit)s used.")
-        % {"metric": spec.label, "used": used, "threshold": _number_display(scale), "unit": unit}
+        % {
+            "metric": spec.label,
+            "used": used,
+            "threshold": _threshold_display(scale, usage.metric),
+            "unit": unit,
+        }
     ]
     if usage.warning is not None:
         lines.append(
             gettext("Warning threshold: %(threshold)s.")
-            % {"threshold": _number_display(usage.warning)}
+            % {"threshold": _threshold_display(usage.warning, usage.metric)}
         )
     if usage.blocked is not None:
         if usage.extension:
             line = gettext(
                 "Blocked threshold: %(threshold)s (%(blocked)s + extensions %(extension)s)."
             ) % {
-                "threshold": _number_display(usage.effective_blocked),
-                "blocked": _number_display(usage.blocked),
-                "extension": _number_display(usage.extension),
+                "threshold": _threshold_display(usage.effective_blocked, usage.metric),
+                "blocked": _threshold_display(usage.blocked, usage.metric),
+                "extension": _threshold_display(usage.extension, usage.metric),
             }
         else:
             line = gettext("Blocked threshold: %(threshold)s.") % {
-                "threshold": _number_display(usage.blocked)
+                "threshold": _threshold_display(usage.blocked, usage.metric)
             }
         lines.append(line)
     lines.append(gettext("Status: %(status)s.") % {"status": STATUS_LABELS[usage.status]})
@@ -331,7 +329,7 @@ def usage_bar(usage: MetricUsage) -> str:
         f"{percent:.1f}",
         marker,
         used,
-        _number_display(scale),
+        _threshold_display(scale, usage.metric),
     )
 
 
@@ -398,12 +396,12 @@ def _usage_row(usage: MetricUsage) -> UsageRow:
     return UsageRow(
         label=spec.label,
         unit=UNIT_LABELS.get(spec.unit, spec.unit),
-        used=_quantity_display(usage.used_milli, usage.metric),
-        warning=_threshold_display(usage.warning),
-        blocked=_threshold_display(usage.blocked),
-        extension=_number_display(usage.extension),
-        effective_blocked=_threshold_display(usage.effective_blocked),
-        remaining="—" if remaining is None else _quantity_display(remaining, usage.metric),
+        used=quantity_text(usage.used_milli, usage.metric),
+        warning=_threshold_display(usage.warning, usage.metric),
+        blocked=_threshold_display(usage.blocked, usage.metric),
+        extension=_threshold_display(usage.extension, usage.metric),
+        effective_blocked=_threshold_display(usage.effective_blocked, usage.metric),
+        remaining="—" if remaining is None else quantity_text(remaining, usage.metric),
         badge=status_badge(usage.status),
         bar=usage_bar(usage),
     )
@@ -691,8 +689,8 @@ class AccountAdmin(SimpleHistoryAdmin):
             (
                 (
                     METRICS[metric].label,
-                    _threshold_display(thresholds.warning),
-                    _threshold_display(thresholds.blocked),
+                    _threshold_display(thresholds.warning, metric),
+                    _threshold_display(thresholds.blocked, metric),
                 )
                 for metric, thresholds in document.limits.items()
             ),

@@ -15,7 +15,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -356,8 +356,28 @@ def account_upsert(
 ) -> tuple[Account, bool]:
     """Create or update an account by its external id, as a CRM sync would.
 
-    Returns ``(account, created)``; raises ``ValidationError`` on a bad value.
+    Returns ``(account, created)``; raises ``ValidationError`` on a bad value. Concurrent
+    calls for the same new external id create one account: the others update it.
     """
+    values = {"name": name, "plan": plan, "language": language, "timezone_name": timezone_name}
+    try:
+        return _account_write(external_id=external_id, **values)
+    except IntegrityError:
+        # Another call inserted this external id after the lookup found nothing (the unique
+        # constraint refused the second insert, whose savepoint is rolled back): the row
+        # is there now, and the second pass locks and updates it.
+        return _account_write(external_id=external_id, **values)
+
+
+def _account_write(
+    *,
+    external_id: str,
+    name: str,
+    plan: str | None,
+    language: str | None,
+    timezone_name: str | None,
+) -> tuple[Account, bool]:
+    """One pass of ``account_upsert``: lock the account, or insert it if there is none."""
     with transaction.atomic():
         account = Account.objects.select_for_update().filter(external_id=external_id).first()
         created = account is None

@@ -17,13 +17,13 @@ from django.db.models import Count, Q, QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
-from django.utils import formats
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import get_language, gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Account, Language, Level
-from usage.models import from_milli
+from usage.models import MILLI
+from usage.quantities import quantity_text
 
 from .models import Delivery, Notification
 from .services import deliveries_resend, notification_send_test, thresholds_evaluate
@@ -46,10 +46,6 @@ def notifications_with_delivery_counts(queryset: QuerySet[Notification]) -> Quer
     return queryset.annotate(deliveries_total=Count("deliveries"), **per_status)
 
 
-def _number(value: Any) -> str:
-    return formats.number_format(value, force_grouping=True)
-
-
 class NotificationDisplay:
     """The columns a notification is shown with, in its admin and on the account page."""
 
@@ -59,11 +55,11 @@ class NotificationDisplay:
 
     @admin.display(description=_("threshold"), ordering="threshold")
     def threshold_display(self, obj: Notification) -> str:
-        return _number(obj.threshold)
+        return quantity_text(obj.threshold * MILLI, obj.metric)
 
     @admin.display(description=_("usage when reached"), ordering="used_milli")
     def used_display(self, obj: Notification) -> str:
-        return _number(from_milli(obj.used_milli))
+        return quantity_text(obj.used_milli, obj.metric)
 
     @admin.display(description=_("deliveries"), ordering="deliveries_total")
     def deliveries_total_display(self, obj: Notification) -> int:

@@ -5,8 +5,6 @@ One function per e-mail; each message is rendered in its recipient's language.
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from anymail.message import AnymailMessage
 from django.conf import settings
 from django.template.loader import render_to_string
@@ -15,7 +13,8 @@ from django.utils.translation import gettext, override
 
 from accounts.metrics import METRICS
 from accounts.models import Account
-from usage.models import from_milli
+from usage.models import MILLI
+from usage.quantities import quantity_number, quantity_text
 
 from .models import Delivery, Notification
 
@@ -27,35 +26,35 @@ def _single_line(value: str) -> str:
     return " ".join(str(value).split())
 
 
-def _number(value: Decimal | int) -> str:
+def _number(value: int) -> str:
     return formats.number_format(value, use_l10n=True, force_grouping=True)
 
 
-def _quantity(value: Decimal | int, metric: str) -> str:
+def _quantity(value_milli: int, metric: str) -> str:
     """``36,000 seconds (10 h 0 min)`` / ``36 000 secondes (10 h 0 min)``."""
+    amount = quantity_text(value_milli, metric)
     if METRICS[metric].unit == "seconds":
-        seconds = Decimal(value)
-        total_minutes = int(seconds // 60)
+        total_minutes = value_milli // (60 * MILLI)
         return gettext("%(amount)s seconds (%(hours)s h %(minutes)s min)") % {
-            "amount": _number(seconds.normalize() if seconds % 1 else int(seconds)),
+            "amount": amount,
             "hours": _number(total_minutes // 60),
             "minutes": total_minutes % 60,
         }
-    return gettext("%(amount)s tokens") % {"amount": _number(int(value))}
+    return gettext("%(amount)s tokens") % {"amount": amount}
 
 
 def threshold_context(*, notification: Notification, account: Account) -> dict[str, object]:
     """What the threshold e-mail says, in the active language."""
-    used = from_milli(notification.used_milli)
-    percent = _number(int(used * 100 / notification.threshold)) if notification.threshold else None
+    threshold_milli = notification.threshold * MILLI
+    percent = _number(notification.used_milli * 100 // threshold_milli) if threshold_milli else None
     period = formats.date_format(notification.period, "YEAR_MONTH_FORMAT")
     return {
         "account_name": account.name,
         "external_id": account.external_id,
         "metric_label": str(METRICS[notification.metric].label),
         "level": notification.level,
-        "threshold": _quantity(notification.threshold, notification.metric),
-        "used": _quantity(used, notification.metric),
+        "threshold": _quantity(threshold_milli, notification.metric),
+        "used": _quantity(notification.used_milli, notification.metric),
         "percent": percent,
         "period": period,
         "is_test": notification.is_test,
@@ -70,7 +69,7 @@ def threshold_message(*, notification: Notification, delivery: Delivery) -> Anym
         subject = _single_line(render_to_string("emails/threshold_reached.subject.txt", context))
         text = render_to_string("emails/threshold_reached.txt", context)
         html = render_to_string("emails/threshold_reached.html", context)
-    used = from_milli(notification.used_milli)
+    used = quantity_number(notification.used_milli, notification.metric)
     headers = {
         f"{HEADER_PREFIX}Account": str(account.pk),
         f"{HEADER_PREFIX}Account-External-Id": _single_line(account.external_id),

@@ -57,7 +57,7 @@ def crossings_of(usage: MetricUsage, period: date) -> list[Crossing]:
     found = []
     reached = {Status.WARNING: usage.warning, Status.BLOCKED: usage.effective_blocked}
     for level, threshold in reached.items():
-        if threshold is not None and usage.used_milli >= threshold * 1000:
+        if usage.reaches(threshold):
             found.append(
                 Crossing(usage.account_id, usage.metric, level, period, threshold, usage.used_milli)
             )

@@ -10,27 +10,17 @@ account page links there) without loading every account into a filter.
 from __future__ import annotations
 
 import uuid
-from decimal import Decimal
 
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils import formats
 from django.utils.translation import gettext_lazy as _
 
-from accounts.metrics import METRICS
 from accounts.models import Account
 from notifications.admin import ReadOnlyAdmin
 
-from .models import MILLI, CounterRepair, EventPurge, Extension, UsageCounter, UsageEvent
-
-
-def quantity_display(value_milli: int, metric: str) -> str:
-    """Whole tokens, or seconds with their 3 decimals, grouped by thousands."""
-    spec = METRICS.get(metric)
-    if spec is not None and spec.decimal_places == 0:
-        return formats.number_format(value_milli // MILLI, force_grouping=True)
-    return formats.number_format(Decimal(value_milli).scaleb(-3), 3, force_grouping=True)
+from .models import CounterRepair, EventPurge, Extension, UsageCounter, UsageEvent
+from .quantities import quantity_text
 
 
 class AccountFilter(admin.SimpleListFilter):
@@ -68,8 +58,16 @@ class LargeTableAdmin(ReadOnlyAdmin):
     list_select_related = ("account",)
 
 
+class QuantityColumn:
+    """The ``quantity_display`` column of rows with ``quantity_milli`` and ``metric``."""
+
+    @admin.display(description=_("quantity"), ordering="quantity_milli")
+    def quantity_display(self, obj: UsageEvent | UsageCounter) -> str:
+        return quantity_text(obj.quantity_milli, obj.metric, all_places=True)
+
+
 @admin.register(UsageEvent)
-class UsageEventAdmin(LargeTableAdmin):
+class UsageEventAdmin(QuantityColumn, LargeTableAdmin):
     list_display = (
         "event_id",
         "account",
@@ -95,22 +93,14 @@ class UsageEventAdmin(LargeTableAdmin):
     )
     readonly_fields = fields
 
-    @admin.display(description=_("quantity"), ordering="quantity_milli")
-    def quantity_display(self, obj: UsageEvent) -> str:
-        return quantity_display(obj.quantity_milli, obj.metric)
-
 
 @admin.register(UsageCounter)
-class UsageCounterAdmin(LargeTableAdmin):
+class UsageCounterAdmin(QuantityColumn, LargeTableAdmin):
     list_display = ("account", "metric", "day", "quantity_display", "updated_at")
     list_filter = ("metric", AccountFilter)
     ordering = ("-day", "-pk")
     fields = ("account", "metric", "day", "quantity_display", "updated_at")
     readonly_fields = fields
-
-    @admin.display(description=_("quantity"), ordering="quantity_milli")
-    def quantity_display(self, obj: UsageCounter) -> str:
-        return quantity_display(obj.quantity_milli, obj.metric)
 
 
 @admin.register(Extension)
@@ -154,11 +144,11 @@ class CounterRepairAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("counter found"))
     def found_display(self, obj: CounterRepair) -> str:
-        return quantity_display(obj.found_milli, obj.metric)
+        return quantity_text(obj.found_milli, obj.metric, all_places=True)
 
     @admin.display(description=_("sum of events"))
     def expected_display(self, obj: CounterRepair) -> str:
-        return quantity_display(obj.expected_milli, obj.metric)
+        return quantity_text(obj.expected_milli, obj.metric, all_places=True)
 
 
 @admin.register(EventPurge)

@@ -51,9 +51,6 @@ class Period:
     def end(self) -> datetime:
         return self.next.start
 
-    def contains_day(self, day: date) -> bool:
-        return self.first_day <= day < self.end_day
-
 
 def period_containing(moment: datetime, zone: ZoneInfo) -> Period:
     """The period in ``zone`` that contains the aware datetime ``moment``."""

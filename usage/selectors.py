@@ -7,7 +7,6 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
-from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -18,8 +17,9 @@ from django.utils import timezone
 from accounts.metrics import METRICS
 from accounts.models import Account, Level, Limit
 
-from .models import MILLI, EventPurge, Extension, UsageCounter, UsageEvent, from_milli
+from .models import MILLI, EventPurge, Extension, UsageCounter, UsageEvent
 from .periods import Period, period_containing, period_from_code
+from .quantities import quantity_number
 
 
 class Status:
@@ -40,20 +40,19 @@ class MetricUsage:
     extension: int
 
     @property
-    def used(self) -> Decimal:
-        return from_milli(self.used_milli)
-
-    @property
     def effective_blocked(self) -> int | None:
         """The blocked threshold plus the period's extensions; ``None`` when not set."""
         return None if self.blocked is None else self.blocked + self.extension
 
+    def reaches(self, threshold: int | None) -> bool:
+        """Whether ``used`` has reached ``threshold`` (an exact hit included); ``None`` never is."""
+        return threshold is not None and self.used_milli >= threshold * MILLI
+
     @property
     def status(self) -> str:
-        effective = self.effective_blocked
-        if effective is not None and self.used_milli >= effective * MILLI:
+        if self.reaches(self.effective_blocked):
             return Status.BLOCKED
-        if self.warning is not None and self.used_milli >= self.warning * MILLI:
+        if self.reaches(self.warning):
             return Status.WARNING
         return Status.OK
 
@@ -61,11 +60,6 @@ class MetricUsage:
     def remaining_milli(self) -> int | None:
         effective = self.effective_blocked
         return None if effective is None else max(0, effective * MILLI - self.used_milli)
-
-    @property
-    def remaining(self) -> Decimal | None:
-        remaining = self.remaining_milli
-        return None if remaining is None else from_milli(remaining)
 
     @property
     def is_within_budget(self) -> bool:
@@ -79,15 +73,6 @@ class MetricUsage:
         if quantity_milli == 0:
             return self.status != Status.BLOCKED
         return self.used_milli + quantity_milli <= effective * MILLI
-
-
-def number(value_milli: int | None, metric: str) -> int | Decimal | None:
-    """A quantity as the API writes it: an integer for tokens, up to 3 decimals for seconds."""
-    if value_milli is None:
-        return None
-    if METRICS[metric].decimal_places == 0:
-        return value_milli // MILLI
-    return from_milli(value_milli)
 
 
 def current_period(account: Account, now: datetime | None = None) -> Period:
@@ -254,11 +239,11 @@ class ReportRow:
             "period": self.period.code,
             "metric": usage.metric,
             "unit": METRICS[usage.metric].unit,
-            "used": number(usage.used_milli, usage.metric),
+            "used": quantity_number(usage.used_milli, usage.metric),
             "warning": usage.warning,
             "blocked": usage.blocked,
             "extension": usage.extension,
-            "remaining": number(usage.remaining_milli, usage.metric),
+            "remaining": quantity_number(usage.remaining_milli, usage.metric),
             "status": usage.status,
         }
 

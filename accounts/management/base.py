@@ -22,7 +22,14 @@ class OneLineErrorParser(CommandParser):
 
 
 class OpsCommand(BaseCommand):
-    """A management command whose every refusal, of arguments or of values, is one line."""
+    """A management command whose every refusal, of arguments or of values, is one line.
+
+    Its messages, ``help`` included, are translated: it speaks the active language
+    (``settings.LANGUAGE_CODE`` on the command line). ``help`` may hold ``%(name)s``
+    placeholders, filled from ``help_values`` once translated.
+    """
+
+    help_values: dict[str, object] = {}
 
     def get_account(self, reference: str) -> Account:
         """The account whose id or external id is ``reference``, or a one-line refusal."""
@@ -35,6 +42,8 @@ class OpsCommand(BaseCommand):
         return account
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        # argparse takes ``str``, not lazy text: translate now, in the active language.
+        self.help = str(self.help) % self.help_values if self.help_values else str(self.help)
         parser = super().create_parser(prog_name, subcommand, **kwargs)
         # BaseCommand builds its parser itself; the subclass changes only how errors print.
         parser.__class__ = OneLineErrorParser

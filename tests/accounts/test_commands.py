@@ -12,7 +12,7 @@ import pytest
 from django.conf import settings
 from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.models import Group
-from django.core.management import call_command
+from django.core.management import call_command, load_command_class
 from django.core.management.base import CommandError
 from knox.auth import TokenAuthentication
 from knox.models import AuthToken
@@ -160,6 +160,31 @@ def test_upsert_account_refuses_a_bad_value_and_changes_nothing(option, value, m
         "en",
         "Europe/Paris",
     )
+
+
+def test_upsert_account_speaks_the_site_language(settings):
+    # given: French as the site's language, which the commands speak
+    settings.LANGUAGE_CODE = "fr"
+    # when
+    created = run("upsert_account", "crm-42", "--name", "Acme", "--timezone", "Europe/Paris")
+    with pytest.raises(CommandError) as refused:
+        run("upsert_account", "crm-42", "--name", "Acme", "--timezone", "Mars/Olympus")
+    help_text = load_command_class("accounts", "upsert_account").create_parser(
+        "manage.py", "upsert_account"
+    )
+    # then
+    account = Account.objects.get()
+    assert created == [
+        "Compte Acme (crm-42) créé, offre enterprise, langue en, fuseau horaire Europe/Paris :",
+        str(account.pk),
+    ]
+    assert str(refused.value) == (
+        "Compte refusé : « Mars/Olympus » n’est pas un fuseau horaire IANA connu."
+    )
+    assert "Crée le compte EXTERNAL_ID, ou le met à jour s’il existe" in " ".join(
+        help_text.format_help().split()
+    )
+    assert "l’offre enterprise, la langue en" in " ".join(help_text.format_help().split())
 
 
 def test_upsert_account_with_a_bad_time_zone_creates_nothing():

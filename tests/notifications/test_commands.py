@@ -99,6 +99,36 @@ def test_evaluate_thresholds_refuses_an_unknown_account_in_one_line_and_creates_
     assert mail.outbox == []
 
 
+def test_the_commands_speak_the_site_language(settings):
+    # given: French as the site's language, which the commands speak
+    settings.LANGUAGE_CODE = "fr"
+    account_past_its_warning("acme")
+    # when
+    evaluated = run("evaluate_thresholds")
+    sent = run(
+        "send_test_notification",
+        "acme",
+        "--level",
+        "warning",
+        "--language",
+        "en",
+        "--to",
+        "ops@example.com",
+    )
+    with pytest.raises(CommandError) as refused:
+        run("evaluate_thresholds", "--account", "nope")
+    # then
+    delivery = Delivery.objects.get(notification__is_test=True)
+    assert evaluated == ["acme  text_tokens  warning  800000", "1 notification(s) créée(s)."]
+    assert sent == [
+        f"Notification de test mise en file pour ops@example.com (envoi nº {delivery.pk}).",
+        "Statut de l’envoi : sent.",
+    ]
+    assert str(refused.value) == (
+        "Compte « nope » inconnu (indiquez son identifiant ou son identifiant externe)."
+    )
+
+
 # --- send_test_notification ---
 
 

@@ -17,6 +17,7 @@ from tests.factories import AccountFactory, LimitFactory, RecipientFactory
 from tests.notifications.backends import FlakyBackend
 from usage.models import Extension, UsageCounter, UsageEvent
 from usage.periods import period_containing
+from usage.selectors import account_usage
 from usage.services import usage_events_record
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
@@ -77,6 +78,40 @@ def test_an_exact_hit_notifies_once_each_recipient():
     delivery = Delivery.objects.get()
     assert (delivery.status, delivery.attempts, delivery.language) == ("sent", 1, "fr")
     assert delivery.esp_message_id
+
+
+def test_seconds_reach_a_threshold_on_the_exact_thousandth_and_not_one_before():
+    # given
+    account = limited_account(warning=80, blocked=100, metric="audio_transcribed_seconds")
+
+    def seconds(event_id, quantity):
+        usage_events_record(
+            payload={
+                "event_id": event_id,
+                "account": str(account.pk),
+                "metric": "audio_transcribed_seconds",
+                "quantity": quantity,
+            }
+        )
+        return account_usage(account=account)[0]
+
+    # when / then: one thousandth below a threshold is below it, in the status and the ledger
+    assert seconds("a", "79.999").status == "ok"
+    assert ledger(account) == []
+    # the exact value reaches it
+    assert seconds("b", "0.001").status == "warning"
+    assert [(level, threshold) for level, threshold, _ in ledger(account)] == [("warning", 80)]
+    assert seconds("c", "19.999").status == "warning"
+    assert len(ledger(account)) == 1
+    assert seconds("d", "0.001").status == "blocked"
+    assert [(level, threshold) for level, threshold, _ in ledger(account)] == [
+        ("blocked", 100),
+        ("warning", 80),
+    ]
+    assert list(Notification.objects.order_by("pk").values_list("used_milli", flat=True)) == [
+        80_000,
+        100_000,
+    ]
 
 
 def test_one_batch_past_both_thresholds_creates_both_notifications():

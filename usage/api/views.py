@@ -17,7 +17,8 @@ from accounts.models import Account
 from config.api import ErrorSerializer, ModelPermissions, account_get_or_404
 from usage.ingest import EventsInvalid, parse_metric, parse_quantity
 from usage.periods import period_from_code
-from usage.selectors import MetricUsage, account_usage, current_period, number
+from usage.quantities import quantity_number
+from usage.selectors import MetricUsage, account_usage, current_period
 from usage.services import usage_events_record
 
 from .parsers import ExactJSONParser
@@ -42,9 +43,9 @@ def _status_entry(usage: MetricUsage) -> dict[str, Any]:
     return {
         "account": usage.account_id,
         "metric": usage.metric,
-        "used": number(usage.used_milli, usage.metric),
+        "used": quantity_number(usage.used_milli, usage.metric),
         "status": usage.status,
-        "remaining": number(usage.remaining_milli, usage.metric),
+        "remaining": quantity_number(usage.remaining_milli, usage.metric),
         "is_within_budget": usage.is_within_budget,
     }
 
@@ -133,11 +134,11 @@ class AccountUsageView(AccountScopedView):
                     {
                         "metric": m.metric,
                         "unit": METRICS[m.metric].unit,
-                        "used": number(m.used_milli, m.metric),
+                        "used": quantity_number(m.used_milli, m.metric),
                         "warning_threshold": m.warning,
                         "blocked_threshold": m.blocked,
                         "extension": m.extension,
-                        "remaining": number(m.remaining_milli, m.metric),
+                        "remaining": quantity_number(m.remaining_milli, m.metric),
                         "status": m.status,
                         "is_within_budget": m.is_within_budget,
                     }
@@ -184,8 +185,8 @@ class UsageCheckView(AccountScopedView):
             {
                 "allowed": usage.allows(quantity_milli),
                 "metric": metric,
-                "used": number(usage.used_milli, metric),
-                "remaining": number(usage.remaining_milli, metric),
+                "used": quantity_number(usage.used_milli, metric),
+                "remaining": quantity_number(usage.remaining_milli, metric),
                 "status": usage.status,
             }
         )

@@ -11,6 +11,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from accounts.management.base import OpsCommand
 from accounts.models import Account, Language, Plan
@@ -20,6 +22,23 @@ from usage.periods import period_containing
 from usage.services import usage_events_record
 
 PASSWORD_VARIABLE = "DEMO_ADMIN_PASSWORD"
+# What is printed per demo account, by (created, with limits).
+SEEDED = {
+    (True, True): _(
+        "Created %(plan)s account %(name)s (%(external_id)s), %(timezone)s, %(language)s, "
+        "with limits"
+    ),
+    (True, False): _(
+        "Created %(plan)s account %(name)s (%(external_id)s), %(timezone)s, %(language)s"
+    ),
+    (False, True): _(
+        "Updated %(plan)s account %(name)s (%(external_id)s), %(timezone)s, %(language)s, "
+        "with limits"
+    ),
+    (False, False): _(
+        "Updated %(plan)s account %(name)s (%(external_id)s), %(timezone)s, %(language)s"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -95,16 +114,17 @@ DEMO_ACCOUNTS = (
 
 
 class Command(OpsCommand):
-    help = (
+    help = _(
         "Create or bring back the demo data: three Enterprise accounts with limits and "
         "recipients (Europe/Paris in French, America/Los_Angeles and Pacific/Auckland in "
         "English), one Pro account without limits, current-period usage for each (one account in "
         "warning, one blocked), a superuser “admin” and a staff user "
-        f"“manager” in the “{ACCOUNT_MANAGERS}” group. Both users get the same password: "
-        f"${PASSWORD_VARIABLE} when set, else a new random one on every run; it is printed. "
+        "“manager” in the “%(group)s” group. Both users get the same password: "
+        "$%(variable)s when set, else a new random one on every run; it is printed. "
         "Running it again creates no duplicates: it resets the demo accounts, their limits "
         "and the two users to the values above and changes nothing else."
     )
+    help_values = {"group": ACCOUNT_MANAGERS, "variable": PASSWORD_VARIABLE}
 
     def handle(self, *args: Any, **options: Any) -> None:
         password = os.environ.get(PASSWORD_VARIABLE) or secrets.token_urlsafe(12)
@@ -112,8 +132,10 @@ class Command(OpsCommand):
             accounts = self._seed_accounts()
             self._seed_users(password)
         self._seed_usage(accounts)
-        self.stdout.write(f"Superuser: admin / {password}")
-        self.stdout.write(f"Account manager: manager / {password}")
+        self.stdout.write(gettext("Superuser: admin / %(password)s") % {"password": password})
+        self.stdout.write(
+            gettext("Account manager: manager / %(password)s") % {"password": password}
+        )
 
     def _seed_usage(self, accounts: list[Account]) -> None:
         """Usage of the current period; event ids are fixed, so a second run adds nothing."""
@@ -149,9 +171,14 @@ class Command(OpsCommand):
             if demo.limits is not None:
                 limits_replace(account=account, data=demo.limits, reason="seed_demo")
             self.stdout.write(
-                f"{'Created' if created else 'Updated'} {account.get_plan_display()} account "
-                f"{account.name} ({account.external_id}), {account.timezone}, "
-                f"{account.language}" + (", with limits" if demo.limits else "")
+                SEEDED[created, bool(demo.limits)]
+                % {
+                    "plan": account.get_plan_display(),
+                    "name": account.name,
+                    "external_id": account.external_id,
+                    "timezone": account.timezone,
+                    "language": account.language,
+                }
             )
             accounts.append(account)
         return accounts
@@ -160,7 +187,7 @@ class Command(OpsCommand):
         user_model = get_user_model()
         managers = Group.objects.get(name=ACCOUNT_MANAGERS)
         for username, is_superuser in (("admin", True), ("manager", False)):
-            user, _ = user_model._default_manager.get_or_create(
+            user, _created = user_model._default_manager.get_or_create(
                 **{user_model.USERNAME_FIELD: username},
                 defaults={"email": f"{username}@example.com"},
             )

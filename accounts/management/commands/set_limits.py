@@ -6,6 +6,8 @@ import re
 from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from accounts.management.base import OpsCommand
 from accounts.metrics import METRICS
@@ -15,6 +17,10 @@ from accounts.services import AccountNotEnterprise, LimitsInvalid, limits_patch
 
 NONE = "none"
 _INTEGER = re.compile(r"-?[0-9]+")
+RECIPIENTS_LINE = {
+    Level.WARNING: _("warning recipients: %(recipients)s"),
+    Level.BLOCKED: _("blocked recipients: %(recipients)s"),
+}
 
 
 def _threshold(value: str) -> Any:
@@ -55,12 +61,12 @@ def _format(document: LimitsDocument) -> list[str]:
     ]
     for level, specs in document.recipients.items():
         listed = ", ".join(f"{spec.email} ({spec.language})" for spec in specs) or NONE
-        lines.append(f"{level} recipients: {listed}")
+        lines.append(RECIPIENTS_LINE[level] % {"recipients": listed})
     return lines
 
 
 class Command(OpsCommand):
-    help = (
+    help = _(
         "Change the limits of the Enterprise account ACCOUNT (its id or external id), "
         "with the same rules and messages as PATCH /api/v1/accounts/{id}/limits/: only the "
         "thresholds given for --metric change (“none” clears one), and a recipient option, "
@@ -70,29 +76,44 @@ class Command(OpsCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("account", metavar="ACCOUNT", help="The account's id or external id.")
+        parser.add_argument(
+            "account", metavar="ACCOUNT", help=gettext("The account's id or external id.")
+        )
         parser.add_argument(
             "--metric",
             metavar="M",
-            help=f"The metric whose thresholds change, one of: {', '.join(METRICS)}.",
+            help=gettext("The metric whose thresholds change, one of: %(metrics)s.")
+            % {"metrics": ", ".join(METRICS)},
         )
         parser.add_argument(
-            "--warning", metavar="N", help="Warning threshold, in the metric's unit, or “none”."
+            "--warning",
+            metavar="N",
+            help=gettext("Warning threshold, in the metric's unit, or “none”."),
         )
         parser.add_argument(
-            "--blocked", metavar="N", help="Blocked threshold, in the metric's unit, or “none”."
+            "--blocked",
+            metavar="N",
+            help=gettext("Blocked threshold, in the metric's unit, or “none”."),
         )
+        recipient_help = {
+            Level.WARNING: gettext(
+                "An address notified at the warning level, in LANG (en or fr; the account's "
+                "language when left out). Repeat it for several; together they replace the "
+                "warning list. “none” alone empties the list."
+            ),
+            Level.BLOCKED: gettext(
+                "An address notified at the blocked level, in LANG (en or fr; the account's "
+                "language when left out). Repeat it for several; together they replace the "
+                "blocked list. “none” alone empties the list."
+            ),
+        }
         for level in Level.values:
             parser.add_argument(
                 f"--{level}-recipient",
                 dest=f"{level}_recipients",
                 action="append",
                 metavar="EMAIL[:LANG]",
-                help=(
-                    f"An address notified at the {level} level, in LANG (en or fr; the "
-                    "account's language when left out). Repeat it for several; together they "
-                    f"replace the {level} list. “none” alone empties the list."
-                ),
+                help=recipient_help[level],
             )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -108,11 +129,13 @@ class Command(OpsCommand):
             if options[f"{level}_recipients"] is not None
         }
         if thresholds and metric is None:
-            raise CommandError("--metric is required with --warning or --blocked.")
+            raise CommandError(gettext("--metric is required with --warning or --blocked."))
         if not thresholds and not recipients:
             raise CommandError(
-                "Nothing to change: give --warning or --blocked with --metric, "
-                "or --warning-recipient or --blocked-recipient."
+                gettext(
+                    "Nothing to change: give --warning or --blocked with --metric, "
+                    "or --warning-recipient or --blocked-recipient."
+                )
             )
 
         account = self.get_account(options["account"])
@@ -132,12 +155,15 @@ class Command(OpsCommand):
         except AccountNotEnterprise as refused:
             raise CommandError(str(refused.message)) from refused
 
+        names = {"name": account.name, "external_id": account.external_id}
         if after == before:
             self.stdout.write(
-                f"No change for {account.name} ({account.external_id}): "
-                "the limits already were as given."
+                gettext(
+                    "No change for %(name)s (%(external_id)s): the limits already were as given."
+                )
+                % names
             )
         else:
-            self.stdout.write(f"Limits changed for {account.name} ({account.external_id}):")
+            self.stdout.write(gettext("Limits changed for %(name)s (%(external_id)s):") % names)
         for line in _format(after):
             self.stdout.write(line)

@@ -6,6 +6,8 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError, CommandParser
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from accounts.management.base import OpsCommand
 from accounts.models import Language, Plan
@@ -23,26 +25,34 @@ def _one_line(error: ValidationError) -> str:
 
 
 class Command(OpsCommand):
-    help = (
+    help = _(
         "Create the account EXTERNAL_ID, or update it if it exists, as a sync from the CRM "
         "would: the name is always set, the plan, language and time zone only when given "
-        f"(a new account defaults to plan {Plan.ENTERPRISE.value}, language {Language.EN.value}, "
-        "time zone UTC). Prints the account's id alone on the last line. A bad value is "
-        "refused and nothing is changed."
+        "(a new account defaults to plan %(plan)s, language %(language)s, time zone UTC). "
+        "Prints the account's id alone on the last line. A bad value is refused and nothing "
+        "is changed."
     )
+    help_values = {"plan": Plan.ENTERPRISE.value, "language": Language.EN.value}
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "external_id", metavar="EXTERNAL_ID", help="The account's id in the CRM."
+            "external_id", metavar="EXTERNAL_ID", help=gettext("The account's id in the CRM.")
         )
-        parser.add_argument("--name", required=True, help="The account's display name.")
-        parser.add_argument("--plan", metavar="CODE", help=f"One of: {', '.join(Plan.values)}.")
+        parser.add_argument("--name", required=True, help=gettext("The account's display name."))
+        parser.add_argument(
+            "--plan",
+            metavar="CODE",
+            help=gettext("One of: %(choices)s.") % {"choices": ", ".join(Plan.values)},
+        )
         parser.add_argument(
             "--language",
-            help=f"Default language of its notifications, one of: {', '.join(Language.values)}.",
+            help=gettext("Default language of its notifications, one of: %(choices)s.")
+            % {"choices": ", ".join(Language.values)},
         )
         parser.add_argument(
-            "--timezone", metavar="TZ", help="IANA time zone of its periods, e.g. Europe/Paris."
+            "--timezone",
+            metavar="TZ",
+            help=gettext("IANA time zone of its periods, e.g. Europe/Paris."),
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -55,10 +65,27 @@ class Command(OpsCommand):
                 timezone_name=options["timezone"],
             )
         except ValidationError as error:
-            raise CommandError(f"Account refused: {_one_line(error)}") from error
-        action = "Created" if created else "Updated"
+            raise CommandError(
+                gettext("Account refused: %(reasons)s") % {"reasons": _one_line(error)}
+            ) from error
+        if created:
+            done = gettext(
+                "Created account %(name)s (%(external_id)s), plan %(plan)s, "
+                "language %(language)s, time zone %(timezone)s:"
+            )
+        else:
+            done = gettext(
+                "Updated account %(name)s (%(external_id)s), plan %(plan)s, "
+                "language %(language)s, time zone %(timezone)s:"
+            )
         self.stdout.write(
-            f"{action} account {account.name} ({account.external_id}), plan {account.plan}, "
-            f"language {account.language}, time zone {account.timezone}:"
+            done
+            % {
+                "name": account.name,
+                "external_id": account.external_id,
+                "plan": account.plan,
+                "language": account.language,
+                "timezone": account.timezone,
+            }
         )
         self.stdout.write(str(account.pk))

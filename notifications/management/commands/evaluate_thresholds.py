@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import CommandParser
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from accounts.management.base import OpsCommand
 from notifications.models import Notification
@@ -12,7 +14,7 @@ from notifications.services import thresholds_evaluate
 
 
 class Command(OpsCommand):
-    help = (
+    help = _(
         "Run the notifications sweep now, for every active account with limits or only for "
         "ACCOUNT (its id or external id): every threshold reached in the current period and "
         "not yet notified gets its notification, and its e-mails are sent (queued to the "
@@ -23,7 +25,9 @@ class Command(OpsCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--account", metavar="ACCOUNT", help="Only this account (its id or external id)."
+            "--account",
+            metavar="ACCOUNT",
+            help=gettext("Only this account (its id or external id)."),
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -47,4 +51,4 @@ class Command(OpsCommand):
                     f"{external_id:<{widths[0]}}  {metric:<{widths[1]}}  "
                     f"{level:<{widths[2]}}  {threshold:>{widths[3]}}"
                 )
-        self.stdout.write(f"{len(created)} notification(s) created.")
+        self.stdout.write(gettext("%(count)s notification(s) created.") % {"count": len(created)})

@@ -6,6 +6,8 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError, CommandParser
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from accounts.management.base import OpsCommand
 from accounts.models import Language, Level
@@ -22,7 +24,7 @@ def _one_line(error: ValidationError) -> str:
 
 
 class Command(OpsCommand):
-    help = (
+    help = _(
         "Send a sample threshold notification of ACCOUNT (its id or external id) to EMAIL "
         "through the real mail path: a test notification and its delivery are recorded, "
         "and the e-mail goes through the task and the provider like any other. The sample "
@@ -32,14 +34,24 @@ class Command(OpsCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("account", metavar="ACCOUNT", help="The account's id or external id.")
         parser.add_argument(
-            "--level", required=True, choices=Level.values, help="The level of the sample."
+            "account", metavar="ACCOUNT", help=gettext("The account's id or external id.")
         )
         parser.add_argument(
-            "--language", required=True, choices=Language.values, help="The e-mail's language."
+            "--level",
+            required=True,
+            choices=Level.values,
+            help=gettext("The level of the sample."),
         )
-        parser.add_argument("--to", required=True, metavar="EMAIL", help="The address to send to.")
+        parser.add_argument(
+            "--language",
+            required=True,
+            choices=Language.values,
+            help=gettext("The e-mail's language."),
+        )
+        parser.add_argument(
+            "--to", required=True, metavar="EMAIL", help=gettext("The address to send to.")
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         account = self.get_account(options["account"])
@@ -54,9 +66,13 @@ class Command(OpsCommand):
             raise CommandError(_one_line(refused)) from refused
 
         self.stdout.write(
-            f"Test notification queued for {delivery.email} (delivery #{delivery.pk})."
+            gettext("Test notification queued for %(email)s (delivery #%(id)s).")
+            % {"email": delivery.email, "id": delivery.pk}
         )
         delivery.refresh_from_db()
-        self.stdout.write(f"Delivery status: {delivery.status}.")
+        self.stdout.write(gettext("Delivery status: %(status)s.") % {"status": delivery.status})
         if delivery.status == Delivery.Status.FAILED:
-            raise CommandError(f"Sending failed: {' '.join(delivery.last_error.split())}")
+            raise CommandError(
+                gettext("Sending failed: %(error)s")
+                % {"error": " ".join(delivery.last_error.split())}
+            )

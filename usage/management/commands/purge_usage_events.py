@@ -10,14 +10,14 @@ from django.core.management.base import CommandError, CommandParser
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from usage.management.base import UsageCommand
+from accounts.management.base import OpsCommand
 from usage.services import usage_events_purge
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 PROGRESS_EVERY = 100_000  # events deleted between two progress lines
 
 
-class Command(UsageCommand):
+class Command(OpsCommand):
     help = _(
         "Delete the raw usage events of every day before --before (each account's days in "
         "its own time zone), in chunks, keeping the daily counters: usage totals do not "

@@ -9,7 +9,7 @@ from django.core.management.base import CommandError, CommandParser
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from usage.management.base import UsageCommand
+from accounts.management.base import OpsCommand
 from usage.periods import Period, period_from_code
 from usage.services import Drift, RebuildProgress, counters_rebuild
 
@@ -17,7 +17,7 @@ MAX_LISTED = 100  # drifts listed one per line; beyond, only counted
 REPAIRED_BY = "rebuild_usage command"
 
 
-class Command(UsageCommand):
+class Command(OpsCommand):
     help = _(
         "Compare every daily usage counter (of ACCOUNT alone with --account, of the month "
         "given by --period) with the sum of its events, and set each drifted counter to that "
@@ -101,6 +101,8 @@ class Command(UsageCommand):
                     "account": drift.external_id,
                     "metric": drift.metric,
                     "day": drift.day.isoformat(),
+                    # Exact, not in the metric's unit: a corrupt counter may hold
+                    # a fraction of a token, and rounding would hide it.
                     "found": "-" if drift.found_milli is None else drift.found,
                     "expected": drift.expected,
                 }

@@ -11,7 +11,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from rest_framework.utils.encoders import JSONEncoder
 
-from usage.management.base import UsageCommand
+from accounts.management.base import OpsCommand
 from usage.selectors import REPORT_COLUMNS, usage_report_rows
 
 FORMATS = ("table", "csv", "json")
@@ -46,7 +46,7 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-class Command(UsageCommand):
+class Command(OpsCommand):
     help = _(
         "Print the usage of every metric of every active account (or of ACCOUNT alone) in "
         "the current period, or in the month given by --period in each account's time zone: "

@@ -1,0 +1,47 @@
+"""How a quantity is written: as a number for the API, JSON and CSV, or as text for people.
+
+Quantities are stored in thousandths of their metric's unit (``usage.models.MILLI``);
+these two functions are the only places that turn them into something shown, so the
+API, the reports, the admin and the e-mails cannot write the same quantity differently.
+A threshold or an extension, a whole number of units, goes through them as ``value * MILLI``.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.utils import formats
+
+from accounts.metrics import METRICS
+
+from .models import MILLI, from_milli
+
+
+def _decimal_places(metric: str) -> int:
+    spec = METRICS.get(metric)
+    # A metric no longer listed (an old history row) is written exactly.
+    return 3 if spec is None else spec.decimal_places
+
+
+def quantity_number(value_milli: int | None, metric: str) -> int | Decimal | None:
+    """A quantity as the API writes it: an integer for tokens, up to 3 decimals for seconds.
+
+    ``None`` (no threshold, so nothing remaining to count) stays ``None``.
+    """
+    if value_milli is None:
+        return None
+    if _decimal_places(metric) == 0:
+        return value_milli // MILLI
+    return from_milli(value_milli)
+
+
+def quantity_text(value_milli: int, metric: str, *, all_places: bool = False) -> str:
+    """A quantity for people, in the active language, grouped by thousands (``3,600.5``).
+
+    Only the decimals needed are written; with ``all_places`` every decimal place of the
+    metric is (``12.500``), so that a column of quantities lines up.
+    """
+    places = _decimal_places(metric) if all_places else None
+    return formats.number_format(
+        quantity_number(value_milli, metric), places, use_l10n=True, force_grouping=True
+    )
