@@ -28,7 +28,6 @@ from kombu.exceptions import OperationalError
 from accounts.metrics import METRICS
 from accounts.models import Account, Language, Level, Recipient
 from usage.locks import usage_lock
-from usage.models import MILLI
 from usage.periods import Period, period_containing
 from usage.selectors import MetricUsage, Status, usage_for, usage_received_before
 
@@ -168,37 +167,36 @@ def _closed_period_crossings(periods: dict[uuid.UUID, Period], now: datetime) ->
     closed = {pk: period.previous for pk, period in periods.items() if now < period.start + grace}
     if not closed:
         return []
-    candidates = [
-        crossing
-        for usage in usage_for(periods=closed).values()
-        if usage.status != Status.OK
-        for crossing in crossings_of(usage, closed[usage.account_id].first_day)
-    ]
-    if not candidates:
+    reached = [u for u in usage_for(periods=closed).values() if u.status != Status.OK]
+    if not reached:
         return []
     recorded = set(
         Notification.objects.filter(
             is_test=False,
-            account_id__in={c.account_id for c in candidates},
-            period__in={c.period for c in candidates},
+            account_id__in={u.account_id for u in reached},
+            period__in={closed[u.account_id].first_day for u in reached},
         ).values_list("account_id", "metric", "level", "period", "threshold")
     )
-    missing = [
-        c
-        for c in candidates
-        if (c.account_id, c.metric, c.level, c.period, c.threshold) not in recorded
-    ]
-    found = []
-    for pair in sorted({(c.account_id, c.metric) for c in missing}):
-        period = closed[pair[0]]
-        used_milli = usage_received_before(
-            account_id=pair[0], metric=pair[1], period=period, before=period.end
-        )
-        found += [
-            replace(c, used_milli=used_milli)
-            for c in missing
-            if (c.account_id, c.metric) == pair and used_milli >= c.threshold * MILLI
+
+    def missing(usage: MetricUsage) -> list[Crossing]:
+        return [
+            c
+            for c in crossings_of(usage, closed[usage.account_id].first_day)
+            if (c.account_id, c.metric, c.level, c.period, c.threshold) not in recorded
         ]
+
+    found = []
+    for usage in sorted(reached, key=lambda u: (u.account_id, u.metric)):
+        if not missing(usage):
+            continue
+        period = closed[usage.account_id]
+        at_close = replace(
+            usage,
+            used_milli=usage_received_before(
+                account_id=usage.account_id, metric=usage.metric, period=period, before=period.end
+            ),
+        )
+        found += missing(at_close)
     return found
 
 
