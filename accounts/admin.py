@@ -59,7 +59,7 @@ from .forms import (
     limit_label,
 )
 from .metrics import METRICS
-from .models import Account, Language, Level, Limit, Recipient
+from .models import Account, Language, Level, Limit, Plan, Recipient
 from .selectors import limits_document_get
 from .services import limits_replace
 
@@ -226,15 +226,18 @@ def current_usage_of(account: Account) -> dict[str, MetricUsage]:
 def account_statuses_reached(now: datetime | None = None) -> dict[Any, str]:
     """The status of every account past a threshold of its current period (others are ok).
 
-    Only metrics with a threshold can leave ``ok``: four queries whatever the number of
-    accounts (the limits with their accounts' time zones, then ``usage_for``).
+    Only metrics with a threshold of an Enterprise account can leave ``ok``: four queries
+    whatever the number of accounts (the limits with their accounts' time zones, then
+    ``usage_for``).
     """
     now = now or timezone.now()
     periods: dict[Any, Period] = {}
     pairs = set()
     by_zone: dict[str, Period] = {}
-    rows = Limit.objects.filter(Q(warning__isnull=False) | Q(blocked__isnull=False)).values_list(
-        "account_id", "metric", "account__timezone"
+    rows = (
+        Limit.objects.filter(Q(warning__isnull=False) | Q(blocked__isnull=False))
+        .filter(account__plan=Plan.ENTERPRISE)
+        .values_list("account_id", "metric", "account__timezone")
     )
     for account_id, metric, zone in rows:
         if zone not in by_zone:
