@@ -8,6 +8,9 @@ limits and recipients but not the account's own fields, which come from the CRM.
 The list shows each account's status and a usage bar per metric of its current period,
 read for the whole page at once (``AccountChangeList``); the page shows the same usage in
 detail, and the period's extensions, granted through ``usage.services.extension_grant``.
+
+Only Enterprise accounts are limited: an account on another plan keeps its stored limits,
+shown on its page as inactive, and is listed (and filtered) as unlimited, ``ok``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from django.contrib import admin
 from django.contrib.admin.utils import flatten_fieldsets
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import ImproperlyConfigured
+from django.db import transaction
 from django.db.models import Case, Model, Q, QuerySet, When
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
@@ -60,9 +64,9 @@ from .forms import (
     limit_label,
 )
 from .metrics import METRICS
-from .models import Account, Language, Level, Limit, Recipient
+from .models import Account, Language, Level, Limit, Plan, Recipient
 from .selectors import limits_document_get
-from .services import limits_replace
+from .services import limits_reactivate, limits_replace
 
 # Everything ``limits_replace`` may write; a user without all of them sees limits read-only.
 LIMITS_PERMISSIONS = (
@@ -75,6 +79,10 @@ LIMITS_PERMISSIONS = (
 HISTORY_LENGTH = 50
 
 _RECIPIENT_LABELS = {Level.WARNING: _("Warning recipient"), Level.BLOCKED: _("Blocked recipient")}
+MSG_LIMITS_INACTIVE = _(
+    "These limits are inactive: only Enterprise accounts are limited. They are kept, and "
+    "apply again as soon as the account is back on Enterprise."
+)
 
 
 def can_edit_limits(user: Any) -> bool:
@@ -228,15 +236,18 @@ def current_usage_of(account: Account) -> dict[str, MetricUsage]:
 def account_statuses_reached(now: datetime | None = None) -> dict[Any, str]:
     """The status of every account past a threshold of its current period (others are ok).
 
-    Only metrics with a threshold can leave ``ok``: four queries whatever the number of
-    accounts (the limits with their accounts' time zones, then ``usage_for``).
+    Only metrics with a threshold of an Enterprise account can leave ``ok``: four queries
+    whatever the number of accounts (the limits with their accounts' time zones, then
+    ``usage_for``).
     """
     now = now or timezone.now()
     periods: dict[Any, Period] = {}
     pairs = set()
     by_zone: dict[str, Period] = {}
-    rows = Limit.objects.filter(Q(warning__isnull=False) | Q(blocked__isnull=False)).values_list(
-        "account_id", "metric", "account__timezone"
+    rows = (
+        Limit.objects.filter(Q(warning__isnull=False) | Q(blocked__isnull=False))
+        .filter(account__plan=Plan.ENTERPRISE)
+        .values_list("account_id", "metric", "account__timezone")
     )
     for account_id, metric, zone in rows:
         if zone not in by_zone:
@@ -566,17 +577,28 @@ class AccountAdmin(SimpleHistoryAdmin):
         if obj is not None and is_historic(obj):
             # A past version of the account (its History page): limits have their own history.
             return fieldsets
+        # Stored limits of an account on another plan are kept, and may be cleared, but
+        # apply to nothing: the page says so next to them.
+        note = (
+            format_html('<p class="limits-inactive">{}</p>', MSG_LIMITS_INACTIVE)
+            if obj is not None and not obj.is_enterprise
+            else None
+        )
         if can_edit_limits(request.user):
+            description = _(
+                "Thresholds for each calendar month, in the account's time zone. "
+                "Leave a threshold blank for no limit."
+            )
             limits = {
                 "fields": limit_field_rows(),
-                "description": _(
-                    "Thresholds for each calendar month, in the account's time zone. "
-                    "Leave a threshold blank for no limit."
-                ),
+                "description": format_html("{}<p>{}</p>", note, description)
+                if note
+                else description,
             }
             fieldsets.append((_("Limits"), limits))
         elif obj is not None:
-            fieldsets.append((_("Limits"), {"fields": ["limits_summary"]}))
+            limits = {"fields": ["limits_summary"], "description": note}
+            fieldsets.append((_("Limits"), limits))
         if obj is not None:
             fieldsets.append(
                 (_("Details"), {"fields": self.record_fields, "classes": ["collapse"]})
@@ -604,7 +626,20 @@ class AccountAdmin(SimpleHistoryAdmin):
             return  # the account's own fields are read-only for this user
         if change and not is_historic(obj) and not set(form.changed_data) & set(ACCOUNT_FIELDS):
             return  # only limits or recipients changed: no empty version of the account
-        super().save_model(request, obj, form, change)
+        if not is_historic(obj):
+            super().save_model(request, obj, form, change)
+            return
+        # Reverting to a past version saves nothing else (no limits, no inlines), so a
+        # return to Enterprise applies the stored limits here, in the revert's transaction.
+        with transaction.atomic():
+            previous_plan = (
+                Account.objects.select_for_update()
+                .filter(pk=obj.pk)
+                .values_list("plan", flat=True)
+                .get()
+            )
+            super().save_model(request, obj, form, change)
+            limits_reactivate(account=obj, previous_plan=previous_plan)
 
     def save_related(
         self, request: HttpRequest, form: AccountAdminForm, formsets: list, change: bool
@@ -634,6 +669,10 @@ class AccountAdmin(SimpleHistoryAdmin):
         if granted:
             # A raised effective blocked threshold may re-arm its notification (SPEC 6).
             thresholds_evaluate(account_ids=[form.instance.pk], after_limit_change=True)
+        if "plan" in form.changed_data:
+            # After the limits and extensions saved with it, so that a return to Enterprise
+            # evaluates the limits the page leaves, not the ones it replaces.
+            limits_reactivate(account=form.instance, previous_plan=form.initial["plan"])
 
     @staticmethod
     def _grant(request: HttpRequest, formset: Any) -> list[Extension]:

@@ -47,7 +47,12 @@ class Level(models.TextChoices):
 
 
 class Account(models.Model):
-    """A customer account, as synced from the CRM; only Enterprise accounts take limits."""
+    """A customer account, as synced from the CRM; only Enterprise accounts take limits.
+
+    Only Enterprise accounts are limited: an account on another plan keeps the limits it
+    had (never deleted) but they are inactive, and apply again once it is back on
+    Enterprise (``usage.selectors.usage_for``, ``accounts.services.limits_reactivate``).
+    """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     external_id = models.CharField(_("external id"), max_length=128, unique=True)

@@ -216,12 +216,34 @@ def _parse_recipients(
     return parsed
 
 
+def _keeps_or_clears(*, account: Account, document: LimitsDocument) -> bool:
+    """Whether ``document`` only keeps or clears what ``account`` has stored: no new threshold,
+    no changed one, no new or changed recipient."""
+    if document.is_empty:
+        return True
+    if account._state.adding:
+        return False
+    stored = limits_document_get(account=account)
+    for metric, thresholds in document.limits.items():
+        kept = stored.limits[metric]
+        if thresholds.warning not in (None, kept.warning):
+            return False
+        if thresholds.blocked not in (None, kept.blocked):
+            return False
+    return all(
+        set(specs) <= set(stored.recipients[level]) for level, specs in document.recipients.items()
+    )
+
+
 def limits_document_validate(*, account: Account, data: Any) -> LimitsDocument:
     """Check a whole limits document against SPEC section 3, rules 1 to 6.
 
     ``data`` is JSON-like: ``{"limits": {metric: {"warning", "blocked"}}, "recipients":
     {"warning": [{"email", "language"}], "blocked": [...]}}``; metrics and lists left out
     are unlimited and empty. Raises ``LimitsInvalid`` or ``AccountNotEnterprise``.
+    Limits are only set for Enterprise accounts; an account on another plan may keep its
+    stored limits (inactive, see ``usage.selectors.usage_for``) or clear them, in whole or
+    in part, but not set or change any.
     """
     collect = _ErrorCollector(errors={})
     if not isinstance(data, Mapping):
@@ -239,7 +261,7 @@ def limits_document_validate(*, account: Account, data: Any) -> LimitsDocument:
     if collect.errors:
         raise LimitsInvalid(collect.errors)
     document = LimitsDocument(limits=limits, recipients=recipients)
-    if not account.is_enterprise and not document.is_empty:
+    if not account.is_enterprise and not _keeps_or_clears(account=account, document=document):
         raise AccountNotEnterprise()
     return document
 
@@ -346,6 +368,19 @@ def limits_patch(
         return limits_replace(account=account, data=merged, actor=actor, reason=reason)
 
 
+def limits_reactivate(*, account: Account, previous_plan: str) -> list[int]:
+    """Notify now what the stored limits reached while inactive, if ``account`` is back on
+    Enterprise after ``previous_plan``; returns the ids of the notifications created.
+
+    Only Enterprise accounts are limited, so a return to Enterprise applies the stored
+    limits at once, as a changed limit would (rule 7). Call inside the transaction that
+    changed the plan, after any limit written with it.
+    """
+    if previous_plan == Plan.ENTERPRISE or not account.is_enterprise:
+        return []
+    return thresholds_evaluate(account_ids=[account.pk], after_limit_change=True)
+
+
 def account_upsert(
     *,
     external_id: str,
@@ -357,7 +392,8 @@ def account_upsert(
     """Create or update an account by its external id, as a CRM sync would.
 
     Returns ``(account, created)``; raises ``ValidationError`` on a bad value. Concurrent
-    calls for the same new external id create one account: the others update it.
+    calls for the same new external id create one account: the others update it. An
+    account back on Enterprise has its stored limits apply at once (``limits_reactivate``).
     """
     values = {"name": name, "plan": plan, "language": language, "timezone_name": timezone_name}
     try:
@@ -379,7 +415,11 @@ def _account_write(
 ) -> tuple[Account, bool]:
     """One pass of ``account_upsert``: lock the account, or insert it if there is none."""
     with transaction.atomic():
-        account = Account.objects.select_for_update().filter(external_id=external_id).first()
+        # NO KEY UPDATE: the sync may take the usage locks (a return to Enterprise), and must
+        # not conflict with the KEY SHARE lock a request takes on the account at commit.
+        account = (
+            Account.objects.select_for_update(no_key=True).filter(external_id=external_id).first()
+        )
         created = account is None
         if created:
             account = Account(external_id=external_id, plan=Plan.ENTERPRISE)
@@ -396,4 +436,5 @@ def _account_write(
         # A sync that changes nothing writes nothing (and adds no history row).
         if created or before != {f: getattr(account, f) for f in before}:
             account.save()
+            limits_reactivate(account=account, previous_plan=before["plan"])
     return account, created

@@ -26,7 +26,7 @@ from django.utils.translation import gettext_lazy as _
 from kombu.exceptions import OperationalError
 
 from accounts.metrics import METRICS
-from accounts.models import Account, Language, Level, Recipient
+from accounts.models import Account, Language, Level, Plan, Recipient
 from usage.locks import usage_lock
 from usage.periods import Period, period_containing
 from usage.selectors import MetricUsage, Status, usage_for, usage_received_before
@@ -230,7 +230,8 @@ def thresholds_evaluate(
     Reads usage from counters in one query (``usage_for``), whatever the number of accounts.
     """
     now = now or timezone.now()
-    accounts = Account.objects.filter(is_active=True, limits__isnull=False)
+    # Only Enterprise accounts are limited: others keep their limits, inactive.
+    accounts = Account.objects.filter(is_active=True, plan=Plan.ENTERPRISE, limits__isnull=False)
     if account_ids is not None:
         accounts = accounts.filter(pk__in=list(account_ids))
     periods = {

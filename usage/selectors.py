@@ -15,7 +15,7 @@ from django.db.models import Max, Sum
 from django.utils import timezone
 
 from accounts.metrics import METRICS
-from accounts.models import Account, Level, Limit
+from accounts.models import Account, Level, Limit, Plan
 
 from .models import MILLI, EventPurge, Extension, UsageCounter, UsageEvent
 from .periods import Period, period_containing, period_from_code
@@ -30,7 +30,12 @@ class Status:
 
 @dataclass(frozen=True)
 class MetricUsage:
-    """Where one metric of one account stands in one period."""
+    """Where one metric of one account stands in one period.
+
+    ``warning`` and ``blocked`` are the thresholds in force: ``None`` when not set, and
+    always ``None`` for an account whose plan is not Enterprise (its stored limits are
+    kept but inactive). ``extension`` is what was granted, in force or not.
+    """
 
     account_id: uuid.UUID
     metric: str
@@ -88,6 +93,9 @@ def usage_for(
 
     ``periods`` maps account ids to the period to read; ``pairs`` narrows the
     (account id, metric) pairs to read (every metric of every account by default).
+    Only Enterprise accounts are limited: the limits of an account on another plan are
+    not read, so it is unlimited wherever usage is read (API, pre-flight, ingestion
+    answer, report, admin, notifications).
     """
     if not periods:
         return {}
@@ -112,6 +120,8 @@ def usage_for(
 
 # What to read travels as one JSON parameter, unpacked by the database into rows
 # (account, metric, first day, end day); each row's sums then use the unique indexes.
+# Limits are joined through the account only when its plan (the second parameter) is
+# Enterprise: the stored limits of other accounts are kept but inactive.
 _WANTED = {
     "postgresql": "SELECT * FROM jsonb_to_recordset(%s::jsonb) AS w(a uuid, m text, f date, e date)",
     "sqlite": (
@@ -127,7 +137,9 @@ SELECT w.a, w.m,
   COALESCE((SELECT SUM(x.amount) FROM {Extension._meta.db_table} x
             WHERE x.account_id = w.a AND x.metric = w.m AND x.period = w.f), 0),
   l.warning, l.blocked
-FROM w LEFT JOIN {Limit._meta.db_table} l ON l.account_id = w.a AND l.metric = w.m
+FROM w
+LEFT JOIN {Account._meta.db_table} acc ON acc.id = w.a AND acc.plan = %s
+LEFT JOIN {Limit._meta.db_table} l ON l.account_id = acc.id AND l.metric = w.m
 """
 
 
@@ -150,7 +162,7 @@ def _usage_rows(
         ]
     )
     with connection.cursor() as cursor:
-        cursor.execute(_USAGE_SQL.format(wanted=_WANTED[vendor]), [payload])
+        cursor.execute(_USAGE_SQL.format(wanted=_WANTED[vendor]), [payload, Plan.ENTERPRISE.value])
         return {
             (ids[str(account) if vendor == "postgresql" else account], metric): (
                 int(used),

@@ -88,7 +88,8 @@ LIMITS_EXAMPLE = OpenApiExample(
 def _enterprise_account_get_or_404(account_id: str) -> Account:
     """The account with this id, refused with 409 unless it is on the Enterprise plan.
 
-    Reading limits is refused too, not only writing them: a non-Enterprise account has none.
+    Reading limits is refused too, not only writing them: a non-Enterprise account has none
+    in force (limits it kept from Enterprise are inactive, and shown only in the admin).
     """
     account = account_get_or_404(account_id)
     if not account.is_enterprise:

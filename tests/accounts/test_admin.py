@@ -317,16 +317,6 @@ def test_non_enterprise_account_without_limits_is_saved(admin_client):
     assert account.name == "After"
 
 
-def test_leaving_enterprise_while_limits_are_set_is_refused(admin_client):
-    account = AccountFactory(plan=Plan.ENTERPRISE)
-    LimitFactory(account=account, metric="text_tokens", warning=None, blocked=200)
-    response = post_account_page(admin_client, account, plan=Plan.PRO)
-    assert response.status_code == 200
-    assert page_errors(response)["form"] == {"__all__": [ENTERPRISE_RULE]}
-    account.refresh_from_db()
-    assert account.plan == Plan.ENTERPRISE
-
-
 def test_a_new_account_is_created_with_its_limits(admin_client, admin_user):
     # given
     url = reverse("admin:accounts_account_add")

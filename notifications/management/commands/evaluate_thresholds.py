@@ -15,12 +15,13 @@ from notifications.services import thresholds_evaluate
 
 class Command(OpsCommand):
     help = _(
-        "Run the notifications sweep now, for every active account with limits or only for "
-        "ACCOUNT (its id or external id): every threshold reached in the current period and "
-        "not yet notified gets its notification, and its e-mails are sent (queued to the "
-        "workers when a broker is configured). Thresholds already notified are left alone. "
-        "Prints one line per notification created (account external id, metric, level, "
-        "threshold), then how many were created."
+        "Run the notifications sweep now, for every active Enterprise account with limits "
+        "(limits of other plans are inactive), or only for ACCOUNT (its id or external id): "
+        "every threshold reached in the current period and not yet notified gets its "
+        "notification, and its e-mails are sent (queued to the workers when a broker is "
+        "configured). Thresholds already notified are left alone. Prints one line per "
+        "notification created (account external id, metric, level, threshold), then how "
+        "many were created."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
