@@ -184,6 +184,9 @@ NOTIFICATIONS_MAX_ATTEMPTS = env.int("NOTIFICATIONS_MAX_ATTEMPTS", default=8)
 # A delivery still queued this long after its notification was recorded lost its task
 # (broker down, worker killed): the sweep enqueues it again.
 NOTIFICATIONS_LOST_AFTER = env.float("NOTIFICATIONS_LOST_AFTER", default=120.0)
+# A delivery is sent under a lease that its worker renews every third of this delay; a
+# lease not renewed for this long belongs to a dead worker, and the sweep sends it again.
+NOTIFICATIONS_STUCK_AFTER = env.float("NOTIFICATIONS_STUCK_AFTER", default=600.0)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Redis redelivers an unacknowledged task after this long: it must exceed the longest
     # countdown of a retry, or a waiting retry would be delivered twice.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import datetime
 
 import pytest
@@ -26,6 +27,12 @@ BLOCKED_TO = {"email": "ops@example.com", "language": "en"}
 @pytest.fixture(autouse=True)
 def _anymail_test_backend(settings):
     settings.EMAIL_BACKEND = "anymail.backends.test.EmailBackend"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def limited_account(warning=80, blocked=100, metric="text_tokens", recipients=None, **fields):
@@ -190,3 +197,20 @@ def test_a_permanent_provider_error_fails_at_once_and_is_visible(settings):
     assert (delivery.status, delivery.attempts) == ("failed", 1)
     assert "provider unavailable" in delivery.last_error
     assert mail.outbox == []
+
+
+def test_an_smtp_server_refusing_connections_is_retried_then_failed_not_taken_for_a_bug(
+    settings,
+):
+    # given: SMTP to a port where nothing listens
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()
+    settings.NOTIFICATIONS_RETRY_BASE_DELAY = 0
+    settings.NOTIFICATIONS_MAX_ATTEMPTS = 3
+    account = limited_account(warning=10, blocked=None, recipients={"warning": [WARNING_TO]})
+    # when
+    record(account, "a", 10)
+    # then
+    delivery = Delivery.objects.get()
+    assert (delivery.status, delivery.attempts) == ("failed", 3)
+    assert "refused" in delivery.last_error.lower()
