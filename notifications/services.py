@@ -443,6 +443,37 @@ def deliveries_resend(*, delivery_ids: Iterable[int]) -> int:
     return count
 
 
+@dataclass(frozen=True)
+class Requeued:
+    deliveries: int
+    notifications: int
+
+
+def deliveries_requeue(*, status: str, account_id: uuid.UUID | None = None) -> Requeued:
+    """Hand the deliveries in ``status`` (queued or failed), of every account or of one, to
+    the workers again; returns how many deliveries, in how many notifications.
+
+    Failed deliveries are queued again first (their attempts kept, as the admin's resend
+    does); queued ones are only enqueued again, for when their task was lost. The claim
+    makes a task that finds its delivery taken by another harmless.
+    """
+    if status not in (Delivery.Status.QUEUED, Delivery.Status.FAILED):
+        raise ValueError(f"Only queued or failed deliveries can be handed over, not {status!r}.")
+    chosen = Delivery.objects.filter(status=status)
+    if account_id is not None:
+        chosen = chosen.filter(notification__account_id=account_id)
+    with transaction.atomic():
+        rows = list(chosen.values_list("pk", "notification_id"))
+        count = len(rows)
+        if status == Delivery.Status.FAILED and rows:
+            count = Delivery.objects.filter(
+                pk__in=[pk for pk, _notification_id in rows], status=status
+            ).update(status=Delivery.Status.QUEUED, updated_at=timezone.now())
+        notification_ids = sorted({notification_id for _pk, notification_id in rows})
+        transaction.on_commit(lambda: notifications_enqueue(notification_ids))
+    return Requeued(deliveries=count, notifications=len(notification_ids))
+
+
 def deliveries_recover(*, now: datetime | None = None) -> list[int]:
     """Re-enqueue what dead workers and lost tasks left undone; returns the notification ids
     enqueued.

@@ -28,7 +28,7 @@ from notifications.services import (
     early_tracking_events_purge,
     notification_deliver,
 )
-from notifications.tasks import deliver_notification
+from notifications.tasks import deliver_notification, sweep_notifications
 from tests.notifications.backends import SlowBackend, TrackedBeforeReturningBackend
 from tests.notifications.factories import DeliveryFactory
 from tests.notifications.test_webhook import SECRET, bounced, delivered, post_event
@@ -282,5 +282,48 @@ def test_a_programming_error_retried_by_the_sweep_fails_after_the_last_attempt(
     assert (delivery.status, delivery.attempts) == ("failed", 2)
     assert delivery.last_error == (
         "Gave up after 2 attempts: TemplateSyntaxError: Invalid block tag on line 3: 'endfi'."
+    )
+    assert mail.outbox == []
+
+
+# --- Nothing stuck: what a dead worker left "sending" ---
+
+
+def abandoned(settings, attempts: int = 1) -> Delivery:
+    """A delivery whose worker died while sending it: its lease expired a second ago."""
+    claimed_at = timezone.now() - timedelta(seconds=settings.NOTIFICATIONS_STUCK_AFTER + 1)
+    return DeliveryFactory(
+        status=Delivery.Status.SENDING,
+        attempts=attempts,
+        claimed_at=claimed_at,
+        lease_token=uuid.uuid4(),
+        esp_message_id="",
+        sent_at=None,
+        email="pm@example.com",
+    )
+
+
+def test_a_delivery_left_sending_by_a_dead_worker_is_sent_again_by_the_next_sweep(settings):
+    # given
+    delivery = abandoned(settings)
+    # when
+    sweep_notifications()
+    # then: enqueued again at once, not only put back to queued
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, delivery.last_error) == ("sent", 2, "")
+    assert [m.to for m in mail.outbox] == [["pm@example.com"]]
+
+
+def test_a_delivery_whose_workers_keep_dying_fails_after_the_last_attempt(settings):
+    settings.NOTIFICATIONS_MAX_ATTEMPTS = 3
+    delivery = abandoned(settings, attempts=3)
+
+    assert deliveries_recover() == []
+
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.FAILED
+    assert delivery.last_error == (
+        "Gave up after 3 attempts: its worker stopped before recording whether the provider "
+        "accepted it."
     )
     assert mail.outbox == []
