@@ -187,6 +187,9 @@ NOTIFICATIONS_LOST_AFTER = env.float("NOTIFICATIONS_LOST_AFTER", default=120.0)
 # For this long after a period ends, the sweep also looks for crossings of that period
 # reached before its end and never recorded (late events count but never notify).
 NOTIFICATIONS_CLOSED_PERIOD_GRACE = env.float("NOTIFICATIONS_CLOSED_PERIOD_GRACE", default=3600.0)
+# A delivery is sent under a lease that its worker renews every third of this delay; a
+# lease not renewed for this long belongs to a dead worker, and the sweep sends it again.
+NOTIFICATIONS_STUCK_AFTER = env.float("NOTIFICATIONS_STUCK_AFTER", default=600.0)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Redis redelivers an unacknowledged task after this long: it must exceed the longest
     # countdown of a retry, or a waiting retry would be delivered twice.

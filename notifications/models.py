@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.db import models
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from accounts.metrics import Metric
@@ -76,6 +77,9 @@ class Delivery(models.Model):
     attempts = models.PositiveIntegerField(_("attempts"), default=0)
     esp_message_id = models.CharField(_("provider message id"), max_length=255, blank=True)
     last_error = models.TextField(_("last error"), blank=True)
+    # The lease of the worker sending it: the token its claim drew, renewed at
+    # ``claimed_at`` while the provider is called (see ``notification_deliver``).
+    lease_token = models.UUIDField(_("lease token"), null=True, blank=True, editable=False)
     claimed_at = models.DateTimeField(_("claimed at"), null=True, blank=True)
     sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
@@ -97,3 +101,29 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.email}: {self.status}"
+
+
+class EarlyTrackingEvent(models.Model):
+    """A tracking event of the ESP whose message id matched no delivery when it arrived.
+
+    The provider may report on a message before the worker that sent it has recorded its
+    id; the event waits here and is applied when the delivery is marked sent. Events that
+    never find their delivery (another sender on the same ESP account) are deleted after
+    a day by the sweep.
+    """
+
+    esp_message_id = models.CharField(_("provider message id"), max_length=255)
+    event_type = models.CharField(_("event type"), max_length=32)
+    description = models.TextField(_("description"), blank=True)
+    received_at = models.DateTimeField(_("received at"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("early tracking event")
+        verbose_name_plural = _("early tracking events")
+        indexes = [
+            models.Index(fields=["esp_message_id"], name="early_event_message_id"),
+            models.Index(fields=["received_at"], name="early_event_received_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.esp_message_id}: {self.event_type}"

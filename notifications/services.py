@@ -4,22 +4,26 @@
 one ledger row per threshold reached (``ON CONFLICT DO NOTHING``, so concurrent writers
 create exactly one) with a delivery per recipient, and enqueues the sending task once
 that transaction commits. ``notification_deliver`` is what the task runs: it claims each
-delivery with a conditional update, so two workers never send the same message.
+delivery with a conditional update and sends it under a lease its worker renews, so two
+workers never send the same message, and a dead worker's deliveries are sent again.
 """
 
 from __future__ import annotations
 
 import logging
+import smtplib
+import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from anymail.exceptions import AnymailError, AnymailRequestsAPIError
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -32,13 +36,13 @@ from usage.periods import Period, period_containing
 from usage.selectors import MetricUsage, Status, usage_for, usage_received_before
 
 from .emails import threshold_message
-from .models import Delivery, Notification
+from .models import Delivery, EarlyTrackingEvent, Notification
 
 logger = logging.getLogger(__name__)
 
 NOTIFICATION_TABLE = Notification._meta.db_table
-# A delivery claimed this long ago and still "sending" belongs to a worker that died.
-STUCK_AFTER = timedelta(minutes=10)
+# The namespace of the advisory locks taken on the provider's message ids (any constant).
+_MESSAGE_ID_LOCKS = 0x55534D47
 
 
 @dataclass(frozen=True)
@@ -251,16 +255,26 @@ def thresholds_evaluate(
 
 
 def _is_transient(error: Exception) -> bool:
-    from anymail.exceptions import AnymailAPIError, AnymailRequestsAPIError
-
     status = getattr(error, "status_code", None)
     if isinstance(error, AnymailRequestsAPIError) and status is None:
         return True  # no answer at all: network
     if status is not None:
         return status == 429 or status >= 500
-    if isinstance(error, AnymailAPIError):
+    if isinstance(error, AnymailError):
         return False
-    return isinstance(error, OSError | TimeoutError | ConnectionError)
+    return isinstance(error, OSError)
+
+
+# What can go wrong on the way to the provider, or at the provider: the delivery is retried
+# (transient) or failed (permanent). Any other exception is a bug of this code, not a fact
+# about the message: see ``_delivery_send``. (SMTP errors and timeouts are OSErrors; they
+# are named for the reader.)
+PROVIDER_ERRORS: tuple[type[Exception], ...] = (
+    AnymailError,
+    smtplib.SMTPException,
+    TimeoutError,
+    OSError,
+)
 
 
 def _describe(error: Exception) -> str:
@@ -271,6 +285,13 @@ def _describe(error: Exception) -> str:
         return type(error).__name__
 
 
+def _describe_bug(error: Exception) -> str:
+    """``TemplateSyntaxError: Invalid block tag...``: a bug is named by its type."""
+    name = type(error).__name__
+    text = _describe(error)
+    return name if text == name else f"{name}: {text}"
+
+
 @dataclass(frozen=True)
 class DeliveryOutcome:
     sent: int
@@ -278,57 +299,198 @@ class DeliveryOutcome:
     retry: int
 
 
+class _Lease:
+    """Keeps a claimed delivery's lease alive while its worker renders and sends it.
+
+    A thread with its own database connection (closed when it stops) moves ``claimed_at``
+    forward every third of ``NOTIFICATIONS_STUCK_AFTER``, for as long as the delivery is
+    still "sending" under this lease's token, so that recovery never takes over a slow
+    send. Inside a transaction the claim is invisible to every other connection until
+    commit: there is nothing to renew, and no thread is started.
+    """
+
+    def __init__(self, *, delivery_id: int, token: uuid.UUID) -> None:
+        self.delivery_id = delivery_id
+        self.token = token
+        self.every = settings.NOTIFICATIONS_STUCK_AFTER / 3
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Lease:
+        if not connection.in_atomic_block:
+            self._thread = threading.Thread(
+                target=self._renew, name=f"lease-of-delivery-{self.delivery_id}", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _renew(self) -> None:
+        mine = Delivery.objects.filter(
+            pk=self.delivery_id, status=Delivery.Status.SENDING, lease_token=self.token
+        )
+        try:
+            while not self._stopped.wait(self.every):
+                try:
+                    renewed = mine.update(claimed_at=timezone.now())
+                except DatabaseError:
+                    # The next beat may find the database back; the lease lasts 3 beats.
+                    logger.warning(
+                        "delivery %s: lease not renewed", self.delivery_id, exc_info=True
+                    )
+                    connection.close()
+                    continue
+                if not renewed:
+                    logger.error(
+                        "delivery %s: lease lost while sending (recovered by another worker)",
+                        self.delivery_id,
+                    )
+                    return
+        finally:
+            connection.close()
+
+
+def _lock_message_id(esp_message_id: str) -> None:
+    """Serialize, per message id, recording a send and recording a tracking event.
+
+    Without it a webhook could look for its delivery before the "sent" update commits while
+    that update looks for early events before the webhook's insert commits, and the event
+    would never be applied. On PostgreSQL a transaction-level advisory lock; SQLite lets one
+    writing transaction at a time, and both transactions below start by writing.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                [_MESSAGE_ID_LOCKS, esp_message_id],
+            )
+
+
+def _delivery_record_sent(*, delivery_id: int, token: uuid.UUID, esp_message_id: str) -> bool:
+    """Mark the delivery sent with the provider's message id, if ``token`` still holds its
+    lease, and apply the tracking events that arrived first; False if the lease was lost."""
+    now = timezone.now()
+    with transaction.atomic():
+        if esp_message_id:
+            _lock_message_id(esp_message_id)
+        recorded = Delivery.objects.filter(
+            pk=delivery_id, status=Delivery.Status.SENDING, lease_token=token
+        ).update(
+            status=Delivery.Status.SENT,
+            esp_message_id=esp_message_id,
+            sent_at=now,
+            last_error="",
+            updated_at=now,
+        )
+        if recorded and esp_message_id:
+            early = EarlyTrackingEvent.objects.filter(esp_message_id=esp_message_id)
+            for event in sorted(early, key=_in_tracking_order):
+                _tracked_update(
+                    esp_message_id=esp_message_id,
+                    event_type=event.event_type,
+                    description=event.description,
+                )
+            early.delete()
+    return bool(recorded)
+
+
+def _message_id_of(message: object) -> str:
+    status = getattr(message, "anymail_status", None)
+    message_id = status.message_id if status else None
+    return "" if message_id is None else str(message_id)
+
+
+def _delivery_send(
+    *, notification: Notification, delivery: Delivery, token: uuid.UUID, final_attempt: bool
+) -> str | None:
+    """Render and send a delivery claimed under ``token``; record the outcome if the lease
+    still holds. Returns ``"sent"``, ``"failed"``, ``"retry"``, or None if the lease was lost.
+
+    A provider error is a fact about this message: retried when transient, failed otherwise.
+    Any other exception is a bug: logged with its traceback, the delivery queued again
+    (failed once it had ``NOTIFICATIONS_MAX_ATTEMPTS``), and raised, so the task fails.
+    """
+    mine = Delivery.objects.filter(
+        pk=delivery.pk, status=Delivery.Status.SENDING, lease_token=token
+    )
+    try:
+        with _Lease(delivery_id=delivery.pk, token=token):
+            message = threshold_message(notification=notification, delivery=delivery)
+            message.send()
+    except PROVIDER_ERRORS as error:
+        queued = _is_transient(error) and not final_attempt
+        status = Delivery.Status.QUEUED if queued else Delivery.Status.FAILED
+        logger.warning("delivery %s to %s failed: %s", delivery.pk, delivery.email, error)
+        kept = mine.update(
+            status=status, last_error=_describe(error)[:2000], updated_at=timezone.now()
+        )
+        if not kept:
+            return None
+        return "retry" if queued else "failed"
+    except Exception as error:
+        logger.exception("delivery %s to %s: error while sending", delivery.pk, delivery.email)
+        attempt = (
+            Delivery.objects.filter(pk=delivery.pk).values_list("attempts", flat=True).first() or 1
+        )
+        most = settings.NOTIFICATIONS_MAX_ATTEMPTS
+        if attempt >= most:
+            status = Delivery.Status.FAILED
+            last_error = f"Gave up after {attempt} attempts: {_describe_bug(error)}"
+        else:
+            status = Delivery.Status.QUEUED
+            last_error = f"{_describe_bug(error)} (attempt {attempt} of {most})"
+        mine.update(status=status, last_error=last_error[:2000], updated_at=timezone.now())
+        raise
+    esp_message_id = _message_id_of(message)
+    if not _delivery_record_sent(
+        delivery_id=delivery.pk, token=token, esp_message_id=esp_message_id
+    ):
+        logger.error(
+            "delivery %s to %s: sent as message %r after its lease was lost; another worker "
+            "owns it now, and the recipient may get it twice",
+            delivery.pk,
+            delivery.email,
+            esp_message_id,
+        )
+        return None
+    return "sent"
+
+
 def notification_deliver(*, notification_id: int, final_attempt: bool = False) -> DeliveryOutcome:
     """Send every queued delivery of a notification once; the caller retries ``retry`` ones.
 
-    Each delivery is claimed with a conditional update (queued -> sending); only the
-    worker whose update changed the row sends it. On the final attempt a transient error
-    is recorded as a failure, visible in the admin, which can resend.
+    Each delivery is claimed with a conditional update (queued -> sending) that draws a
+    lease token; only the worker whose update changed the row sends it, and only while its
+    lease holds may it record the outcome. On the final attempt a transient error is
+    recorded as a failure, visible in the admin, which can resend. Call it outside a
+    transaction (as the task does): the lease is renewed from another connection.
     """
     notification = Notification.objects.select_related("account").filter(pk=notification_id).first()
     if notification is None:
         return DeliveryOutcome(0, 0, 0)
-    sent = failed = retry = 0
+    counts = {"sent": 0, "failed": 0, "retry": 0}
     for delivery in notification.deliveries.filter(status=Delivery.Status.QUEUED):
+        token = uuid.uuid4()
         now = timezone.now()
         claimed = Delivery.objects.filter(pk=delivery.pk, status=Delivery.Status.QUEUED).update(
             status=Delivery.Status.SENDING,
+            lease_token=token,
             claimed_at=now,
             attempts=F("attempts") + 1,
             updated_at=now,
         )
         if claimed != 1:
             continue  # another worker has it
-        try:
-            message = threshold_message(notification=notification, delivery=delivery)
-            message.send()
-        except Exception as error:
-            transient = _is_transient(error)
-            status = (
-                Delivery.Status.QUEUED
-                if transient and not final_attempt
-                else Delivery.Status.FAILED
-            )
-            Delivery.objects.filter(pk=delivery.pk).update(
-                status=status, last_error=_describe(error)[:2000], updated_at=timezone.now()
-            )
-            logger.warning("delivery %s to %s failed: %s", delivery.pk, delivery.email, error)
-            if status == Delivery.Status.QUEUED:
-                retry += 1
-            else:
-                failed += 1
-            continue
-        status_info = getattr(message, "anymail_status", None)
-        message_id = status_info.message_id if status_info else None
-        Delivery.objects.filter(pk=delivery.pk).update(
-            status=Delivery.Status.SENT,
-            esp_message_id="" if message_id is None else str(message_id),
-            sent_at=timezone.now(),
-            last_error="",
-            updated_at=timezone.now(),
+        outcome = _delivery_send(
+            notification=notification, delivery=delivery, token=token, final_attempt=final_attempt
         )
-        sent += 1
-    return DeliveryOutcome(sent, failed, retry)
+        if outcome is not None:
+            counts[outcome] += 1
+    return DeliveryOutcome(**counts)
 
 
 def deliveries_resend(*, delivery_ids: Iterable[int]) -> int:
@@ -345,17 +507,67 @@ def deliveries_resend(*, delivery_ids: Iterable[int]) -> int:
     return count
 
 
-def deliveries_recover(*, now: datetime | None = None) -> list[int]:
-    """Re-enqueue what a lost task left undone; returns the notification ids enqueued.
+@dataclass(frozen=True)
+class Requeued:
+    deliveries: int
+    notifications: int
 
-    Deliveries stuck in "sending" (a worker died) go back to "queued"; notifications with
-    deliveries queued for longer than a task should take are enqueued again (the claim
-    makes a second task harmless).
+
+def deliveries_requeue(*, status: str, account_id: uuid.UUID | None = None) -> Requeued:
+    """Hand the deliveries in ``status`` (queued or failed), of every account or of one, to
+    the workers again; returns how many deliveries, in how many notifications.
+
+    Failed deliveries are queued again first (their attempts kept, as the admin's resend
+    does); queued ones are only enqueued again, for when their task was lost. The claim
+    makes a task that finds its delivery taken by another harmless.
+    """
+    if status not in (Delivery.Status.QUEUED, Delivery.Status.FAILED):
+        raise ValueError(f"Only queued or failed deliveries can be handed over, not {status!r}.")
+    chosen = Delivery.objects.filter(status=status)
+    if account_id is not None:
+        chosen = chosen.filter(notification__account_id=account_id)
+    with transaction.atomic():
+        rows = list(chosen.values_list("pk", "notification_id"))
+        count = len(rows)
+        if status == Delivery.Status.FAILED and rows:
+            count = Delivery.objects.filter(
+                pk__in=[pk for pk, _notification_id in rows], status=status
+            ).update(status=Delivery.Status.QUEUED, updated_at=timezone.now())
+        notification_ids = sorted({notification_id for _pk, notification_id in rows})
+        transaction.on_commit(lambda: notifications_enqueue(notification_ids))
+    return Requeued(deliveries=count, notifications=len(notification_ids))
+
+
+def deliveries_recover(*, now: datetime | None = None) -> list[int]:
+    """Re-enqueue what dead workers and lost tasks left undone; returns the notification ids
+    enqueued.
+
+    A delivery whose lease expired (still "sending", not renewed for
+    ``NOTIFICATIONS_STUCK_AFTER``) was left by a dead worker: it is queued again and its
+    notification enqueued at once, or failed once it has had ``NOTIFICATIONS_MAX_ATTEMPTS``.
+    Notifications with deliveries queued for longer than a task should take are enqueued
+    again. The claim makes a second task harmless.
     """
     now = now or timezone.now()
-    Delivery.objects.filter(
-        status=Delivery.Status.SENDING, claimed_at__lt=now - STUCK_AFTER
-    ).update(status=Delivery.Status.QUEUED, updated_at=now)
+    expired = Delivery.objects.filter(
+        status=Delivery.Status.SENDING,
+        claimed_at__lt=now - timedelta(seconds=settings.NOTIFICATIONS_STUCK_AFTER),
+    )
+    most = settings.NOTIFICATIONS_MAX_ATTEMPTS
+    recovered = set()
+    for pk, notification_id, attempt in expired.values_list("pk", "notification_id", "attempts"):
+        unknown = "its worker stopped before recording whether the provider accepted it"
+        if attempt >= most:
+            status = Delivery.Status.FAILED
+            last_error = f"Gave up after {attempt} attempts: {unknown}."
+        else:
+            status = Delivery.Status.QUEUED
+            last_error = f"Queued again after attempt {attempt} of {most}: {unknown}."
+        # Conditional on the lease still being expired: a heartbeat may have just renewed it.
+        if expired.filter(pk=pk).update(status=status, last_error=last_error, updated_at=now):
+            logger.warning("delivery %s: lease expired, %s", pk, status)
+            if status == Delivery.Status.QUEUED:
+                recovered.add(notification_id)
     lost_after = timedelta(seconds=settings.NOTIFICATIONS_LOST_AFTER)
     retry_window = timedelta(seconds=settings.NOTIFICATIONS_MAX_RETRY_DELAY) + lost_after
     lost = (
@@ -366,7 +578,7 @@ def deliveries_recover(*, now: datetime | None = None) -> list[int]:
         .values_list("notification_id", flat=True)
         .distinct()
     )
-    ids = sorted(set(lost))
+    ids = sorted(recovered | set(lost))
     notifications_enqueue(ids)
     return ids
 
@@ -440,17 +652,19 @@ _TRACKED: dict[str, tuple[str, list[str]]] = {
 }
 # Events that say why a message did not arrive: their description becomes the last error.
 _FAILURES = {"bounced", "rejected", "failed"}
+# The order in which early events are applied, so that each finds the status it replaces
+# (a bounce and a "delivered" that both came early end as bounced, as they would late).
+_TRACKING_ORDER = {"delivered": 0, "failed": 0, "bounced": 1, "rejected": 1, "complained": 2}
+# Tracking events that matched no delivery wait this long for it, then are deleted.
+EARLY_EVENTS_KEPT = timedelta(days=1)
 
 
-def delivery_track(*, esp_message_id: str, event_type: str, description: str) -> int:
-    """Apply one tracking event of the ESP to its delivery; returns how many changed (0 or 1).
+def _in_tracking_order(event: EarlyTrackingEvent) -> tuple[int, datetime, int]:
+    return (_TRACKING_ORDER[event.event_type], event.received_at, event.pk)
 
-    Other event types (opened, deferred...) and unknown message ids are ignored, as is an
-    event that would move the delivery backwards (see ``_TRACKED``). The conditional
-    update makes concurrent and out-of-order events safe.
-    """
-    if not esp_message_id or event_type not in _TRACKED:
-        return 0
+
+def _tracked_update(*, esp_message_id: str, event_type: str, description: str) -> int:
+    """The conditional update of one tracking event (see ``_TRACKED``)."""
     status, replaces = _TRACKED[event_type]
     changes: dict[str, object] = {"status": status, "updated_at": timezone.now()}
     if event_type in _FAILURES and description:
@@ -461,3 +675,41 @@ def delivery_track(*, esp_message_id: str, event_type: str, description: str) ->
     if updated:
         logger.info("delivery with message id %s: %s", esp_message_id, status)
     return updated
+
+
+def delivery_track(*, esp_message_id: str, event_type: str, description: str) -> int:
+    """Apply one tracking event of the ESP to its delivery; returns how many changed (0 or 1).
+
+    Other event types (opened, deferred...) are ignored, as is an event that would move the
+    delivery backwards (see ``_TRACKED``); the conditional update makes concurrent and
+    out-of-order events safe. An event whose message id matches no delivery yet (the
+    provider answered the worker, which has not recorded the id) is kept as an
+    ``EarlyTrackingEvent`` and applied when the delivery is marked sent.
+    """
+    if not esp_message_id or event_type not in _TRACKED:
+        return 0
+    with transaction.atomic():
+        _lock_message_id(esp_message_id)
+        updated = _tracked_update(
+            esp_message_id=esp_message_id, event_type=event_type, description=description
+        )
+        if not updated and not Delivery.objects.filter(esp_message_id=esp_message_id).exists():
+            EarlyTrackingEvent.objects.create(
+                esp_message_id=esp_message_id[:255],
+                event_type=event_type,
+                description=description,
+            )
+            logger.info(
+                "message id %s: %s kept until its delivery is recorded", esp_message_id, event_type
+            )
+    return updated
+
+
+def early_tracking_events_purge(*, now: datetime | None = None) -> int:
+    """Delete the tracking events that found no delivery within ``EARLY_EVENTS_KEPT``;
+    returns how many (events about messages that some other sender sent)."""
+    now = now or timezone.now()
+    deleted, _by_model = EarlyTrackingEvent.objects.filter(
+        received_at__lt=now - EARLY_EVENTS_KEPT
+    ).delete()
+    return deleted

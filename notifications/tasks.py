@@ -7,7 +7,12 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from .services import deliveries_recover, notification_deliver, thresholds_evaluate
+from .services import (
+    deliveries_recover,
+    early_tracking_events_purge,
+    notification_deliver,
+    thresholds_evaluate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +25,11 @@ def retry_delay(retries: int) -> float:
 
 @shared_task(bind=True, max_retries=None, ignore_result=True)
 def deliver_notification(self, notification_id: int) -> None:
-    """Send a notification's queued deliveries; retry the transient failures with backoff."""
+    """Send a notification's queued deliveries; retry the transient failures with backoff.
+
+    A bug (anything but a provider error) fails the task; its delivery is left queued
+    for the sweep to try again.
+    """
     final = self.request.retries >= settings.NOTIFICATIONS_MAX_ATTEMPTS - 1
     outcome = notification_deliver(notification_id=notification_id, final_attempt=final)
     if outcome.retry:
@@ -29,9 +38,11 @@ def deliver_notification(self, notification_id: int) -> None:
 
 @shared_task(ignore_result=True)
 def sweep_notifications() -> None:
-    """Find crossings no task handled, and re-enqueue deliveries a lost task left queued."""
+    """Find crossings no task handled, re-enqueue deliveries that lost their task or their
+    worker, and forget tracking events that never found their delivery."""
     created = thresholds_evaluate()
     recovered = deliveries_recover()
+    early_tracking_events_purge()
     if created or recovered:
         logger.warning(
             "sweep: %d crossing(s) recorded, %d notification(s) re-enqueued",

@@ -47,3 +47,10 @@ def test_beat_sweeps_notifications_every_minute_and_reconciles_counters():
     app.loader.import_default_modules()  # what a worker does at start: autodiscovery
     for entry in schedule.values():
         assert entry["task"] in app.tasks
+
+
+def test_a_dead_workers_delivery_is_sent_again_within_twice_the_stuck_delay():
+    # Its lease expires at most one stuck delay after its worker died; the next sweep
+    # enqueues it again, so the sweep must run at least once per stuck delay.
+    sweep = app.conf.beat_schedule["sweep-notifications"]
+    assert sweep["schedule"] <= settings.NOTIFICATIONS_STUCK_AFTER

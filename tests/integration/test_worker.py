@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -50,12 +51,19 @@ def free_port() -> int:
 
 
 class FakeProvider:
-    """Postmark's ``POST /email`` on 127.0.0.1: records messages, fails on demand."""
+    """Postmark's ``POST /email`` on 127.0.0.1: records messages, fails or stalls on demand.
+
+    A stalled request (``hold_next``) waits until ``release`` is set, then is dropped
+    unanswered: the provider never accepted that message.
+    """
 
     def __init__(self) -> None:
         self.messages: list[dict] = []
         self.requests = 0
         self.fail_next = 0
+        self.hold_next = 0
+        self.held = threading.Event()  # a stalled request has arrived
+        self.release = threading.Event()
         self.lock = threading.Lock()
         provider = self
 
@@ -64,12 +72,20 @@ class FakeProvider:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with provider.lock:
                     provider.requests += 1
-                    failing = provider.fail_next > 0
-                    if failing:
+                    holding = provider.hold_next > 0
+                    failing = not holding and provider.fail_next > 0
+                    if holding:
+                        provider.hold_next -= 1
+                    elif failing:
                         provider.fail_next -= 1
                     else:
                         provider.messages.append(body)
                         number = len(provider.messages)
+                if holding:
+                    provider.held.set()
+                    provider.release.wait(timeout=2 * WAIT)
+                    self.close_connection = True
+                    return
                 if failing:
                     self.send_response(503)
                     self.end_headers()
@@ -126,7 +142,10 @@ def use_broker(url: str) -> None:
     celery_app.amqp._producer_pool = None
 
 
-def start_worker(broker_url: str, provider: FakeProvider) -> subprocess.Popen:
+def start_worker(
+    broker_url: str, provider: FakeProvider, *, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """A worker process, in a process group of its own (see ``kill``), with ``env`` added."""
     database = connection.settings_dict
     env = {
         **os.environ,
@@ -141,6 +160,7 @@ def start_worker(broker_url: str, provider: FakeProvider) -> subprocess.Popen:
         "ANYMAIL_POSTMARK_API_URL": provider.url,
         "NOTIFICATIONS_RETRY_BASE_DELAY": "0.5",
         "CONN_MAX_AGE": "0",
+        **(env or {}),
     }
     log = tempfile.NamedTemporaryFile(prefix="worker-", suffix=".log", delete=False)  # noqa: SIM115
     worker = subprocess.Popen(
@@ -161,9 +181,16 @@ def start_worker(broker_url: str, provider: FakeProvider) -> subprocess.Popen:
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     worker.log_path = log.name  # type: ignore[attr-defined]
     return worker
+
+
+def kill(worker: subprocess.Popen) -> None:
+    """SIGKILL a worker and its pool processes at once, as a host or container dying would."""
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=WAIT)
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -365,3 +392,64 @@ def test_usage_recorded_while_redis_is_down_is_emailed_by_the_sweep_once_it_is_b
         assert list(Delivery.objects.values_list("status", flat=True)) == ["sent", "sent"]
     finally:
         use_broker(previous)
+
+
+STUCK_AFTER = 3.0  # seconds: the stuck delay of the test below, in the workers and the sweep
+
+
+def test_a_worker_killed_while_the_provider_is_slow_is_replaced_and_the_message_sent_once(
+    settings, broker, provider, service_user
+):
+    # given: a stuck delay of 3 s, and a provider that stalls on the first message
+    settings.NOTIFICATIONS_STUCK_AFTER = STUCK_AFTER
+    stuck_after = {"NOTIFICATIONS_STUCK_AFTER": str(STUCK_AFTER)}
+    account = AccountFactory()
+    limits_replace(
+        account=account,
+        data={
+            "limits": {"text_tokens": {"warning": 10}},
+            "recipients": {"warning": [{"email": "pm@example.com", "language": "en"}]},
+        },
+    )
+    provider.hold_next = 1
+    first = start_worker(broker, provider, env=stuck_after)
+    try:
+        assert post_events(token_for(service_user), account, "e", 1, 10).status_code == 201
+        assert provider.held.wait(timeout=WAIT), "the worker never called the provider"
+        # while the provider stalls for twice the stuck delay, the worker's lease holds:
+        # the sweep (run here as beat would, every half second) leaves the delivery alone
+        stalled_until = time.monotonic() + 2 * STUCK_AFTER
+        while time.monotonic() < stalled_until:
+            sweep_notifications()
+            time.sleep(0.5)
+        delivery = Delivery.objects.get()
+        assert (delivery.status, delivery.attempts, provider.requests) == ("sending", 1, 1)
+        # when: the worker dies, with the provider still stalling
+        kill(first)
+        killed_at = time.monotonic()
+    finally:
+        stop(first)
+        provider.release.set()
+    second = start_worker(broker, provider, env=stuck_after)
+    try:
+        deadline = killed_at + WAIT
+        requeued_after = None
+        while not Delivery.objects.filter(status="sent").exists():
+            assert time.monotonic() < deadline, "the delivery was never sent again"
+            sweep_notifications()
+            leased = Delivery.objects.filter(status="sending", attempts=1).exists()
+            if requeued_after is None and not leased:
+                requeued_after = time.monotonic() - killed_at
+            time.sleep(0.5)
+        messages = provider.wait_for(1)
+    finally:
+        stop(second)
+    # then: the sweep handed the delivery over within twice the stuck delay of the death
+    # (how soon it is sent then depends on how long the new worker takes to start), and
+    # the new worker sent it, once
+    assert requeued_after is not None
+    assert requeued_after <= 2 * STUCK_AFTER, f"enqueued again {requeued_after:.1f} s after"
+    assert [m["To"] for m in messages] == ["pm@example.com"]
+    assert provider.requests == 2
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, delivery.esp_message_id) == ("sent", 2, "fake-1")

@@ -1,6 +1,8 @@
-"""E-mail backends for tests: Anymail's test backend, made to fail on demand."""
+"""E-mail backends for tests: Anymail's test backend, made to fail, wait or race on demand."""
 
 from __future__ import annotations
+
+import time
 
 import requests
 from anymail.backends.test import EmailBackend as AnymailTestBackend
@@ -24,4 +26,29 @@ class FlakyBackend(AnymailTestBackend):
             raise AnymailRequestsAPIError(
                 "provider unavailable", email_message=email_messages[0], response=response
             )
+        return super().send_messages(email_messages)
+
+
+class TrackedBeforeReturningBackend(AnymailTestBackend):
+    """The provider accepts each message, then ``ON_ACCEPTED(message_id)`` runs before
+    ``send()`` returns: the provider's tracking webhook racing the worker's "sent" update."""
+
+    ON_ACCEPTED = None
+
+    def send_messages(self, email_messages):
+        sent = super().send_messages(email_messages)
+        hook = type(self).ON_ACCEPTED
+        if hook is not None:
+            for message in email_messages:
+                hook(str(message.anymail_status.message_id))
+        return sent
+
+
+class SlowBackend(AnymailTestBackend):
+    """A provider that takes ``DELAY`` seconds to accept a message."""
+
+    DELAY = 2.5
+
+    def send_messages(self, email_messages):
+        time.sleep(self.DELAY)
         return super().send_messages(email_messages)

@@ -1,4 +1,5 @@
-"""The ops commands of notifications (SPEC section 8): evaluate_thresholds, send_test_notification."""
+"""The ops commands of notifications (SPEC section 8): evaluate_thresholds,
+send_test_notification, resend_deliveries."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ import pytest
 from django.core import mail
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.utils import translation
 
 from accounts.models import Account, Level
 from notifications.models import Delivery, Notification
 from tests.factories import AccountFactory, LimitFactory, RecipientFactory
-from tests.notifications.factories import NotificationFactory, usage_already_counted
+from tests.notifications.factories import (
+    DeliveryFactory,
+    NotificationFactory,
+    usage_already_counted,
+)
 
 pytestmark = pytest.mark.django_db(
     transaction=True, serialized_rollback=True
@@ -255,3 +261,125 @@ def test_a_test_notification_does_not_count_as_the_real_one():
     lines = run("evaluate_thresholds")
     # then
     assert lines[-1] == "1 notification(s) created."
+
+
+# --- resend_deliveries ---
+
+
+def deliveries_of(external_id: str, *statuses: str) -> list[Delivery]:
+    """One notification of ``external_id`` per status, each with one delivery in it."""
+    account = Account.objects.filter(external_id=external_id).first() or AccountFactory(
+        external_id=external_id
+    )
+    return [
+        DeliveryFactory(
+            notification=NotificationFactory(account=account, threshold=1000 + number),
+            email=f"{status}{number}@{external_id}.example",
+            status=status,
+            last_error="provider unavailable" if status == "failed" else "",
+        )
+        for number, status in enumerate(statuses)
+    ]
+
+
+def statuses() -> list[tuple[str, str]]:
+    return sorted(Delivery.objects.values_list("email", "status"))
+
+
+def test_resend_deliveries_queues_the_failed_ones_again_and_sends_them():
+    # given
+    deliveries_of("acme", "failed", "failed", "queued", "bounced", "sending")
+    deliveries_of("globex", "failed")
+    # when
+    lines = run("resend_deliveries")
+    # then
+    assert lines == ["Failed deliveries queued again: 3 (notifications enqueued: 3)."]
+    assert sorted(message.to[0] for message in mail.outbox) == [
+        "failed0@acme.example",
+        "failed0@globex.example",
+        "failed1@acme.example",
+    ]
+    assert statuses() == [
+        ("bounced3@acme.example", "bounced"),
+        ("failed0@acme.example", "sent"),
+        ("failed0@globex.example", "sent"),
+        ("failed1@acme.example", "sent"),
+        ("queued2@acme.example", "queued"),
+        ("sending4@acme.example", "sending"),
+    ]
+    assert set(Delivery.objects.filter(status="sent").values_list("attempts", "last_error")) == {
+        (2, "")
+    }
+
+
+@pytest.mark.parametrize("reference", ["id", "external id"])
+def test_resend_deliveries_of_one_account_leaves_the_others_alone(reference):
+    [acme_failed] = deliveries_of("acme", "failed")
+    deliveries_of("globex", "failed")
+    account = acme_failed.notification.account
+
+    lines = run("resend_deliveries", "--account", str(account.pk) if reference == "id" else "acme")
+
+    assert lines == ["Failed deliveries queued again: 1 (notifications enqueued: 1)."]
+    assert [message.to for message in mail.outbox] == [["failed0@acme.example"]]
+    assert statuses() == [
+        ("failed0@acme.example", "sent"),
+        ("failed0@globex.example", "failed"),
+    ]
+
+
+def test_resend_deliveries_of_queued_ones_enqueues_them_again_and_leaves_failed_ones():
+    deliveries_of("acme", "queued", "failed", "queued")
+
+    lines = run("resend_deliveries", "--status", "queued")
+
+    assert lines == ["Queued deliveries enqueued again: 2 (notifications enqueued: 2)."]
+    assert sorted(message.to[0] for message in mail.outbox) == [
+        "queued0@acme.example",
+        "queued2@acme.example",
+    ]
+    assert statuses() == [
+        ("failed1@acme.example", "failed"),
+        ("queued0@acme.example", "sent"),
+        ("queued2@acme.example", "sent"),
+    ]
+
+
+def test_resend_deliveries_with_nothing_to_resend_says_so():
+    deliveries_of("acme", "sent", "delivered")
+
+    assert run("resend_deliveries") == [
+        "Failed deliveries queued again: 0 (notifications enqueued: 0)."
+    ]
+    assert mail.outbox == []
+
+
+def test_resend_deliveries_speaks_the_language_of_the_installation(settings):
+    settings.LANGUAGE_CODE = "fr"
+    deliveries_of("acme", "failed")
+
+    with translation.override("fr"):
+        lines = run("resend_deliveries")
+
+    assert lines == ["Envois en échec remis en file d’attente : 1 (notifications confiées : 1)."]
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--account", "nope"], "Unknown account “nope” (give its id or external id)."),
+        (["--status", "sent"], "Error: argument --status: invalid choice: 'sent'"),
+        (["--status"], "Error: argument --status: expected one argument"),
+        (["acme"], "Error: unrecognized arguments: acme"),
+    ],
+)
+def test_resend_deliveries_refuses_bad_input_in_one_line_and_changes_nothing(args, error):
+    deliveries_of("acme", "failed")
+
+    with pytest.raises(CommandError) as refused:
+        run("resend_deliveries", *args)
+
+    assert str(refused.value).startswith(error)
+    assert "\n" not in str(refused.value)
+    assert statuses() == [("failed0@acme.example", "failed")]
+    assert mail.outbox == []

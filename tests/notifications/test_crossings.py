@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import datetime, timedelta
 
 import pytest
@@ -29,6 +30,12 @@ BLOCKED_TO = {"email": "ops@example.com", "language": "en"}
 @pytest.fixture(autouse=True)
 def _anymail_test_backend(settings):
     settings.EMAIL_BACKEND = "anymail.backends.test.EmailBackend"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def limited_account(warning=80, blocked=100, metric="text_tokens", recipients=None, **fields):
@@ -276,3 +283,20 @@ def test_the_sweep_repairs_a_crossing_of_the_period_that_just_closed_never_a_lat
     ] == [(reached.pk, "blocked", 100, closed.first_day, 120_000)]
     assert thresholds_evaluate(now=closed.end + timedelta(minutes=20)) == []
     assert [message.to for message in mail.outbox] == [[BLOCKED_TO["email"]]]
+
+
+def test_an_smtp_server_refusing_connections_is_retried_then_failed_not_taken_for_a_bug(
+    settings,
+):
+    # given: SMTP to a port where nothing listens
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()
+    settings.NOTIFICATIONS_RETRY_BASE_DELAY = 0
+    settings.NOTIFICATIONS_MAX_ATTEMPTS = 3
+    account = limited_account(warning=10, blocked=None, recipients={"warning": [WARNING_TO]})
+    # when
+    record(account, "a", 10)
+    # then
+    delivery = Delivery.objects.get()
+    assert (delivery.status, delivery.attempts) == ("failed", 3)
+    assert "refused" in delivery.last_error.lower()

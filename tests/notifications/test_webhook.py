@@ -9,7 +9,7 @@ import pytest
 from django.core import mail
 
 from accounts.models import Level
-from notifications.models import Delivery
+from notifications.models import Delivery, EarlyTrackingEvent
 from notifications.services import delivery_track, notification_send_test
 from tests.factories import AccountFactory
 from tests.notifications.factories import DeliveryFactory
@@ -141,7 +141,7 @@ def test_late_delivered_event_does_not_hide_a_bounce(client):
     assert delivery.status == Delivery.Status.BOUNCED
 
 
-def test_open_event_and_unknown_message_id_are_accepted_and_ignored(client):
+def test_open_event_and_unknown_message_id_are_accepted_and_change_no_delivery(client):
     delivery = DeliveryFactory(status=Delivery.Status.SENT)
 
     opened_response = post_event(client, opened(delivery.esp_message_id, delivery.email))
@@ -150,6 +150,10 @@ def test_open_event_and_unknown_message_id_are_accepted_and_ignored(client):
     assert opened_response.status_code == unknown_response.status_code == 200
     delivery.refresh_from_db()
     assert delivery.status == Delivery.Status.SENT
+    # the unknown one waits (a day at most) for a delivery to record that message id
+    assert list(EarlyTrackingEvent.objects.values_list("esp_message_id", "event_type")) == [
+        ("no-such-message", "delivered")
+    ]
 
 
 def test_message_sent_through_the_real_path_is_tracked_by_its_esp_message_id(
