@@ -140,6 +140,24 @@ REST_FRAMEWORK = {
     "COERCE_DECIMAL_TO_STRING": False,
 }
 
+# --- API throttling and the cache that counts ---
+# Ingestion and pre-flight checks are throttled per token (config/throttling.py): 429 with
+# Retry-After past the rate; an empty rate turns a scope's throttle off. Counts live in the
+# default cache: process-local memory by default (every process counts on its own, so a
+# rate holds per process), Redis in production (CACHE_URL=redis://...) for one shared count.
+# A cache that is down lets requests through (logged): usage is never lost to a throttle.
+REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["config.throttling.TokenRateThrottle"]
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {
+    "ingest": env.str("API_THROTTLE_INGEST", default="6000/min") or None,
+    "check": env.str("API_THROTTLE_CHECK", default="6000/min") or None,
+}
+CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    # A Redis that stops answering costs a request one second at most, not a hang.
+    CACHES["default"].setdefault("OPTIONS", {})
+    CACHES["default"]["OPTIONS"].setdefault("socket_connect_timeout", 1)
+    CACHES["default"]["OPTIONS"].setdefault("socket_timeout", 1)
+
 # Tokens are stored hashed (knox); service tokens do not expire until revoked in the admin.
 REST_KNOX = {"TOKEN_TTL": None, "AUTO_REFRESH": False}
 
