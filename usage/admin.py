@@ -92,6 +92,8 @@ class UsageEventAdmin(LargeTableAdmin):
         "received_at",
         "source",
         "metadata",
+        "request_id",
+        "correlation_id",
     )
     readonly_fields = fields
 

@@ -365,3 +365,45 @@ def test_usage_recorded_while_redis_is_down_is_emailed_by_the_sweep_once_it_is_b
         assert list(Delivery.objects.values_list("status", flat=True)) == ["sent", "sent"]
     finally:
         use_broker(previous)
+
+
+def test_one_event_is_followed_by_its_ids_from_the_request_to_the_providers_message_id(
+    worker, provider, service_user
+):
+    # given
+    account = enterprise_account_with_limits()
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_for(service_user)}")
+    # when: a request with its ids crosses the warning threshold
+    response = client.post(
+        "/api/v1/usage/events/",
+        {
+            "event_id": "traced-1",
+            "account": str(account.pk),
+            "metric": "text_tokens",
+            "quantity": 150,
+        },
+        format="json",
+        HTTP_X_REQUEST_ID="req-traced-1",
+        HTTP_X_CORRELATION_ID="corr-traced-1",
+    )
+    # then: the event and its notification carry the ids, and so do the worker's lines
+    assert response.status_code == 201
+    assert len(provider.wait_for(2)) == 2
+    notification = Notification.objects.get()
+    assert (notification.request_id, notification.correlation_id) == (
+        "req-traced-1",
+        "corr-traced-1",
+    )
+    deadline = time.monotonic() + WAIT
+    expected = (
+        "notifications.tasks [request_id=req-traced-1 correlation_id=corr-traced-1] "
+        f"notification {notification.pk}: 2 sent, 0 failed, 0 to retry"
+    )
+    while expected not in Path(worker.log_path).read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert expected in Path(worker.log_path).read_text()
+    assert sorted(Delivery.objects.values_list("esp_message_id", flat=True)) == [
+        "fake-1",
+        "fake-2",
+    ]
