@@ -45,6 +45,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so that every log line of the request carries its ids (config/request_ids.py).
+    "config.request_ids.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -140,6 +142,24 @@ REST_FRAMEWORK = {
     "COERCE_DECIMAL_TO_STRING": False,
 }
 
+# --- API throttling and the cache that counts ---
+# Ingestion and pre-flight checks are throttled per token (config/throttling.py): 429 with
+# Retry-After past the rate; an empty rate turns a scope's throttle off. Counts live in the
+# default cache: process-local memory by default (every process counts on its own, so a
+# rate holds per process), Redis in production (CACHE_URL=redis://...) for one shared count.
+# A cache that is down lets requests through (logged): usage is never lost to a throttle.
+REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["config.throttling.TokenRateThrottle"]
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {
+    "ingest": env.str("API_THROTTLE_INGEST", default="6000/min") or None,
+    "check": env.str("API_THROTTLE_CHECK", default="6000/min") or None,
+}
+CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    # A Redis that stops answering costs a request one second at most, not a hang.
+    CACHES["default"].setdefault("OPTIONS", {})
+    CACHES["default"]["OPTIONS"].setdefault("socket_connect_timeout", 1)
+    CACHES["default"]["OPTIONS"].setdefault("socket_timeout", 1)
+
 # Tokens are stored hashed (knox); service tokens do not expire until revoked in the admin.
 REST_KNOX = {"TOKEN_TTL": None, "AUTO_REFRESH": False}
 
@@ -225,11 +245,26 @@ ANYMAIL = {
     if name.startswith("ANYMAIL_") and value
 }
 
+# --- Logging ---
+# Every line shows the request and correlation ids of the request (or task) it belongs
+# to, "-" outside one; Celery workers use this configuration too (config/celery_app.py).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_ids": {"()": "config.request_ids.RequestIdLogFilter"}},
+    "formatters": {
+        "plain": {
+            "format": "%(asctime)s %(levelname)s %(name)s "
+            "[request_id=%(request_id)s correlation_id=%(correlation_id)s] %(message)s"
+        }
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["request_ids"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

@@ -3,6 +3,8 @@ from django.urls import include, path
 from django.utils.translation import gettext_lazy as _
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from notifications.webhooks import tracking_webhook
+
 api_v1 = [
     path("", include("accounts.api.urls")),
     path("", include("usage.api.urls")),
@@ -18,5 +20,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("i18n/", include("django.conf.urls.i18n")),
-    path("anymail/", include("anymail.urls")),
+    # The configured provider's tracking webhook only, and only with a secret (see the view).
+    path("anymail/<str:provider>/tracking/", tracking_webhook, name="anymail-tracking"),
 ]

@@ -210,7 +210,9 @@ class NotificationAdmin(NotificationDisplay, ResendPermission, ReadOnlyAdmin):
     )
     list_filter = ("level", "metric", PeriodFilter, "is_test", DeliveryStatusFilter)
     list_select_related = ("account",)
-    search_fields = ("account__name", "account__external_id")
+    # A request or correlation id, as found on a usage event or in a log line, finds the
+    # notifications it caused.
+    search_fields = ("account__name", "account__external_id", "=request_id", "=correlation_id")
     fields = (
         "account",
         "metric",
@@ -220,6 +222,8 @@ class NotificationAdmin(NotificationDisplay, ResendPermission, ReadOnlyAdmin):
         "used_display",
         "created_at",
         "is_test",
+        "request_id",
+        "correlation_id",
     )
     readonly_fields = fields
     inlines = [DeliveryInline]

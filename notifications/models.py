@@ -8,6 +8,7 @@ from django.utils.translation import gettext_lazy as _
 
 from accounts.metrics import Metric
 from accounts.models import Account, Language, Level
+from config.request_ids import MAX_LENGTH, current_correlation_id, current_request_id
 
 
 class Notification(models.Model):
@@ -16,7 +17,9 @@ class Notification(models.Model):
     The unique constraint is what makes "exactly once" hold across requests, workers and
     sweeps: whoever inserts the row first owns the e-mails; everyone else inserts nothing.
     For the blocked level, ``threshold`` is the effective blocked threshold (extensions
-    included), so a raised threshold or a new extension re-arms it.
+    included), so a raised threshold or a new extension re-arms it. ``request_id`` and
+    ``correlation_id`` are those of the request or task that recorded the crossing
+    (``config.request_ids``), empty for the periodic sweep's.
     """
 
     account = models.ForeignKey(
@@ -29,6 +32,20 @@ class Notification(models.Model):
     used_milli = models.BigIntegerField(_("usage when reached (thousandths)"))
     created_at = models.DateTimeField(_("reached at"), auto_now_add=True)
     is_test = models.BooleanField(_("test"), default=False)
+    request_id = models.CharField(
+        _("request id"),
+        max_length=MAX_LENGTH,
+        blank=True,
+        default=current_request_id,
+        db_default="",
+    )
+    correlation_id = models.CharField(
+        _("correlation id"),
+        max_length=MAX_LENGTH,
+        blank=True,
+        default=current_correlation_id,
+        db_default="",
+    )
 
     class Meta:
         verbose_name = _("notification")

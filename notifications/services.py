@@ -31,6 +31,7 @@ from kombu.exceptions import OperationalError
 
 from accounts.metrics import METRICS
 from accounts.models import Account, Language, Level, Plan, Recipient
+from config.request_ids import current_correlation_id, current_request_id
 from usage.locks import usage_lock
 from usage.periods import Period, period_containing
 from usage.selectors import MetricUsage, Status, usage_for, usage_received_before
@@ -68,21 +69,26 @@ def crossings_of(usage: MetricUsage, period: date) -> list[Crossing]:
 
 
 def _insert_notifications(crossings: list[Crossing], now: datetime) -> list[tuple[int, Crossing]]:
-    """Insert the crossings not yet in the ledger; returns ``(id, crossing)`` of new ones."""
+    """Insert the crossings not yet in the ledger; returns ``(id, crossing)`` of new ones.
+
+    Each row carries the current request and correlation ids (``config.request_ids``).
+    """
     crossings = sorted(
         crossings, key=lambda c: (c.account_id, c.metric, c.level, c.period, c.threshold)
     )
     adapt_dt = connection.ops.adapt_datetimefield_value
-    placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(crossings))
+    request_id, correlation_id = current_request_id(), current_correlation_id()
+    placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(crossings))
     params: list[object] = []
     for c in crossings:
         account = c.account_id if connection.vendor == "postgresql" else c.account_id.hex
         params += [account, c.metric, c.level, c.period, c.threshold, c.used_milli, adapt_dt(now)]
-        params.append(False)
+        params += [False, request_id, correlation_id]
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {NOTIFICATION_TABLE} "
-            "(account_id, metric, level, period, threshold, used_milli, created_at, is_test) "
+            "(account_id, metric, level, period, threshold, used_milli, created_at, is_test,"
+            " request_id, correlation_id) "
             f"VALUES {placeholders} "
             "ON CONFLICT (account_id, metric, level, period, threshold) WHERE NOT is_test "
             "DO NOTHING RETURNING id, account_id, metric, level",

@@ -32,6 +32,13 @@ def deliver_notification(self, notification_id: int) -> None:
     """
     final = self.request.retries >= settings.NOTIFICATIONS_MAX_ATTEMPTS - 1
     outcome = notification_deliver(notification_id=notification_id, final_attempt=final)
+    logger.info(
+        "notification %s: %d sent, %d failed, %d to retry",
+        notification_id,
+        outcome.sent,
+        outcome.failed,
+        outcome.retry,
+    )
     if outcome.retry:
         raise self.retry(countdown=retry_delay(self.request.retries))
 

@@ -90,6 +90,8 @@ class UsageEventAdmin(QuantityColumn, LargeTableAdmin):
         "received_at",
         "source",
         "metadata",
+        "request_id",
+        "correlation_id",
     )
     readonly_fields = fields
 

@@ -14,6 +14,7 @@ from django.utils.translation import gettext_lazy as _
 
 from accounts.metrics import Metric
 from accounts.models import Account
+from config.request_ids import MAX_LENGTH, current_correlation_id, current_request_id
 
 MILLI = 1000
 
@@ -24,7 +25,11 @@ def from_milli(value: int) -> Decimal:
 
 
 class UsageEvent(models.Model):
-    """One report of usage by a service; ``event_id`` is unique per account (idempotency)."""
+    """One report of usage by a service; ``event_id`` is unique per account (idempotency).
+
+    ``request_id`` and ``correlation_id`` are those of the request that recorded it
+    (``config.request_ids``), empty when it was recorded outside one.
+    """
 
     id = models.BigAutoField(primary_key=True)
     account = models.ForeignKey(
@@ -41,6 +46,20 @@ class UsageEvent(models.Model):
     received_at = models.DateTimeField(_("received at"))
     source = models.CharField(_("source"), max_length=64, blank=True, default="")
     metadata = models.JSONField(_("metadata"), default=dict, blank=True)
+    request_id = models.CharField(
+        _("request id"),
+        max_length=MAX_LENGTH,
+        blank=True,
+        default=current_request_id,
+        db_default="",
+    )
+    correlation_id = models.CharField(
+        _("correlation id"),
+        max_length=MAX_LENGTH,
+        blank=True,
+        default=current_correlation_id,
+        db_default="",
+    )
 
     class Meta:
         verbose_name = _("usage event")

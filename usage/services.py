@@ -29,6 +29,7 @@ from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Account
 from accounts.services import MAX_THRESHOLD
+from config.request_ids import current_correlation_id, current_request_id
 from notifications.services import crossings_record
 
 from .ingest import EventIn, EventsInvalid, parse_events, parse_metric
@@ -56,10 +57,15 @@ class IngestResult:
 
 
 def _insert_events(events: list[EventIn], received_at: datetime) -> list[tuple[str, str]]:
-    """Insert the events that are new; returns ``(account id hex, event_id)`` of those."""
+    """Insert the events that are new; returns ``(account id hex, event_id)`` of those.
+
+    Each row carries the current request and correlation ids (``config.request_ids``).
+    """
     columns = (
-        "account_id, event_id, metric, quantity_milli, occurred_at, received_at, source, metadata"
+        "account_id, event_id, metric, quantity_milli, occurred_at, received_at, source, metadata,"
+        " request_id, correlation_id"
     )
+    request_id, correlation_id = current_request_id(), current_correlation_id()
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             # The batch travels as one JSON text parameter: Django's client-side binding
@@ -81,15 +87,15 @@ def _insert_events(events: list[EventIn], received_at: datetime) -> list[tuple[s
             cursor.execute(
                 f"INSERT INTO {EVENT_TABLE} ({columns}) "
                 "SELECT (x->>0)::uuid, x->>1, x->>2, (x->>3)::bigint, (x->>4)::timestamptz, %s,"
-                " x->>5, (x->>6)::jsonb FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY"
-                " AS t(x, n) ORDER BY n "
+                " x->>5, (x->>6)::jsonb, %s, %s FROM jsonb_array_elements(%s::jsonb)"
+                " WITH ORDINALITY AS t(x, n) ORDER BY n "
                 "ON CONFLICT (account_id, event_id) DO NOTHING RETURNING account_id, event_id",
-                [received_at, rows],
+                [received_at, request_id, correlation_id, rows],
             )
             return [(account_id.hex, event_id) for account_id, event_id in cursor.fetchall()]
         adapt = connection.ops.adapt_datetimefield_value
         received = adapt(received_at)
-        placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(events))
+        placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(events))
         params: list[object] = []
         for e in events:
             params += [
@@ -101,6 +107,8 @@ def _insert_events(events: list[EventIn], received_at: datetime) -> list[tuple[s
                 received,
                 e.source,
                 e.metadata,
+                request_id,
+                correlation_id,
             ]
         cursor.execute(
             f"INSERT INTO {EVENT_TABLE} ({columns}) VALUES {placeholders} "

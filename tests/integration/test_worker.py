@@ -453,3 +453,45 @@ def test_a_worker_killed_while_the_provider_is_slow_is_replaced_and_the_message_
     assert provider.requests == 2
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts, delivery.esp_message_id) == ("sent", 2, "fake-1")
+
+
+def test_one_event_is_followed_by_its_ids_from_the_request_to_the_providers_message_id(
+    worker, provider, service_user
+):
+    # given
+    account = enterprise_account_with_limits()
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_for(service_user)}")
+    # when: a request with its ids crosses the warning threshold
+    response = client.post(
+        "/api/v1/usage/events/",
+        {
+            "event_id": "traced-1",
+            "account": str(account.pk),
+            "metric": "text_tokens",
+            "quantity": 150,
+        },
+        format="json",
+        HTTP_X_REQUEST_ID="req-traced-1",
+        HTTP_X_CORRELATION_ID="corr-traced-1",
+    )
+    # then: the event and its notification carry the ids, and so do the worker's lines
+    assert response.status_code == 201
+    assert len(provider.wait_for(2)) == 2
+    notification = Notification.objects.get()
+    assert (notification.request_id, notification.correlation_id) == (
+        "req-traced-1",
+        "corr-traced-1",
+    )
+    deadline = time.monotonic() + WAIT
+    expected = (
+        "notifications.tasks [request_id=req-traced-1 correlation_id=corr-traced-1] "
+        f"notification {notification.pk}: 2 sent, 0 failed, 0 to retry"
+    )
+    while expected not in Path(worker.log_path).read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert expected in Path(worker.log_path).read_text()
+    assert sorted(Delivery.objects.values_list("esp_message_id", flat=True)) == [
+        "fake-1",
+        "fake-2",
+    ]

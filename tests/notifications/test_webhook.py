@@ -1,12 +1,19 @@
-"""Anymail's tracking webhook updates delivery statuses (SPEC section 6), through Postmark's URL."""
+"""Anymail's tracking webhook updates delivery statuses (SPEC section 6), through Postmark's URL.
+
+Only the configured provider's tracking URL is served, and only with a webhook secret: an
+unauthenticated event could otherwise mark any delivery bounced.
+"""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 
 import pytest
 from django.core import mail
+from django.core.checks import run_checks
 
 from accounts.models import Level
 from notifications.models import Delivery, EarlyTrackingEvent
@@ -20,17 +27,20 @@ URL = "/anymail/postmark/tracking/"
 SECRET = "anymail-user:s3cret-pass"
 
 
+POSTMARK = "anymail.backends.postmark.EmailBackend"
+
+
 @pytest.fixture(autouse=True)
 def _anymail(settings) -> None:
-    settings.EMAIL_BACKEND = "anymail.backends.test.EmailBackend"
-    settings.ANYMAIL = {"WEBHOOK_SECRET": SECRET}
+    settings.EMAIL_BACKEND = POSTMARK
+    settings.ANYMAIL = {"POSTMARK_SERVER_TOKEN": "server-token", "WEBHOOK_SECRET": SECRET}
 
 
-def post_event(client, event: dict, secret: str | None = SECRET):
+def post_event(client, event: dict, secret: str | None = SECRET, url: str = URL):
     headers = {}
     if secret is not None:
         headers["HTTP_AUTHORIZATION"] = "Basic " + base64.b64encode(secret.encode()).decode()
-    return client.post(URL, data=json.dumps(event), content_type="application/json", **headers)
+    return client.post(url, data=json.dumps(event), content_type="application/json", **headers)
 
 
 def delivered(message_id: str, email: str) -> dict:
@@ -123,11 +133,135 @@ def test_webhook_with_a_wrong_or_missing_secret_is_refused_and_changes_nothing(c
     delivery = DeliveryFactory(status=Delivery.Status.SENT)
     # when
     response = post_event(client, bounced(delivery.esp_message_id, delivery.email), secret=secret)
-    # then
-    assert response.status_code in (400, 403)
+    # then: Anymail refuses credentials that do not match as a suspicious request
+    assert response.status_code == 400
     delivery.refresh_from_db()
     assert delivery.status == Delivery.Status.SENT
     assert delivery.last_error == ""
+
+
+@pytest.mark.parametrize("anymail", [{}, {"WEBHOOK_SECRET": ""}])
+def test_without_a_webhook_secret_a_forged_event_is_not_found_and_changes_nothing(
+    client, settings, anymail
+):
+    # given: no secret, so nothing could tell the provider from anyone else
+    settings.ANYMAIL = {"POSTMARK_SERVER_TOKEN": "server-token", **anymail}
+    delivery = DeliveryFactory(status=Delivery.Status.SENT)
+    # when
+    response = post_event(client, bounced(delivery.esp_message_id, delivery.email), secret=None)
+    # then
+    assert response.status_code == 404
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.SENT
+    assert delivery.last_error == ""
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/anymail/mailgun/tracking/",
+        "/anymail/sendgrid/tracking/",
+        "/anymail/mandrill/",
+        "/anymail/mandrill/tracking/",
+        "/anymail/amazon_ses/tracking/",
+        "/anymail/postmark/inbound/",
+        "/anymail/test/tracking/",
+    ],
+)
+def test_other_providers_urls_are_not_served_even_with_the_secret(client, url):
+    delivery = DeliveryFactory(status=Delivery.Status.SENT)
+
+    response = post_event(client, bounced(delivery.esp_message_id, delivery.email), url=url)
+
+    assert response.status_code == 404
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.SENT
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "django.core.mail.backends.console.EmailBackend",
+        "django.core.mail.backends.smtp.EmailBackend",
+        "anymail.backends.test.EmailBackend",
+    ],
+)
+def test_a_backend_without_tracking_serves_no_tracking_url(client, settings, backend):
+    settings.EMAIL_BACKEND = backend
+    delivery = DeliveryFactory(status=Delivery.Status.SENT)
+
+    response = post_event(client, bounced(delivery.esp_message_id, delivery.email))
+
+    assert response.status_code == 404
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.SENT
+
+
+def test_the_configured_providers_url_is_served_for_that_provider(client, settings):
+    # given: Mailgun, authenticated by the same basic-auth secret and its own signature
+    settings.EMAIL_BACKEND = "anymail.backends.mailgun.EmailBackend"
+    settings.ANYMAIL = {"MAILGUN_API_KEY": "key", "WEBHOOK_SECRET": SECRET}
+    delivery = DeliveryFactory(
+        status=Delivery.Status.SENT, esp_message_id="<20250612093000.1@mg.example.com>"
+    )
+    timestamp, token = "1749720600", "a-random-token"
+    signature = hmac.new(b"key", f"{timestamp}{token}".encode(), hashlib.sha256).hexdigest()
+    event = {
+        "signature": {"timestamp": timestamp, "token": token, "signature": signature},
+        "event-data": {
+            "event": "delivered",
+            "timestamp": 1749720600.0,
+            "id": "event-1",
+            "recipient": delivery.email,
+            "message": {"headers": {"message-id": delivery.esp_message_id}},
+        },
+    }
+    # when
+    postmark = post_event(client, delivered(delivery.esp_message_id, delivery.email))
+    mailgun = post_event(client, event, url="/anymail/mailgun/tracking/")
+    # then
+    assert (postmark.status_code, mailgun.status_code) == (404, 200)
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.DELIVERED
+
+
+def _deploy_warnings() -> list[str]:
+    return [
+        f"{m.id}: {m.msg}"
+        for m in run_checks(include_deployment_checks=True)
+        if m.id == "notifications.W001"
+    ]
+
+
+def test_deploy_check_warns_of_an_anymail_provider_without_webhook_secret(settings):
+    settings.ANYMAIL = {"POSTMARK_SERVER_TOKEN": "server-token"}
+
+    assert _deploy_warnings() == [
+        "notifications.W001: EMAIL_BACKEND is Anymail's postmark backend but "
+        "ANYMAIL_WEBHOOK_SECRET is not set: its tracking webhook is not served, so delivery "
+        "statuses stay at sent."
+    ]
+
+
+@pytest.mark.parametrize(
+    ("backend", "anymail"),
+    [
+        (POSTMARK, {"WEBHOOK_SECRET": SECRET}),
+        ("django.core.mail.backends.console.EmailBackend", {}),
+        ("django.core.mail.backends.smtp.EmailBackend", {}),
+    ],
+)
+def test_deploy_check_is_silent_with_a_secret_or_without_anymail(settings, backend, anymail):
+    settings.EMAIL_BACKEND = backend
+    settings.ANYMAIL = anymail
+
+    assert _deploy_warnings() == []
+
+
+def test_the_check_is_a_deployment_check_only(settings):
+    settings.ANYMAIL = {}
+
+    assert [m.id for m in run_checks() if m.id == "notifications.W001"] == []
 
 
 def test_late_delivered_event_does_not_hide_a_bounce(client):
@@ -157,11 +291,12 @@ def test_open_event_and_unknown_message_id_are_accepted_and_change_no_delivery(c
 
 
 def test_message_sent_through_the_real_path_is_tracked_by_its_esp_message_id(
-    client, django_capture_on_commit_callbacks
+    client, settings, django_capture_on_commit_callbacks
 ):
     # given: Anymail's test backend numbers messages from 0 (its index in the outbox), and
     # the service stores a falsy id as "": one message goes out first so the tracked one
-    # has a real id, as every ESP gives.
+    # has a real id, as every ESP gives. Postmark's webhook then reports on it.
+    settings.EMAIL_BACKEND = "anymail.backends.test.EmailBackend"
     mail.EmailMessage("warm-up", "", to=["someone@example.com"]).send()
     with django_capture_on_commit_callbacks(execute=True):
         delivery = notification_send_test(
@@ -170,6 +305,7 @@ def test_message_sent_through_the_real_path_is_tracked_by_its_esp_message_id(
     delivery.refresh_from_db()
     assert delivery.status == Delivery.Status.SENT
     assert delivery.esp_message_id == "1"
+    settings.EMAIL_BACKEND = POSTMARK
     # when
     response = post_event(client, delivered(delivery.esp_message_id, "ops@example.com"))
     # then

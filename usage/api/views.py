@@ -56,6 +56,7 @@ class UsageEventsView(APIView):
     parser_classes = [ExactJSONParser]
     permission_classes = [ModelPermissions]
     required_permissions = {"POST": ["usage.add_usageevent"]}
+    throttle_scope = "ingest"
 
     @extend_schema(
         operation_id="usage_events_create",
@@ -69,6 +70,7 @@ class UsageEventsView(APIView):
             200: IngestResultSerializer,
             **ERRORS,
             415: ErrorSerializer,
+            429: ErrorSerializer,
         },
         description='One event, or `{"events": [...]}` with up to 1000 events validated as '
         "a whole (errors keyed by index, nothing recorded). 201 when anything was recorded, "
@@ -153,6 +155,7 @@ class UsageCheckView(AccountScopedView):
 
     parser_classes = [ExactJSONParser]
     required_permissions = {"POST": ["usage.check_usage"]}
+    throttle_scope = "check"
 
     @extend_schema(
         operation_id="accounts_usage_check",
@@ -162,6 +165,7 @@ class UsageCheckView(AccountScopedView):
             **ERRORS,
             404: ErrorSerializer,
             415: ErrorSerializer,
+            429: ErrorSerializer,
         },
     )
     def post(self, request: Request, id: str) -> Response:

@@ -1,0 +1,195 @@
+"""Ingestion and pre-flight checks are throttled per token; a dead cache never refuses usage."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import pytest
+from django.core.cache.backends.base import BaseCache
+from knox.models import AuthToken
+from rest_framework.test import APIClient
+
+from tests.factories import AccountFactory
+from usage.models import UsageEvent
+
+pytestmark = pytest.mark.django_db
+
+EVENTS = "/api/v1/usage/events/"
+
+
+def check_url(account) -> str:
+    return f"/api/v1/accounts/{account.pk}/usage/check/"
+
+
+def event(account, event_id: str) -> dict:
+    return {
+        "event_id": event_id,
+        "account": str(account.pk),
+        "metric": "text_tokens",
+        "quantity": 10,
+    }
+
+
+def client_for(user) -> APIClient:
+    _, key = AuthToken.objects.create(user=user, expiry=None)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    return client
+
+
+@pytest.fixture
+def rates(settings):
+    """Two requests a minute per token and scope, in a cache of the test's own."""
+
+    def set_rates(ingest: str = "2/min", check: str = "2/min") -> None:
+        settings.REST_FRAMEWORK = {
+            **settings.REST_FRAMEWORK,
+            "DEFAULT_THROTTLE_RATES": {"ingest": ingest, "check": check},
+        }
+
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": "throttling-tests",
+        }
+    }
+    from django.core.cache import cache
+
+    cache.clear()
+    set_rates()
+    return set_rates
+
+
+def test_ingestion_past_the_rate_answers_429_with_retry_after_and_records_nothing(
+    rates, service_user
+):
+    # given
+    account = AccountFactory()
+    client = client_for(service_user)
+    first = client.post(EVENTS, event(account, "e-1"), format="json")
+    second = client.post(EVENTS, event(account, "e-2"), format="json")
+    # when
+    third = client.post(EVENTS, event(account, "e-3"), format="json")
+    # then
+    assert (first.status_code, second.status_code, third.status_code) == (201, 201, 429)
+    wait = int(third["Retry-After"])
+    assert 1 <= wait <= 60
+    unit = "second" if wait == 1 else "seconds"
+    assert third.json() == {
+        "detail": f"Request was throttled. Expected available in {wait} {unit}."
+    }
+    assert sorted(UsageEvent.objects.values_list("event_id", flat=True)) == ["e-1", "e-2"]
+
+
+def test_checks_past_the_rate_answer_429_and_do_not_use_the_ingestion_bucket(rates, service_user):
+    account = AccountFactory()
+    client = client_for(service_user)
+    body = {"metric": "text_tokens", "quantity": 5}
+
+    checks = [client.post(check_url(account), body, format="json") for _ in range(3)]
+    ingestion = client.post(EVENTS, event(account, "e-1"), format="json")
+
+    assert [r.status_code for r in checks] == [200, 200, 429]
+    assert int(checks[2]["Retry-After"]) >= 1
+    assert ingestion.status_code == 201
+
+
+def test_two_tokens_of_one_user_have_separate_buckets(rates, service_user):
+    # given: the first token has used its rate
+    account = AccountFactory()
+    first, second = client_for(service_user), client_for(service_user)
+    for event_id in ("a-1", "a-2"):
+        assert first.post(EVENTS, event(account, event_id), format="json").status_code == 201
+    assert first.post(EVENTS, event(account, "a-3"), format="json").status_code == 429
+    # when
+    response = second.post(EVENTS, event(account, "b-1"), format="json")
+    # then
+    assert response.status_code == 201
+    assert UsageEvent.objects.filter(event_id="b-1").exists()
+
+
+def test_reading_usage_is_not_throttled(rates, service_user):
+    account = AccountFactory()
+    client = client_for(service_user)
+
+    statuses = {client.get(f"/api/v1/accounts/{account.pk}/usage/").status_code for _ in range(4)}
+
+    assert statuses == {200}
+
+
+def test_an_empty_rate_turns_the_throttle_off(rates, service_user):
+    rates(ingest=None)
+    account = AccountFactory()
+    client = client_for(service_user)
+
+    statuses = [
+        client.post(EVENTS, event(account, f"e-{i}"), format="json").status_code for i in range(4)
+    ]
+
+    assert statuses == [201] * 4
+
+
+def unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class BrokenCache(BaseCache):
+    """A cache whose every operation fails, as a cache server that went away."""
+
+    def __init__(self, location: str, params: dict) -> None:
+        super().__init__(params)
+
+    def get(self, *args, **kwargs):
+        raise ConnectionError("cache is down")
+
+    def set(self, *args, **kwargs):
+        raise ConnectionError("cache is down")
+
+    def add(self, *args, **kwargs):
+        raise ConnectionError("cache is down")
+
+    def delete(self, *args, **kwargs):
+        raise ConnectionError("cache is down")
+
+    def clear(self):
+        pass
+
+
+@pytest.mark.parametrize(
+    "cache",
+    [
+        {"BACKEND": "tests.usage.test_throttling.BrokenCache"},
+        {
+            # A Redis where nothing listens: the connection is refused at once.
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{unused_port()}/0",
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        },
+    ],
+    ids=["raising", "redis-unreachable"],
+)
+def test_when_the_throttles_cache_is_down_usage_is_recorded_and_logged(
+    rates, settings, service_user, caplog, cache
+):
+    # given: a rate of one a minute, and a cache that cannot count
+    rates(ingest="1/min", check="1/min")
+    settings.CACHES = {"default": cache}
+    account = AccountFactory()
+    client = client_for(service_user)
+    # when
+    with caplog.at_level(logging.WARNING, logger="config.throttling"):
+        responses = [client.post(EVENTS, event(account, f"e-{i}"), format="json") for i in range(3)]
+        check = client.post(check_url(account), {"metric": "text_tokens"}, format="json")
+    # then
+    assert [r.status_code for r in responses] == [201, 201, 201]
+    assert check.status_code == 200
+    assert UsageEvent.objects.filter(account=account).count() == 3
+    warnings = [r for r in caplog.records if r.name == "config.throttling"]
+    assert len(warnings) == 4
+    assert warnings[0].levelno == logging.WARNING
+    assert warnings[0].getMessage() == (
+        "throttle cache unavailable, request let through (scope ingest)"
+    )
