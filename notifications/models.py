@@ -32,6 +32,12 @@ class Notification(models.Model):
     used_milli = models.BigIntegerField(_("usage when reached (thousandths)"))
     created_at = models.DateTimeField(_("reached at"), auto_now_add=True)
     is_test = models.BooleanField(_("test"), default=False)
+    published_at = models.DateTimeField(
+        _("handed to the workers at"),
+        null=True,
+        blank=True,
+        help_text=_("Empty while the broker has not taken its task: the sweep hands it over."),
+    )
     request_id = models.CharField(
         _("request id"),
         max_length=MAX_LENGTH,
@@ -58,7 +64,15 @@ class Notification(models.Model):
                 name="notification_once_per_crossing",
             ),
         ]
-        indexes = [models.Index(fields=["account", "-created_at"], name="notification_account")]
+        indexes = [
+            models.Index(fields=["account", "-created_at"], name="notification_account"),
+            # The outbox: what the sweep still has to hand to the broker.
+            models.Index(
+                fields=["created_at"],
+                condition=models.Q(published_at__isnull=True),
+                name="notification_unpublished",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.metric} {self.level} {self.threshold} ({self.period:%Y-%m})"

@@ -38,6 +38,7 @@ from usage.selectors import MetricUsage, Status, usage_for, usage_received_befor
 
 from .emails import threshold_message
 from .models import Delivery, EarlyTrackingEvent, Notification
+from .outbox import publish_later
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def _crossings_insert(crossings: list[Crossing], now: datetime) -> list[int]:
             crossing.metric,
             crossing.period,
         )
-    transaction.on_commit(lambda: notifications_enqueue(ids))
+    transaction.on_commit(lambda: notifications_publish(ids))
     return ids
 
 
@@ -210,18 +211,43 @@ def _closed_period_crossings(periods: dict[uuid.UUID, Period], now: datetime) ->
     return found
 
 
-def notifications_enqueue(notification_ids: Iterable[int]) -> None:
-    """Hand each notification to a worker; a broker outage is logged, never raised.
+def notifications_enqueue(notification_ids: Iterable[int]) -> list[int]:
+    """Hand each notification to a worker now; returns the ids handed over.
 
-    What fails to be enqueued here is picked up by the periodic sweep.
+    A broker outage is logged, never raised, and stops the hand-over at once (the others
+    would each wait as long): what was not handed over keeps no ``published_at``, and the
+    periodic sweep publishes it. On the embedded default (eager tasks) this sends now.
     """
     from .tasks import deliver_notification
 
-    for notification_id in notification_ids:
+    ids = list(notification_ids)
+    published: list[int] = []
+    for notification_id in ids:
         try:
             deliver_notification.apply_async(args=[notification_id], retry=False)
         except (OperationalError, OSError):  # the broker is down: the sweep will enqueue it
-            logger.warning("could not enqueue notification %s; the sweep will", notification_id)
+            logger.warning(
+                "could not enqueue notifications %s; the sweep will", ids[len(published) :]
+            )
+            break
+        published.append(notification_id)
+    if published:
+        Notification.objects.filter(pk__in=published).update(published_at=timezone.now())
+    return published
+
+
+def notifications_publish(notification_ids: list[int]) -> None:
+    """Hand notifications to the workers without the caller ever waiting for the broker.
+
+    For after-commit callbacks of requests: the ids go to this process's publisher thread
+    (``notifications.outbox``). With eager tasks there is no broker: they run now.
+    """
+    from config.celery_app import app
+
+    if app.conf.task_always_eager:
+        notifications_enqueue(notification_ids)
+    else:
+        publish_later(notification_ids, notifications_enqueue)
 
 
 def thresholds_evaluate(
@@ -551,8 +577,9 @@ def deliveries_recover(*, now: datetime | None = None) -> list[int]:
     A delivery whose lease expired (still "sending", not renewed for
     ``NOTIFICATIONS_STUCK_AFTER``) was left by a dead worker: it is queued again and its
     notification enqueued at once, or failed once it has had ``NOTIFICATIONS_MAX_ATTEMPTS``.
-    Notifications with deliveries queued for longer than a task should take are enqueued
-    again. The claim makes a second task harmless.
+    Notifications never handed to the broker (``published_at`` empty) are enqueued, and so
+    are those with deliveries queued for longer than a task should take. The claim makes a
+    second task harmless.
     """
     now = now or timezone.now()
     expired = Delivery.objects.filter(
@@ -584,7 +611,12 @@ def deliveries_recover(*, now: datetime | None = None) -> list[int]:
         .values_list("notification_id", flat=True)
         .distinct()
     )
-    ids = sorted(recovered | set(lost))
+    # Never handed to the broker (it was down when they were recorded): publish them now,
+    # without waiting for ``NOTIFICATIONS_LOST_AFTER``.
+    unpublished = Notification.objects.filter(
+        published_at__isnull=True, deliveries__status=Delivery.Status.QUEUED
+    ).values_list("pk", flat=True)
+    ids = sorted(recovered | set(lost) | set(unpublished))
     notifications_enqueue(ids)
     return ids
 

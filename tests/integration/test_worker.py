@@ -27,10 +27,11 @@ from django.db import connection
 from knox.models import AuthToken
 from rest_framework.test import APIClient
 
+from accounts.metrics import METRICS
 from accounts.services import limits_replace
 from config.celery_app import app as celery_app
 from notifications.models import Delivery, Notification
-from notifications.tasks import sweep_notifications
+from notifications.tasks import deliver_notification, sweep_notifications
 from tests.factories import AccountFactory
 
 pytestmark = [
@@ -359,37 +360,82 @@ def private_redis() -> Iterator[dict]:
     stop(server["process"])
 
 
-def test_usage_recorded_while_redis_is_down_is_emailed_by_the_sweep_once_it_is_back(
-    settings, provider, private_redis, service_user
+def test_a_request_creating_crossings_with_redis_down_does_not_wait_for_the_broker(
+    settings, provider, private_redis, service_user, monkeypatch
 ):
-    # given: the broker is down
-    settings.NOTIFICATIONS_LOST_AFTER = 0
+    # given: four accounts capped on every metric, and the broker down (nothing listens)
     previous = celery_app.conf.broker_url
     use_broker(private_redis["url"])
+    publishers: list[int] = []
+    publish = deliver_notification.apply_async
+
+    def recorded_publish(*args, **kwargs):
+        publishers.append(threading.get_ident())
+        return publish(*args, **kwargs)
+
+    monkeypatch.setattr(deliver_notification, "apply_async", recorded_publish)
     try:
-        account = enterprise_account_with_limits()
-        key = token_for(service_user)
+        accounts = [AccountFactory() for _ in range(4)]
+        for account in accounts:
+            limits_replace(
+                account=account,
+                data={
+                    "limits": {metric: {"warning": 10, "blocked": 20} for metric in METRICS},
+                    "recipients": {
+                        "warning": [{"email": "pm@example.com", "language": "fr"}],
+                        "blocked": [{"email": "ops@example.com", "language": "en"}],
+                    },
+                },
+            )
         stop(private_redis["process"])
-        # when: usage crosses the warning threshold
-        started = time.monotonic()
-        response = post_events(key, account, "down", 1, 150)
-        # then: the request succeeds, quickly, and the notification waits in the ledger
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {token_for(service_user)}")
+        # when: one batch crosses 24 thresholds
+        response = client.post(
+            "/api/v1/usage/events/",
+            {
+                "events": [
+                    {
+                        "event_id": f"down-{account.pk}-{metric}",
+                        "account": str(account.pk),
+                        "metric": metric,
+                        "quantity": 25,
+                    }
+                    for account in accounts
+                    for metric in METRICS
+                ]
+            },
+            format="json",
+        )
+        # then: the request succeeds without touching the broker (its tasks are handed to
+        # the publisher thread, which finds the broker down), and the 24 notifications wait
+        # in the ledger, not handed over
         assert response.status_code == 201
-        assert time.monotonic() - started < 15
-        assert Notification.objects.count() == 1
+        deadline = time.monotonic() + WAIT
+        while not publishers and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert publishers, "the publisher never tried the broker"
+        assert threading.get_ident() not in publishers
+        notifications = Notification.objects.filter(is_test=False)
+        assert notifications.count() == 24
+        assert not notifications.filter(published_at__isnull=False).exists()
         assert set(Delivery.objects.values_list("status", flat=True)) == {"queued"}
         assert provider.messages == []
-        # when: Redis is back, a worker runs, and the sweep passes
+        # when: Redis is back, a worker runs, and the sweep passes once (well before
+        # NOTIFICATIONS_LOST_AFTER: what was never handed over goes at once)
         private_redis["start"]()
         worker = start_worker(private_redis["url"], provider)
         try:
             sweep_notifications()
-            messages = provider.wait_for(2)
+            messages = provider.wait_for(24)
         finally:
             stop(worker)
-        # then: each recipient got the e-mail once
-        assert sorted(m["To"] for m in messages) == ["crm@example.com", "pm@example.com"]
-        assert list(Delivery.objects.values_list("status", flat=True)) == ["sent", "sent"]
+        # then: each notification's recipient got its e-mail once
+        assert sorted(m["To"] for m in messages) == sorted(
+            ["pm@example.com"] * 12 + ["ops@example.com"] * 12
+        )
+        assert set(Delivery.objects.values_list("status", flat=True)) == {"sent"}
+        assert not notifications.filter(published_at__isnull=True).exists()
     finally:
         use_broker(previous)
 

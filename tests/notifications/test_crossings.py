@@ -13,7 +13,7 @@ from django.utils import timezone
 import notifications.services
 from accounts.services import limits_patch, limits_replace
 from notifications.models import Delivery, Notification
-from notifications.services import thresholds_evaluate
+from notifications.services import deliveries_recover, thresholds_evaluate
 from tests.factories import AccountFactory, LimitFactory, RecipientFactory
 from tests.notifications.backends import FlakyBackend
 from usage.models import Extension, UsageCounter, UsageEvent
@@ -209,6 +209,23 @@ def test_the_sweep_finds_crossings_no_task_recorded_and_never_twice():
     mail.outbox.clear()
     assert len(thresholds_evaluate()) == 1
     assert thresholds_evaluate() == []
+    assert len(mail.outbox) == 1
+
+
+def test_the_sweep_hands_over_at_once_a_notification_the_broker_never_took(settings):
+    # given: a crossing whose task never reached the broker, recorded a moment ago
+    settings.NOTIFICATIONS_LOST_AFTER = 3600
+    account = limited_account(warning=80, blocked=None, recipients={"warning": [WARNING_TO]})
+    record(account, "a", 90)
+    Notification.objects.update(published_at=None)
+    Delivery.objects.update(status=Delivery.Status.QUEUED)
+    mail.outbox.clear()
+    # when
+    deliveries_recover()
+    # then: sent now, without waiting for NOTIFICATIONS_LOST_AFTER, and handed over once
+    assert [message.to for message in mail.outbox] == [[WARNING_TO["email"]]]
+    assert not Notification.objects.filter(published_at__isnull=True).exists()
+    deliveries_recover()
     assert len(mail.outbox) == 1
 
 
