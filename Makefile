@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MANAGE := $(BIN)/python manage.py
 MESSAGES := --locale fr --no-location --no-obsolete --ignore 'tests/*' --ignore 'bench/*' --ignore 'staticfiles/*'
 
-.PHONY: run test install install-test migrate lint format messages check-messages bench clean
+.PHONY: run test test-instants install install-test migrate lint format messages check-messages bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,26 @@ run: migrate
 	DEBUG=$${DEBUG:-1} $(MANAGE) runserver 127.0.0.1:8000
 
 ## The whole suite; set DATABASE_URL and CELERY_BROKER_URL to run it on PostgreSQL and Redis.
+## TEST_NOW=2027-03-28T00:59:00Z make test runs it with the clock moved to that instant.
 test: install-test
 	$(BIN)/pytest
+
+# Instants where a date built wrongly from "now" lands in the future or in another period:
+# the first minute of a month in Pacific/Kiritimati (UTC+14) and in Europe/Paris (the
+# factories' zone), the last minute of a month in Pacific/Pago_Pago (UTC-11), year end,
+# 29 February, and 30 s before both DST changes of Europe/Paris in 2027, so that the change
+# happens during the run (the suite takes about 45 s).
+INSTANTS ?= 2027-02-28T10:00:30Z 2027-02-28T23:00:30Z 2027-02-01T10:59:30Z \
+	2026-12-31T23:58:00Z 2028-02-29T12:00:00Z 2027-03-28T00:59:30Z 2027-10-31T00:59:30Z
+
+## The suite on the embedded default once per instant of INSTANTS; stops at the first failure.
+test-instants: install-test
+	@for instant in $(INSTANTS); do \
+		echo "== suite at TEST_NOW=$$instant"; \
+		env -u DATABASE_URL -u CELERY_BROKER_URL -u REQUIRE_SERVICES TEST_NOW=$$instant \
+			$(BIN)/pytest -q -x -p no:cacheprovider \
+			|| { echo "the suite fails at TEST_NOW=$$instant"; exit 1; }; \
+	done
 
 lint: install-test
 	$(BIN)/ruff check .

@@ -3,13 +3,20 @@
 Tests that need a real service carry ``@pytest.mark.postgres`` or ``@pytest.mark.redis``.
 Without the service they skip with the reason; with ``REQUIRE_SERVICES=1`` (as in CI's
 second run) they fail instead, so a missing service can never pass unnoticed.
+
+With ``TEST_NOW`` set to an ISO 8601 instant with its offset (``2027-03-28T00:59:00Z``),
+the whole session, database setup and fixtures included, runs with the clock moved there
+and ticking: every test must hold at any instant, and this is how to show it at the hard
+ones (month ends across time zones, DST changes, 29 February, year end).
 """
 
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 
 import pytest
+import time_machine
 from django.conf import settings
 from django.contrib.auth.models import Group
 from rest_framework.test import APIClient
@@ -17,6 +24,49 @@ from rest_framework.test import APIClient
 from accounts.roles import ACCOUNT_MANAGERS, USAGE_SERVICES
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
+
+_TRAVEL = pytest.StashKey[time_machine.travel]()
+
+
+def _test_now() -> datetime | None:
+    raw = os.environ.get("TEST_NOW", "").strip()
+    if not raw:
+        return None
+    try:
+        instant = datetime.fromisoformat(raw)
+    except ValueError:
+        instant = None
+    if instant is None or instant.tzinfo is None:
+        raise pytest.UsageError(
+            f"TEST_NOW={raw!r} is not an ISO 8601 instant with an offset, "
+            "e.g. 2027-03-28T00:59:00Z or 2027-03-01T00:00:30+14:00"
+        )
+    return instant
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    instant = _test_now()
+    if instant is None:
+        return
+    # A Unix timestamp moves the clock (time.time(), datetime.now(), hence
+    # django.utils.timezone.now()) without touching the process's time zone; monotonic
+    # and perf_counter clocks are left alone, so hypothesis's deadlines still work.
+    traveller = time_machine.travel(instant.timestamp(), tick=True)
+    traveller.start()
+    config.stash[_TRAVEL] = traveller
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    traveller = config.stash.get(_TRAVEL, None)
+    if traveller is not None:
+        traveller.stop()
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    instant = _test_now()
+    if instant is None:
+        return None
+    return f"TEST_NOW: the clock starts at {instant.astimezone(UTC).isoformat()}"
 
 
 def _missing(reason: str) -> None:

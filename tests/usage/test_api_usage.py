@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
@@ -249,6 +249,10 @@ def test_reading_usage_costs_the_same_queries_at_any_volume(
     # token + permissions + account + usage (counters, extensions and limits in one)
     with django_assert_num_queries(4):
         service_client.get(usage_url(account))
+    # 500 events spread evenly over the part of the current period already past, so they
+    # lie in the period and never in the future, on its first minute as on its last day.
+    now = timezone.now()
+    start = period_containing(now, account.zone).start
     usage_events_record(
         payload={
             "events": [
@@ -257,9 +261,7 @@ def test_reading_usage_costs_the_same_queries_at_any_volume(
                     "account": str(account.pk),
                     "metric": "text_tokens",
                     "quantity": 1,
-                    "occurred_at": (
-                        datetime.now(tz=account.zone).replace(day=1, hour=12) + timedelta(hours=i)
-                    ).isoformat(),
+                    "occurred_at": (start + (now - start) * i / 500).isoformat(),
                 }
                 for i in range(500)
             ]
