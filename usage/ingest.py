@@ -29,6 +29,20 @@ MAX_FUTURE = timedelta(minutes=5)
 Errors = dict[Any, Any]
 
 
+def _json_number(value: object) -> object:
+    """A number parsed as ``Decimal`` written back as a JSON number: 7 stays 7, 0.7 stays 0.7.
+
+    One beyond what a float holds is kept as text rather than written as ``Infinity``.
+    """
+    if isinstance(value, Decimal):
+        if value == value.to_integral_value():
+            return int(value)
+        number = float(value)
+        if number not in (float("inf"), float("-inf")):
+            return number
+    return str(value)
+
+
 class EventsInvalid(Exception):
     """The request's events break a rule; ``errors`` is keyed by field (and index in a batch)."""
 
@@ -190,7 +204,7 @@ def _parse_event(raw: Any, now: datetime) -> tuple[EventIn | None, Errors]:
         if type(metadata) is not dict:
             errors["metadata"] = [_("Expected an object.")]
         elif metadata:
-            metadata_json = json.dumps(metadata, default=str, separators=(",", ":"))
+            metadata_json = json.dumps(metadata, default=_json_number, separators=(",", ":"))
             if len(metadata_json) > MAX_METADATA_BYTES:
                 errors["metadata"] = [
                     _("Ensure the metadata is at most %(limit)s bytes once encoded.")

@@ -290,3 +290,14 @@ def test_a_batch_costs_the_same_queries_whatever_its_size(
     with django_assert_num_queries(8 + (connection.vendor == "postgresql")):
         response = service_client.post(URL, {"events": batch}, format="json")
     assert response.status_code == 201
+
+
+def test_metadata_numbers_are_stored_as_json_numbers(service_client):
+    # given
+    account = AccountFactory()
+    metadata = {"temperature": 0.7, "tokens": 3, "model": "large", "nested": {"p": 0.25}}
+    # when
+    response = service_client.post(URL, event(account, metadata=metadata), format="json")
+    # then
+    assert response.status_code == 201
+    assert UsageEvent.objects.get().metadata == metadata
