@@ -56,18 +56,27 @@ def _permissions_of(user: Any) -> frozenset[str]:
 class ModelPermissions(BasePermission):
     """Grants access when the user holds every permission the view lists for the method.
 
-    Views set ``required_permissions = {"GET": ["app.codename"], ...}``; a method left out
-    is refused.
+    Views set ``required_permissions = {"GET": ["app.codename"], ...}``; a method the view
+    serves but leaves out is refused. ``HEAD`` needs what ``GET`` needs; ``OPTIONS`` is
+    granted to whoever may use at least one method. A method the view does not serve is let
+    through to the view, which answers 405 with ``Allow``: after authentication (401 first),
+    before permissions, as the methods a path serves are no secret (they are in the schema).
     """
 
     def has_permission(self, request: Any, view: Any) -> bool:
         user = request.user
-        if not (user and user.is_authenticated):
+        if not (user and user.is_authenticated and user.is_active):
             return False
-        method = "GET" if request.method in ("HEAD", "OPTIONS") else request.method
-        needed = getattr(view, "required_permissions", {}).get(method)
-        if needed is None or not user.is_active:
-            return False
+        if request.method not in view.allowed_methods:
+            return True
+        required: dict[str, list[str]] = getattr(view, "required_permissions", {})
+        if request.method == "OPTIONS":
+            return any(self._holds(user, needed) for needed in required.values())
+        needed = required.get("GET" if request.method == "HEAD" else request.method)
+        return needed is not None and self._holds(user, needed)
+
+    @staticmethod
+    def _holds(user: Any, needed: list[str]) -> bool:
         return user.is_superuser or set(needed) <= _permissions_of(user)
 
 
