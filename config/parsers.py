@@ -30,7 +30,8 @@ _BAD_CHARACTER = re.compile("[\x00\ud800-\udfff]")
 # decoded strings walked (a raw control character or an unencodable surrogate cannot
 # reach ``json.loads`` unescaped: it refuses the first, the UTF-8 decoder the second).
 _SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_ESCAPE = re.compile(r"\\.", re.DOTALL)
+_JSON_STRING = re.compile(r'"[^"]*"')  # once escapes are gone
 _NOT_A_BRACKET = re.compile(r"[^\[\]{}]+")
 _UNIFORM_BRACKETS = str.maketrans("[{]}", "(())")
 
@@ -48,14 +49,16 @@ def text_problem(value: str) -> Any:
 def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether the JSON ``text`` nests arrays and objects deeper than ``limit`` levels.
 
-    Strings are removed, then every other character but brackets; each pass then removes
-    the innermost pairs, so a pair still there after ``limit`` passes encloses more than
-    ``limit`` levels. What is left unpaired is malformed JSON, but unclosed brackets still
+    Escapes are removed (so that ``\\"`` ends no string), then strings, then every other
+    character but brackets; each pass then removes the innermost pairs, so a pair still
+    there after ``limit`` passes encloses more than ``limit`` levels. What is left unpaired is malformed JSON, but unclosed brackets still
     nest (``json.loads`` would recurse into them), so more than ``limit`` of them count.
     The cost is a few regular-expression passes over the text, never a Python loop per byte.
     """
     if text.count("[") + text.count("{") <= limit:
         return False
+    if "\\" in text:
+        text = _ESCAPE.sub("", text)
     brackets = _NOT_A_BRACKET.sub("", _JSON_STRING.sub("", text)).translate(_UNIFORM_BRACKETS)
     for _pass in range(limit):
         if "()" not in brackets:

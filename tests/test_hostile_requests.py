@@ -21,8 +21,12 @@ from pathlib import Path
 import pytest
 from django.urls import reverse
 from drf_spectacular.generators import SchemaGenerator
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from accounts.models import Recipient
+from config.parsers import json_too_deep
 from notifications.models import Delivery, EarlyTrackingEvent
 from tests.factories import AccountFactory
 from tests.notifications.factories import DeliveryFactory
@@ -730,3 +734,34 @@ def test_the_served_schema_answers(manager_client):
     response = manager_client.get(reverse("schema"), HTTP_ACCEPT="application/json")
 
     assert response.status_code == 200
+
+
+# --- The depth scan, against the depth of what json.loads decodes ---
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\\\ ab\n\u00e9'),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.text(alphabet='[]{}"\\\\ a', max_size=4), children, max_size=3)
+    ),
+    max_leaves=60,
+)
+
+
+def depth_of(value) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(depth_of, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(depth_of, value.values()), default=0)
+    return 0
+
+
+@given(value=json_values, wrap=st.integers(min_value=0, max_value=40))
+@hypothesis_settings(max_examples=300, deadline=None)
+def test_the_depth_scan_counts_what_json_decodes(value, wrap):
+    # given: a value wrapped in up to 40 arrays, strings full of brackets, quotes, escapes
+    for _ in range(wrap):
+        value = [value]
+    text = json.dumps(value, ensure_ascii=False)
+    # when / then
+    assert json_too_deep(text, 32) == (depth_of(value) > 32)
