@@ -765,3 +765,17 @@ def test_the_depth_scan_counts_what_json_decodes(value, wrap):
     text = json.dumps(value, ensure_ascii=False)
     # when / then
     assert json_too_deep(text, 32) == (depth_of(value) > 32)
+
+
+def test_refusals_speak_the_language_of_the_request(service_client, settings):
+    # given
+    settings.REQUEST_BODY_MAX_BYTES = 10
+    # when
+    too_large = service_client.post(
+        EVENTS, {"events": []}, format="json", HTTP_ACCEPT_LANGUAGE="fr"
+    )
+    null = service_client.get(f"{ACCOUNTS}?search=%00", HTTP_ACCEPT_LANGUAGE="fr")
+    # then
+    assert too_large.status_code == 413
+    assert too_large.json() == {"detail": "Le corps de la requête dépasse la limite de 10 octets."}
+    assert null.json() == {"search": ["Les caractères nuls ne sont pas autorisés."]}
