@@ -464,22 +464,24 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def gunicorn_url():
+def gunicorn_url(tmp_path):
     """A real gunicorn serving the project on 127.0.0.1, with a body limit of 4096 bytes."""
     port = free_port()
+    log = tmp_path / "gunicorn.log"
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.settings",
         "REQUEST_BODY_MAX_BYTES": "4096",
         "DEBUG": "0",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     try:
         for _ in range(300):  # bounded wait for the port to open (30 s)
             try:
@@ -487,12 +489,13 @@ def gunicorn_url():
                 break
             except OSError:
                 if process.poll() is not None:
-                    pytest.fail(f"gunicorn exited: {process.stderr.read().decode()}")
+                    pytest.fail(f"gunicorn exited: {log.read_text()}")
                 time.sleep(0.1)
         else:
             pytest.fail("gunicorn did not open its port")
         yield port
     finally:
+        # Stops only the process this fixture started.
         process.terminate()
         process.wait(timeout=30)
 
