@@ -28,6 +28,8 @@ MAX_FUTURE = timedelta(minutes=5)
 
 Errors = dict[Any, Any]
 
+MSG_NOT_A_NUMBER = _("Expected a JSON number.")
+
 
 def _json_number(value: object) -> object:
     """A number parsed as ``Decimal`` written back as a JSON number: 7 stays 7, 0.7 stays 0.7.
@@ -71,17 +73,17 @@ def _required() -> Any:
 def parse_quantity(raw: Any, decimal_places: int, *, allow_zero: bool = False) -> tuple[int, Any]:
     """``raw`` as exact thousandths of the unit: ``(milli, None)`` or ``(0, message)``.
 
-    Checks the value, not its spelling: ``1530.0`` tokens is 1530, ``1.2500`` seconds has
-    two decimals. Never rounds.
+    Only a JSON number is a quantity (``int``, or ``Decimal`` as ``ExactJSONParser`` reads
+    one; ``float`` from other callers): text such as ``"7"`` or ``"1e3"`` and booleans are
+    refused, as text would let every spelling Python's ``Decimal`` accepts through
+    (``" 7 "``, ``"1_000"``, other scripts' digits). Checks the value, not its spelling:
+    ``1530.0`` tokens is 1530, ``1.2500`` seconds has two decimals. Never rounds.
     """
     if type(raw) is int and 0 < raw <= MAX_QUANTITY:  # the common case, checked cheaply
         return raw * 1000, None
-    if isinstance(raw, bool) or not isinstance(raw, int | Decimal | float | str):
-        return 0, _("A valid number is required.")
-    try:
-        value = Decimal(str(raw)) if isinstance(raw, float | str) else Decimal(raw)
-    except ArithmeticError:
-        return 0, _("A valid number is required.")
+    if isinstance(raw, bool) or not isinstance(raw, int | Decimal | float):
+        return 0, MSG_NOT_A_NUMBER
+    value = Decimal(str(raw)) if isinstance(raw, float) else Decimal(raw)
     if not value.is_finite():
         return 0, _("A valid number is required.")
     if value < 0 or (value == 0 and not allow_zero):
