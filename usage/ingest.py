@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -25,6 +25,10 @@ MAX_EVENT_ID_LENGTH = 128
 MAX_SOURCE_LENGTH = 64
 MAX_METADATA_BYTES = 8192
 MAX_FUTURE = timedelta(minutes=5)
+# No usage of this product predates it, and moments near year 1 or 9999 overflow once moved
+# to another time zone: the bound keeps every date arithmetic of a period in range.
+EARLIEST_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=UTC)
+EARLIEST_OCCURRED_AT_TEXT = EARLIEST_OCCURRED_AT.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 Errors = dict[Any, Any]
 
@@ -130,6 +134,12 @@ def _parse_occurred_at(raw: Any, now: datetime) -> tuple[datetime | None, Any]:
         return None, _("Datetime has wrong format. Use ISO 8601 with a UTC offset.")
     if moment.tzinfo is None or moment.utcoffset() is None:
         return None, _("Datetime has no UTC offset. Use ISO 8601 with a UTC offset.")
+    # Comparing aware moments subtracts them as durations: it never overflows, even at
+    # year 1 or 9999 with any offset.
+    if moment < EARLIEST_OCCURRED_AT:
+        return None, _("Ensure this moment is not before %(earliest)s.") % {
+            "earliest": EARLIEST_OCCURRED_AT_TEXT
+        }
     if moment > now + MAX_FUTURE:
         return None, _("Ensure this moment is not more than 5 minutes in the future.")
     return moment, None

@@ -107,3 +107,62 @@ def test_a_check_takes_a_json_number_in_any_spelling(service_client):
     )
     assert response.status_code == 200, response.content
     assert response.json()["allowed"] is True
+
+
+# --- occurred_at lies between 2000-01-01T00:00:00Z and 5 minutes from now -----------------
+
+MSG_TOO_EARLY = "Ensure this moment is not before 2000-01-01T00:00:00Z."
+
+
+@pytest.mark.parametrize(
+    ("occurred_at", "message"),
+    [
+        ("0001-01-01T00:00:00+14:00", MSG_TOO_EARLY),
+        ("0001-01-01T00:00:00-14:00", MSG_TOO_EARLY),
+        ("1999-12-31T23:59:59.999999Z", MSG_TOO_EARLY),
+        ("2000-01-01T00:30:00+01:00", MSG_TOO_EARLY),
+        (
+            "9999-12-31T23:59:59-14:00",
+            "Ensure this moment is not more than 5 minutes in the future.",
+        ),
+        (
+            "9999-12-31T23:59:59+14:00",
+            "Ensure this moment is not more than 5 minutes in the future.",
+        ),
+        (
+            "\u0662\u0660\u0662\u0666-01-01T00:00:00+00:00",
+            "Datetime has wrong format. Use ISO 8601 with a UTC offset.",
+        ),
+    ],
+)
+@pytest.mark.parametrize("timezone_name", ["Pacific/Kiritimati", "Pacific/Pago_Pago"])
+def test_an_occurred_at_out_of_bounds_is_refused(
+    service_client, occurred_at, message, timezone_name
+):
+    # given
+    account = AccountFactory(timezone=timezone_name)
+    # when
+    single = service_client.post(EVENTS, event(account, occurred_at=occurred_at), format="json")
+    batch = service_client.post(
+        EVENTS,
+        {"events": [event(account, "a"), event(account, "b", occurred_at=occurred_at)]},
+        format="json",
+    )
+    # then
+    assert single.status_code == 400
+    assert single.json() == {"occurred_at": [message]}
+    assert batch.status_code == 400
+    assert batch.json() == {"events": {"1": {"occurred_at": [message]}}}
+    assert nothing_stored()
+
+
+@pytest.mark.parametrize("timezone_name", ["Pacific/Kiritimati", "Pacific/Pago_Pago", "UTC"])
+def test_the_first_moment_of_2000_is_recorded_in_its_own_period(service_client, timezone_name):
+    account = AccountFactory(timezone=timezone_name)
+    response = service_client.post(
+        EVENTS, event(account, occurred_at="2000-01-01T00:00:00Z"), format="json"
+    )
+    assert response.status_code == 201, response.content
+    assert UsageCounter.objects.get().day.isoformat() == (
+        "1999-12-31" if timezone_name == "Pacific/Pago_Pago" else "2000-01-01"
+    )
