@@ -145,7 +145,7 @@ def test_a_bad_period_is_a_400(service_client, bad):
     account = AccountFactory()
     response = service_client.get(usage_url(account), {"period": bad})
     assert response.status_code == 400
-    assert response.json() == {"period": ["Expected a month as YYYY-MM, e.g. 2026-11."]}
+    assert response.json() == {"period": ["Expected a month from 2000-01 to 9999-11, as YYYY-MM."]}
 
 
 @pytest.mark.parametrize(

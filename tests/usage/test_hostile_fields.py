@@ -3,12 +3,18 @@ nothing stored (SPEC section 5: "No request ever answers 500 for bad input")."""
 
 from __future__ import annotations
 
+import io
 import json
+import re
+from zoneinfo import ZoneInfo
 
 import pytest
+from drf_spectacular.generators import SchemaGenerator
+from drf_spectacular.renderers import OpenApiJsonRenderer
 
 from tests.factories import AccountFactory
 from usage.models import UsageCounter, UsageEvent
+from usage.periods import period_from_code
 
 pytestmark = pytest.mark.django_db
 
@@ -28,6 +34,12 @@ def event(account, event_id="e-1", metric="text_tokens", quantity=10, **extra):
 def post_raw(client, url, text):
     """POST a JSON text as it is, so that numbers keep their spelling (``1e3``, ``7.0``)."""
     return client.post(url, text, content_type="application/json")
+
+
+def served_schema() -> dict:
+    """The document ``/api/v1/schema/`` serves."""
+    document = SchemaGenerator().get_schema(request=None, public=True)
+    return json.loads(OpenApiJsonRenderer().render(document, renderer_context={}))
 
 
 def nothing_stored():
@@ -166,3 +178,94 @@ def test_the_first_moment_of_2000_is_recorded_in_its_own_period(service_client, 
     assert UsageCounter.objects.get().day.isoformat() == (
         "1999-12-31" if timezone_name == "Pacific/Pago_Pago" else "2000-01-01"
     )
+
+
+# --- ?period= and --period name a month from 2000-01 to 9999-11 ---------------------------
+
+MSG_PERIOD = "Expected a month from 2000-01 to 9999-11, as YYYY-MM."
+OUT_OF_RANGE_PERIODS = ["0000-01", "0001-01", "1999-12", "9999-12", "10000-01"]
+MALFORMED_PERIODS = ["\u0662\u0660\u0662\u0666-11", "2026-11\n", " 2026-11", "2026-1", ""]
+
+
+@pytest.mark.parametrize("period", [*OUT_OF_RANGE_PERIODS, *MALFORMED_PERIODS], ids=repr)
+@pytest.mark.parametrize("timezone_name", ["Pacific/Kiritimati", "Pacific/Pago_Pago"])
+def test_a_period_out_of_range_is_a_400_naming_the_bounds(service_client, period, timezone_name):
+    account = AccountFactory(timezone=timezone_name)
+    response = service_client.get(f"/api/v1/accounts/{account.pk}/usage/", {"period": period})
+    assert response.status_code == 400
+    assert response.json() == {"period": [MSG_PERIOD]}
+
+
+@pytest.mark.parametrize(
+    ("period", "start", "end"),
+    [
+        ("2000-01", "2000-01-01T00:00:00", "2000-02-01T00:00:00"),
+        ("9999-11", "9999-11-01T00:00:00", "9999-12-01T00:00:00"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("timezone_name", "offset"), [("Pacific/Kiritimati", "+14:00"), ("Pacific/Pago_Pago", "-11:00")]
+)
+def test_the_first_and_last_periods_are_read(
+    service_client, period, start, end, timezone_name, offset
+):
+    account = AccountFactory(timezone=timezone_name)
+    response = service_client.get(f"/api/v1/accounts/{account.pk}/usage/", {"period": period})
+    assert response.status_code == 200, response.content
+    assert response.json()["period"] == {
+        "start": start + offset,
+        "end": end + offset,
+        "timezone": timezone_name,
+    }
+    assert {m["used"] for m in response.json()["metrics"]} == {0}
+
+
+@pytest.mark.parametrize("command", ["usage_report", "rebuild_usage"])
+@pytest.mark.parametrize("period", [*OUT_OF_RANGE_PERIODS, "\u0662\u0660\u0662\u0666-11"])
+def test_commands_refuse_a_period_out_of_range_in_one_line(command, period):
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    AccountFactory()
+    with pytest.raises(CommandError) as refused:
+        call_command(command, "--period", period, stdout=io.StringIO(), stderr=io.StringIO())
+    assert str(refused.value) == (
+        f"Invalid period “{period}”: expected a month from 2000-01 to 9999-11, as YYYY-MM."
+    )
+    assert refused.value.returncode == 1
+
+
+@pytest.mark.parametrize("command", ["usage_report", "rebuild_usage"])
+@pytest.mark.parametrize("period", ["2000-01", "9999-11"])
+def test_commands_take_the_first_and_last_periods(command, period):
+    from django.core.management import call_command
+
+    AccountFactory(timezone="Pacific/Kiritimati")
+    AccountFactory(timezone="Pacific/Pago_Pago")
+    call_command(command, "--period", period, stdout=io.StringIO(), stderr=io.StringIO())
+
+
+def test_the_schema_pattern_of_every_period_parameter_admits_exactly_the_valid_months():
+    # given: every period parameter of the served schema
+    patterns = [
+        parameter["schema"]["pattern"]
+        for item in served_schema()["paths"].values()
+        for operation in item.values()
+        for parameter in operation.get("parameters", [])
+        if parameter["name"] == "period"
+    ]
+    assert patterns
+    codes = [f"{year:04d}-{month:02d}" for year in range(10000) for month in range(14)]
+    # when
+    accepted = set()
+    for code in codes:
+        try:
+            period_from_code(code, ZoneInfo("UTC"))
+        except ValueError:
+            continue
+        accepted.add(code)
+    # then: the pattern (ECMA 262, read here by Python's re) and the API agree on each code
+    assert min(accepted) == "2000-01" and max(accepted) == "9999-11"
+    for pattern in patterns:
+        compiled = re.compile(pattern)
+        assert {code for code in codes if compiled.search(code)} == accepted

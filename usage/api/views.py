@@ -16,7 +16,12 @@ from accounts.metrics import METRICS
 from accounts.models import Account
 from config.api import ErrorSerializer, ModelPermissions, account_get_or_404
 from usage.ingest import EventsInvalid, parse_metric, parse_quantity
-from usage.periods import period_from_code
+from usage.periods import (
+    FIRST_PERIOD_CODE,
+    LAST_PERIOD_CODE,
+    PERIOD_PATTERN,
+    period_from_code,
+)
 from usage.quantities import quantity_number
 from usage.selectors import MetricUsage, account_usage, current_period
 from usage.services import usage_events_record
@@ -105,7 +110,11 @@ class AccountUsageView(AccountScopedView):
         operation_id="accounts_usage_retrieve",
         parameters=[
             OpenApiParameter(
-                "period", str, description="A month as YYYY-MM; the current period by default."
+                "period",
+                str,
+                pattern=PERIOD_PATTERN,
+                description=f"A month as YYYY-MM, from {FIRST_PERIOD_CODE} to "
+                f"{LAST_PERIOD_CODE}; the current period by default.",
             )
         ],
         responses={200: AccountUsageSerializer, **ERRORS, 404: ErrorSerializer},
@@ -120,7 +129,12 @@ class AccountUsageView(AccountScopedView):
                 period = period_from_code(code, account.zone)
             except ValueError:
                 raise ValidationError(
-                    {"period": [_("Expected a month as YYYY-MM, e.g. 2026-11.")]}
+                    {
+                        "period": [
+                            _("Expected a month from %(first)s to %(last)s, as YYYY-MM.")
+                            % {"first": FIRST_PERIOD_CODE, "last": LAST_PERIOD_CODE}
+                        ]
+                    }
                 ) from None
         metrics = account_usage(account=account, period=period)
         return Response(
