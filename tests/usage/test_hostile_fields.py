@@ -9,6 +9,8 @@ import re
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.renderers import OpenApiJsonRenderer
 
@@ -223,9 +225,6 @@ def test_the_first_and_last_periods_are_read(
 @pytest.mark.parametrize("command", ["usage_report", "rebuild_usage"])
 @pytest.mark.parametrize("period", [*OUT_OF_RANGE_PERIODS, "\u0662\u0660\u0662\u0666-11"])
 def test_commands_refuse_a_period_out_of_range_in_one_line(command, period):
-    from django.core.management import call_command
-    from django.core.management.base import CommandError
-
     AccountFactory()
     with pytest.raises(CommandError) as refused:
         call_command(command, "--period", period, stdout=io.StringIO(), stderr=io.StringIO())
@@ -238,8 +237,6 @@ def test_commands_refuse_a_period_out_of_range_in_one_line(command, period):
 @pytest.mark.parametrize("command", ["usage_report", "rebuild_usage"])
 @pytest.mark.parametrize("period", ["2000-01", "9999-11"])
 def test_commands_take_the_first_and_last_periods(command, period):
-    from django.core.management import call_command
-
     AccountFactory(timezone="Pacific/Kiritimati")
     AccountFactory(timezone="Pacific/Pago_Pago")
     call_command(command, "--period", period, stdout=io.StringIO(), stderr=io.StringIO())
