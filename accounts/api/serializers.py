@@ -21,7 +21,7 @@ from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
 from accounts.metrics import METRICS
-from accounts.models import Account, Language
+from accounts.models import RECIPIENT_EMAIL_MAX_LENGTH, Account, Language
 from accounts.selectors import LimitsDocument
 from accounts.services import MAX_RECIPIENTS_PER_LEVEL, MAX_THRESHOLD, AccountNotEnterprise
 from config.api import ErrorSerializer
@@ -132,14 +132,21 @@ def _limits_document_serializer(*, request: bool) -> type[serializers.Serializer
         "An address notified when a threshold is reached.",
         {
             "email": serializers.EmailField(
-                help_text=_("E-mail address; mailing lists welcome. Once per list.")
+                max_length=RECIPIENT_EMAIL_MAX_LENGTH,
+                help_text=_(
+                    "E-mail address of at most 254 characters whose domain has a dot "
+                    "(not “localhost”); mailing lists welcome. Once per list."
+                ),
             ),
             "language": serializers.ChoiceField(
                 choices=Language.choices,
                 required=required,
                 help_text=_("Language of the messages sent to this address.")
                 if required
-                else _("Language of the messages sent to this address; the account's if left out."),
+                else _(
+                    "Language of the messages sent to this address; the account's if left "
+                    "out (null or empty is refused)."
+                ),
             ),
         },
     )
@@ -233,13 +240,17 @@ class LimitsErrorSerializer(serializers.Serializer):
     limits = serializers.DictField(
         child=serializers.JSONField(),
         required=False,
-        help_text=_("Messages by metric code, then by threshold (warning, blocked)."),
+        help_text=_(
+            "Messages by metric code, then by threshold (warning, blocked); under "
+            "non_field_errors when limits is not an object."
+        ),
     )
     recipients = serializers.DictField(
         child=serializers.JSONField(),
         required=False,
         help_text=_(
-            "Messages by level (warning, blocked), then by the recipient's index and field."
+            "Messages by level (warning, blocked), then by the recipient's index and field; "
+            "under non_field_errors when recipients is not an object."
         ),
     )
     non_field_errors = serializers.ListField(
