@@ -33,6 +33,18 @@ EARLIEST_OCCURRED_AT_TEXT = EARLIEST_OCCURRED_AT.strftime("%Y-%m-%dT%H:%M:%SZ")
 Errors = dict[Any, Any]
 
 MSG_NOT_A_NUMBER = _("Expected a JSON number.")
+MSG_UNKNOWN_FIELD = _("Unknown field.")
+
+# The fields an event may have; any other is refused ("Unknown field."), as in the schema.
+EVENT_FIELDS = frozenset(
+    {"event_id", "account", "metric", "quantity", "occurred_at", "source", "metadata"}
+)
+BATCH_FIELDS = frozenset({"events"})
+
+
+def unknown_fields(raw: dict[Any, Any], known: frozenset[str]) -> Errors:
+    """``{name: ["Unknown field."]}`` for each key of ``raw`` not in ``known``."""
+    return {str(key): [MSG_UNKNOWN_FIELD] for key in raw.keys() - known}
 
 
 def _json_number(value: object) -> object:
@@ -161,7 +173,7 @@ def _uuid(raw: Any) -> uuid.UUID | None:
 def _parse_event(raw: Any, now: datetime) -> tuple[EventIn | None, Errors]:
     if not isinstance(raw, dict):
         return None, {"non_field_errors": [_("Expected an event object.")]}
-    errors: Errors = {}
+    errors: Errors = unknown_fields(raw, EVENT_FIELDS)
 
     event_id = raw.get("event_id")
     if event_id is None:
@@ -247,6 +259,9 @@ def parse_events(payload: Any, now: datetime) -> tuple[list[EventIn], bool]:
     by the event's index, e.g. ``{"events": {"3": {"quantity": [...]}}}``.
     """
     if isinstance(payload, dict) and "events" in payload:
+        unknown = unknown_fields(payload, BATCH_FIELDS)
+        if unknown:
+            raise EventsInvalid(unknown)
         raw_events = payload["events"]
         if not isinstance(raw_events, list):
             raise EventsInvalid({"events": [_("Expected a list of events.")]})

@@ -178,10 +178,14 @@ def _limits_document_serializer(*, request: bool) -> type[serializers.Serializer
         "LimitsDocument",
         "An account's limits per metric and the recipients of its notifications.",
         {
-            "account": serializers.UUIDField(
-                read_only=True,
-                help_text=_("The account's id; ignored in a request."),
-            ),
+            # A request may carry what a GET answered, unchanged or not: these two are
+            # ignored, whatever their value, and the schema of a request says so.
+            "account": serializers.JSONField(
+                required=False,
+                help_text=_("Ignored: the answer of a GET may be sent back as it is."),
+            )
+            if request
+            else serializers.UUIDField(help_text=_("The account's id.")),
             "limits": limits(
                 required=required,
                 help_text=_(
@@ -197,12 +201,14 @@ def _limits_document_serializer(*, request: bool) -> type[serializers.Serializer
                 if request
                 else _("Recipients per level, both lists listed."),
             ),
-            "updated_at": serializers.DateTimeField(
-                read_only=True,
+            "updated_at": serializers.JSONField(
+                required=False,
+                help_text=_("Ignored: the answer of a GET may be sent back as it is."),
+            )
+            if request
+            else serializers.DateTimeField(
                 allow_null=True,
-                help_text=_(
-                    "When limits or recipients last changed; null if never. Ignored in a request."
-                ),
+                help_text=_("When limits or recipients last changed; null if never."),
             ),
         },
     )

@@ -245,3 +245,41 @@ def test_a_broken_blocked_list_still_reports_a_missing_warning_recipient(manager
             ],
         }
     }
+
+
+# --- Unknown fields are refused; what a GET answered may be sent back -------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "errors"),
+    [
+        ({"limits": {}, "note": "x"}, {"note": ["Unknown field."]}),
+        (
+            {"limits": {"text_tokens": {"blocked": 5, "hard": True}}},
+            {"limits": {"text_tokens": {"hard": ["Unknown field."]}}},
+        ),
+        (
+            {"recipients": {"blocked": [{"email": "ops@example.com", "name": "Ops"}]}},
+            {"recipients": {"blocked": {"0": {"name": ["Unknown field."]}}}},
+        ),
+    ],
+)
+@pytest.mark.parametrize("method", ["put", "patch"])
+def test_a_limits_document_with_an_unknown_field_is_refused(manager_client, method, body, errors):
+    account = AccountFactory()
+    response = getattr(manager_client, method)(limits_url(account), body, format="json")
+    assert response.status_code == 400
+    assert response.json() == errors
+    assert nothing_stored()
+
+
+@pytest.mark.parametrize("value", [None, "x", 7, {"a": 1}])
+def test_account_and_updated_at_are_ignored_whatever_their_value(manager_client, value):
+    account = AccountFactory()
+    response = manager_client.put(
+        limits_url(account),
+        {"limits": {"text_tokens": {"blocked": 5}}, "account": value, "updated_at": value},
+        format="json",
+    )
+    assert response.status_code == 200, response.content
+    assert Limit.objects.get().blocked == 5

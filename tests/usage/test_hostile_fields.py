@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -14,6 +15,7 @@ from django.core.management.base import CommandError
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.renderers import OpenApiJsonRenderer
 
+from accounts.metrics import METRICS
 from tests.factories import AccountFactory
 from usage.models import UsageCounter, UsageEvent
 from usage.periods import period_from_code
@@ -266,3 +268,191 @@ def test_the_schema_pattern_of_every_period_parameter_admits_exactly_the_valid_m
     for pattern in patterns:
         compiled = re.compile(pattern)
         assert {code for code in codes if compiled.search(code)} == accepted
+
+
+# --- Unknown fields are refused, and the schema says so ----------------------------------
+
+
+def test_an_event_with_an_unknown_field_is_refused(service_client):
+    account = AccountFactory()
+    response = service_client.post(
+        EVENTS, event(account, labels={"model": "large"}, Quantity=5), format="json"
+    )
+    assert response.status_code == 400
+    assert response.json() == {"labels": ["Unknown field."], "Quantity": ["Unknown field."]}
+    assert nothing_stored()
+
+
+def test_a_batch_with_an_unknown_field_is_refused(service_client):
+    account = AccountFactory()
+    response = service_client.post(
+        EVENTS, {"events": [event(account)], "dry_run": True}, format="json"
+    )
+    assert response.status_code == 400
+    assert response.json() == {"dry_run": ["Unknown field."]}
+    assert nothing_stored()
+
+
+def test_a_batch_with_an_unknown_field_in_one_event_is_refused_whole(service_client):
+    account = AccountFactory()
+    batch = [event(account, "a"), event(account, "b", units="tokens")]
+    response = service_client.post(EVENTS, {"events": batch}, format="json")
+    assert response.status_code == 400
+    assert response.json() == {"events": {"1": {"units": ["Unknown field."]}}}
+    assert nothing_stored()
+
+
+def test_a_check_with_an_unknown_field_is_refused(service_client):
+    account = AccountFactory()
+    response = service_client.post(
+        f"/api/v1/accounts/{account.pk}/usage/check/",
+        {"metric": "text_tokens", "quantity": 5, "labels": {}},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert response.json() == {"labels": ["Unknown field."]}
+
+
+def request_body_objects(document: dict):
+    """Every object schema reachable from a request body, as (component or path, schema)."""
+    components = document["components"]["schemas"]
+    found: list[tuple[str, dict]] = []
+    visited: set[str] = set()
+
+    def walk(schema, where):
+        if not isinstance(schema, dict):
+            return
+        if "$ref" in schema:
+            name = schema["$ref"].rsplit("/", 1)[-1]
+            if name not in visited:
+                visited.add(name)
+                walk(components[name], name)
+            return
+        if schema.get("type") == "object" or "properties" in schema:
+            found.append((where, schema))
+        for name, child in schema.get("properties", {}).items():
+            walk(child, f"{where}.{name}")
+        for key in ("allOf", "oneOf", "anyOf"):
+            for child in schema.get(key, []):
+                walk(child, where)
+        walk(schema.get("items"), f"{where}[]")
+
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            for media in operation.get("requestBody", {}).get("content", {}).values():
+                walk(media["schema"], f"{method.upper()} {path}")
+    return found
+
+
+def test_every_object_of_a_request_body_admits_no_other_property_but_metadata():
+    objects = request_body_objects(served_schema())
+    open_ones = {
+        where for where, schema in objects if schema.get("additionalProperties") is not False
+    }
+    assert {where for where, _schema in objects} >= {
+        "SecondsEventRequest",
+        "TokensEventRequest",
+        "EventBatchRequest",
+        "SecondsCheckRequest",
+        "TokensCheckRequest",
+        "LimitsDocumentRequest",
+        "PatchedLimitsDocumentRequest",
+        "LimitsRequest",
+        "ThresholdsRequest",
+        "RecipientListsRequest",
+        "RecipientRequest",
+    }
+    assert open_ones == {"SecondsEventRequest.metadata", "TokensEventRequest.metadata"}
+
+
+def test_no_answer_of_the_schema_is_closed():
+    document = served_schema()
+    request_components = {where for where, _schema in request_body_objects(document)}
+    closed = {
+        name
+        for name, schema in document["components"]["schemas"].items()
+        if schema.get("additionalProperties") is False
+    }
+    assert closed <= request_components
+
+
+# --- The schema of quantities is true: it admits exactly what the API takes --------------
+
+SPELLINGS = [
+    "1",
+    "7.0",
+    "1e3",
+    "1530.0",
+    "2.5",
+    "0.001",
+    "1.001",
+    "0.0005",
+    "1.0001",
+    "12.3450",
+    "0",
+    "-1",
+    "1000000000000",
+    "999999999999.999",
+    "1000000000000.001",
+    "1e12",
+    "1e13",
+    '"7"',
+    '"1e3"',
+    "true",
+    "null",
+]
+
+
+def request_validator(component: str):
+    """A validator of ``component`` with numbers read exactly, as JSON Schema means them.
+
+    Reading the schema and the bodies with ``Decimal`` keeps ``multipleOf: 0.001`` exact
+    (floats would call ``1.001`` not a multiple of ``0.001``). OpenAPI 3.0 schemas are
+    JSON Schema draft 4 in this respect (``exclusiveMinimum`` is a boolean).
+    """
+    import jsonschema
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT4
+
+    document = json.loads(json.dumps(served_schema()), parse_float=Decimal)
+    registry = Registry().with_resource("urn:api", Resource(document, specification=DRAFT4))
+    return jsonschema.Draft4Validator(
+        {"$ref": f"urn:api#/components/schemas/{component}"}, registry=registry
+    )
+
+
+@pytest.mark.parametrize("metric", list(METRICS))
+def test_the_schema_admits_exactly_the_event_quantities_the_api_takes(service_client, metric):
+    # given
+    account = AccountFactory()
+    validator = request_validator("EventOrBatchRequest")
+    verdicts = {}
+    for index, spelling in enumerate(SPELLINGS):
+        text = (
+            f'{{"event_id": "e-{index}", "account": "{account.pk}", "metric": "{metric}", '
+            f'"quantity": {spelling}}}'
+        )
+        # when
+        response = post_raw(service_client, EVENTS, text)
+        assert response.status_code in (201, 400), response.content
+        body = json.loads(text, parse_float=Decimal)
+        verdicts[spelling] = (response.status_code == 201, validator.is_valid(body))
+    # then
+    assert {s: api for s, (api, schema) in verdicts.items() if api != schema} == {}
+    assert any(api for api, _schema in verdicts.values())
+
+
+@pytest.mark.parametrize("metric", list(METRICS))
+def test_the_schema_admits_exactly_the_check_quantities_the_api_takes(service_client, metric):
+    account = AccountFactory()
+    validator = request_validator("CheckRequestRequest")
+    verdicts = {}
+    for spelling in SPELLINGS:
+        text = f'{{"metric": "{metric}", "quantity": {spelling}}}'
+        response = post_raw(service_client, f"/api/v1/accounts/{account.pk}/usage/check/", text)
+        assert response.status_code in (200, 400), response.content
+        body = json.loads(text, parse_float=Decimal)
+        if body["quantity"] is None:
+            del body["quantity"]  # draft 4 knows no "nullable": null stands for left out
+        verdicts[spelling] = (response.status_code == 200, validator.is_valid(body))
+    assert {s: api for s, (api, schema) in verdicts.items() if api != schema} == {}

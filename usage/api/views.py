@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 from accounts.metrics import METRICS
 from accounts.models import Account
 from config.api import ErrorSerializer, ModelPermissions, account_get_or_404
-from usage.ingest import EventsInvalid, parse_metric, parse_quantity
+from usage.ingest import EventsInvalid, parse_metric, parse_quantity, unknown_fields
 from usage.periods import (
     FIRST_PERIOD_CODE,
     LAST_PERIOD_CODE,
@@ -37,6 +37,8 @@ from .serializers import (
     ValidationErrorSerializer,
 )
 
+# The fields a pre-flight check may have; any other is refused ("Unknown field.").
+CHECK_FIELDS = frozenset({"metric", "quantity"})
 ERRORS = {
     400: ValidationErrorSerializer,
     401: ErrorSerializer,
@@ -187,6 +189,9 @@ class UsageCheckView(AccountScopedView):
         payload = request.data
         if not isinstance(payload, dict):
             raise ValidationError({"non_field_errors": [_("Expected an object.")]})
+        unknown = unknown_fields(payload, CHECK_FIELDS)
+        if unknown:
+            raise ValidationError(unknown)
         metric, error = parse_metric(payload.get("metric"))
         if error:
             raise ValidationError({"metric": [error]})
