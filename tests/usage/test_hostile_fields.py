@@ -6,14 +6,18 @@ from __future__ import annotations
 import io
 import json
 import re
+import threading
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.renderers import OpenApiJsonRenderer
+from knox.models import AuthToken
+from rest_framework.test import APIClient
 
 from accounts.metrics import METRICS
 from tests.factories import AccountFactory
@@ -456,3 +460,165 @@ def test_the_schema_admits_exactly_the_check_quantities_the_api_takes(service_cl
             del body["quantity"]  # draft 4 knows no "nullable": null stands for left out
         verdicts[spelling] = (response.status_code == 200, validator.is_valid(body))
     assert {s: api for s, (api, schema) in verdicts.items() if api != schema} == {}
+
+
+# --- No valid input overflows a counter: at most 10^14 units per account, metric and day --
+
+TRILLION = 10**12  # the largest quantity of one event
+DAILY_LIMIT = 10**14
+
+
+def big_batch(account, prefix, count, occurred_at, metric="text_tokens"):
+    return {
+        "events": [
+            event(
+                account, f"{prefix}-{i}", metric=metric, quantity=TRILLION, occurred_at=occurred_at
+            )
+            for i in range(count)
+        ]
+    }
+
+
+def daily_limit_message(account, day, metric="text_tokens", unit="tokens"):
+    return (
+        f"The usage of {metric} on {day} for account {account.pk} would pass "
+        f"{DAILY_LIMIT} {unit}, the most an account may record per metric and day."
+    )
+
+
+def test_ten_batches_of_the_largest_events_are_refused_and_never_overflow(service_client):
+    # given: the batches that overflowed a bigint counter on the tenth (10 x 1000 x 10^12)
+    account = AccountFactory(timezone="UTC")
+    occurred_at = "2026-01-15T12:00:00+00:00"
+    # when
+    answers = [
+        service_client.post(EVENTS, big_batch(account, f"b{n}", 1000, occurred_at), format="json")
+        for n in range(10)
+    ]
+    # then: each one is refused whole, naming the limit; nothing is stored
+    for response in answers:
+        assert response.status_code == 400
+        assert response.json() == {"events": [daily_limit_message(account, "2026-01-15")]}
+    assert nothing_stored()
+
+
+def test_a_day_takes_usage_up_to_the_limit_and_refuses_what_would_pass_it(service_client):
+    # given: a day filled exactly to the limit
+    account = AccountFactory(timezone="Pacific/Kiritimati")
+    day_moment = "2026-01-15T12:00:00+14:00"
+    full = service_client.post(EVENTS, big_batch(account, "full", 100, day_moment), format="json")
+    assert full.status_code == 201, full.content
+    # when: one more token that day, then a batch touching that day and another
+    one_more = service_client.post(
+        EVENTS, event(account, "one-more", quantity=1, occurred_at=day_moment), format="json"
+    )
+    mixed = service_client.post(
+        EVENTS,
+        {
+            "events": [
+                event(account, "next-day", quantity=1, occurred_at="2026-01-16T12:00:00+14:00"),
+                event(account, "same-day", quantity=1, occurred_at="2026-01-15T23:59:59+14:00"),
+            ]
+        },
+        format="json",
+    )
+    next_day = service_client.post(
+        EVENTS,
+        event(account, "next-day", quantity=TRILLION, occurred_at="2026-01-16T00:00:00+14:00"),
+        format="json",
+    )
+    other_metric = service_client.post(
+        EVENTS,
+        event(
+            account,
+            "seconds",
+            metric="audio_analyzed_seconds",
+            quantity=TRILLION,
+            occurred_at=day_moment,
+        ),
+        format="json",
+    )
+    # then
+    assert one_more.status_code == 400
+    assert one_more.json() == {"quantity": [daily_limit_message(account, "2026-01-15")]}
+    assert mixed.status_code == 400
+    assert mixed.json() == {"events": [daily_limit_message(account, "2026-01-15")]}
+    assert (next_day.status_code, other_metric.status_code) == (201, 201)
+    counters = UsageCounter.objects.filter(account=account, metric="text_tokens")
+    assert {c.day.isoformat(): c.quantity_milli for c in counters} == {
+        "2026-01-15": DAILY_LIMIT * 1000,
+        "2026-01-16": TRILLION * 1000,
+    }
+    assert UsageEvent.objects.filter(account=account).count() == 102
+
+
+def test_a_month_at_the_limit_every_day_is_read_rebuilt_and_reported_exactly(service_client):
+    # given: every day of January 2025 at the daily limit, for a month total of 3.1 x 10^15
+    account = AccountFactory(timezone="UTC", external_id="crm-full")
+    for day in range(1, 32):
+        moment = f"2025-01-{day:02d}T12:00:00+00:00"
+        response = service_client.post(
+            EVENTS, big_batch(account, f"d{day}", 100, moment), format="json"
+        )
+        assert response.status_code == 201, response.content
+    # when
+    usage = service_client.get(f"/api/v1/accounts/{account.pk}/usage/", {"period": "2025-01"})
+    rebuild = io.StringIO()
+    call_command(
+        "rebuild_usage", "--period", "2025-01", "--check", stdout=rebuild, stderr=io.StringIO()
+    )
+    report = io.StringIO()
+    call_command(
+        "usage_report", "crm-full", "--period", "2025-01", "--format", "json", stdout=report
+    )
+    # then
+    month_total = 31 * DAILY_LIMIT
+    assert usage.status_code == 200
+    tokens = next(m for m in usage.json()["metrics"] if m["metric"] == "text_tokens")
+    assert tokens["used"] == month_total
+    assert rebuild.getvalue().splitlines()[-1] == "Counters checked: 31, drifted: 0."
+    rows = json.loads(report.getvalue())
+    assert next(r for r in rows if r["metric"] == "text_tokens")["used"] == month_total
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_racing_batches_never_pass_the_daily_limit_together(service_user):
+    # given: four services each posting 40 x 10^12 tokens on the same day; two fit
+    account = AccountFactory(timezone="UTC")
+    _, key = AuthToken.objects.create(user=service_user, expiry=None)
+    threads_count = 4
+    start = threading.Barrier(threads_count)
+    answers: list[int] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def post(number: int) -> None:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+        try:
+            start.wait()
+            response = client.post(
+                EVENTS,
+                big_batch(account, f"t{number}", 40, "2026-01-15T12:00:00+00:00"),
+                format="json",
+            )
+            with lock:
+                answers.append(response.status_code)
+        except Exception as exc:  # a deadlock or a 500 surfaces here
+            with lock:
+                failures.append(repr(exc))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=post, args=(n,)) for n in range(threads_count)]
+    # when
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    # then
+    assert failures == []
+    assert sorted(answers) == [201, 201, 400, 400]
+    assert UsageEvent.objects.count() == 80
+    assert UsageCounter.objects.get().quantity_milli == 80 * TRILLION * 1000
