@@ -533,9 +533,9 @@ def extension_validate(
     errors: dict[str, list[ValidationError]] = {}
     if not account.is_enterprise:
         errors["account"] = [ValidationError(MSG_EXTENSION_NOT_ENTERPRISE, code="not_enterprise")]
-    _metric, message = parse_metric(metric)
-    if message:
-        errors["metric"] = [ValidationError(message, code="invalid")]
+    _metric, metric_error = parse_metric(metric)
+    if metric_error:
+        errors["metric"] = [ValidationError(metric_error, code="invalid")]
     if isinstance(amount, bool) or not isinstance(amount, int):
         errors["amount"] = [ValidationError(_("A whole number is required."), code="invalid")]
     elif amount <= 0:
@@ -556,6 +556,23 @@ def extension_validate(
     period = period or current
     if period.first_day < current.first_day:
         errors["period"] = [ValidationError(MSG_EXTENSION_CLOSED_PERIOD, code="closed")]
+    elif "amount" not in errors and not metric_error:
+        # Extensions add up in one sum per period (``usage.selectors``): bounded like a
+        # threshold, so that no number of them can overflow it.
+        granted = Extension.objects.filter(
+            account=account, metric=metric, period=period.first_day
+        ).aggregate(total=Sum("amount"))["total"]
+        if (granted or 0) + amount > MAX_THRESHOLD:
+            errors["amount"] = [
+                ValidationError(
+                    _(
+                        "Ensure the extensions of this metric and period total at most "
+                        "%(limit)s (%(granted)s granted already)."
+                    ),
+                    code="max_value",
+                    params={"limit": MAX_THRESHOLD, "granted": granted or 0},
+                )
+            ]
     if errors:
         raise ValidationError(errors)
     return period

@@ -11,6 +11,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
@@ -20,9 +21,10 @@ from knox.models import AuthToken
 from rest_framework.test import APIClient
 
 from accounts.metrics import METRICS
-from tests.factories import AccountFactory
-from usage.models import UsageCounter, UsageEvent
+from tests.factories import AccountFactory, LimitFactory
+from usage.models import Extension, UsageCounter, UsageEvent
 from usage.periods import period_from_code
+from usage.services import extension_grant
 
 pytestmark = pytest.mark.django_db
 
@@ -622,3 +624,26 @@ def test_racing_batches_never_pass_the_daily_limit_together(service_user):
     assert sorted(answers) == [201, 201, 400, 400]
     assert UsageEvent.objects.count() == 80
     assert UsageCounter.objects.get().quantity_milli == 80 * TRILLION * 1000
+
+
+def test_extensions_of_a_period_total_at_most_the_largest_threshold(service_client):
+    # given: a period already extended by 10^15 - 1
+    account = AccountFactory()
+    LimitFactory(account=account, metric="text_tokens", warning=None, blocked=10)
+    extension_grant(
+        account=account, metric="text_tokens", amount=10**15 - 1, reason="big", actor=None
+    )
+    # when / then: one more unit fits, a second is refused, nothing else is stored
+    extension_grant(account=account, metric="text_tokens", amount=1, reason="one", actor=None)
+    with pytest.raises(ValidationError) as refused:
+        extension_grant(account=account, metric="text_tokens", amount=1, reason="two", actor=None)
+    assert refused.value.message_dict == {
+        "amount": [
+            "Ensure the extensions of this metric and period total at most "
+            "1000000000000000 (1000000000000000 granted already)."
+        ]
+    }
+    assert Extension.objects.count() == 2
+    usage = service_client.get(f"/api/v1/accounts/{account.pk}/usage/").json()
+    tokens = next(m for m in usage["metrics"] if m["metric"] == "text_tokens")
+    assert (tokens["extension"], tokens["remaining"]) == (10**15, 10**15 + 10)
