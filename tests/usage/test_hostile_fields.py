@@ -647,3 +647,17 @@ def test_extensions_of_a_period_total_at_most_the_largest_threshold(service_clie
     usage = service_client.get(f"/api/v1/accounts/{account.pk}/usage/").json()
     tokens = next(m for m in usage["metrics"] if m["metric"] == "text_tokens")
     assert (tokens["extension"], tokens["remaining"]) == (10**15, 10**15 + 10)
+
+
+def test_refusals_speak_the_language_of_the_request(service_client):
+    account = AccountFactory()
+    period = service_client.get(
+        f"/api/v1/accounts/{account.pk}/usage/", {"period": "9999-12"}, HTTP_ACCEPT_LANGUAGE="fr"
+    )
+    quantity = service_client.post(
+        EVENTS, event(account, quantity="7"), format="json", HTTP_ACCEPT_LANGUAGE="fr"
+    )
+    assert period.json() == {
+        "period": ["Un mois de 2000-01 à 9999-11 est attendu, au format AAAA-MM."]
+    }
+    assert quantity.json() == {"quantity": ["Un nombre JSON est attendu."]}
