@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -25,10 +25,11 @@ MAX_EVENT_ID_LENGTH = 128
 MAX_SOURCE_LENGTH = 64
 MAX_METADATA_BYTES = 8192
 MAX_FUTURE = timedelta(minutes=5)
-# No usage of this product predates it, and moments near year 1 or 9999 overflow once moved
-# to another time zone: the bound keeps every date arithmetic of a period in range.
-EARLIEST_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=UTC)
-EARLIEST_OCCURRED_AT_TEXT = EARLIEST_OCCURRED_AT.strftime("%Y-%m-%dT%H:%M:%SZ")
+# No usage of this product predates the year 2000, and moments near year 1 or 9999
+# overflow once moved to another time zone. The year is the one written, in the moment's
+# own offset, so that the schema states the rule exactly (``pattern: ^[2-9][0-9]{3}-``):
+# the earliest instant taken is 2000-01-01T00:00+23:59, 1999-12-31T00:01Z.
+EARLIEST_OCCURRED_YEAR = 2000
 
 Errors = dict[Any, Any]
 
@@ -146,12 +147,12 @@ def _parse_occurred_at(raw: Any, now: datetime) -> tuple[datetime | None, Any]:
         return None, _("Datetime has wrong format. Use ISO 8601 with a UTC offset.")
     if moment.tzinfo is None or moment.utcoffset() is None:
         return None, _("Datetime has no UTC offset. Use ISO 8601 with a UTC offset.")
-    # Comparing aware moments subtracts them as durations: it never overflows, even at
-    # year 1 or 9999 with any offset.
-    if moment < EARLIEST_OCCURRED_AT:
-        return None, _("Ensure this moment is not before %(earliest)s.") % {
-            "earliest": EARLIEST_OCCURRED_AT_TEXT
+    if moment.year < EARLIEST_OCCURRED_YEAR:
+        return None, _("Ensure this moment is in the year %(year)s or later.") % {
+            "year": EARLIEST_OCCURRED_YEAR
         }
+    # Comparing aware moments subtracts them as durations: it never overflows, even at
+    # year 9999 with any offset.
     if moment > now + MAX_FUTURE:
         return None, _("Ensure this moment is not more than 5 minutes in the future.")
     return moment, None

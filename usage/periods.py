@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 PERIOD_CODE = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
 # The months a period code may name. Before 2000 no usage exists (events are refused, see
-# ``usage.ingest.EARLIEST_OCCURRED_AT``); the end of 9999-12 would be in year 10000, which
+# ``usage.ingest.EARLIEST_OCCURRED_YEAR``); the end of 9999-12 would be in year 10000, which
 # no date holds.
 FIRST_PERIOD = (2000, 1)
 LAST_PERIOD = (9999, 11)

@@ -73,7 +73,9 @@ def _limits_document_serializer(*, request: bool) -> type[serializers.Serializer
     suffix = "Input" if request else ""
     threshold_left_out = _("Left out: none for PUT, unchanged for PATCH.") if request else None
     at_most = format_lazy(_("At most {limit}."), limit=MAX_RECIPIENTS_PER_LEVEL)
-    list_left_out = _("Left out: empty for PUT, unchanged for PATCH.") if request else None
+    list_left_out = (
+        _("Left out: empty for PUT, unchanged for PATCH. Null empties it.") if request else None
+    )
     thresholds = _serializer_class(
         f"Thresholds{suffix}Serializer",
         "Thresholds",
@@ -158,6 +160,7 @@ def _limits_document_serializer(*, request: bool) -> type[serializers.Serializer
             "warning": recipient(
                 many=True,
                 required=required,
+                allow_null=request,
                 max_length=MAX_RECIPIENTS_PER_LEVEL,
                 help_text=_sentences(
                     _("Notified when a warning threshold is reached."), at_most, list_left_out
@@ -166,6 +169,7 @@ def _limits_document_serializer(*, request: bool) -> type[serializers.Serializer
             "blocked": recipient(
                 many=True,
                 required=required,
+                allow_null=request,
                 max_length=MAX_RECIPIENTS_PER_LEVEL,
                 help_text=_sentences(
                     _("Notified when a blocked threshold is reached."), at_most, list_left_out
@@ -188,16 +192,20 @@ def _limits_document_serializer(*, request: bool) -> type[serializers.Serializer
             else serializers.UUIDField(help_text=_("The account's id.")),
             "limits": limits(
                 required=required,
+                allow_null=request,
                 help_text=_(
                     "Thresholds per metric. A PUT leaves the metrics not given unlimited; "
-                    "a PATCH merges (RFC 7396)."
+                    "a PATCH merges (RFC 7396). Null makes every metric unlimited."
                 )
                 if request
                 else _("Thresholds per metric, every metric listed."),
             ),
             "recipients": recipient_lists(
                 required=required,
-                help_text=_("Recipients per level; a list given replaces that list.")
+                allow_null=request,
+                help_text=_(
+                    "Recipients per level; a list given replaces that list. Null empties both."
+                )
                 if request
                 else _("Recipients per level, both lists listed."),
             ),

@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from accounts.metrics import METRICS
 from accounts.models import Account, Limit, Recipient, validate_recipient_email
 from tests.accounts.test_admin import page_errors, post_account_page
 from tests.factories import AccountFactory
@@ -283,3 +284,31 @@ def test_account_and_updated_at_are_ignored_whatever_their_value(manager_client,
     )
     assert response.status_code == 200, response.content
     assert Limit.objects.get().blocked == 5
+
+
+def test_null_limits_and_recipients_clear_them_as_the_schema_says(manager_client):
+    # given
+    account = AccountFactory()
+    full = warning_document({"email": "pm@example.com"})
+    full["recipients"]["blocked"] = [{"email": "ops@example.com"}]
+    assert manager_client.put(limits_url(account), full, format="json").status_code == 200
+    # when
+    blocked_emptied = manager_client.patch(
+        limits_url(account), {"recipients": {"blocked": None}}, format="json"
+    )
+    all_cleared = manager_client.put(
+        limits_url(account), {"limits": None, "recipients": None}, format="json"
+    )
+    # then
+    assert blocked_emptied.status_code == 200, blocked_emptied.content
+    assert blocked_emptied.json()["recipients"] == {
+        "warning": [{"email": "pm@example.com", "language": "en"}],
+        "blocked": [],
+    }
+    assert all_cleared.status_code == 200, all_cleared.content
+    assert all_cleared.json()["recipients"] == {"warning": [], "blocked": []}
+    assert {
+        (metric, thresholds["warning"], thresholds["blocked"])
+        for metric, thresholds in all_cleared.json()["limits"].items()
+    } == {(metric, None, None) for metric in METRICS}
+    assert not Recipient.objects.exists()

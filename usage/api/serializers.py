@@ -12,7 +12,7 @@ from rest_framework import serializers
 
 from accounts.metrics import METRICS
 from usage.ingest import (
-    EARLIEST_OCCURRED_AT_TEXT,
+    EARLIEST_OCCURRED_YEAR,
     MAX_BATCH,
     MAX_EVENT_ID_LENGTH,
     MAX_METADATA_BYTES,
@@ -72,10 +72,11 @@ def quantity_schema(unit: str, *, zero_allowed: bool) -> dict[str, Any]:
     return schema
 
 
+assert EARLIEST_OCCURRED_YEAR == 2000, "write the pattern of OCCURRED_AT_FIELD anew"
 OCCURRED_AT_FIELD = _schema_field(
     "OccurredAtField",
     serializers.DateTimeField,
-    # The pattern admits the years 2000 to 9999, a first cut that the description completes.
+    # The years 2000 to 9999, as written (in the moment's own offset), as ``ingest`` checks.
     {"type": "string", "format": "date-time", "pattern": "^[2-9][0-9]{3}-"},
 )
 
@@ -103,8 +104,9 @@ def _event_variant(unit: str, metrics: list[str]) -> type[serializers.Serializer
         "occurred_at": OCCURRED_AT_FIELD(
             required=False,
             allow_null=True,
-            help_text=f"ISO 8601 with offset, from {EARLIEST_OCCURRED_AT_TEXT} to 5 minutes "
-            "from now; now when null or left out. Counts in the period that contains it in "
+            help_text=f"ISO 8601 with offset, in the year {EARLIEST_OCCURRED_YEAR} or later "
+            "(as written, in its own offset) and at most 5 minutes from now; now when null "
+            "or left out. Counts in the period that contains it in "
             "the account's time zone.",
         ),
         "source": serializers.CharField(
