@@ -157,16 +157,18 @@ def _check_variant(unit: str, metrics: list[str]) -> type[serializers.Serializer
 
 EVENT_VARIANTS = {unit: _event_variant(unit, codes) for unit, (_places, codes) in UNITS.items()}
 CHECK_VARIANTS = {unit: _check_variant(unit, codes) for unit, (_places, codes) in UNITS.items()}
-# The metric says which variant applies (its unit's rule for quantities).
+# The metric says which variant applies (its unit's rule for quantities): the variants'
+# metric enums are disjoint, so exactly one matches. No ``discriminator``: its mapping
+# would name one variant under several metrics, which some tools read as one metric only.
 EventSerializer = PolymorphicProxySerializer(
     component_name="Event",
-    serializers={code: EVENT_VARIANTS[spec.unit] for code, spec in METRICS.items()},
-    resource_type_field_name="metric",
+    serializers=list(EVENT_VARIANTS.values()),
+    resource_type_field_name=None,
 )
 CheckRequestSerializer = PolymorphicProxySerializer(
     component_name="CheckRequest",
-    serializers={code: CHECK_VARIANTS[spec.unit] for code, spec in METRICS.items()},
-    resource_type_field_name="metric",
+    serializers=list(CHECK_VARIANTS.values()),
+    resource_type_field_name=None,
 )
 
 
