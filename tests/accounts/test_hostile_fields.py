@@ -46,6 +46,7 @@ BAD_ADDRESSES = [
     ("a@localhost", MSG_INVALID_EMAIL),
     ("ops@intranet", MSG_INVALID_EMAIL),
     ("a@[IPv6:::1]", MSG_INVALID_EMAIL),
+    ("a@[::1]", MSG_INVALID_EMAIL),
     ("a" * 300 + "@example.com", "Ensure this value has at most 254 characters (it has 312)."),
 ]
 
