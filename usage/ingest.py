@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -155,7 +155,8 @@ def _parse_occurred_at(raw: Any, now: datetime) -> tuple[datetime | None, Any]:
     # year 9999 with any offset.
     if moment > now + MAX_FUTURE:
         return None, _("Ensure this moment is not more than 5 minutes in the future.")
-    return moment, None
+    # In UTC: PostgreSQL refuses offsets past 15:59 that ISO 8601 allows (up to 23:59).
+    return moment.astimezone(UTC), None
 
 
 @lru_cache(maxsize=4096)

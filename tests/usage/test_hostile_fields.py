@@ -692,3 +692,12 @@ def test_the_schema_admits_exactly_the_occurred_at_the_api_takes(service_client)
     assert {s: api for s, (api, schema) in verdicts.items() if api != schema} == {
         s: False for s in future
     }
+
+
+@pytest.mark.parametrize("offset", ["+16:00", "+23:59", "-23:59"])
+def test_an_offset_that_postgresql_would_refuse_is_taken_at_its_instant(service_client, offset):
+    account = AccountFactory(timezone="UTC")
+    occurred_at = f"2026-01-15T12:00:00{offset}"
+    response = service_client.post(EVENTS, event(account, occurred_at=occurred_at), format="json")
+    assert response.status_code == 201, response.content
+    assert UsageEvent.objects.get().occurred_at == datetime.fromisoformat(occurred_at)
