@@ -14,7 +14,6 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -22,7 +21,16 @@ from django.utils.translation import gettext_lazy as _
 from notifications.services import thresholds_evaluate
 
 from .metrics import METRICS
-from .models import Account, Language, Level, Limit, Plan, Recipient, validate_timezone
+from .models import (
+    Account,
+    Language,
+    Level,
+    Limit,
+    Plan,
+    Recipient,
+    validate_recipient_email,
+    validate_timezone,
+)
 from .selectors import LimitsDocument, RecipientSpec, Thresholds, limits_document_get
 
 MAX_THRESHOLD = 10**15
@@ -102,7 +110,7 @@ def _parse_limits(data: Any, collect: _ErrorCollector) -> dict[str, Thresholds]:
     if data is None:
         return parsed
     if not isinstance(data, Mapping):
-        collect.add(("limits",), _("Expected an object keyed by metric code."))
+        collect.add(("limits", "non_field_errors"), _("Expected an object keyed by metric code."))
         return parsed
     for metric, thresholds in data.items():
         if metric not in METRICS:
@@ -150,16 +158,25 @@ def _parse_recipient(
     if email is None or email == "":
         collect.add((*path, "email"), _("This field is required."))
         ok = False
+    elif not isinstance(email, str):
+        collect.add((*path, "email"), _("Enter a valid email address."))
+        ok = False
     else:
         try:
-            if not isinstance(email, str):
-                raise ValidationError("not a string")
-            validate_email(email)
-        except ValidationError:
-            collect.add((*path, "email"), _("Enter a valid email address."))
+            validate_recipient_email(email)
+        except ValidationError as refused:
+            for message in refused.messages:
+                collect.add((*path, "email"), message)
             ok = False
-    language = item.get("language") or default_language
-    if language not in Language.values:
+    # Left out, the account's language; given, it must be one (null or "" is refused).
+    language = item.get("language", default_language)
+    if language is None:
+        collect.add((*path, "language"), _("This field may not be null."))
+        ok = False
+    elif language == "":
+        collect.add((*path, "language"), _("This field may not be blank."))
+        ok = False
+    elif language not in Language.values:
         collect.add(
             (*path, "language"),
             _("“%(value)s” is not a valid choice. Expected one of: %(choices)s.")
@@ -176,7 +193,10 @@ def _parse_recipients(
     if data is None:
         return parsed
     if not isinstance(data, Mapping):
-        collect.add(("recipients",), _("Expected an object with “warning” and “blocked” lists."))
+        collect.add(
+            ("recipients", "non_field_errors"),
+            _("Expected an object with “warning” and “blocked” lists."),
+        )
         return parsed
     for level, items in data.items():
         if level not in Level.values:
@@ -255,7 +275,11 @@ def limits_document_validate(*, account: Account, data: Any) -> LimitsDocument:
     limits = _parse_limits(data.get("limits"), collect)
     recipients = _parse_recipients(data.get("recipients"), account.language, collect)
     has_warning = any(t.warning is not None for t in limits.values())
-    warning_list_broken = Level.WARNING.value in collect.errors.get("recipients", {})
+    # A warning list that could not be read says so already; rule 4 would only add noise.
+    recipient_errors = collect.errors.get("recipients", {})
+    warning_list_broken = (
+        Level.WARNING.value in recipient_errors or "non_field_errors" in recipient_errors
+    )
     if has_warning and not recipients[Level.WARNING] and not warning_list_broken:
         collect.add(("recipients", Level.WARNING.value), MSG_WARNING_NEEDS_RECIPIENT)
     if collect.errors:

@@ -183,6 +183,16 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "config.schema_fields.forbid_unknown_request_fields",
+    ],
+    # The metrics of each unit are an enum of their own (events and checks of that unit).
+    "ENUM_NAME_OVERRIDES": {
+        "MetricEnum": "usage.api.serializers.METRIC_CHOICES",
+        "SecondsMetricEnum": "usage.api.serializers.SECONDS_METRICS",
+        "TokensMetricEnum": "usage.api.serializers.TOKENS_METRICS",
+    },
     # Swagger UI served from our own static files, not a CDN: the docs work offline.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

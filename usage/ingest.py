@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -25,8 +25,27 @@ MAX_EVENT_ID_LENGTH = 128
 MAX_SOURCE_LENGTH = 64
 MAX_METADATA_BYTES = 8192
 MAX_FUTURE = timedelta(minutes=5)
+# No usage of this product predates the year 2000, and moments near year 1 or 9999
+# overflow once moved to another time zone. The year is the one written, in the moment's
+# own offset, so that the schema states the rule exactly (``pattern: ^[2-9][0-9]{3}-``):
+# the earliest instant taken is 2000-01-01T00:00+23:59, 1999-12-31T00:01Z.
+EARLIEST_OCCURRED_YEAR = 2000
 
 Errors = dict[Any, Any]
+
+MSG_NOT_A_NUMBER = _("Expected a JSON number.")
+MSG_UNKNOWN_FIELD = _("Unknown field.")
+
+# The fields an event may have; any other is refused ("Unknown field."), as in the schema.
+EVENT_FIELDS = frozenset(
+    {"event_id", "account", "metric", "quantity", "occurred_at", "source", "metadata"}
+)
+BATCH_FIELDS = frozenset({"events"})
+
+
+def unknown_fields(raw: dict[Any, Any], known: frozenset[str]) -> Errors:
+    """``{name: ["Unknown field."]}`` for each key of ``raw`` not in ``known``."""
+    return {str(key): [MSG_UNKNOWN_FIELD] for key in raw.keys() - known}
 
 
 def _json_number(value: object) -> object:
@@ -71,17 +90,17 @@ def _required() -> Any:
 def parse_quantity(raw: Any, decimal_places: int, *, allow_zero: bool = False) -> tuple[int, Any]:
     """``raw`` as exact thousandths of the unit: ``(milli, None)`` or ``(0, message)``.
 
-    Checks the value, not its spelling: ``1530.0`` tokens is 1530, ``1.2500`` seconds has
-    two decimals. Never rounds.
+    Only a JSON number is a quantity (``int``, or ``Decimal`` as ``ExactJSONParser`` reads
+    one; ``float`` from other callers): text such as ``"7"`` or ``"1e3"`` and booleans are
+    refused, as text would let every spelling Python's ``Decimal`` accepts through
+    (``" 7 "``, ``"1_000"``, other scripts' digits). Checks the value, not its spelling:
+    ``1530.0`` tokens is 1530, ``1.2500`` seconds has two decimals. Never rounds.
     """
     if type(raw) is int and 0 < raw <= MAX_QUANTITY:  # the common case, checked cheaply
         return raw * 1000, None
-    if isinstance(raw, bool) or not isinstance(raw, int | Decimal | float | str):
-        return 0, _("A valid number is required.")
-    try:
-        value = Decimal(str(raw)) if isinstance(raw, float | str) else Decimal(raw)
-    except ArithmeticError:
-        return 0, _("A valid number is required.")
+    if isinstance(raw, bool) or not isinstance(raw, int | Decimal | float):
+        return 0, MSG_NOT_A_NUMBER
+    value = Decimal(str(raw)) if isinstance(raw, float) else Decimal(raw)
     if not value.is_finite():
         return 0, _("A valid number is required.")
     if value < 0 or (value == 0 and not allow_zero):
@@ -128,9 +147,16 @@ def _parse_occurred_at(raw: Any, now: datetime) -> tuple[datetime | None, Any]:
         return None, _("Datetime has wrong format. Use ISO 8601 with a UTC offset.")
     if moment.tzinfo is None or moment.utcoffset() is None:
         return None, _("Datetime has no UTC offset. Use ISO 8601 with a UTC offset.")
+    if moment.year < EARLIEST_OCCURRED_YEAR:
+        return None, _("Ensure this moment is in the year %(year)s or later.") % {
+            "year": EARLIEST_OCCURRED_YEAR
+        }
+    # Comparing aware moments subtracts them as durations: it never overflows, even at
+    # year 9999 with any offset.
     if moment > now + MAX_FUTURE:
         return None, _("Ensure this moment is not more than 5 minutes in the future.")
-    return moment, None
+    # In UTC: PostgreSQL refuses offsets past 15:59 that ISO 8601 allows (up to 23:59).
+    return moment.astimezone(UTC), None
 
 
 @lru_cache(maxsize=4096)
@@ -149,7 +175,7 @@ def _uuid(raw: Any) -> uuid.UUID | None:
 def _parse_event(raw: Any, now: datetime) -> tuple[EventIn | None, Errors]:
     if not isinstance(raw, dict):
         return None, {"non_field_errors": [_("Expected an event object.")]}
-    errors: Errors = {}
+    errors: Errors = unknown_fields(raw, EVENT_FIELDS)
 
     event_id = raw.get("event_id")
     if event_id is None:
@@ -235,6 +261,9 @@ def parse_events(payload: Any, now: datetime) -> tuple[list[EventIn], bool]:
     by the event's index, e.g. ``{"events": {"3": {"quantity": [...]}}}``.
     """
     if isinstance(payload, dict) and "events" in payload:
+        unknown = unknown_fields(payload, BATCH_FIELDS)
+        if unknown:
+            raise EventsInvalid(unknown)
         raw_events = payload["events"]
         if not isinstance(raw_events, list):
             raise EventsInvalid({"events": [_("Expected a list of events.")]})

@@ -15,8 +15,13 @@ from rest_framework.views import APIView
 from accounts.metrics import METRICS
 from accounts.models import Account
 from config.api import ErrorSerializer, ModelPermissions, account_get_or_404
-from usage.ingest import EventsInvalid, parse_metric, parse_quantity
-from usage.periods import period_from_code
+from usage.ingest import EventsInvalid, parse_metric, parse_quantity, unknown_fields
+from usage.periods import (
+    FIRST_PERIOD_CODE,
+    LAST_PERIOD_CODE,
+    PERIOD_PATTERN,
+    period_from_code,
+)
 from usage.quantities import quantity_number
 from usage.selectors import MetricUsage, account_usage, current_period
 from usage.services import usage_events_record
@@ -32,6 +37,8 @@ from .serializers import (
     ValidationErrorSerializer,
 )
 
+# The fields a pre-flight check may have; any other is refused ("Unknown field.").
+CHECK_FIELDS = frozenset({"metric", "quantity"})
 ERRORS = {
     400: ValidationErrorSerializer,
     401: ErrorSerializer,
@@ -105,7 +112,11 @@ class AccountUsageView(AccountScopedView):
         operation_id="accounts_usage_retrieve",
         parameters=[
             OpenApiParameter(
-                "period", str, description="A month as YYYY-MM; the current period by default."
+                "period",
+                str,
+                pattern=PERIOD_PATTERN,
+                description=f"A month as YYYY-MM, from {FIRST_PERIOD_CODE} to "
+                f"{LAST_PERIOD_CODE}; the current period by default.",
             )
         ],
         responses={200: AccountUsageSerializer, **ERRORS, 404: ErrorSerializer},
@@ -120,7 +131,12 @@ class AccountUsageView(AccountScopedView):
                 period = period_from_code(code, account.zone)
             except ValueError:
                 raise ValidationError(
-                    {"period": [_("Expected a month as YYYY-MM, e.g. 2026-11.")]}
+                    {
+                        "period": [
+                            _("Expected a month from %(first)s to %(last)s, as YYYY-MM.")
+                            % {"first": FIRST_PERIOD_CODE, "last": LAST_PERIOD_CODE}
+                        ]
+                    }
                 ) from None
         metrics = account_usage(account=account, period=period)
         return Response(
@@ -173,6 +189,9 @@ class UsageCheckView(AccountScopedView):
         payload = request.data
         if not isinstance(payload, dict):
             raise ValidationError({"non_field_errors": [_("Expected an object.")]})
+        unknown = unknown_fields(payload, CHECK_FIELDS)
+        if unknown:
+            raise ValidationError(unknown)
         metric, error = parse_metric(payload.get("metric"))
         if error:
             raise ValidationError({"metric": [error]})
