@@ -16,6 +16,9 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from accounts.models import Account
 from accounts.services import AccountNotEnterprise, LimitsInvalid
+from config.authentication import token_account_id
+
+MSG_OTHER_ACCOUNT = _("This token is bound to another account.")
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -57,7 +60,9 @@ class ModelPermissions(BasePermission):
     """Grants access when the user holds every permission the view lists for the method.
 
     Views set ``required_permissions = {"GET": ["app.codename"], ...}``; a method left out
-    is refused.
+    is refused. A token bound to one account (SPEC section 11.6) is also refused, with 403,
+    on the routes of any other account: routes under ``accounts/<id>/`` name the account
+    ``id`` (a view may name another URL argument in ``account_url_kwarg``).
     """
 
     def has_permission(self, request: Any, view: Any) -> bool:
@@ -68,7 +73,31 @@ class ModelPermissions(BasePermission):
         needed = getattr(view, "required_permissions", {}).get(method)
         if needed is None or not user.is_active:
             return False
-        return user.is_superuser or set(needed) <= _permissions_of(user)
+        if not (user.is_superuser or set(needed) <= _permissions_of(user)):
+            return False
+        bound_account_check(request, view)
+        return True
+
+
+def bound_account_check(request: Any, view: Any) -> None:
+    """Refuse with 403 a token bound to one account on the routes of another account.
+
+    Another account's id, a malformed id and an unknown one are refused alike: a bound
+    token learns nothing about the accounts it may not reach.
+    """
+    bound = token_account_id(request)
+    if bound is None:
+        return
+    requested = getattr(view, "kwargs", {}).get(getattr(view, "account_url_kwarg", "id"))
+    if requested is not None and _uuid_or_none(requested) != bound:
+        raise exceptions.PermissionDenied(MSG_OTHER_ACCOUNT)
+
+
+def _uuid_or_none(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
 
 
 def account_get_or_404(account_id: str) -> Account:

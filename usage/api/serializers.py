@@ -17,7 +17,11 @@ class EventSerializer(serializers.Serializer):
     event_id = serializers.CharField(
         max_length=128, help_text="Unique per account; a retry with the same id counts once."
     )
-    account = serializers.UUIDField(help_text="The account's id.")
+    account = serializers.UUIDField(
+        required=False,
+        help_text="The account's id. Required, unless the token is bound to one account: "
+        "then it defaults to that account, and naming another is refused (400).",
+    )
     metric = serializers.ChoiceField(choices=METRIC_CHOICES, help_text="The metric's code.")
     quantity = serializers.DecimalField(
         max_digits=16,
