@@ -529,3 +529,20 @@ def test_a_manager_token_made_by_create_api_token_stays_unbound(manager, acme, g
     assert manager.groups.filter(name=ACCOUNT_MANAGERS).exists()
     assert client_for(key).get(f"/api/v1/accounts/{globex.pk}/limits/").status_code == 200
     assert not TokenAccount.objects.exists()
+
+
+def test_the_refusals_of_a_bound_token_speak_french(bound_client, globex):
+    # when
+    read = bound_client.get(f"/api/v1/accounts/{globex.pk}/", HTTP_ACCEPT_LANGUAGE="fr")
+    posted = bound_client.post(
+        EVENTS, event(account=str(globex.pk)), format="json", HTTP_ACCEPT_LANGUAGE="fr"
+    )
+    # then
+    assert (read.status_code, read.json()) == (
+        403,
+        {"detail": "Ce jeton est lié à un autre compte."},
+    )
+    assert (posted.status_code, posted.json()) == (
+        400,
+        {"account": ["Ce jeton ne peut enregistrer d’usage que pour son propre compte."]},
+    )
