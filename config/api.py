@@ -93,9 +93,11 @@ def bound_account_check(request: Any, view: Any) -> None:
         raise exceptions.PermissionDenied(MSG_OTHER_ACCOUNT)
 
 
-def _uuid_or_none(value: str) -> uuid.UUID | None:
+def _uuid_or_none(value: object) -> uuid.UUID | None:
+    if isinstance(value, uuid.UUID):  # a ``<uuid:id>`` route
+        return value
     try:
-        return uuid.UUID(value)
+        return uuid.UUID(str(value))
     except ValueError:
         return None
 
