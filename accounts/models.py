@@ -172,3 +172,33 @@ class Recipient(models.Model):
 
     def __str__(self) -> str:
         return f"{self.email} ({self.level}, {self.language})"
+
+
+class TokenAccount(models.Model):
+    """Binds one API token to one account (SPEC section 11.6).
+
+    A bound token may only reach its account: other accounts' endpoints answer 403, the
+    accounts list shows its account alone, and its usage events default to its account and
+    may name no other. A token without a binding reaches every account its user may.
+    Revoking the token (deleting it) deletes the binding; an account with bound tokens
+    cannot be deleted, which would leave them unbound and widen their reach.
+    """
+
+    token = models.OneToOneField(
+        "knox.AuthToken",
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="account_binding",
+        verbose_name=_("token"),
+    )
+    account = models.ForeignKey(
+        Account, on_delete=models.PROTECT, related_name="bound_tokens", verbose_name=_("account")
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("token bound to an account")
+        verbose_name_plural = _("tokens bound to an account")
+
+    def __str__(self) -> str:
+        return f"{self.token_id[:8]}… → {self.account}"

@@ -12,11 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, Group
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from knox.models import AuthToken
 
 from notifications.services import thresholds_evaluate
 
@@ -28,9 +30,11 @@ from .models import (
     Limit,
     Plan,
     Recipient,
+    TokenAccount,
     validate_recipient_email,
     validate_timezone,
 )
+from .roles import USAGE_SERVICES
 from .selectors import LimitsDocument, RecipientSpec, Thresholds, limits_document_get
 
 MAX_THRESHOLD = 10**15
@@ -462,3 +466,65 @@ def _account_write(
             account.save()
             limits_reactivate(account=account, previous_plan=before["plan"])
     return account, created
+
+
+# --- API tokens ----------------------------------------------------------------------
+
+
+class ServiceTokenRefused(Exception):
+    """A service token cannot be created; ``message`` says why, in one line."""
+
+    def __init__(self, message: Any) -> None:
+        super().__init__(str(message))
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ServiceToken:
+    """A new service token: its key (shown once, stored hashed) and whether its user is new."""
+
+    key: str
+    user_created: bool
+
+
+def service_token_create(*, name: str, account: Account | None = None) -> ServiceToken:
+    """A new token for the service user ``name``, created in the "Usage services" group.
+
+    An existing user is reused only if it is an active service user (no password, not
+    staff): adding a person to the group would widen their rights silently. With
+    ``account``, the token is bound to that account (SPEC section 11.6); the user's other
+    tokens keep their own reach. Raises ``ServiceTokenRefused``.
+    """
+    if not name.strip():
+        raise ServiceTokenRefused(_("NAME may not be blank."))
+    user_model = get_user_model()
+    with transaction.atomic():
+        group = Group.objects.filter(name=USAGE_SERVICES).first()
+        if group is None:
+            raise ServiceTokenRefused(
+                _("The “%(group)s” group is missing: run migrate first.")
+                % {"group": USAGE_SERVICES}
+            )
+        user = user_model._default_manager.filter(**{user_model.USERNAME_FIELD: name}).first()
+        created = user is None
+        if user is None:
+            user = user_model(**{user_model.USERNAME_FIELD: name}, is_staff=False)
+            user.set_unusable_password()
+            user.save()
+        elif user.has_usable_password() or user.is_staff or user.is_superuser:
+            raise ServiceTokenRefused(
+                _(
+                    "User “%(name)s” exists and is not a service user (it has a password or "
+                    "staff rights); use create_api_token to give it a token."
+                )
+                % {"name": name}
+            )
+        elif not user.is_active:
+            raise ServiceTokenRefused(
+                _("Service user “%(name)s” is inactive; activate it first.") % {"name": name}
+            )
+        user.groups.add(group)
+        token, key = AuthToken.objects.create(user=user, expiry=None)
+        if account is not None:
+            TokenAccount.objects.create(token=token, account=account)
+    return ServiceToken(key=key, user_created=created)

@@ -185,7 +185,10 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
+        # Request bodies refuse unknown properties (config/schema_fields.py).
         "config.schema_fields.forbid_unknown_request_fields",
+        # The request limits every operation shares: 400, 405, 411, 413 (config/schema.py).
+        "config.schema.postprocess_request_limits",
     ],
     # The metrics of each unit are an enum of their own (events and checks of that unit).
     "ENUM_NAME_OVERRIDES": {
@@ -197,11 +200,6 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "POSTPROCESSING_HOOKS": [
-        "drf_spectacular.hooks.postprocess_schema_enums",
-        # The request limits every operation shares: 400, 405, 411, 413 (config/schema.py).
-        "config.schema.postprocess_request_limits",
-    ],
 }
 
 # --- Celery ---

@@ -48,6 +48,9 @@ def unknown_fields(raw: dict[Any, Any], known: frozenset[str]) -> Errors:
     return {str(key): [MSG_UNKNOWN_FIELD] for key in raw.keys() - known}
 
 
+MSG_OTHER_ACCOUNT = _("This token may only record usage for its own account.")
+
+
 def _json_number(value: object) -> object:
     """A number parsed as ``Decimal`` written back as a JSON number: 7 stays 7, 0.7 stays 0.7.
 
@@ -172,7 +175,7 @@ def _uuid(raw: Any) -> uuid.UUID | None:
     return _uuid_of(raw) if isinstance(raw, str) else None
 
 
-def _parse_event(raw: Any, now: datetime) -> tuple[EventIn | None, Errors]:
+def _parse_event(raw: Any, now: datetime, bound: uuid.UUID | None) -> tuple[EventIn | None, Errors]:
     if not isinstance(raw, dict):
         return None, {"non_field_errors": [_("Expected an event object.")]}
     errors: Errors = unknown_fields(raw, EVENT_FIELDS)
@@ -193,11 +196,15 @@ def _parse_event(raw: Any, now: datetime) -> tuple[EventIn | None, Errors]:
     account_id = None
     account = raw.get("account")
     if account is None or account == "":
-        errors["account"] = [_required()]
+        if bound is None:
+            errors["account"] = [_required()]
+        account_id = bound
     else:
         account_id = _uuid(account)
         if account_id is None:
             errors["account"] = [_("Must be a valid UUID.")]
+        elif bound is not None and account_id != bound:
+            errors["account"] = [MSG_OTHER_ACCOUNT]
 
     metric, error = parse_metric(raw.get("metric"))
     if error:
@@ -254,8 +261,13 @@ def _parse_event(raw: Any, now: datetime) -> tuple[EventIn | None, Errors]:
     )
 
 
-def parse_events(payload: Any, now: datetime) -> tuple[list[EventIn], bool]:
+def parse_events(
+    payload: Any, now: datetime, *, bound: uuid.UUID | None = None
+) -> tuple[list[EventIn], bool]:
     """Check one event or ``{"events": [...]}``; returns ``(events, is_batch)``.
+
+    ``bound`` is the account of a token bound to one (SPEC section 11.6): an event that
+    leaves ``account`` out is that account's, and one that names another is refused.
 
     A batch is checked whole: any invalid event raises ``EventsInvalid`` with errors keyed
     by the event's index, e.g. ``{"events": {"3": {"quantity": [...]}}}``.
@@ -280,7 +292,7 @@ def parse_events(payload: Any, now: datetime) -> tuple[list[EventIn], bool]:
         events: list[EventIn] = []
         errors: Errors = {}
         for index, raw in enumerate(raw_events):
-            event, event_errors = _parse_event(raw, now)
+            event, event_errors = _parse_event(raw, now, bound)
             if event_errors:
                 errors[str(index)] = event_errors
             elif event is not None:
@@ -288,7 +300,7 @@ def parse_events(payload: Any, now: datetime) -> tuple[list[EventIn], bool]:
         if errors:
             raise EventsInvalid({"events": errors})
         return events, True
-    event, event_errors = _parse_event(payload, now)
+    event, event_errors = _parse_event(payload, now, bound)
     if event_errors:
         raise EventsInvalid(event_errors)
     assert event is not None

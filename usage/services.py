@@ -190,17 +190,20 @@ def _daily_limit_errors(keys: list[tuple[uuid.UUID, str, date]], *, is_batch: bo
     return {"events": messages} if is_batch else {"quantity": messages}
 
 
-def usage_events_record(*, payload: object, now: datetime | None = None) -> IngestResult:
+def usage_events_record(
+    *, payload: object, now: datetime | None = None, account_id: uuid.UUID | None = None
+) -> IngestResult:
     """Record one event or a batch (SPEC section 5), idempotently per ``(account, event_id)``.
 
     Raises ``EventsInvalid`` (nothing recorded) when any event is invalid or names an
     unknown or inactive account, or when the request would take a daily counter past
     ``DAILY_LIMIT`` (``usage.models``). Returns how many were new and how many were duplicates,
     and the current-period usage of every account and metric the request touched, read
-    after the write.
+    after the write. ``account_id`` is the account of a token bound to one (SPEC section
+    11.6): events may leave ``account`` out, and may name no other account.
     """
     now = now or timezone.now()
-    events, is_batch = parse_events(payload, now)
+    events, is_batch = parse_events(payload, now, bound=account_id)
 
     zones: dict[uuid.UUID, ZoneInfo] = {
         row["id"]: ZoneInfo(row["timezone"])

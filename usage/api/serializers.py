@@ -89,7 +89,11 @@ def _event_variant(unit: str, metrics: list[str]) -> type[serializers.Serializer
             max_length=MAX_EVENT_ID_LENGTH,
             help_text="Unique per account; a retry with the same id counts once.",
         ),
-        "account": serializers.UUIDField(help_text="The account's id."),
+        "account": serializers.UUIDField(
+            required=False,
+            help_text="The account's id. Required, unless the token is bound to one account: "
+            "then it defaults to that account, and naming another is refused (400).",
+        ),
         "metric": serializers.ChoiceField(choices=metrics, help_text="The metric's code."),
         "quantity": _schema_field(
             f"{unit.title()}QuantityField",
