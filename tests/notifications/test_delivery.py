@@ -295,6 +295,11 @@ def test_a_programming_error_retried_by_the_sweep_fails_after_the_last_attempt(
 # --- Nothing stuck: what a dead worker left "sending" ---
 
 
+# These tests leave a row as a dead worker leaves it; the real death (a worker and its pool
+# get SIGKILL while the provider stalls, on Redis and PostgreSQL) is in
+# tests/integration/test_worker.py.
+
+
 def abandoned(settings, attempts: int = 1) -> Delivery:
     """A delivery whose worker died while sending it: its lease expired a second ago."""
     claimed_at = timezone.now() - timedelta(seconds=settings.NOTIFICATIONS_STUCK_AFTER + 1)
