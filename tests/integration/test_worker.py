@@ -147,6 +147,25 @@ def use_broker(url: str) -> None:
     celery_app.amqp._producer_pool = None
 
 
+# Runs Celery with the clock moved to the instant given first, ticking (see ``celery_command``).
+_CELERY_AT = (
+    "import sys, time_machine; time_machine.travel(float(sys.argv.pop(1)), tick=True).start(); "
+    "from celery.__main__ import main; sys.argv[0] = 'celery'; main()"
+)
+
+
+def celery_command() -> list[str]:
+    """How to start Celery so that its clock agrees with this process's.
+
+    With ``TEST_NOW`` this process runs with its clock moved (``tests/conftest.py``); a
+    worker on the real clock would see leases and periods from another time, so it starts
+    at this process's present, ticking, as hosts kept in time by NTP do.
+    """
+    if not os.environ.get("TEST_NOW", "").strip():
+        return [sys.executable, "-m", "celery"]
+    return [sys.executable, "-c", _CELERY_AT, repr(time.time())]
+
+
 def start_worker(
     broker_url: str, provider: FakeProvider, *, env: dict[str, str] | None = None
 ) -> subprocess.Popen:
@@ -170,9 +189,7 @@ def start_worker(
     log = tempfile.NamedTemporaryFile(prefix="worker-", suffix=".log", delete=False)  # noqa: SIM115
     worker = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "celery",
+            *celery_command(),
             "-A",
             "config",
             "worker",
