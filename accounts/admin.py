@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 from django.contrib import admin
 from django.contrib.admin.utils import flatten_fieldsets
 from django.contrib.admin.views.main import ChangeList
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.db import transaction
 from django.db.models import Case, Model, Q, QuerySet, When
 from django.http import HttpRequest, HttpResponse
@@ -714,6 +714,19 @@ class AccountAdmin(SimpleHistoryAdmin):
 
     def revert_disabled(self, request: HttpRequest, obj: Account | None = None) -> bool:
         return super().revert_disabled(request, obj) or not can_change_account(request.user)
+
+    def history_form_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        version_id: str,
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        # simple-history only hides the Revert button; its view would still take the post
+        # (and, for an account manager, log a change that ``save_model`` never made).
+        if request.method == "POST" and self.revert_disabled(request):
+            raise PermissionDenied
+        return super().history_form_view(request, object_id, version_id, extra_context)
 
     @admin.display(description=_("Limits"))
     def limits_summary(self, obj: Account) -> str:
