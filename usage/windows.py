@@ -65,8 +65,8 @@ _CALENDAR = frozenset({PeriodKind.MONTH, PeriodKind.WEEK, PeriodKind.DAY, Period
 _CLOCK = {PeriodKind.HOUR: timedelta(hours=1), PeriodKind.MINUTE: timedelta(minutes=1)}
 # Which kinds a window of each kind is made of, exactly (``cover``).
 _MADE_OF = {
-    PeriodKind.MONTH: {PeriodKind.DAY, PeriodKind.HOUR, PeriodKind.MINUTE},
-    PeriodKind.WEEK: {PeriodKind.DAY, PeriodKind.HOUR, PeriodKind.MINUTE},
+    PeriodKind.MONTH: {PeriodKind.MONTH, PeriodKind.DAY, PeriodKind.HOUR, PeriodKind.MINUTE},
+    PeriodKind.WEEK: {PeriodKind.WEEK, PeriodKind.DAY, PeriodKind.HOUR, PeriodKind.MINUTE},
     PeriodKind.ROLLING: {PeriodKind.DAY, PeriodKind.HOUR, PeriodKind.MINUTE},
     PeriodKind.DAY: {PeriodKind.DAY, PeriodKind.HOUR, PeriodKind.MINUTE},
     PeriodKind.HOUR: {PeriodKind.HOUR, PeriodKind.MINUTE},
@@ -108,7 +108,7 @@ class Window:
         return window_containing(kind=PeriodKind.DAY, instant=self.end - _TICK, zone=self.zone)
 
     def contains(self, instant: datetime) -> bool:
-        return self.start <= instant < self.end
+        return self.start <= _aware(instant) < self.end
 
     def next(self) -> Window:
         """The window after this one; for ``rolling``, the window one local day later."""
@@ -317,7 +317,8 @@ def window_from_key(*, kind: str, key: str, zone: ZoneInfo, days: int | None = N
         )
     window = window_containing(kind=kind, instant=instant, zone=zone, days=days)
     anchor = window.last_day.start if kind == PeriodKind.ROLLING else window.start
-    if anchor != instant:
+    # In UTC: an aware datetime in a gap or a fold never equals one of another zone.
+    if anchor != instant.astimezone(UTC):
         raise ValueError(
             _("“%(value)s” does not start a period of this kind: did you mean “%(key)s”?")
             % {"value": key, "key": window.key}
