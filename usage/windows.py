@@ -16,7 +16,9 @@ these rules decide (see ``docs/how-it-works.md``, "Limit windows"):
 
 - A day (hence a week, a month, a rolling window) starts at the first instant whose local
   date is that day: at 00:00, or at the end of the jump when 00:00 is skipped, or at the
-  first 00:00 when it repeats. Days of 23 or 25 hours are whole windows.
+  first 00:00 when it repeats, and ends where the next day starts: where the clock goes
+  back across midnight (America/Goose_Bay, 1987 to 2010), the minutes of the day before
+  that it repeats count in the new day. Days of 23 or 25 hours are whole windows.
 - ``hour`` and ``minute`` windows never straddle a change of UTC offset: a repeated hour is
   two windows of 60 minutes (``02:00+02:00`` then ``02:00+01:00`` in Paris), a skipped
   hour has no window, and a half-hour shift (Australia/Lord_Howe) makes a window of 30
