@@ -41,6 +41,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from django.db import models
@@ -182,7 +183,9 @@ def _first_instant_reading(wall: datetime, zone: ZoneInfo) -> datetime:
     return high
 
 
+@lru_cache(maxsize=8192)
 def _day_start(day: date, zone: ZoneInfo) -> datetime:
+    # Cached: a request asks for the same few days of the same zones for each of its lines.
     midnight = datetime(day.year, day.month, day.day)  # noqa: DTZ001 (a local clock reading)
     return _first_instant_reading(midnight, zone)
 
