@@ -9,8 +9,10 @@ headers and bodies, valid input accepted, invalid input refused, authentication 
 an account manager's token, each created as ops would create it (``create_service_token``,
 ``create_api_token``).
 
-Path ids and event accounts are drawn, most of the time, from two real accounts (one
-Enterprise, one not), so that generated requests reach the code behind the 404.
+Path ids are drawn, most of the time, from two real accounts (one Enterprise, one not), so
+that generated requests reach the code behind the 404. A few rules depend on stored data or
+on the clock, which no schema can express: :func:`keep_valid_cases_valid` teaches them to
+the generator of *valid* requests only; invalid requests are sent as generated.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 import io
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import schemathesis
@@ -35,6 +39,7 @@ from tests.factories import AccountFactory, UserFactory
 MAX_EXAMPLES = 25
 ENTERPRISE_ID = uuid.UUID("3f0c6f8e-8d1a-4f57-9a55-6c1b1e0d2a01")
 PRO_ID = uuid.UUID("3f0c6f8e-8d1a-4f57-9a55-6c1b1e0d2a02")
+ACCOUNT_IDS = [str(ENTERPRISE_ID), str(PRO_ID)]
 
 
 def served_schema() -> dict:
@@ -48,14 +53,85 @@ schema = schemathesis.openapi.from_dict(
     config=schemathesis.Config.from_dict(
         {
             "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True},
-            "dictionaries": {"accounts": {"values": [str(ENTERPRISE_ID), str(PRO_ID)]}},
-            "parameters": {
-                name: {"dictionary": "accounts", "probability": 0.9}
-                for name in ("path.id", "body.account", "body.events[*].account")
-            },
+            "dictionaries": {"accounts": {"values": ACCOUNT_IDS}},
+            "parameters": {"path.id": {"dictionary": "accounts", "probability": 0.9}},
         }
     ),
 )
+
+
+def _limits_keep_valid(body: Any) -> None:
+    """A limits document that breaks no rule whatever is stored (SPEC section 3).
+
+    The rules the schema states in words only: warning < blocked when both are set (rule 3),
+    a warning threshold needs a warning recipient, stored or given (rule 4), and an address
+    is once per list, compared without case. Metrics given get both thresholds, so that a
+    ``PATCH`` cannot pair a new warning with a stored, lower blocked threshold.
+    """
+    if not isinstance(body, dict):
+        return
+    any_warning = False
+    limits = body.get("limits")
+    for thresholds in limits.values() if isinstance(limits, dict) else []:
+        if not isinstance(thresholds, dict):
+            continue
+        warning = thresholds.setdefault("warning", None)
+        blocked = thresholds.setdefault("blocked", None)
+        if isinstance(warning, int) and isinstance(blocked, int) and warning >= blocked:
+            thresholds["warning"] = blocked - 1 if blocked > 0 else None
+        any_warning = any_warning or thresholds["warning"] is not None
+    recipients = body.get("recipients")
+    if not isinstance(recipients, dict):
+        recipients = None
+    for level, entries in (recipients or {}).items():
+        if isinstance(entries, list):
+            seen: set[str] = set()
+            recipients[level] = [
+                entry
+                for entry in entries
+                if not isinstance(entry, dict)
+                or not isinstance(entry.get("email"), str)
+                or not (entry["email"].lower() in seen or seen.add(entry["email"].lower()))
+            ]
+    # A warning recipient list given empty may leave a stored warning threshold without one.
+    if any_warning or (recipients is not None and recipients.get("warning") == []):
+        if recipients is None:
+            recipients = body["recipients"] = {}
+        if not recipients.get("warning"):
+            recipients["warning"] = [{"email": "pm@example.com", "language": "en"}]
+
+
+def _event_keep_valid(event: Any) -> None:
+    """An event of a real account that happened in the past (at most 5 minutes ahead)."""
+    if not isinstance(event, dict):
+        return
+    if event.get("account") not in ACCOUNT_IDS:
+        event["account"] = str(ENTERPRISE_ID)
+    occurred_at = event.get("occurred_at")
+    if isinstance(occurred_at, str):
+        try:
+            moment = datetime.fromisoformat(occurred_at)
+        except ValueError:
+            return
+        if moment.tzinfo is not None and moment > datetime.now(UTC):
+            event["occurred_at"] = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+
+
+@schema.hook
+def map_case(context: schemathesis.HookContext, case: schemathesis.Case) -> schemathesis.Case:
+    """keep_valid_cases_valid: valid requests also follow the rules no schema can express."""
+    if case.meta is None or not case.meta.generation.mode.is_positive:
+        return case
+    if case.operation.path.endswith("/limits/"):
+        _limits_keep_valid(case.body)
+    elif case.operation.path == "/api/v1/usage/events/" and isinstance(case.body, dict):
+        events = case.body.get("events")
+        for event in events if isinstance(events, list) else [case.body]:
+            _event_keep_valid(event)
+    return case
+
+
+keep_valid_cases_valid = map_case
 
 
 def _token(command: str, name: str) -> str:
