@@ -8,6 +8,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from accounts.metrics import METRICS
+from usage.ingest import MAX_BATCH
 
 METRIC_CHOICES = list(METRICS)
 STATUS_CHOICES = ["ok", "warning", "blocked"]
@@ -28,17 +29,31 @@ class EventSerializer(serializers.Serializer):
     )
     occurred_at = serializers.DateTimeField(
         required=False,
-        help_text="ISO 8601 with offset; defaults to now; at most 5 minutes in the future. "
+        allow_null=True,
+        help_text="ISO 8601 with offset; now when null or left out; at most 5 minutes in the future. "
         "Counts in the period that contains it in the account's time zone.",
     )
     source = serializers.CharField(
-        required=False, max_length=64, help_text="The reporting service."
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        max_length=64,
+        help_text="The reporting service; none when null, empty or left out.",
     )
-    metadata = serializers.DictField(required=False, help_text="Free-form JSON object.")
+    metadata = serializers.DictField(
+        required=False,
+        allow_null=True,
+        help_text="Free-form JSON object; empty when null or left out.",
+    )
 
 
 class EventBatchSerializer(serializers.Serializer):
-    events = EventSerializer(many=True, help_text="1 to 1000 events, validated as a whole.")
+    events = serializers.ListField(
+        child=EventSerializer(),
+        min_length=1,
+        max_length=MAX_BATCH,
+        help_text="1 to 1000 events, validated as a whole.",
+    )
 
 
 class MetricStatusSerializer(serializers.Serializer):
@@ -91,8 +106,9 @@ class CheckRequestSerializer(serializers.Serializer):
         max_digits=16,
         decimal_places=3,
         required=False,
+        allow_null=True,
         coerce_to_string=False,
-        help_text="How much more would be processed; defaults to 0.",
+        help_text="How much more would be processed; 0 when null or left out.",
     )
 
 

@@ -1,0 +1,97 @@
+"""What the OpenAPI schema says of a field is what the API does with it.
+
+Each test pairs a statement of the served schema with the API's answer to a request at the
+edge it describes (found by the Schemathesis run of ``test_api_schemathesis.py``).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.factories import AccountFactory
+from usage.models import UsageEvent
+
+pytestmark = pytest.mark.django_db
+
+EVENTS = "/api/v1/usage/events/"
+
+
+@pytest.fixture
+def components(client) -> dict:
+    response = client.get("/api/v1/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    return response.json()["components"]["schemas"]
+
+
+def _event(account, **fields) -> dict:
+    return {
+        "event_id": "e-1",
+        "account": str(account.pk),
+        "metric": "text_tokens",
+        "quantity": 10,
+        **fields,
+    }
+
+
+def test_a_batch_holds_one_to_a_thousand_events(components, service_client):
+    # given
+    events = components["EventBatchRequest"]["properties"]["events"]
+    # when
+    response = service_client.post(EVENTS, {"events": []}, format="json")
+    # then
+    assert (events["minItems"], events["maxItems"]) == (1, 1000)
+    assert response.status_code == 400
+    assert response.json() == {"events": ["This list may not be empty."]}
+
+
+@pytest.mark.parametrize("field", ["occurred_at", "source", "metadata"])
+def test_an_optional_event_field_may_be_null_as_if_left_out(components, service_client, field):
+    # given
+    account = AccountFactory()
+    # when
+    response = service_client.post(EVENTS, _event(account, **{field: None}), format="json")
+    # then
+    assert components["EventRequest"]["properties"][field]["nullable"] is True
+    assert response.status_code == 201
+    stored = UsageEvent.objects.get()
+    assert (stored.source, stored.metadata) == ("", {})
+
+
+def test_an_empty_source_is_no_source(components, service_client):
+    # given
+    account = AccountFactory()
+    # when
+    response = service_client.post(EVENTS, _event(account, source=""), format="json")
+    # then
+    assert "minLength" not in components["EventRequest"]["properties"]["source"]
+    assert response.status_code == 201
+    assert UsageEvent.objects.get().source == ""
+
+
+@pytest.mark.parametrize("source", [0, False, [], {}])
+def test_a_source_that_is_not_a_string_is_refused_even_when_falsy(service_client, source):
+    # given
+    account = AccountFactory()
+    # when
+    response = service_client.post(EVENTS, _event(account, source=source), format="json")
+    # then
+    assert response.status_code == 400
+    assert response.json() == {"source": ["Not a valid string."]}
+    assert not UsageEvent.objects.exists()
+
+
+def test_a_check_of_a_null_quantity_checks_zero(components, service_client):
+    # given
+    account = AccountFactory()
+    url = f"/api/v1/accounts/{account.pk}/usage/check/"
+    # when
+    response = service_client.post(url, {"metric": "text_tokens", "quantity": None}, format="json")
+    # then
+    assert components["CheckRequestRequest"]["properties"]["quantity"]["nullable"] is True
+    assert response.status_code == 200
+    assert response.json() == {
+        "allowed": True,
+        "metric": "text_tokens",
+        "used": 0,
+        "remaining": None,
+        "status": "ok",
+    }
