@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 from django.contrib import admin
 from django.contrib.admin.utils import flatten_fieldsets
 from django.contrib.admin.views.main import ChangeList
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.db import transaction
 from django.db.models import Case, Model, Q, QuerySet, When
 from django.http import HttpRequest, HttpResponse
@@ -36,6 +36,8 @@ from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
+from knox.admin import AuthTokenAdmin
+from knox.models import AuthToken
 from simple_history.admin import SimpleHistoryAdmin
 from simple_history.models import is_historic
 
@@ -65,7 +67,7 @@ from .forms import (
 )
 from .metrics import METRICS
 from .models import Account, Language, Level, Limit, Plan, Recipient
-from .selectors import limits_document_get
+from .selectors import limits_document_get, token_bound_accounts
 from .services import limits_reactivate, limits_replace
 
 # Everything ``limits_replace`` may write; a user without all of them sees limits read-only.
@@ -713,6 +715,19 @@ class AccountAdmin(SimpleHistoryAdmin):
     def revert_disabled(self, request: HttpRequest, obj: Account | None = None) -> bool:
         return super().revert_disabled(request, obj) or not can_change_account(request.user)
 
+    def history_form_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        version_id: str,
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        # simple-history only hides the Revert button; its view would still take the post
+        # (and, for an account manager, log a change that ``save_model`` never made).
+        if request.method == "POST" and self.revert_disabled(request):
+            raise PermissionDenied
+        return super().history_form_view(request, object_id, version_id, extra_context)
+
     @admin.display(description=_("Limits"))
     def limits_summary(self, obj: Account) -> str:
         document = limits_document_get(account=obj)
@@ -735,3 +750,62 @@ class AccountAdmin(SimpleHistoryAdmin):
             ),
         )
         return format_html("<table>{}{}</table>", header, rows)
+
+
+# --- API tokens -------------------------------------------------------------------------
+
+
+class BoundAccountFilter(admin.SimpleListFilter):
+    """Tokens by the account they are bound to, or those bound to none."""
+
+    title = _("account")
+    parameter_name = "account"
+    UNBOUND = "none"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        return [(self.UNBOUND, _("Any account (not bound)"))] + [
+            (str(account.pk), str(account)) for account in token_bound_accounts()
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        if value is None:
+            return queryset
+        if value == self.UNBOUND:
+            return queryset.filter(account_binding__isnull=True)
+        return queryset.filter(account_binding__account_id=value)
+
+
+admin.site.unregister(AuthToken)
+
+
+@admin.register(AuthToken)
+class BoundAuthTokenAdmin(AuthTokenAdmin):
+    """Knox's token admin, showing the account a token is bound to (SPEC section 11.6).
+
+    A token is revoked by deleting it, which deletes its binding too. The binding is set
+    by ``create_service_token --account`` and never changed here: unbinding a token would
+    widen its reach.
+    """
+
+    list_display = ("digest", "user", "bound_account", "created", "expiry")
+    list_filter = (BoundAccountFilter,)
+    list_select_related = ("user", "account_binding__account")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> Sequence:
+        return ("bound_account",) if obj is not None else ()
+
+    @admin.display(
+        description=_("bound to account"),
+        ordering="account_binding__account__name",
+        empty_value=_("any (not bound)"),
+    )
+    def bound_account(self, obj: AuthToken) -> str | None:
+        binding = getattr(obj, "account_binding", None)
+        if binding is None:
+            return None
+        return format_html(
+            '<a href="{}">{}</a>',
+            reverse("admin:accounts_account_change", args=[binding.account_id]),
+            binding.account,
+        )

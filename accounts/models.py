@@ -7,6 +7,7 @@ import zoneinfo
 from functools import cache
 
 from django.core.exceptions import ValidationError
+from django.core.validators import EmailValidator, MaxLengthValidator
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils.translation import gettext_lazy as _
@@ -26,6 +27,26 @@ def validate_timezone(value: str) -> None:
         raise ValidationError(
             _("“%(value)s” is not a known IANA time zone."), code="invalid", params={"value": value}
         )
+
+
+# RFC 5321's limit on an address in a mail transaction, and the column's length.
+RECIPIENT_EMAIL_MAX_LENGTH = 254
+# Without Django's allowance for "localhost": a recipient is reached through the Internet.
+_email_validator = EmailValidator(allowlist=[])
+_email_length_validator = MaxLengthValidator(RECIPIENT_EMAIL_MAX_LENGTH)
+
+
+def validate_recipient_email(value: str) -> None:
+    """Accept an address notifications can be sent to: at most 254 characters, valid for
+    Django's ``EmailValidator``, and a domain with a dot (``a@localhost`` is refused).
+
+    The one check of recipient addresses: the model, the admin, the API and the commands
+    (through ``accounts.services``) all use it.
+    """
+    _email_length_validator(value)
+    _email_validator(value)
+    if "." not in value.rpartition("@")[2]:
+        raise ValidationError(_email_validator.message, code=_email_validator.code)
 
 
 class Plan(models.TextChoices):
@@ -130,7 +151,11 @@ class Recipient(models.Model):
         Account, on_delete=models.CASCADE, related_name="recipients", verbose_name=_("account")
     )
     level = models.CharField(_("level"), max_length=16, choices=Level.choices)
-    email = models.EmailField(_("e-mail address"))
+    email = models.EmailField(
+        _("e-mail address"),
+        max_length=RECIPIENT_EMAIL_MAX_LENGTH,
+        validators=[validate_recipient_email],
+    )
     language = models.CharField(_("language"), max_length=2, choices=Language.choices)
 
     history = HistoricalRecords()
@@ -147,3 +172,33 @@ class Recipient(models.Model):
 
     def __str__(self) -> str:
         return f"{self.email} ({self.level}, {self.language})"
+
+
+class TokenAccount(models.Model):
+    """Binds one API token to one account (SPEC section 11.6).
+
+    A bound token may only reach its account: other accounts' endpoints answer 403, the
+    accounts list shows its account alone, and its usage events default to its account and
+    may name no other. A token without a binding reaches every account its user may.
+    Revoking the token (deleting it) deletes the binding; an account with bound tokens
+    cannot be deleted, which would leave them unbound and widen their reach.
+    """
+
+    token = models.OneToOneField(
+        "knox.AuthToken",
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="account_binding",
+        verbose_name=_("token"),
+    )
+    account = models.ForeignKey(
+        Account, on_delete=models.PROTECT, related_name="bound_tokens", verbose_name=_("account")
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("token bound to an account")
+        verbose_name_plural = _("tokens bound to an account")
+
+    def __str__(self) -> str:
+        return f"{self.token_id[:8]}… → {self.account}"

@@ -96,9 +96,21 @@ def account_get_by_reference(*, reference: str) -> Account | None:
     return Account.objects.filter(external_id=reference).first()
 
 
-def account_list(*, search: str | None = None) -> QuerySet[Account]:
-    """Accounts by name; ``search`` matches the name or the external id."""
+def account_list(
+    *, search: str | None = None, account_id: uuid.UUID | None = None
+) -> QuerySet[Account]:
+    """Accounts by name; ``search`` matches the name or the external id.
+
+    ``account_id`` confines the list to that account (a token bound to it sees it alone).
+    """
     accounts = Account.objects.order_by("name", "external_id")
+    if account_id is not None:
+        accounts = accounts.filter(pk=account_id)
     if search:
         accounts = accounts.filter(Q(name__icontains=search) | Q(external_id__icontains=search))
     return accounts
+
+
+def token_bound_accounts() -> QuerySet[Account]:
+    """The accounts that API tokens are bound to, by name (SPEC section 11.6)."""
+    return Account.objects.filter(bound_tokens__isnull=False).distinct().order_by("name", "pk")

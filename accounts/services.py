@@ -12,17 +12,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, Group
 from django.core.exceptions import ValidationError
-from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from knox.models import AuthToken
 
 from notifications.services import thresholds_evaluate
 
 from .metrics import METRICS
-from .models import Account, Language, Level, Limit, Plan, Recipient, validate_timezone
+from .models import (
+    Account,
+    Language,
+    Level,
+    Limit,
+    Plan,
+    Recipient,
+    TokenAccount,
+    validate_recipient_email,
+    validate_timezone,
+)
+from .roles import USAGE_SERVICES
 from .selectors import LimitsDocument, RecipientSpec, Thresholds, limits_document_get
 
 MAX_THRESHOLD = 10**15
@@ -102,7 +114,7 @@ def _parse_limits(data: Any, collect: _ErrorCollector) -> dict[str, Thresholds]:
     if data is None:
         return parsed
     if not isinstance(data, Mapping):
-        collect.add(("limits",), _("Expected an object keyed by metric code."))
+        collect.add(("limits", "non_field_errors"), _("Expected an object keyed by metric code."))
         return parsed
     for metric, thresholds in data.items():
         if metric not in METRICS:
@@ -150,16 +162,25 @@ def _parse_recipient(
     if email is None or email == "":
         collect.add((*path, "email"), _("This field is required."))
         ok = False
+    elif not isinstance(email, str):
+        collect.add((*path, "email"), _("Enter a valid email address."))
+        ok = False
     else:
         try:
-            if not isinstance(email, str):
-                raise ValidationError("not a string")
-            validate_email(email)
-        except ValidationError:
-            collect.add((*path, "email"), _("Enter a valid email address."))
+            validate_recipient_email(email)
+        except ValidationError as refused:
+            for message in refused.messages:
+                collect.add((*path, "email"), message)
             ok = False
-    language = item.get("language") or default_language
-    if language not in Language.values:
+    # Left out, the account's language; given, it must be one (null or "" is refused).
+    language = item.get("language", default_language)
+    if language is None:
+        collect.add((*path, "language"), _("This field may not be null."))
+        ok = False
+    elif language == "":
+        collect.add((*path, "language"), _("This field may not be blank."))
+        ok = False
+    elif language not in Language.values:
         collect.add(
             (*path, "language"),
             _("“%(value)s” is not a valid choice. Expected one of: %(choices)s.")
@@ -176,7 +197,10 @@ def _parse_recipients(
     if data is None:
         return parsed
     if not isinstance(data, Mapping):
-        collect.add(("recipients",), _("Expected an object with “warning” and “blocked” lists."))
+        collect.add(
+            ("recipients", "non_field_errors"),
+            _("Expected an object with “warning” and “blocked” lists."),
+        )
         return parsed
     for level, items in data.items():
         if level not in Level.values:
@@ -255,7 +279,11 @@ def limits_document_validate(*, account: Account, data: Any) -> LimitsDocument:
     limits = _parse_limits(data.get("limits"), collect)
     recipients = _parse_recipients(data.get("recipients"), account.language, collect)
     has_warning = any(t.warning is not None for t in limits.values())
-    warning_list_broken = Level.WARNING.value in collect.errors.get("recipients", {})
+    # A warning list that could not be read says so already; rule 4 would only add noise.
+    recipient_errors = collect.errors.get("recipients", {})
+    warning_list_broken = (
+        Level.WARNING.value in recipient_errors or "non_field_errors" in recipient_errors
+    )
     if has_warning and not recipients[Level.WARNING] and not warning_list_broken:
         collect.add(("recipients", Level.WARNING.value), MSG_WARNING_NEEDS_RECIPIENT)
     if collect.errors:
@@ -438,3 +466,65 @@ def _account_write(
             account.save()
             limits_reactivate(account=account, previous_plan=before["plan"])
     return account, created
+
+
+# --- API tokens ----------------------------------------------------------------------
+
+
+class ServiceTokenRefused(Exception):
+    """A service token cannot be created; ``message`` says why, in one line."""
+
+    def __init__(self, message: Any) -> None:
+        super().__init__(str(message))
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ServiceToken:
+    """A new service token: its key (shown once, stored hashed) and whether its user is new."""
+
+    key: str
+    user_created: bool
+
+
+def service_token_create(*, name: str, account: Account | None = None) -> ServiceToken:
+    """A new token for the service user ``name``, created in the "Usage services" group.
+
+    An existing user is reused only if it is an active service user (no password, not
+    staff): adding a person to the group would widen their rights silently. With
+    ``account``, the token is bound to that account (SPEC section 11.6); the user's other
+    tokens keep their own reach. Raises ``ServiceTokenRefused``.
+    """
+    if not name.strip():
+        raise ServiceTokenRefused(_("NAME may not be blank."))
+    user_model = get_user_model()
+    with transaction.atomic():
+        group = Group.objects.filter(name=USAGE_SERVICES).first()
+        if group is None:
+            raise ServiceTokenRefused(
+                _("The “%(group)s” group is missing: run migrate first.")
+                % {"group": USAGE_SERVICES}
+            )
+        user = user_model._default_manager.filter(**{user_model.USERNAME_FIELD: name}).first()
+        created = user is None
+        if user is None:
+            user = user_model(**{user_model.USERNAME_FIELD: name}, is_staff=False)
+            user.set_unusable_password()
+            user.save()
+        elif user.has_usable_password() or user.is_staff or user.is_superuser:
+            raise ServiceTokenRefused(
+                _(
+                    "User “%(name)s” exists and is not a service user (it has a password or "
+                    "staff rights); use create_api_token to give it a token."
+                )
+                % {"name": name}
+            )
+        elif not user.is_active:
+            raise ServiceTokenRefused(
+                _("Service user “%(name)s” is inactive; activate it first.") % {"name": name}
+            )
+        user.groups.add(group)
+        token, key = AuthToken.objects.create(user=user, expiry=None)
+        if account is not None:
+            TokenAccount.objects.create(token=token, account=account)
+    return ServiceToken(key=key, user_created=created)

@@ -16,6 +16,9 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from accounts.models import Account
 from accounts.services import AccountNotEnterprise, LimitsInvalid
+from config.authentication import token_account_id
+
+MSG_OTHER_ACCOUNT = _("This token is bound to another account.")
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -56,19 +59,59 @@ def _permissions_of(user: Any) -> frozenset[str]:
 class ModelPermissions(BasePermission):
     """Grants access when the user holds every permission the view lists for the method.
 
-    Views set ``required_permissions = {"GET": ["app.codename"], ...}``; a method left out
-    is refused.
+    Views set ``required_permissions = {"GET": ["app.codename"], ...}``; a method the view
+    serves but leaves out is refused. ``HEAD`` needs what ``GET`` needs; ``OPTIONS`` is
+    granted to whoever may use at least one method. A method the view does not serve is let
+    through to the view, which answers 405 with ``Allow``: after authentication (401 first),
+    before permissions, as the methods a path serves are no secret (they are in the schema).
+    A token bound to one account (SPEC section 11.6) is also refused, with 403, on the
+    routes of any other account: routes under ``accounts/<id>/`` name the account ``id``
+    (a view may name another URL argument in ``account_url_kwarg``).
     """
 
     def has_permission(self, request: Any, view: Any) -> bool:
         user = request.user
-        if not (user and user.is_authenticated):
+        if not (user and user.is_authenticated and user.is_active):
             return False
-        method = "GET" if request.method in ("HEAD", "OPTIONS") else request.method
-        needed = getattr(view, "required_permissions", {}).get(method)
-        if needed is None or not user.is_active:
-            return False
+        if request.method not in view.allowed_methods:
+            return True
+        required: dict[str, list[str]] = getattr(view, "required_permissions", {})
+        if request.method == "OPTIONS":
+            if not any(self._holds(user, needed) for needed in required.values()):
+                return False
+        else:
+            needed = required.get("GET" if request.method == "HEAD" else request.method)
+            if needed is None or not self._holds(user, needed):
+                return False
+        bound_account_check(request, view)
+        return True
+
+    @staticmethod
+    def _holds(user: Any, needed: list[str]) -> bool:
         return user.is_superuser or set(needed) <= _permissions_of(user)
+
+
+def bound_account_check(request: Any, view: Any) -> None:
+    """Refuse with 403 a token bound to one account on the routes of another account.
+
+    Another account's id, a malformed id and an unknown one are refused alike: a bound
+    token learns nothing about the accounts it may not reach.
+    """
+    bound = token_account_id(request)
+    if bound is None:
+        return
+    requested = getattr(view, "kwargs", {}).get(getattr(view, "account_url_kwarg", "id"))
+    if requested is not None and _uuid_or_none(requested) != bound:
+        raise exceptions.PermissionDenied(MSG_OTHER_ACCOUNT)
+
+
+def _uuid_or_none(value: object) -> uuid.UUID | None:
+    if isinstance(value, uuid.UUID):  # a ``<uuid:id>`` route
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
 
 
 def account_get_or_404(account_id: str) -> Account:

@@ -21,7 +21,12 @@ from django.utils.html import format_html, format_html_join
 from django.utils.translation import get_language, gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
-from accounts.models import Account, Language, Level
+from accounts.models import (
+    Account,
+    Language,
+    Level,
+    validate_recipient_email,
+)
 from usage.models import MILLI
 from usage.quantities import quantity_text
 
@@ -351,7 +356,13 @@ def evaluate_thresholds_now(
 
 
 class TestNotificationForm(forms.Form):
-    to = forms.EmailField(label=_("Send to"))
+    # A CharField: validate_recipient_email is the whole check (an EmailField would add
+    # Django's own and show its message twice).
+    to = forms.CharField(
+        label=_("Send to"),
+        widget=forms.EmailInput,
+        validators=[validate_recipient_email],
+    )
     level = forms.ChoiceField(label=_("Level"), choices=Level.choices, initial=Level.WARNING)
     language = forms.ChoiceField(label=_("Language"), choices=Language.choices)
 

@@ -22,7 +22,6 @@ from zoneinfo import ZoneInfo
 from anymail.exceptions import AnymailError, AnymailRequestsAPIError
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import validate_email
 from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -30,7 +29,7 @@ from django.utils.translation import gettext_lazy as _
 from kombu.exceptions import OperationalError
 
 from accounts.metrics import METRICS
-from accounts.models import Account, Language, Level, Plan, Recipient
+from accounts.models import Account, Language, Level, Plan, Recipient, validate_recipient_email
 from config.request_ids import current_correlation_id, current_request_id
 from usage.locks import usage_lock
 from usage.periods import Period, period_containing
@@ -639,7 +638,7 @@ def notification_send_test(*, account: Account, level: str, language: str, to: s
                 % {"choices": ", ".join(Language.values)}
             }
         )
-    validate_email(to)
+    validate_recipient_email(to)
     now = timezone.now()
     period = period_containing(now, account.zone)
     usages = usage_for(periods={account.pk: period})

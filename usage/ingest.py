@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -25,8 +25,30 @@ MAX_EVENT_ID_LENGTH = 128
 MAX_SOURCE_LENGTH = 64
 MAX_METADATA_BYTES = 8192
 MAX_FUTURE = timedelta(minutes=5)
+# No usage of this product predates the year 2000, and moments near year 1 or 9999
+# overflow once moved to another time zone. The year is the one written, in the moment's
+# own offset, so that the schema states the rule exactly (``pattern: ^[2-9][0-9]{3}-``):
+# the earliest instant taken is 2000-01-01T00:00+23:59, 1999-12-31T00:01Z.
+EARLIEST_OCCURRED_YEAR = 2000
 
 Errors = dict[Any, Any]
+
+MSG_NOT_A_NUMBER = _("Expected a JSON number.")
+MSG_UNKNOWN_FIELD = _("Unknown field.")
+
+# The fields an event may have; any other is refused ("Unknown field."), as in the schema.
+EVENT_FIELDS = frozenset(
+    {"event_id", "account", "metric", "quantity", "occurred_at", "source", "metadata"}
+)
+BATCH_FIELDS = frozenset({"events"})
+
+
+def unknown_fields(raw: dict[Any, Any], known: frozenset[str]) -> Errors:
+    """``{name: ["Unknown field."]}`` for each key of ``raw`` not in ``known``."""
+    return {str(key): [MSG_UNKNOWN_FIELD] for key in raw.keys() - known}
+
+
+MSG_OTHER_ACCOUNT = _("This token may only record usage for its own account.")
 
 
 def _json_number(value: object) -> object:
@@ -71,17 +93,17 @@ def _required() -> Any:
 def parse_quantity(raw: Any, decimal_places: int, *, allow_zero: bool = False) -> tuple[int, Any]:
     """``raw`` as exact thousandths of the unit: ``(milli, None)`` or ``(0, message)``.
 
-    Checks the value, not its spelling: ``1530.0`` tokens is 1530, ``1.2500`` seconds has
-    two decimals. Never rounds.
+    Only a JSON number is a quantity (``int``, or ``Decimal`` as ``ExactJSONParser`` reads
+    one; ``float`` from other callers): text such as ``"7"`` or ``"1e3"`` and booleans are
+    refused, as text would let every spelling Python's ``Decimal`` accepts through
+    (``" 7 "``, ``"1_000"``, other scripts' digits). Checks the value, not its spelling:
+    ``1530.0`` tokens is 1530, ``1.2500`` seconds has two decimals. Never rounds.
     """
     if type(raw) is int and 0 < raw <= MAX_QUANTITY:  # the common case, checked cheaply
         return raw * 1000, None
-    if isinstance(raw, bool) or not isinstance(raw, int | Decimal | float | str):
-        return 0, _("A valid number is required.")
-    try:
-        value = Decimal(str(raw)) if isinstance(raw, float | str) else Decimal(raw)
-    except ArithmeticError:
-        return 0, _("A valid number is required.")
+    if isinstance(raw, bool) or not isinstance(raw, int | Decimal | float):
+        return 0, MSG_NOT_A_NUMBER
+    value = Decimal(str(raw)) if isinstance(raw, float) else Decimal(raw)
     if not value.is_finite():
         return 0, _("A valid number is required.")
     if value < 0 or (value == 0 and not allow_zero):
@@ -128,9 +150,16 @@ def _parse_occurred_at(raw: Any, now: datetime) -> tuple[datetime | None, Any]:
         return None, _("Datetime has wrong format. Use ISO 8601 with a UTC offset.")
     if moment.tzinfo is None or moment.utcoffset() is None:
         return None, _("Datetime has no UTC offset. Use ISO 8601 with a UTC offset.")
+    if moment.year < EARLIEST_OCCURRED_YEAR:
+        return None, _("Ensure this moment is in the year %(year)s or later.") % {
+            "year": EARLIEST_OCCURRED_YEAR
+        }
+    # Comparing aware moments subtracts them as durations: it never overflows, even at
+    # year 9999 with any offset.
     if moment > now + MAX_FUTURE:
         return None, _("Ensure this moment is not more than 5 minutes in the future.")
-    return moment, None
+    # In UTC: PostgreSQL refuses offsets past 15:59 that ISO 8601 allows (up to 23:59).
+    return moment.astimezone(UTC), None
 
 
 @lru_cache(maxsize=4096)
@@ -146,10 +175,10 @@ def _uuid(raw: Any) -> uuid.UUID | None:
     return _uuid_of(raw) if isinstance(raw, str) else None
 
 
-def _parse_event(raw: Any, now: datetime) -> tuple[EventIn | None, Errors]:
+def _parse_event(raw: Any, now: datetime, bound: uuid.UUID | None) -> tuple[EventIn | None, Errors]:
     if not isinstance(raw, dict):
         return None, {"non_field_errors": [_("Expected an event object.")]}
-    errors: Errors = {}
+    errors: Errors = unknown_fields(raw, EVENT_FIELDS)
 
     event_id = raw.get("event_id")
     if event_id is None:
@@ -167,11 +196,15 @@ def _parse_event(raw: Any, now: datetime) -> tuple[EventIn | None, Errors]:
     account_id = None
     account = raw.get("account")
     if account is None or account == "":
-        errors["account"] = [_required()]
+        if bound is None:
+            errors["account"] = [_required()]
+        account_id = bound
     else:
         account_id = _uuid(account)
         if account_id is None:
             errors["account"] = [_("Must be a valid UUID.")]
+        elif bound is not None and account_id != bound:
+            errors["account"] = [MSG_OTHER_ACCOUNT]
 
     metric, error = parse_metric(raw.get("metric"))
     if error:
@@ -230,13 +263,21 @@ def _parse_event(raw: Any, now: datetime) -> tuple[EventIn | None, Errors]:
     )
 
 
-def parse_events(payload: Any, now: datetime) -> tuple[list[EventIn], bool]:
+def parse_events(
+    payload: Any, now: datetime, *, bound: uuid.UUID | None = None
+) -> tuple[list[EventIn], bool]:
     """Check one event or ``{"events": [...]}``; returns ``(events, is_batch)``.
+
+    ``bound`` is the account of a token bound to one (SPEC section 11.6): an event that
+    leaves ``account`` out is that account's, and one that names another is refused.
 
     A batch is checked whole: any invalid event raises ``EventsInvalid`` with errors keyed
     by the event's index, e.g. ``{"events": {"3": {"quantity": [...]}}}``.
     """
     if isinstance(payload, dict) and "events" in payload:
+        unknown = unknown_fields(payload, BATCH_FIELDS)
+        if unknown:
+            raise EventsInvalid(unknown)
         raw_events = payload["events"]
         if not isinstance(raw_events, list):
             raise EventsInvalid({"events": [_("Expected a list of events.")]})
@@ -253,7 +294,7 @@ def parse_events(payload: Any, now: datetime) -> tuple[list[EventIn], bool]:
         events: list[EventIn] = []
         errors: Errors = {}
         for index, raw in enumerate(raw_events):
-            event, event_errors = _parse_event(raw, now)
+            event, event_errors = _parse_event(raw, now, bound)
             if event_errors:
                 errors[str(index)] = event_errors
             elif event is not None:
@@ -261,7 +302,7 @@ def parse_events(payload: Any, now: datetime) -> tuple[list[EventIn], bool]:
         if errors:
             raise EventsInvalid({"events": errors})
         return events, True
-    event, event_errors = _parse_event(payload, now)
+    event, event_errors = _parse_event(payload, now, bound)
     if event_errors:
         raise EventsInvalid(event_errors)
     assert event is not None

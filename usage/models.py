@@ -18,6 +18,16 @@ from config.request_ids import MAX_LENGTH, current_correlation_id, current_reque
 
 MILLI = 1000
 
+# The most one account may record per metric and local day, in the metric's unit; a batch
+# that would pass it is refused whole (``usage.services.usage_events_record``). It keeps
+# every sum within a signed 64-bit integer (9.22 x 10^18), the type of every quantity
+# column and what SQLite's SUM() holds: a day is at most 10^17 thousandths, a counter
+# being added to at most 10^17 + 1000 events x 10^15 = 1.1 x 10^18, a month of 31 days
+# 3.1 x 10^18, and a day rebuilt after the account's time zone changed at most 3 x 10^17
+# (one local day overlaps at most three of the former ones).
+DAILY_LIMIT = 10**14
+DAILY_LIMIT_MILLI = DAILY_LIMIT * MILLI
+
 
 def from_milli(value: int) -> Decimal:
     """Thousandths to the metric's unit, exactly."""

@@ -27,14 +27,24 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from accounts.metrics import METRICS
 from accounts.models import Account
 from accounts.services import MAX_THRESHOLD
 from config.request_ids import current_correlation_id, current_request_id
 from notifications.services import crossings_record
 
-from .ingest import EventIn, EventsInvalid, parse_events, parse_metric
+from .ingest import Errors, EventIn, EventsInvalid, parse_events, parse_metric
 from .locks import usage_lock
-from .models import CounterRepair, EventPurge, Extension, UsageCounter, UsageEvent, from_milli
+from .models import (
+    DAILY_LIMIT,
+    DAILY_LIMIT_MILLI,
+    CounterRepair,
+    EventPurge,
+    Extension,
+    UsageCounter,
+    UsageEvent,
+    from_milli,
+)
 from .periods import Period, period_containing
 from .selectors import (
     MetricUsage,
@@ -118,13 +128,19 @@ def _insert_events(events: list[EventIn], received_at: datetime) -> list[tuple[s
         return [(str(account_id), event_id) for account_id, event_id in cursor.fetchall()]
 
 
-def counters_add(deltas: dict[tuple[uuid.UUID, str, date], int], now: datetime) -> None:
-    """Add ``deltas`` (thousandths by account, metric and local day) to the counters."""
+def counters_add(
+    deltas: dict[tuple[uuid.UUID, str, date], int], now: datetime
+) -> dict[tuple[uuid.UUID, str, date], int]:
+    """Add ``deltas`` (thousandths by account, metric and local day) to the counters.
+
+    Returns each counter's value after the addition, as the upsert wrote it (``RETURNING``):
+    within the caller's transaction, what concurrent writers committed before is included.
+    """
     keys = sorted(deltas)  # a stable order: concurrent writers lock counter rows alike
     upsert = (
         "ON CONFLICT (account_id, metric, day) DO UPDATE SET "
         f"quantity_milli = {COUNTER_TABLE}.quantity_milli + excluded.quantity_milli, "
-        "updated_at = excluded.updated_at"
+        "updated_at = excluded.updated_at RETURNING account_id, metric, day, quantity_milli"
     )
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
@@ -140,7 +156,7 @@ def counters_add(deltas: dict[tuple[uuid.UUID, str, date], int], now: datetime) 
                     [deltas[k] for k in keys],
                 ],
             )
-            return
+            return {(a, m, d): int(q) for a, m, d, q in cursor.fetchall()}
         adapt = connection.ops.adapt_datetimefield_value
         placeholders = ", ".join(["(%s, %s, %s, %s, %s)"] * len(keys))
         params: list[object] = []
@@ -151,18 +167,43 @@ def counters_add(deltas: dict[tuple[uuid.UUID, str, date], int], now: datetime) 
             f"VALUES {placeholders} {upsert}",
             params,
         )
+        # SQLite keeps the id as hex text; its date columns are read as dates.
+        return {(uuid.UUID(a), m, d): int(q) for a, m, d, q in cursor.fetchall()}
 
 
-def usage_events_record(*, payload: object, now: datetime | None = None) -> IngestResult:
+def _daily_limit_errors(keys: list[tuple[uuid.UUID, str, date]], *, is_batch: bool) -> Errors:
+    """The refusal of a request that would take the counters ``keys`` past ``DAILY_LIMIT``."""
+    messages = [
+        _(
+            "The usage of %(metric)s on %(day)s for account %(account)s would pass "
+            "%(limit)s %(unit)s, the most an account may record per metric and day."
+        )
+        % {
+            "metric": metric,
+            "day": day.isoformat(),
+            "account": account_id,
+            "limit": DAILY_LIMIT,
+            "unit": METRICS[metric].unit,
+        }
+        for account_id, metric, day in keys
+    ]
+    return {"events": messages} if is_batch else {"quantity": messages}
+
+
+def usage_events_record(
+    *, payload: object, now: datetime | None = None, account_id: uuid.UUID | None = None
+) -> IngestResult:
     """Record one event or a batch (SPEC section 5), idempotently per ``(account, event_id)``.
 
     Raises ``EventsInvalid`` (nothing recorded) when any event is invalid or names an
-    unknown or inactive account. Returns how many were new and how many were duplicates,
+    unknown or inactive account, or when the request would take a daily counter past
+    ``DAILY_LIMIT`` (``usage.models``). Returns how many were new and how many were duplicates,
     and the current-period usage of every account and metric the request touched, read
-    after the write.
+    after the write. ``account_id`` is the account of a token bound to one (SPEC section
+    11.6): events may leave ``account`` out, and may name no other account.
     """
     now = now or timezone.now()
-    events, is_batch = parse_events(payload, now)
+    events, is_batch = parse_events(payload, now, bound=account_id)
 
     zones: dict[uuid.UUID, ZoneInfo] = {
         row["id"]: ZoneInfo(row["timezone"])
@@ -194,7 +235,13 @@ def usage_events_record(*, payload: object, now: datetime | None = None) -> Inge
             day = event.occurred_at.astimezone(zones[event.account_id]).date()
             deltas[(event.account_id, event.metric, day)] += event.quantity_milli
         if deltas:
-            counters_add(deltas, now)
+            # Checked on the totals the upsert wrote, under the usage lock and the counter
+            # rows' locks, so concurrent batches never pass the limit together; raising
+            # here rolls back this request's events and counter additions.
+            totals = counters_add(deltas, now)
+            passed = sorted(key for key, total in totals.items() if total > DAILY_LIMIT_MILLI)
+            if passed:
+                raise EventsInvalid(_daily_limit_errors(passed, is_batch=is_batch))
         periods = {account_id: period_containing(now, zone) for account_id, zone in zones.items()}
         usage = usage_for(periods=periods, pairs=touched)
         # In the same transaction: a crossing is recorded exactly when its usage is.
@@ -489,9 +536,9 @@ def extension_validate(
     errors: dict[str, list[ValidationError]] = {}
     if not account.is_enterprise:
         errors["account"] = [ValidationError(MSG_EXTENSION_NOT_ENTERPRISE, code="not_enterprise")]
-    _metric, message = parse_metric(metric)
-    if message:
-        errors["metric"] = [ValidationError(message, code="invalid")]
+    _metric, metric_error = parse_metric(metric)
+    if metric_error:
+        errors["metric"] = [ValidationError(metric_error, code="invalid")]
     if isinstance(amount, bool) or not isinstance(amount, int):
         errors["amount"] = [ValidationError(_("A whole number is required."), code="invalid")]
     elif amount <= 0:
@@ -512,6 +559,23 @@ def extension_validate(
     period = period or current
     if period.first_day < current.first_day:
         errors["period"] = [ValidationError(MSG_EXTENSION_CLOSED_PERIOD, code="closed")]
+    elif "amount" not in errors and not metric_error:
+        # Extensions add up in one sum per period (``usage.selectors``): bounded like a
+        # threshold, so that no number of them can overflow it.
+        granted = Extension.objects.filter(
+            account=account, metric=metric, period=period.first_day
+        ).aggregate(total=Sum("amount"))["total"]
+        if (granted or 0) + amount > MAX_THRESHOLD:
+            errors["amount"] = [
+                ValidationError(
+                    _(
+                        "Ensure the extensions of this metric and period total at most "
+                        "%(limit)s (%(granted)s granted already)."
+                    ),
+                    code="max_value",
+                    params={"limit": MAX_THRESHOLD, "granted": granted or 0},
+                )
+            ]
     if errors:
         raise ValidationError(errors)
     return period

@@ -21,7 +21,7 @@ from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
 from accounts.metrics import METRICS
-from accounts.models import Account, Language
+from accounts.models import RECIPIENT_EMAIL_MAX_LENGTH, Account, Language
 from accounts.selectors import LimitsDocument
 from accounts.services import MAX_RECIPIENTS_PER_LEVEL, MAX_THRESHOLD, AccountNotEnterprise
 from config.api import ErrorSerializer
@@ -73,7 +73,9 @@ def _limits_document_serializer(*, request: bool) -> type[serializers.Serializer
     suffix = "Input" if request else ""
     threshold_left_out = _("Left out: none for PUT, unchanged for PATCH.") if request else None
     at_most = format_lazy(_("At most {limit}."), limit=MAX_RECIPIENTS_PER_LEVEL)
-    list_left_out = _("Left out: empty for PUT, unchanged for PATCH.") if request else None
+    list_left_out = (
+        _("Left out: empty for PUT, unchanged for PATCH. Null empties it.") if request else None
+    )
     thresholds = _serializer_class(
         f"Thresholds{suffix}Serializer",
         "Thresholds",
@@ -132,14 +134,21 @@ def _limits_document_serializer(*, request: bool) -> type[serializers.Serializer
         "An address notified when a threshold is reached.",
         {
             "email": serializers.EmailField(
-                help_text=_("E-mail address; mailing lists welcome. Once per list.")
+                max_length=RECIPIENT_EMAIL_MAX_LENGTH,
+                help_text=_(
+                    "E-mail address of at most 254 characters whose domain has a dot "
+                    "(not “localhost”); mailing lists welcome. Once per list."
+                ),
             ),
             "language": serializers.ChoiceField(
                 choices=Language.choices,
                 required=required,
                 help_text=_("Language of the messages sent to this address.")
                 if required
-                else _("Language of the messages sent to this address; the account's if left out."),
+                else _(
+                    "Language of the messages sent to this address; the account's if left "
+                    "out (null or empty is refused)."
+                ),
             ),
         },
     )
@@ -151,6 +160,7 @@ def _limits_document_serializer(*, request: bool) -> type[serializers.Serializer
             "warning": recipient(
                 many=True,
                 required=required,
+                allow_null=request,
                 max_length=MAX_RECIPIENTS_PER_LEVEL,
                 help_text=_sentences(
                     _("Notified when a warning threshold is reached."), at_most, list_left_out
@@ -159,6 +169,7 @@ def _limits_document_serializer(*, request: bool) -> type[serializers.Serializer
             "blocked": recipient(
                 many=True,
                 required=required,
+                allow_null=request,
                 max_length=MAX_RECIPIENTS_PER_LEVEL,
                 help_text=_sentences(
                     _("Notified when a blocked threshold is reached."), at_most, list_left_out
@@ -171,31 +182,41 @@ def _limits_document_serializer(*, request: bool) -> type[serializers.Serializer
         "LimitsDocument",
         "An account's limits per metric and the recipients of its notifications.",
         {
-            "account": serializers.UUIDField(
-                read_only=True,
-                help_text=_("The account's id; ignored in a request."),
-            ),
+            # A request may carry what a GET answered, unchanged or not: these two are
+            # ignored, whatever their value, and the schema of a request says so.
+            "account": serializers.JSONField(
+                required=False,
+                help_text=_("Ignored: the answer of a GET may be sent back as it is."),
+            )
+            if request
+            else serializers.UUIDField(help_text=_("The account's id.")),
             "limits": limits(
                 required=required,
+                allow_null=request,
                 help_text=_(
                     "Thresholds per metric. A PUT leaves the metrics not given unlimited; "
-                    "a PATCH merges (RFC 7396)."
+                    "a PATCH merges (RFC 7396). Null makes every metric unlimited."
                 )
                 if request
                 else _("Thresholds per metric, every metric listed."),
             ),
             "recipients": recipient_lists(
                 required=required,
-                help_text=_("Recipients per level; a list given replaces that list.")
+                allow_null=request,
+                help_text=_(
+                    "Recipients per level; a list given replaces that list. Null empties both."
+                )
                 if request
                 else _("Recipients per level, both lists listed."),
             ),
-            "updated_at": serializers.DateTimeField(
-                read_only=True,
+            "updated_at": serializers.JSONField(
+                required=False,
+                help_text=_("Ignored: the answer of a GET may be sent back as it is."),
+            )
+            if request
+            else serializers.DateTimeField(
                 allow_null=True,
-                help_text=_(
-                    "When limits or recipients last changed; null if never. Ignored in a request."
-                ),
+                help_text=_("When limits or recipients last changed; null if never."),
             ),
         },
     )
@@ -233,13 +254,17 @@ class LimitsErrorSerializer(serializers.Serializer):
     limits = serializers.DictField(
         child=serializers.JSONField(),
         required=False,
-        help_text=_("Messages by metric code, then by threshold (warning, blocked)."),
+        help_text=_(
+            "Messages by metric code, then by threshold (warning, blocked); under "
+            "non_field_errors when limits is not an object."
+        ),
     )
     recipients = serializers.DictField(
         child=serializers.JSONField(),
         required=False,
         help_text=_(
-            "Messages by level (warning, blocked), then by the recipient's index and field."
+            "Messages by level (warning, blocked), then by the recipient's index and field; "
+            "under non_field_errors when recipients is not an object."
         ),
     )
     non_field_errors = serializers.ListField(

@@ -20,6 +20,7 @@ from accounts.models import Account
 from accounts.selectors import account_list, limits_document_get
 from accounts.services import AccountNotEnterprise, limits_patch, limits_replace
 from config.api import ErrorSerializer, ModelPermissions, account_get_or_404, require_body
+from config.authentication import token_account_id
 
 from .serializers import (
     AccountSerializer,
@@ -39,6 +40,10 @@ ERRORS = {
 }
 ACCOUNT_ERRORS = {
     **ERRORS,
+    403: OpenApiResponse(
+        ErrorSerializer,
+        description=_("The user lacks the permission, or the token is bound to another account."),
+    ),
     404: OpenApiResponse(ErrorSerializer, description=_("No account has this id.")),
 }
 LIMITS_ERRORS = {
@@ -109,14 +114,17 @@ def _enterprise_account_get_or_404(account_id: str) -> Account:
     responses={200: AccountSerializer(many=True), **ERRORS},
 )
 class AccountListView(ListAPIView):
-    """Accounts by name, paginated."""
+    """Accounts by name, paginated; a token bound to one account sees that account alone."""
 
     serializer_class = AccountSerializer
     permission_classes = [ModelPermissions]
     required_permissions = {"GET": ["accounts.view_account"]}
 
     def get_queryset(self) -> QuerySet[Account]:
-        return account_list(search=self.request.query_params.get("search"))
+        return account_list(
+            search=self.request.query_params.get("search"),
+            account_id=token_account_id(self.request),
+        )
 
 
 class AccountDetailView(APIView):

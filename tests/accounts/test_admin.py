@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.contrib.admin.models import LogEntry
 from django.forms import CheckboxInput
 from django.urls import reverse
 from knox.models import AuthToken
@@ -379,6 +380,32 @@ def test_manager_cannot_add_or_delete_accounts(manager_admin_client):
     assert manager_admin_client.get(reverse("admin:accounts_account_add")).status_code == 403
     delete = reverse("admin:accounts_account_delete", args=[account.pk])
     assert manager_admin_client.get(delete).status_code == 403
+
+
+def test_manager_sees_past_versions_of_an_account_but_cannot_revert_to_one(
+    manager_admin_client, admin_client
+):
+    # given: the CRM name changed once; the first version is the one a revert would restore
+    account = AccountFactory(name="Acme", plan=Plan.ENTERPRISE)
+    account.name = "Acme Corporation"
+    account.save()
+    version = account.history.earliest("history_date")
+    url = reverse("admin:accounts_account_simple_history", args=[account.pk, version.history_id])
+    form = admin_client.get(url).context["adminform"].form
+    data = {name: "" if value is None else value for name, value in form.initial.items()}
+    data["is_active"] = "on"
+    # when
+    page = manager_admin_client.get(url)
+    response = manager_admin_client.post(url, data)
+    # then
+    assert page.status_code == 200
+    assert page.context["revert_disabled"] is True
+    assert "Revert" not in page.context["title"]
+    assert response.status_code == 403
+    account.refresh_from_db()
+    assert account.name == "Acme Corporation"
+    assert account.history.count() == 2
+    assert not LogEntry.objects.exists()
 
 
 def test_user_who_may_only_view_sees_limits_read_only(client):

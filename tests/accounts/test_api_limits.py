@@ -545,7 +545,7 @@ REFUSALS = {
     ),
     "limits that are not an object": (
         {"limits": [10, 20]},
-        {"limits": ["Expected an object keyed by metric code."]},
+        {"limits": {"non_field_errors": ["Expected an object keyed by metric code."]}},
     ),
     "invalid e-mail address": (
         {"recipients": {"blocked": [{"email": "not-an-address", "language": "en"}]}},

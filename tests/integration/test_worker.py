@@ -17,6 +17,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import kombu.pools
 import pytest
 from django.conf import settings as django_settings
 from django.db import connection
+from django.utils import timezone
 from knox.models import AuthToken
 from rest_framework.test import APIClient
 
@@ -31,6 +34,7 @@ from accounts.metrics import METRICS
 from accounts.services import limits_replace
 from config.celery_app import app as celery_app
 from notifications.models import Delivery, Notification
+from notifications.services import deliveries_recover
 from notifications.tasks import deliver_notification, sweep_notifications
 from tests.factories import AccountFactory
 
@@ -143,6 +147,25 @@ def use_broker(url: str) -> None:
     celery_app.amqp._producer_pool = None
 
 
+# Runs Celery with the clock moved to the instant given first, ticking (see ``celery_command``).
+_CELERY_AT = (
+    "import sys, time_machine; time_machine.travel(float(sys.argv.pop(1)), tick=True).start(); "
+    "from celery.__main__ import main; sys.argv[0] = 'celery'; main()"
+)
+
+
+def celery_command() -> list[str]:
+    """How to start Celery so that its clock agrees with this process's.
+
+    With ``TEST_NOW`` this process runs with its clock moved (``tests/conftest.py``); a
+    worker on the real clock would see leases and periods from another time, so it starts
+    at this process's present, ticking, as hosts kept in time by NTP do.
+    """
+    if not os.environ.get("TEST_NOW", "").strip():
+        return [sys.executable, "-m", "celery"]
+    return [sys.executable, "-c", _CELERY_AT, repr(time.time())]
+
+
 def start_worker(
     broker_url: str, provider: FakeProvider, *, env: dict[str, str] | None = None
 ) -> subprocess.Popen:
@@ -166,9 +189,7 @@ def start_worker(
     log = tempfile.NamedTemporaryFile(prefix="worker-", suffix=".log", delete=False)  # noqa: SIM115
     worker = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "celery",
+            *celery_command(),
             "-A",
             "config",
             "worker",
@@ -443,12 +464,33 @@ def test_a_request_creating_crossings_with_redis_down_does_not_wait_for_the_brok
 STUCK_AFTER = 3.0  # seconds: the stuck delay of the test below, in the workers and the sweep
 
 
-def test_a_worker_killed_while_the_provider_is_slow_is_replaced_and_the_message_sent_once(
-    settings, broker, provider, service_user
+@dataclass(frozen=True)
+class Sweep:
+    """One pass of the sweep's recovery: when, the lease it found, what it re-enqueued."""
+
+    now: datetime
+    status: str
+    claimed_at: datetime
+    enqueued: list[int]
+
+
+def test_a_worker_killed_mid_send_is_replaced_by_the_first_sweep_past_its_lease_and_sent_once(
+    settings, broker, provider, service_user, monkeypatch
 ):
-    # given: a stuck delay of 3 s, and a provider that stalls on the first message
+    # given: a stuck delay of 3 s, a provider that stalls on the first message, and the
+    # sweep's recovery watched: the lease it finds and what it hands over
     settings.NOTIFICATIONS_STUCK_AFTER = STUCK_AFTER
     stuck_after = {"NOTIFICATIONS_STUCK_AFTER": str(STUCK_AFTER)}
+    sweeps: list[Sweep] = []
+
+    def watched_recovery(*, now: datetime | None = None) -> list[int]:
+        now = timezone.now()
+        status, claimed_at = Delivery.objects.values_list("status", "claimed_at").get()
+        enqueued = deliveries_recover(now=now)
+        sweeps.append(Sweep(now, status, claimed_at, enqueued))
+        return enqueued
+
+    monkeypatch.setattr("notifications.tasks.deliveries_recover", watched_recovery)
     account = AccountFactory()
     limits_replace(
         account=account,
@@ -462,39 +504,46 @@ def test_a_worker_killed_while_the_provider_is_slow_is_replaced_and_the_message_
     try:
         assert post_events(token_for(service_user), account, "e", 1, 10).status_code == 201
         assert provider.held.wait(timeout=WAIT), "the worker never called the provider"
-        # while the provider stalls for twice the stuck delay, the worker's lease holds:
-        # the sweep (run here as beat would, every half second) leaves the delivery alone
+        # the worker is inside its call to the provider, which stalls for twice the stuck
+        # delay: its lease holds, renewed, and the sweep (run here as beat would, every
+        # half second) leaves the delivery alone
+        claimed_first = Delivery.objects.get().claimed_at
         stalled_until = time.monotonic() + 2 * STUCK_AFTER
         while time.monotonic() < stalled_until:
             sweep_notifications()
             time.sleep(0.5)
         delivery = Delivery.objects.get()
         assert (delivery.status, delivery.attempts, provider.requests) == ("sending", 1, 1)
-        # when: the worker dies, with the provider still stalling
+        assert delivery.claimed_at > claimed_first
+        assert not any(sweep.enqueued for sweep in sweeps)
+        # when: the worker and its pool get SIGKILL, with the provider still stalling
         kill(first)
-        killed_at = time.monotonic()
+        sweeps.clear()
     finally:
         stop(first)
         provider.release.set()
     second = start_worker(broker, provider, env=stuck_after)
     try:
-        deadline = killed_at + WAIT
-        requeued_after = None
+        deadline = time.monotonic() + WAIT
         while not Delivery.objects.filter(status="sent").exists():
             assert time.monotonic() < deadline, "the delivery was never sent again"
             sweep_notifications()
-            leased = Delivery.objects.filter(status="sending", attempts=1).exists()
-            if requeued_after is None and not leased:
-                requeued_after = time.monotonic() - killed_at
             time.sleep(0.5)
         messages = provider.wait_for(1)
     finally:
         stop(second)
-    # then: the sweep handed the delivery over within twice the stuck delay of the death
-    # (how soon it is sent then depends on how long the new worker takes to start), and
-    # the new worker sent it, once
-    assert requeued_after is not None
-    assert requeued_after <= 2 * STUCK_AFTER, f"enqueued again {requeued_after:.1f} s after"
+    # then: every sweep before the lease expired left the delivery alone, the first one
+    # past it re-enqueued it, once, and the new worker sent it, once
+    lease = timedelta(seconds=STUCK_AFTER)
+    handed_over = [i for i, sweep in enumerate(sweeps) if sweep.enqueued]
+    assert len(handed_over) == 1, sweeps
+    takeover = sweeps[handed_over[0]]
+    assert takeover.enqueued == [delivery.notification_id]
+    assert (takeover.status, takeover.claimed_at + lease < takeover.now) == ("sending", True)
+    assert all(
+        sweep.status == "sending" and sweep.claimed_at + lease >= sweep.now
+        for sweep in sweeps[: handed_over[0]]
+    ), sweeps
     assert [m["To"] for m in messages] == ["pm@example.com"]
     assert provider.requests == 2
     delivery.refresh_from_db()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from django.core import mail
@@ -97,7 +98,7 @@ def test_seconds_reach_a_threshold_on_the_exact_thousandth_and_not_one_before():
                 "event_id": event_id,
                 "account": str(account.pk),
                 "metric": "audio_transcribed_seconds",
-                "quantity": quantity,
+                "quantity": Decimal(quantity),
             }
         )
         return account_usage(account=account)[0]

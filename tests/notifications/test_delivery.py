@@ -190,6 +190,30 @@ def test_a_send_slower_than_the_stuck_delay_goes_out_once_while_recovery_runs(se
     assert (delivery.status, delivery.attempts) == ("sent", 1)
 
 
+def test_a_second_task_of_the_notification_while_the_first_sends_sends_each_message_once(
+    tracked_before_returning,
+):
+    # given: two recipients; while the first task is at the provider with the first
+    # message, a second task of the same notification runs (a redelivered or duplicated
+    # task) and sends the second recipient's message
+    first = queued_delivery(email="pm@example.com")
+    second = queued_delivery(notification=first.notification, email="ops@example.com")
+
+    def duplicate_task_meanwhile(message_id: str) -> None:
+        tracked_before_returning.ON_ACCEPTED = None
+        notification_deliver(notification_id=first.notification_id)
+
+    tracked_before_returning.ON_ACCEPTED = duplicate_task_meanwhile
+    # when: the first task goes on to the second delivery, which it read as queued
+    outcome = notification_deliver(notification_id=first.notification_id)
+    # then: its claim finds the delivery no longer queued and leaves it alone
+    assert (outcome.sent, outcome.failed, outcome.retry) == (1, 0, 0)
+    assert sorted(m.to[0] for m in mail.outbox[1:]) == ["ops@example.com", "pm@example.com"]
+    for delivery in (first, second):
+        delivery.refresh_from_db()
+        assert (delivery.status, delivery.attempts) == ("sent", 1)
+
+
 def test_recovery_takes_over_only_a_lease_that_expired(settings):
     settings.NOTIFICATIONS_STUCK_AFTER = 600
     claimed_at = timezone.now() - timedelta(minutes=5)
@@ -295,10 +319,20 @@ def test_a_programming_error_retried_by_the_sweep_fails_after_the_last_attempt(
 # --- Nothing stuck: what a dead worker left "sending" ---
 
 
+# These tests leave a row as a dead worker leaves it; the real death (a worker and its pool
+# get SIGKILL while the provider stalls, on Redis and PostgreSQL) is in
+# tests/integration/test_worker.py.
+
+
 def abandoned(settings, attempts: int = 1) -> Delivery:
-    """A delivery whose worker died while sending it: its lease expired a second ago."""
+    """A delivery whose worker died while sending it: its lease expired a second ago.
+
+    Its notification was handed to the broker (that is how a worker got it), so only the
+    recovery of the expired lease can enqueue it again.
+    """
     claimed_at = timezone.now() - timedelta(seconds=settings.NOTIFICATIONS_STUCK_AFTER + 1)
     return DeliveryFactory(
+        notification__published_at=claimed_at,
         status=Delivery.Status.SENDING,
         attempts=attempts,
         claimed_at=claimed_at,

@@ -29,7 +29,8 @@ def event_record(
             "event_id": event_id or f"evt-{next(_event_ids)}",
             "account": str(account.pk),
             "metric": metric,
-            "quantity": quantity,
+            # Text stands for the JSON number it spells, as the API's parser would read it.
+            "quantity": Decimal(quantity) if isinstance(quantity, str) else quantity,
             "occurred_at": moment.isoformat(),
         },
         now=max(timezone.now(), moment),

@@ -92,7 +92,7 @@ def test_batch_counts_duplicates_within_and_across_requests_once(service_client)
         event(account, "b", quantity=2),
         event(account, "b", quantity=7),  # a second copy in the same batch: the first wins
         event(other, "a", quantity=3),  # same event id, other account: distinct
-        event(account, "s", metric="audio_transcribed_seconds", quantity="1.5"),
+        event(account, "s", metric="audio_transcribed_seconds", quantity=1.5),
     ]
     response = service_client.post(URL, {"events": batch}, format="json")
     assert response.status_code == 201
@@ -136,8 +136,8 @@ def test_seconds_keep_three_decimals_exactly(service_client):
             {"quantity": 10**12 + 1},
             {"quantity": ["Ensure this value is less than or equal to 1000000000000."]},
         ),
-        ({"quantity": "lots"}, {"quantity": ["A valid number is required."]}),
-        ({"quantity": True}, {"quantity": ["A valid number is required."]}),
+        ({"quantity": "lots"}, {"quantity": ["Expected a JSON number."]}),
+        ({"quantity": True}, {"quantity": ["Expected a JSON number."]}),
         (
             {"metric": "video_seconds"},
             {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.utils import timezone
@@ -42,7 +43,7 @@ def test_usage_lists_every_metric_with_thresholds_status_and_period(service_clie
     LimitFactory(account=account, metric="text_tokens", warning=800, blocked=1000)
     LimitFactory(account=account, metric="audio_analyzed_seconds", warning=None, blocked=60)
     record(account, "t1", 850)
-    record(account, "s1", "60.5", metric="audio_analyzed_seconds")
+    record(account, "s1", Decimal("60.5"), metric="audio_analyzed_seconds")
     period = period_containing(timezone.now(), account.zone)
     # when
     response = service_client.get(usage_url(account))
@@ -144,7 +145,7 @@ def test_a_bad_period_is_a_400(service_client, bad):
     account = AccountFactory()
     response = service_client.get(usage_url(account), {"period": bad})
     assert response.status_code == 400
-    assert response.json() == {"period": ["Expected a month as YYYY-MM, e.g. 2026-11."]}
+    assert response.json() == {"period": ["Expected a month from 2000-01 to 9999-11, as YYYY-MM."]}
 
 
 @pytest.mark.parametrize(

@@ -175,8 +175,14 @@ def test_the_report_of_a_past_period_by_account_id(acme):
     ("args", "message"),
     [
         (["nobody"], "Unknown account “nobody” (give its id or external id)."),
-        (["--period", "2026-13"], "Invalid period “2026-13”: expected YYYY-MM."),
-        (["--period", "March"], "Invalid period “March”: expected YYYY-MM."),
+        (
+            ["--period", "2026-13"],
+            "Invalid period “2026-13”: expected a month from 2000-01 to 9999-11, as YYYY-MM.",
+        ),
+        (
+            ["--period", "March"],
+            "Invalid period “March”: expected a month from 2000-01 to 9999-11, as YYYY-MM.",
+        ),
         (["--format", "xml"], "Error: argument --format: invalid choice: 'xml'"),
     ],
 )
@@ -303,7 +309,10 @@ def test_rebuild_of_one_account_and_one_period_leaves_the_rest_alone(drifted):
     ("args", "message"),
     [
         (["--account", "nobody"], "Unknown account “nobody” (give its id or external id)."),
-        (["--period", "2026-3"], "Invalid period “2026-3”: expected YYYY-MM."),
+        (
+            ["--period", "2026-3"],
+            "Invalid period “2026-3”: expected a month from 2000-01 to 9999-11, as YYYY-MM.",
+        ),
     ],
 )
 def test_rebuild_refuses_bad_input_in_one_line(args, message):

@@ -4,8 +4,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from rest_framework.exceptions import ParseError
-from rest_framework.parsers import JSONParser
+from config.parsers import JSONParser
 
 
 def _reject_constant(name: str) -> Any:
@@ -13,15 +12,10 @@ def _reject_constant(name: str) -> Any:
 
 
 class ExactJSONParser(JSONParser):
-    """JSON with numbers kept exact: ``0.1`` becomes ``Decimal("0.1")``, never a float."""
+    """JSON with numbers kept exact: ``0.1`` becomes ``Decimal("0.1")``, never a float.
 
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
-        encoding = (parser_context or {}).get("encoding", "utf-8")
-        try:
-            return json.loads(
-                stream.read().decode(encoding),
-                parse_float=Decimal,
-                parse_constant=_reject_constant,
-            )
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ParseError(f"JSON parse error - {exc}") from exc
+    The checks of every JSON body (depth, null characters, lone surrogates) are the base's.
+    """
+
+    def loads(self, text: str) -> Any:
+        return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)

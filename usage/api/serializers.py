@@ -5,54 +5,183 @@ Incoming events are checked by ``usage.ingest`` in plain Python, not by these.
 
 from __future__ import annotations
 
+from typing import Any
+
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
 from accounts.metrics import METRICS
-from usage.ingest import MAX_BATCH
+from usage.ingest import (
+    EARLIEST_OCCURRED_YEAR,
+    MAX_BATCH,
+    MAX_EVENT_ID_LENGTH,
+    MAX_METADATA_BYTES,
+    MAX_QUANTITY,
+    MAX_SOURCE_LENGTH,
+)
 
 METRIC_CHOICES = list(METRICS)
 STATUS_CHOICES = ["ok", "warning", "blocked"]
 
 
-class EventSerializer(serializers.Serializer):
-    event_id = serializers.CharField(
-        max_length=128, help_text="Unique per account; a retry with the same id counts once."
+def _units() -> dict[str, tuple[int, list[str]]]:
+    """Each unit with its decimal places and its metrics, in ``METRICS`` order."""
+    units: dict[str, tuple[int, list[str]]] = {}
+    for spec in METRICS.values():
+        places, codes = units.setdefault(spec.unit, (spec.decimal_places, []))
+        assert places == spec.decimal_places, f"{spec.unit} is written with {places} decimals"
+        codes.append(spec.code)
+    return units
+
+
+UNITS = _units()
+# The metrics of each unit, named for SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"]: each
+# choice set is an enum of the schema (a unit added to METRICS needs its line there too).
+SECONDS_METRICS = UNITS["seconds"][1]
+TOKENS_METRICS = UNITS["tokens"][1]
+
+
+def _schema_field(name: str, base: type[serializers.Field], schema: dict[str, Any]) -> type:
+    """A subclass of ``base`` that the OpenAPI schema describes as ``schema``.
+
+    These serializers only describe requests (``usage.ingest`` checks them), so a field's
+    schema is written out where DRF's own would not say the whole rule.
+    """
+    return extend_schema_field(schema)(type(name, (base,), {"__module__": __name__}))
+
+
+def quantity_schema(unit: str, *, zero_allowed: bool) -> dict[str, Any]:
+    """The exact set of quantities the API takes in ``unit``: bounds and decimal places.
+
+    ``multipleOf`` says "at most N decimals" (1 for whole numbers, 0.001 for thousandths),
+    and ``type: number`` rather than ``integer`` because ``1530.0`` or ``1e3`` tokens are
+    taken at their value, and OpenAPI 3.0 calls only ``1530`` an integer.
+    """
+    places, _codes = UNITS[unit]
+    schema: dict[str, Any] = {
+        "type": "number",
+        "maximum": MAX_QUANTITY,
+        "multipleOf": 1 if places == 0 else 10**-places,
+    }
+    if zero_allowed:
+        schema["minimum"] = 0
+    elif places == 0:
+        schema["minimum"] = 1
+    else:
+        schema.update(minimum=0, exclusiveMinimum=True)
+    return schema
+
+
+assert EARLIEST_OCCURRED_YEAR == 2000, "write the pattern of OCCURRED_AT_FIELD anew"
+OCCURRED_AT_FIELD = _schema_field(
+    "OccurredAtField",
+    serializers.DateTimeField,
+    # The years 2000 to 9999, as written (in the moment's own offset), as ``ingest`` checks.
+    {"type": "string", "format": "date-time", "pattern": "^[2-9][0-9]{3}-"},
+)
+
+
+def _event_variant(unit: str, metrics: list[str]) -> type[serializers.Serializer]:
+    places, _codes = UNITS[unit]
+    decimals = "a whole number" if places == 0 else f"at most {places} decimals"
+    fields = {
+        "event_id": serializers.CharField(
+            max_length=MAX_EVENT_ID_LENGTH,
+            help_text="Unique per account; a retry with the same id counts once.",
+        ),
+        "account": serializers.UUIDField(
+            required=False,
+            help_text="The account's id. Required, unless the token is bound to one account: "
+            "then it defaults to that account, and naming another is refused (400).",
+        ),
+        "metric": serializers.ChoiceField(choices=metrics, help_text="The metric's code."),
+        "quantity": _schema_field(
+            f"{unit.title()}QuantityField",
+            serializers.DecimalField,
+            quantity_schema(unit, zero_allowed=False),
+        )(
+            max_digits=16,
+            decimal_places=places,
+            help_text=f"In {unit}: greater than 0, at most {MAX_QUANTITY:,}, {decimals}. "
+            "A JSON number, never text; never rounded.",
+        ),
+        "occurred_at": OCCURRED_AT_FIELD(
+            required=False,
+            allow_null=True,
+            help_text=f"ISO 8601 with offset, in the year {EARLIEST_OCCURRED_YEAR} or later "
+            "(as written, in its own offset) and at most 5 minutes from now; now when null "
+            "or left out. Counts in the period that contains it in "
+            "the account's time zone.",
+        ),
+        "source": serializers.CharField(
+            required=False,
+            allow_null=True,
+            allow_blank=True,
+            max_length=MAX_SOURCE_LENGTH,
+            help_text="The reporting service; none when null, empty or left out.",
+        ),
+        "metadata": serializers.DictField(
+            required=False,
+            allow_null=True,
+            help_text=f"Free-form JSON object, at most {MAX_METADATA_BYTES} bytes once encoded; "
+            "empty when null or left out.",
+        ),
+    }
+    name = f"{unit.title()}EventSerializer"
+    doc = f"A usage event of a metric counted in {unit}."
+    return serializers.SerializerMetaclass(
+        name, (serializers.Serializer,), {"__doc__": doc, "__module__": __name__, **fields}
     )
-    account = serializers.UUIDField(help_text="The account's id.")
-    metric = serializers.ChoiceField(choices=METRIC_CHOICES, help_text="The metric's code.")
-    quantity = serializers.DecimalField(
-        max_digits=16,
-        decimal_places=3,
-        coerce_to_string=False,
-        help_text="Greater than 0, at most 1,000,000,000,000; an integer for tokens, "
-        "at most 3 decimals for seconds. Never rounded.",
+
+
+def _check_variant(unit: str, metrics: list[str]) -> type[serializers.Serializer]:
+    places, _codes = UNITS[unit]
+    decimals = "a whole number" if places == 0 else f"at most {places} decimals"
+    fields = {
+        "metric": serializers.ChoiceField(choices=metrics, help_text="The metric's code."),
+        "quantity": _schema_field(
+            f"{unit.title()}CheckQuantityField",
+            serializers.DecimalField,
+            quantity_schema(unit, zero_allowed=True),
+        )(
+            max_digits=16,
+            decimal_places=places,
+            required=False,
+            allow_null=True,
+            help_text=f"How much more would be processed, in {unit}: 0 to {MAX_QUANTITY:,}, "
+            f"{decimals}; 0 when null or left out.",
+        ),
+    }
+    name = f"{unit.title()}CheckSerializer"
+    doc = f"A pre-flight check of a metric counted in {unit}."
+    return serializers.SerializerMetaclass(
+        name, (serializers.Serializer,), {"__doc__": doc, "__module__": __name__, **fields}
     )
-    occurred_at = serializers.DateTimeField(
-        required=False,
-        allow_null=True,
-        help_text="ISO 8601 with offset; now when null or left out; at most 5 minutes in the future. "
-        "Counts in the period that contains it in the account's time zone.",
-    )
-    source = serializers.CharField(
-        required=False,
-        allow_null=True,
-        allow_blank=True,
-        max_length=64,
-        help_text="The reporting service; none when null, empty or left out.",
-    )
-    metadata = serializers.DictField(
-        required=False,
-        allow_null=True,
-        help_text="Free-form JSON object; empty when null or left out.",
-    )
+
+
+EVENT_VARIANTS = {unit: _event_variant(unit, codes) for unit, (_places, codes) in UNITS.items()}
+CHECK_VARIANTS = {unit: _check_variant(unit, codes) for unit, (_places, codes) in UNITS.items()}
+# The metric says which variant applies (its unit's rule for quantities): the variants'
+# metric enums are disjoint, so exactly one matches. No ``discriminator``: its mapping
+# would name one variant under several metrics, which some tools read as one metric only.
+EventSerializer = PolymorphicProxySerializer(
+    component_name="Event",
+    serializers=list(EVENT_VARIANTS.values()),
+    resource_type_field_name=None,
+)
+CheckRequestSerializer = PolymorphicProxySerializer(
+    component_name="CheckRequest",
+    serializers=list(CHECK_VARIANTS.values()),
+    resource_type_field_name=None,
+)
 
 
 class EventBatchSerializer(serializers.Serializer):
     events = serializers.ListField(
-        child=EventSerializer(),
+        child=EventSerializer,
         min_length=1,
         max_length=MAX_BATCH,
-        help_text="1 to 1000 events, validated as a whole.",
+        help_text=f"1 to {MAX_BATCH} events, validated as a whole.",
     )
 
 
@@ -98,18 +227,6 @@ class AccountUsageSerializer(serializers.Serializer):
     period = PeriodSerializer()
     has_remaining_capacity = serializers.BooleanField(help_text="False when any metric is blocked.")
     metrics = MetricUsageSerializer(many=True, help_text="Every metric, in a fixed order.")
-
-
-class CheckRequestSerializer(serializers.Serializer):
-    metric = serializers.ChoiceField(choices=METRIC_CHOICES)
-    quantity = serializers.DecimalField(
-        max_digits=16,
-        decimal_places=3,
-        required=False,
-        allow_null=True,
-        coerce_to_string=False,
-        help_text="How much more would be processed; 0 when null or left out.",
-    )
 
 
 class CheckResultSerializer(serializers.Serializer):

@@ -5,7 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from django.utils.translation import gettext_lazy as _
-from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+)
 from rest_framework import status
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
@@ -15,8 +20,14 @@ from rest_framework.views import APIView
 from accounts.metrics import METRICS
 from accounts.models import Account
 from config.api import ErrorSerializer, ModelPermissions, account_get_or_404
-from usage.ingest import EventsInvalid, parse_metric, parse_quantity
-from usage.periods import period_from_code
+from config.authentication import token_account_id
+from usage.ingest import EventsInvalid, parse_metric, parse_quantity, unknown_fields
+from usage.periods import (
+    FIRST_PERIOD_CODE,
+    LAST_PERIOD_CODE,
+    PERIOD_PATTERN,
+    period_from_code,
+)
 from usage.quantities import quantity_number
 from usage.selectors import MetricUsage, account_usage, current_period
 from usage.services import usage_events_record
@@ -32,10 +43,20 @@ from .serializers import (
     ValidationErrorSerializer,
 )
 
+# The fields a pre-flight check may have; any other is refused ("Unknown field.").
+CHECK_FIELDS = frozenset({"metric", "quantity"})
 ERRORS = {
     400: ValidationErrorSerializer,
     401: ErrorSerializer,
     403: ErrorSerializer,
+}
+ACCOUNT_ERRORS = {
+    **ERRORS,
+    403: OpenApiResponse(
+        ErrorSerializer,
+        description=_("The user lacks the permission, or the token is bound to another account."),
+    ),
+    404: ErrorSerializer,
 }
 
 
@@ -74,11 +95,13 @@ class UsageEventsView(APIView):
         },
         description='One event, or `{"events": [...]}` with up to 1000 events validated as '
         "a whole (errors keyed by index, nothing recorded). 201 when anything was recorded, "
-        "200 when every event was a duplicate.",
+        "200 when every event was a duplicate. With a token bound to one account, `account` "
+        "may be left out (it is the token's account), and an event naming another account "
+        "is a 400 keyed `account`.",
     )
     def post(self, request: Request) -> Response:
         try:
-            result = usage_events_record(payload=request.data)
+            result = usage_events_record(payload=request.data, account_id=token_account_id(request))
         except EventsInvalid as exc:
             raise ValidationError(exc.errors) from exc
         body = {
@@ -105,10 +128,14 @@ class AccountUsageView(AccountScopedView):
         operation_id="accounts_usage_retrieve",
         parameters=[
             OpenApiParameter(
-                "period", str, description="A month as YYYY-MM; the current period by default."
+                "period",
+                str,
+                pattern=PERIOD_PATTERN,
+                description=f"A month as YYYY-MM, from {FIRST_PERIOD_CODE} to "
+                f"{LAST_PERIOD_CODE}; the current period by default.",
             )
         ],
-        responses={200: AccountUsageSerializer, **ERRORS, 404: ErrorSerializer},
+        responses={200: AccountUsageSerializer, **ACCOUNT_ERRORS},
     )
     def get(self, request: Request, id: str) -> Response:
         account = self.get_account(id)
@@ -120,7 +147,12 @@ class AccountUsageView(AccountScopedView):
                 period = period_from_code(code, account.zone)
             except ValueError:
                 raise ValidationError(
-                    {"period": [_("Expected a month as YYYY-MM, e.g. 2026-11.")]}
+                    {
+                        "period": [
+                            _("Expected a month from %(first)s to %(last)s, as YYYY-MM.")
+                            % {"first": FIRST_PERIOD_CODE, "last": LAST_PERIOD_CODE}
+                        ]
+                    }
                 ) from None
         metrics = account_usage(account=account, period=period)
         return Response(
@@ -162,8 +194,7 @@ class UsageCheckView(AccountScopedView):
         request=CheckRequestSerializer,
         responses={
             200: CheckResultSerializer,
-            **ERRORS,
-            404: ErrorSerializer,
+            **ACCOUNT_ERRORS,
             415: ErrorSerializer,
             429: ErrorSerializer,
         },
@@ -173,6 +204,9 @@ class UsageCheckView(AccountScopedView):
         payload = request.data
         if not isinstance(payload, dict):
             raise ValidationError({"non_field_errors": [_("Expected an object.")]})
+        unknown = unknown_fields(payload, CHECK_FIELDS)
+        if unknown:
+            raise ValidationError(unknown)
         metric, error = parse_metric(payload.get("metric"))
         if error:
             raise ValidationError({"metric": [error]})

@@ -1,19 +1,16 @@
-"""``manage.py create_service_token NAME``."""
+"""``manage.py create_service_token NAME [--account ACCOUNT]``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from django.core.management.base import CommandError, CommandParser
-from django.db import transaction
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
-from knox.models import AuthToken
 
 from accounts.management.base import OpsCommand
 from accounts.roles import USAGE_SERVICES
+from accounts.services import ServiceTokenRefused, service_token_create
 
 
 class Command(OpsCommand):
@@ -22,7 +19,8 @@ class Command(OpsCommand):
         "or reuse it if it already exists, and print a new API token for it, which never "
         "expires until revoked in the admin. The token is shown once, alone on the last line. "
         "Refuses a NAME that belongs to a person (a user with a password, staff or superuser): "
-        "use create_api_token for those."
+        "use create_api_token for those. With --account, the token may only post usage for, "
+        "read and check that account."
     )
     help_values = {"group": USAGE_SERVICES}
 
@@ -30,44 +28,37 @@ class Command(OpsCommand):
         parser.add_argument(
             "name", metavar="NAME", help=gettext("Username of the service, e.g. llm-gateway.")
         )
+        parser.add_argument(
+            "--account",
+            metavar="ACCOUNT",
+            help=gettext(
+                "Bind the token to this account (its id or external id): other accounts are "
+                "out of its reach, and its usage events may leave “account” out."
+            ),
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         name: str = options["name"]
-        if not name.strip():
-            raise CommandError(gettext("NAME may not be blank."))
-        user_model = get_user_model()
-        with transaction.atomic():
-            group = Group.objects.filter(name=USAGE_SERVICES).first()
-            if group is None:
-                raise CommandError(
-                    gettext("The “%(group)s” group is missing: run migrate first.")
-                    % {"group": USAGE_SERVICES}
+        reference: str | None = options["account"]
+        account = self.get_account(reference) if reference is not None else None
+        try:
+            token = service_token_create(name=name, account=account)
+        except ServiceTokenRefused as exc:
+            raise CommandError(str(exc.message)) from None
+        if account is not None:
+            if token.user_created:
+                done = gettext(
+                    "Created service user %(name)s; its new token for account %(account)s "
+                    "only (shown once):"
                 )
-            user = user_model._default_manager.filter(**{user_model.USERNAME_FIELD: name}).first()
-            created = user is None
-            if user is None:
-                user = user_model(**{user_model.USERNAME_FIELD: name}, is_staff=False)
-                user.set_unusable_password()
-                user.save()
-            elif user.has_usable_password() or user.is_staff or user.is_superuser:
-                # Adding a person to the services group would widen their rights silently.
-                raise CommandError(
-                    gettext(
-                        "User “%(name)s” exists and is not a service user (it has a password or "
-                        "staff rights); use create_api_token to give it a token."
-                    )
-                    % {"name": name}
+            else:
+                done = gettext(
+                    "Reused existing service user %(name)s; its new token for account "
+                    "%(account)s only (shown once):"
                 )
-            elif not user.is_active:
-                raise CommandError(
-                    gettext("Service user “%(name)s” is inactive; activate it first.")
-                    % {"name": name}
-                )
-            user.groups.add(group)
-            _token, key = AuthToken.objects.create(user=user, expiry=None)
-        if created:
+        elif token.user_created:
             done = gettext("Created service user %(name)s; its new token (shown once):")
         else:
             done = gettext("Reused existing service user %(name)s; its new token (shown once):")
-        self.stdout.write(done % {"name": name})
-        self.stdout.write(key)
+        self.stdout.write(done % {"name": name, "account": account})
+        self.stdout.write(token.key)

@@ -10,7 +10,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from accounts.management.base import OpsCommand
-from usage.periods import Period, period_from_code
+from usage.periods import FIRST_PERIOD_CODE, LAST_PERIOD_CODE, Period, period_from_code
 from usage.services import Drift, RebuildProgress, counters_rebuild
 
 MAX_LISTED = 100  # drifts listed one per line; beyond, only counted
@@ -57,8 +57,15 @@ class Command(OpsCommand):
                 )
             except ValueError as refused:
                 raise CommandError(
-                    _("Invalid period “%(period)s”: expected YYYY-MM.")
-                    % {"period": options["period"]}
+                    _(
+                        "Invalid period “%(period)s”: expected a month from %(first)s to %(last)s, "
+                        "as YYYY-MM."
+                    )
+                    % {
+                        "period": options["period"],
+                        "first": FIRST_PERIOD_CODE,
+                        "last": LAST_PERIOD_CODE,
+                    }
                 ) from refused
 
         check = options["check"]

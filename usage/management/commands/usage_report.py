@@ -12,6 +12,7 @@ from django.utils.translation import gettext_lazy as _
 from rest_framework.utils.encoders import JSONEncoder
 
 from accounts.management.base import OpsCommand
+from usage.periods import FIRST_PERIOD_CODE, LAST_PERIOD_CODE
 from usage.selectors import REPORT_COLUMNS, usage_report_rows
 
 FORMATS = ("table", "csv", "json")
@@ -78,7 +79,15 @@ class Command(OpsCommand):
             rows = usage_report_rows(account=account, period_code=options["period"])
         except ValueError as refused:
             raise CommandError(
-                _("Invalid period “%(period)s”: expected YYYY-MM.") % {"period": options["period"]}
+                _(
+                    "Invalid period “%(period)s”: expected a month from %(first)s to %(last)s, "
+                    "as YYYY-MM."
+                )
+                % {
+                    "period": options["period"],
+                    "first": FIRST_PERIOD_CODE,
+                    "last": LAST_PERIOD_CODE,
+                }
             ) from refused
 
         data = [row.as_data() for row in rows]
