@@ -50,7 +50,8 @@ def postprocess_request_limits(
     limits_400 = _(
         "A request limit: a null character or a lone surrogate in a query parameter, a "
         "header or a JSON string (keyed by its path), JSON nested deeper than %(depth)s "
-        "levels, an invalid Content-Length, or a page that is not a number from 1."
+        "levels, an invalid Content-Length, a query parameter given more than once, or a "
+        "page that is not a number from 1."
     ) % {"depth": MAX_JSON_DEPTH}
     for path_item in result.get("paths", {}).values():
         allow = _allow(path_item)

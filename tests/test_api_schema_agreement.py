@@ -106,3 +106,47 @@ def test_a_check_of_a_null_quantity_checks_zero(components, service_client):
         "remaining": None,
         "status": "ok",
     }
+
+
+BAD_PAGE = "A valid page number is required: a whole number from 1 to 2147483647."
+
+
+def test_an_empty_page_number_is_refused_as_the_schema_wants_a_number(components, manager_client):
+    # given: the schema's page is an integer from 1, never an empty text
+    AccountFactory()
+    # when
+    response = manager_client.get("/api/v1/accounts/?page=")
+    # then
+    assert response.status_code == 400
+    assert response.json() == {"page": [BAD_PAGE]}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "page=abc&page=1",
+        "page=1&page=",
+        "search=a&search=b",
+    ],
+)
+def test_a_query_parameter_given_twice_is_refused(manager_client, query):
+    # given: every query parameter of the API takes one value; which one would count?
+    AccountFactory()
+    name = query.split("=", 1)[0]
+    # when
+    response = manager_client.get(f"/api/v1/accounts/?{query}")
+    # then
+    assert response.status_code == 400
+    assert response.json() == {name: ["Give this parameter once."]}
+
+
+def test_a_period_given_twice_is_refused(service_client):
+    # given
+    account = AccountFactory()
+    # when
+    response = service_client.get(
+        f"/api/v1/accounts/{account.pk}/usage/?period=2026-01&period=2026-02"
+    )
+    # then
+    assert response.status_code == 400
+    assert response.json() == {"period": ["Give this parameter once."]}
