@@ -150,3 +150,27 @@ def test_a_period_given_twice_is_refused(service_client):
     # then
     assert response.status_code == 400
     assert response.json() == {"period": ["Give this parameter once."]}
+
+
+NO_NULL = r"^[^\u0000]*$"
+
+
+def test_the_strings_of_request_bodies_say_they_refuse_null_characters(components, service_client):
+    # given: the API refuses a null character in any JSON string (config/parsers.py)
+    account = AccountFactory()
+    events = _variants(components, "EventRequest")
+    # when
+    response = service_client.post(EVENTS, _event(account, event_id="a\x00b"), format="json")
+    # then
+    assert all(event["event_id"]["pattern"] == NO_NULL for event in events)
+    assert all(event["source"]["pattern"] == NO_NULL for event in events)
+    assert response.status_code == 400
+    assert not UsageEvent.objects.exists()
+
+
+def test_strings_with_their_own_format_or_choices_keep_them(components):
+    event = _variants(components, "EventRequest")[0]
+    recipient = components["RecipientRequest"]["properties"]
+    assert "pattern" not in event["account"]
+    assert "pattern" not in recipient["email"]
+    assert event["occurred_at"]["pattern"] == "^[2-9][0-9]{3}-"
