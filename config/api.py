@@ -130,3 +130,18 @@ def require_body(request: Any) -> None:
     """Refuse an empty body: a PUT of nothing would otherwise clear every limit."""
     if request.META.get("CONTENT_LENGTH") in (None, "", "0"):
         raise exceptions.ValidationError({"non_field_errors": [_("A JSON body is required.")]})
+
+
+def openapi_request_bodies_required(
+    result: dict[str, Any], generator: Any, request: Any, public: bool
+) -> dict[str, Any]:
+    """drf-spectacular hook: every request body of this API is required.
+
+    drf-spectacular marks a body required only when its serializer has a required field, but
+    a ``PUT``/``PATCH`` of limits or a ``POST`` of events without a body is refused (400).
+    """
+    for item in result.get("paths", {}).values():
+        for operation in item.values():
+            if isinstance(operation, dict) and "requestBody" in operation:
+                operation["requestBody"]["required"] = True
+    return result

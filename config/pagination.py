@@ -1,8 +1,8 @@
 """Pagination of every API list: ``?page=N``, a whole number from 1 to ``MAX_PAGE``.
 
 A page number that is not one (``0``, ``-1``, ``abc``, ``1.5``, more than ``MAX_PAGE``,
-DRF's ``last``) answers 400 keyed by ``page``; a page past the last one still answers
-404, as DRF does. An empty ``?page=`` is the first page.
+DRF's ``last``, an empty ``?page=``) answers 400 keyed by ``page``, as the schema's integer
+says; a page past the last one still answers 404, as DRF does. Without ``page``, the first.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class PageNumberPagination(pagination.PageNumberPagination):
     last_page_strings = ()
 
     def get_page_number(self, request: Any, paginator: Any) -> int:
-        raw = request.query_params.get(self.page_query_param) or "1"
+        raw = request.query_params.get(self.page_query_param, "1")
         digits = raw.lstrip("0")
         # Digits only, and no more of them than MAX_PAGE has before converting.
         if not (

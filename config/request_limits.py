@@ -9,6 +9,9 @@ characters or lone surrogates in the query string and the headers.
   Other servers (``runserver``) cannot mark it, so such a request answers 411.
 - A null character or a lone surrogate in a query parameter or a header answers 400:
   PostgreSQL refuses null characters, so a search for one would otherwise answer 500.
+- Under ``/api/``, a query parameter given more than once answers 400: each takes one
+  value (as the OpenAPI schema says), and the last one silently winning would hide the
+  client's mistake.
 
 Under ``/api/`` and ``/anymail/`` the answers are JSON, keyed by the query parameter's name
 (``{"search": [...]}``) or under ``headers`` (``{"headers": {"Authorization": [...]}}``);
@@ -28,7 +31,8 @@ from django.utils.translation import gettext as _
 
 from config.parsers import text_problem
 
-JSON_PATH_PREFIXES = ("/api/", "/anymail/")
+API_PATH_PREFIX = "/api/"
+JSON_PATH_PREFIXES = (API_PATH_PREFIX, "/anymail/")
 _MAX_DIGITS = 18
 _READ_SIZE = 64 * 1024
 
@@ -67,7 +71,11 @@ class RequestLimitsMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        refusal = self.body_refusal(request) or self.text_refusal(request)
+        refusal = (
+            self.body_refusal(request)
+            or self.text_refusal(request)
+            or self.repeated_query_refusal(request)
+        )
         if refusal is not None:
             return refusal
         return self.get_response(request)
@@ -136,3 +144,15 @@ class RequestLimitsMiddleware:
         else:
             text = _("Bad request: null characters and lone surrogates are not allowed in headers.")
         return _refusal(request, 400, errors, text)
+
+    def repeated_query_refusal(self, request: HttpRequest) -> HttpResponse | None:
+        if not request.path_info.startswith(API_PATH_PREFIX):
+            return None
+        errors = {
+            name: [_("Give this parameter once.")]
+            for name, values in request.GET.lists()
+            if len(values) > 1
+        }
+        if not errors:
+            return None
+        return JsonResponse(errors, status=400)

@@ -2,8 +2,10 @@
 config/pagination.py, config/api.py), added by a drf-spectacular postprocessing hook.
 
 Every operation documents 400 (its own validation errors, or a request limit), 405 (with
-``Allow``), 411 and 413; every string parameter refuses null characters (``pattern``); a
-paginated list documents 404 for a page past the last one.
+``Allow``), 411 and 413; every string parameter, and every string of a request body without
+a format or choices of its own, refuses null characters (``pattern``); a paginated list
+documents 404 for a page past the last one. Free-form values (``metadata``) cannot say it
+of their keys in OpenAPI 3.0: the 400's description states the rule for every JSON string.
 """
 
 from __future__ import annotations
@@ -32,6 +34,38 @@ def _allow(path_item: dict[str, Any]) -> str:
     return ", ".join([*methods, "OPTIONS"])
 
 
+def _no_null_in_request_strings(result: dict[str, Any]) -> None:
+    """``NO_NULL_PATTERN`` on each plain string of every request body (``$ref`` followed)."""
+    components = result.get("components", {}).get("schemas", {})
+    visited: set[str] = set()
+
+    def visit(schema: Any) -> None:
+        if not isinstance(schema, dict):
+            return
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+            name = ref.rsplit("/", 1)[-1]
+            if name not in visited:
+                visited.add(name)
+                visit(components.get(name))
+            return
+        if schema.get("type") == "string" and not ({"pattern", "enum", "format"} & set(schema)):
+            schema["pattern"] = NO_NULL_PATTERN
+        for child in schema.get("properties", {}).values():
+            visit(child)
+        for key in ("items", "additionalProperties"):
+            visit(schema.get(key))
+        for key in ("allOf", "oneOf", "anyOf"):
+            for child in schema.get(key, []):
+                visit(child)
+
+    for path_item in result.get("paths", {}).values():
+        for method in _METHODS:
+            body = path_item.get(method, {}).get("requestBody", {})
+            for media in body.get("content", {}).values():
+                visit(media.get("schema"))
+
+
 def postprocess_request_limits(
     result: dict[str, Any], generator: Any, request: Any, public: bool, **kwargs: Any
 ) -> dict[str, Any]:
@@ -50,7 +84,8 @@ def postprocess_request_limits(
     limits_400 = _(
         "A request limit: a null character or a lone surrogate in a query parameter, a "
         "header or a JSON string (keyed by its path), JSON nested deeper than %(depth)s "
-        "levels, an invalid Content-Length, or a page that is not a number from 1."
+        "levels, an invalid Content-Length, a query parameter given more than once, or a "
+        "page that is not a number from 1."
     ) % {"depth": MAX_JSON_DEPTH}
     for path_item in result.get("paths", {}).values():
         allow = _allow(path_item)
@@ -115,4 +150,5 @@ def postprocess_request_limits(
                     "content": _json(error),
                 },
             )
+    _no_null_in_request_strings(result)
     return result

@@ -185,6 +185,8 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
+        # Every request body is required (config/api.py).
+        "config.api.openapi_request_bodies_required",
         # Request bodies refuse unknown properties (config/schema_fields.py).
         "config.schema_fields.forbid_unknown_request_fields",
         # The request limits every operation shares: 400, 405, 411, 413 (config/schema.py).

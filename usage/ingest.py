@@ -222,8 +222,10 @@ def _parse_event(raw: Any, now: datetime, bound: uuid.UUID | None) -> tuple[Even
     if error:
         errors["occurred_at"] = [error]
 
-    source = raw.get("source") or ""
-    if not isinstance(source, str):
+    source = raw.get("source")
+    if source is None:
+        source = ""
+    elif not isinstance(source, str):
         errors["source"] = [_("Not a valid string.")]
     elif len(source) > MAX_SOURCE_LENGTH:
         errors["source"] = [
