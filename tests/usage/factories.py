@@ -53,3 +53,14 @@ def counter_corrupt(
     UsageCounter.objects.filter(account=account, metric=metric, day=day).update(
         quantity_milli=quantity_milli
     )
+
+
+def event_body(account, event_id="e-1", metric="text_tokens", quantity=10, **extra) -> dict:
+    """The JSON of one usage event as a service posts it."""
+    return {
+        "event_id": event_id,
+        "account": str(account.pk),
+        "metric": metric,
+        "quantity": quantity,
+        **extra,
+    }

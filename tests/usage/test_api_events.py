@@ -11,21 +11,12 @@ from django.utils import timezone
 
 from accounts.models import Plan
 from tests.factories import AccountFactory, LimitFactory
+from tests.usage.factories import event_body as event
 from usage.models import UsageCounter, UsageEvent
 
 pytestmark = pytest.mark.django_db
 
 URL = "/api/v1/usage/events/"
-
-
-def event(account, event_id="e-1", metric="text_tokens", quantity=10, **extra):
-    return {
-        "event_id": event_id,
-        "account": str(account.pk),
-        "metric": metric,
-        "quantity": quantity,
-        **extra,
-    }
 
 
 def used(account, metric="text_tokens"):

@@ -23,6 +23,7 @@ from rest_framework.test import APIClient
 
 from accounts.metrics import METRICS
 from tests.factories import AccountFactory, LimitFactory
+from tests.usage.factories import event_body as event
 from usage.models import Extension, UsageCounter, UsageEvent
 from usage.periods import period_from_code
 from usage.services import extension_grant
@@ -30,16 +31,6 @@ from usage.services import extension_grant
 pytestmark = pytest.mark.django_db
 
 EVENTS = "/api/v1/usage/events/"
-
-
-def event(account, event_id="e-1", metric="text_tokens", quantity=10, **extra):
-    return {
-        "event_id": event_id,
-        "account": str(account.pk),
-        "metric": metric,
-        "quantity": quantity,
-        **extra,
-    }
 
 
 def post_raw(client, url, text):
