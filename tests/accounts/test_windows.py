@@ -13,8 +13,7 @@ from django.utils.translation import override
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usage.periods import period_containing
-from usage.windows import (
+from accounts.windows import (
     PeriodKind,
     Window,
     cover,
@@ -22,6 +21,7 @@ from usage.windows import (
     window_days_check,
     window_from_key,
 )
+from usage.periods import period_containing
 
 TICK = timedelta(microseconds=1)
 

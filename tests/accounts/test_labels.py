@@ -7,8 +7,8 @@ from django.utils.translation import override
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usage import labels as labels_module
-from usage.labels import (
+from accounts import labels as labels_module
+from accounts.labels import (
     LABEL_KEYS,
     labels_from_key,
     labels_from_options,
