@@ -7,10 +7,14 @@ named in each test (Paris local time), so that every window is known.
 
 from __future__ import annotations
 
+import io
+import json
+import re
 from datetime import UTC, datetime
 
 import pytest
 import time_machine
+from django.core.management import call_command
 
 from tests.factories import AccountFactory
 
@@ -179,9 +183,7 @@ def test_capacities_of_an_account_without_scoped_limits_are_its_three_monthly_li
     }
 
 
-def test_capacities_move_with_the_clock_a_rolling_window_at_local_midnight(
-    account, service_client
-):
+def test_capacities_move_with_the_clock_a_rolling_window_at_local_midnight(account, service_client):
     # when: the first instant of 3 December in Paris
     with time_machine.travel(datetime(2026, 12, 2, 23, 0, tzinfo=UTC), tick=False):
         items = service_client.get(f"/api/v1/accounts/{account.pk}/capacities/").json()["items"]
@@ -201,9 +203,7 @@ def test_capacities_move_with_the_clock_a_rolling_window_at_local_midnight(
 
 def check(client, account, body):
     with time_machine.travel(NOW, tick=False):
-        return client.post(
-            f"/api/v1/accounts/{account.pk}/usage/check/", body, format="json"
-        )
+        return client.post(f"/api/v1/accounts/{account.pk}/usage/check/", body, format="json")
 
 
 def test_check_with_labels_weighs_every_line_that_applies(account, service_client):
@@ -318,3 +318,48 @@ def test_capacities_answer_403_to_a_token_bound_to_another_account(account, api_
     assert response.status_code == 403
     assert response.json() == {"detail": "This token is bound to another account."}
     assert own.status_code == 200
+
+
+def test_the_usage_report_lists_the_scoped_lines_after_the_monthly_ones(account):
+    # when
+    out = io.StringIO()
+    with time_machine.travel(NOW, tick=False):
+        call_command("usage_report", str(account.pk), "--format", "json", stdout=out)
+        table = io.StringIO()
+        call_command("usage_report", str(account.pk), stdout=table)
+    # then
+    rows = json.loads(out.getvalue())
+    assert [
+        (row["period_kind"], row["window_days"], row["labels"], row["period"], row["used"],
+         row["remaining"], row["status"])
+        for row in rows
+    ] == [
+        ("month", None, "", "2026-12", 0, None, "ok"),
+        ("month", None, "", "2026-12", 0, None, "ok"),
+        ("month", None, "", "2026-12", 42100, 957900, "ok"),
+        ("day", None, "model=large", "2026-12-02T00:00:00+01:00", 42000, 8000, "warning"),
+        ("rolling", 7, "", "2026-11-26T00:00:00+01:00", 47100, 52900, "ok"),
+        ("hour", None, "vendor=acme", "2026-12-02T15:00:00+01:00", 30000, 0, "blocked"),
+        ("week", None, "", "2026-11-30T00:00:00+01:00", 120.5, 3479.5, "ok"),
+    ]  # fmt: skip
+    lines = [re.split(r"\s{2,}", line) for line in table.getvalue().splitlines()]
+    assert [line[2] for line in lines] == [
+        "line", "month", "month", "month", "day[model=large]", "rolling/7", "hour[vendor=acme]",
+        "week",
+    ]  # fmt: skip
+
+
+def test_the_usage_report_of_a_past_month_lists_the_monthly_lines_only(account):
+    # when
+    out = io.StringIO()
+    with time_machine.travel(NOW, tick=False):
+        call_command(
+            "usage_report", str(account.pk), "--period", "2026-11", "--format", "json", stdout=out
+        )
+    # then: November's 5000 + 7000 tokens and 180.5 seconds
+    rows = json.loads(out.getvalue())
+    assert [(row["period_kind"], row["metric"], row["used"]) for row in rows] == [
+        ("month", "audio_transcribed_seconds", 180.5),
+        ("month", "audio_analyzed_seconds", 0),
+        ("month", "text_tokens", 12000),
+    ]

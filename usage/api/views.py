@@ -24,7 +24,6 @@ from accounts.windows import PeriodKind
 from config.api import ErrorSerializer, ModelPermissions, account_get_or_404
 from config.authentication import token_account_id
 from usage.ingest import EventsInvalid, parse_metric, parse_quantity, unknown_fields
-from usage.lines import LineUsage, account_lines_usage, line_period_data, worst_status
 from usage.periods import (
     FIRST_PERIOD_CODE,
     LAST_PERIOD_CODE,
@@ -32,7 +31,15 @@ from usage.periods import (
     period_from_code,
 )
 from usage.quantities import quantity_number
-from usage.selectors import MetricUsage, account_usage, current_period
+from usage.selectors import (
+    LineUsage,
+    MetricUsage,
+    account_lines_usage,
+    account_usage,
+    current_period,
+    line_period_data,
+    worst_status,
+)
 from usage.services import usage_events_record
 
 from .parsers import ExactJSONParser
