@@ -27,6 +27,7 @@ from accounts.models import (
     Level,
     validate_recipient_email,
 )
+from usage.admin import ReadOnlyAdmin
 from usage.models import MILLI
 from usage.quantities import quantity_text
 
@@ -115,17 +116,6 @@ class ResendPermission:
 
     def has_resend_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("notifications.change_delivery")
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 # --- Notifications ---

@@ -11,6 +11,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.utils import formats
+from django.utils.translation import gettext
 
 from accounts.metrics import METRICS
 
@@ -45,3 +46,10 @@ def quantity_text(value_milli: int, metric: str, *, all_places: bool = False) ->
     return formats.number_format(
         quantity_number(value_milli, metric), places, use_l10n=True, force_grouping=True
     )
+
+
+def threshold_text(value: int | None, metric: str) -> str:
+    """A threshold or an extension, in whole units of ``metric``; ``None`` is unlimited."""
+    if value is None:
+        return gettext("unlimited")
+    return quantity_text(value * MILLI, metric)
