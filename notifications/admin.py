@@ -28,8 +28,7 @@ from accounts.models import (
     validate_recipient_email,
 )
 from usage.admin import ReadOnlyAdmin
-from usage.models import MILLI
-from usage.quantities import quantity_text
+from usage.quantities import quantity_text, threshold_text
 
 from .models import Delivery, Notification
 from .services import deliveries_resend, notification_send_test, thresholds_evaluate
@@ -61,7 +60,7 @@ class NotificationDisplay:
 
     @admin.display(description=_("threshold"), ordering="threshold")
     def threshold_display(self, obj: Notification) -> str:
-        return quantity_text(obj.threshold * MILLI, obj.metric)
+        return threshold_text(obj.threshold, obj.metric)
 
     @admin.display(description=_("usage when reached"), ordering="used_milli")
     def used_display(self, obj: Notification) -> str:
