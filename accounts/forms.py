@@ -21,7 +21,7 @@ rows. The admin saves only when the form was valid and every formset is valid, s
 refused document makes the formset invalid (``is_valid()``) even when its errors sit on
 the account form: nothing is saved, account fields included. On success the validated
 document stays on the draft, and ``AccountAdmin.save_related`` hands it to
-``accounts.services.limits_replace``, which owns the writes and their history.
+``backoffice.services.limits_replace``, which owns the writes and their history.
 
 Extensions follow the same idea with their own service: ``ExtensionInlineForm`` parses a
 new extension and has ``usage.services.extension_validate`` judge it (see the form).

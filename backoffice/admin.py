@@ -9,6 +9,9 @@ The list shows each account's status and a usage bar per metric of its current p
 read for the whole page at once (``AccountChangeList``); the page shows the same usage in
 detail, and the period's extensions, granted through ``usage.services.extension_grant``.
 
+It lives in ``backoffice``, the top app, because the page spans accounts, usage and
+notifications; its URLs follow the model's app label (``/admin/accounts/account/``).
+
 Only Enterprise accounts are limited: an account on another plan keeps its stored limits,
 shown on its page as inactive, and is listed (and filtered) as unlimited, ``ok``.
 """
@@ -48,13 +51,12 @@ from accounts.forms import (
 from accounts.metrics import METRICS
 from accounts.models import Account, Level, Recipient
 from accounts.selectors import limits_document_get
-from backoffice.services import limits_reactivate, limits_replace
+from backoffice.services import extensions_grant, limits_reactivate, limits_replace
 from notifications.admin import (
     NotificationInline,
     evaluate_thresholds_now,
     send_test_notification,
 )
-from notifications.services import thresholds_evaluate
 from usage.forms import ExtensionInlineForm
 from usage.models import MILLI, Extension, UsageCounter, UsageEvent
 from usage.quantities import quantity_text, threshold_text
@@ -70,7 +72,6 @@ from usage.selectors import (
     limits_history_list,
     worst_status,
 )
-from usage.services import extension_grant
 
 # Everything ``limits_replace`` may write; a user without all of them sees limits read-only.
 LIMITS_PERMISSIONS = (
@@ -508,12 +509,8 @@ class AccountAdmin(SimpleHistoryAdmin):
             limits_replace(
                 account=form.instance, data=draft.document, actor=request.user, reason="admin"
             )
-        granted = [
-            extension for formset in extensions for extension in self._grant(request, formset)
-        ]
-        if granted:
-            # A raised effective blocked threshold may re-arm its notification (SPEC 6).
-            thresholds_evaluate(account_ids=[form.instance.pk], after_limit_change=True)
+        for formset in extensions:
+            self._grant(request, formset)
         if "plan" in form.changed_data:
             # After the limits and extensions saved with it, so that a return to Enterprise
             # evaluates the limits the page leaves, not the ones it replaces.
@@ -522,17 +519,15 @@ class AccountAdmin(SimpleHistoryAdmin):
     @staticmethod
     def _grant(request: HttpRequest, formset: Any) -> list[Extension]:
         """Grant the new rows of the extensions inline, already judged by the service."""
-        granted = [
-            extension_grant(
-                account=formset.instance,
-                metric=row.cleaned_data["metric"],
-                amount=row.cleaned_data["amount"],
-                reason=row.cleaned_data["reason"],
-                actor=request.user,
-            )
-            for row in formset.extra_forms
-            if row.has_changed()
-        ]
+        granted = extensions_grant(
+            account=formset.instance,
+            rows=[
+                {field: row.cleaned_data[field] for field in ("metric", "amount", "reason")}
+                for row in formset.extra_forms
+                if row.has_changed()
+            ],
+            actor=request.user,
+        )
         # What the admin's change message lists.
         formset.new_objects, formset.changed_objects, formset.deleted_objects = granted, [], []
         return granted

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -27,10 +28,16 @@ from accounts.services import _limits_write, limits_document_merge, limits_docum
 from notifications.services import crossings_record, thresholds_evaluate
 from usage.ingest import EventIn, EventsInvalid, parse_events
 from usage.locks import usage_lock
-from usage.models import DAILY_LIMIT_MILLI
+from usage.models import DAILY_LIMIT_MILLI, Extension
 from usage.periods import period_containing
 from usage.selectors import Status, usage_for
-from usage.services import IngestResult, _daily_limit_errors, _insert_events, counters_add
+from usage.services import (
+    IngestResult,
+    _daily_limit_errors,
+    _insert_events,
+    counters_add,
+    extension_grant,
+)
 
 # --- Limits and accounts, with the crossings a change causes (SPEC sections 3 and 6) ---
 
@@ -135,6 +142,25 @@ def _account_write(
             account.save()
             limits_reactivate(account=account, previous_plan=before["plan"])
     return account, created
+
+
+# --- Extensions, with the crossings they re-arm (SPEC sections 4 and 6) ---
+
+
+def extensions_grant(
+    *, account: Account, rows: Iterable[Mapping[str, Any]], actor: Any
+) -> list[Extension]:
+    """Grant each of ``rows`` (``metric``, ``amount``, ``reason``) for the current period.
+
+    In one transaction with the evaluation of the account's thresholds, since a raised
+    effective blocked threshold may re-arm its notification (SPEC section 6). Refused with
+    ``ValidationError`` as ``usage.services.extension_validate`` says.
+    """
+    with transaction.atomic():
+        granted = [extension_grant(account=account, actor=actor, **row) for row in rows]
+        if granted:
+            thresholds_evaluate(account_ids=[account.pk], after_limit_change=True)
+    return granted
 
 
 # --- Usage, with the crossings it causes (SPEC sections 5 and 6) ---

@@ -186,7 +186,7 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        # Every request body is required (config/api.py).
+        # Every request body is required (accounts/api/base.py).
         "accounts.api.base.openapi_request_bodies_required",
         # Request bodies refuse unknown properties (config/schema_fields.py).
         "config.schema_fields.forbid_unknown_request_fields",

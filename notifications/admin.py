@@ -290,7 +290,7 @@ class DeliveryAdmin(ResendPermission, ReadOnlyAdmin):
         _message_resent(self, request, deliveries_resend(delivery_ids=delivery_ids))
 
 
-# --- For the account admin (wired into ``accounts.admin.AccountAdmin``) ---
+# --- For the account admin (wired into ``backoffice.admin.AccountAdmin``) ---
 
 
 class RecentNotificationsFormSet(BaseInlineFormSet):

@@ -1,7 +1,7 @@
 """The admin of usage rows (SPEC section 7): all read-only, they are facts.
 
 Events and counters are written by the services only, extensions are granted on the
-account page (``accounts.admin.ExtensionInline``), repairs and purges by the commands.
+account page (``backoffice.admin.ExtensionInline``), repairs and purges by the commands.
 Lists that grow without bound never count the whole table and order by the primary key,
 and every list can be narrowed to one account with ``?account__id__exact=<id>`` (the
 account page links there) without loading every account into a filter.
