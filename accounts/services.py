@@ -3,7 +3,9 @@
 The rules of limits and recipients (SPEC section 3) live here and only here: the admin
 form, the API and the ``set_limits`` command hand the same JSON-like document to
 ``limits_replace`` or ``limits_patch`` and show the errors it raises, so the three can
-never disagree on what is allowed or on how a refusal is worded.
+never disagree on what is allowed or on how a refusal is worded. Those two, and
+``account_upsert``, live in ``backoffice.services``: they also record the notifications a
+change causes, which this app, below ``notifications``, cannot.
 """
 
 from __future__ import annotations

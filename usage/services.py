@@ -5,7 +5,9 @@ accounts, on PostgreSQL one to take the (account, metric) locks (``usage_lock``)
 ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` for the events, one counter upsert, then
 the reads of the answer. Rows are written in a stable order (events by
 account and event id, counters by account, metric and day) so that concurrent batches
-wait for each other instead of deadlocking.
+wait for each other instead of deadlocking. Recording itself
+(``backoffice.services.usage_events_record``) is above, beside the crossings it records
+in the same transaction; the steps it takes are here.
 """
 
 from __future__ import annotations
