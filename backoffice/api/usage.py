@@ -17,12 +17,24 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.api.base import ErrorSerializer, ModelPermissions, account_get_or_404
 from accounts.labels import labels_parse
 from accounts.metrics import METRICS
 from accounts.models import Account
 from accounts.windows import PeriodKind
-from config.api import ErrorSerializer, ModelPermissions, account_get_or_404
+from backoffice.services import usage_events_record
 from config.authentication import token_account_id
+from usage.api.parsers import ExactJSONParser
+from usage.api.serializers import (
+    AccountUsageSerializer,
+    CapacitiesSerializer,
+    CheckRequestSerializer,
+    CheckResultSerializer,
+    EventBatchSerializer,
+    EventSerializer,
+    IngestResultSerializer,
+    ValidationErrorSerializer,
+)
 from usage.ingest import EventsInvalid, parse_metric, parse_quantity, unknown_fields
 from usage.periods import (
     FIRST_PERIOD_CODE,
@@ -39,19 +51,6 @@ from usage.selectors import (
     current_period,
     line_period_data,
     worst_status,
-)
-from usage.services import usage_events_record
-
-from .parsers import ExactJSONParser
-from .serializers import (
-    AccountUsageSerializer,
-    CapacitiesSerializer,
-    CheckRequestSerializer,
-    CheckResultSerializer,
-    EventBatchSerializer,
-    EventSerializer,
-    IngestResultSerializer,
-    ValidationErrorSerializer,
 )
 
 # The fields a pre-flight check may have; any other is refused ("Unknown field.").
@@ -243,7 +242,7 @@ class UsageCheckView(AccountScopedView):
                 "metric": metric,
                 "used": quantity_number(monthly.used_milli, metric),
                 "remaining": quantity_number(min(remaining, default=None), metric),
-                "status": worst_status([line.usage.status for line in lines]),
+                "status": worst_status(line.usage for line in lines),
                 "lines": [
                     {
                         "period": PeriodKind(line.line.period).value,
