@@ -117,37 +117,33 @@ def test_the_remembered_user_and_binding_are_those_of_the_database(
     user.groups.add(Group.objects.get(name=USAGE_SERVICES))
     token, key = AuthToken.objects.create(user=user, expiry=None)
     TokenAccount.objects.create(token=token, account=acme)
-    request_user, request_token = authentication.TokenAuthentication().authenticate_credentials(
-        key.encode()
-    )
+    authentication.TokenAuthentication().authenticate_credentials(key.encode())
     # when: the same token again
     with django_assert_num_queries(0):
         cached_user, cached_token = authentication.TokenAuthentication().authenticate_credentials(
             key.encode()
         )
-    # then
-    assert (cached_user.pk, cached_user.username, cached_user.is_active) == (
-        user.pk,
-        "bound",
-        True,
+    # then: the rows as stored, the permissions of the group, the binding
+    assert (cached_user.pk, cached_user.username, cached_user.is_active) == (user.pk, "bound", True)
+    assert cached_user._api_permissions == frozenset(
+        f"{p.content_type.app_label}.{p.codename}"
+        for p in Group.objects.get(name=USAGE_SERVICES).permissions.all()
     )
-    assert cached_token.digest == token.digest
+    assert (cached_token.digest, cached_token.user) == (token.digest, cached_user)
     assert cached_token.account_binding.account_id == acme.pk
-    assert cached_user._api_permissions == request_user._api_permissions
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     refused = client.get(usage_url(globex))
     assert refused.status_code == 403
     assert refused.json() == OTHER_ACCOUNT
-    assert request_token.digest == token.digest
 
 
 @pytest.mark.redis
 def test_an_unbound_remembered_token_reads_no_binding(
     shared_cache, service, django_assert_num_queries
 ):
-    _user, _token, _client, _account = service
-    key = AuthToken.objects.create(user=_user, expiry=None)[1]
+    user, _token, _client, _account = service
+    key = AuthToken.objects.create(user=user, expiry=None)[1]
     authentication.TokenAuthentication().authenticate_credentials(key.encode())
     with django_assert_num_queries(0):
         _cached_user, cached_token = authentication.TokenAuthentication().authenticate_credentials(
