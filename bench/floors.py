@@ -18,7 +18,7 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.api import ModelPermissions
+from accounts.api.base import ModelPermissions
 from config.authentication import TokenAuthentication
 
 

@@ -56,7 +56,7 @@ MAX_ENTRIES = 10_000
 def api_permissions(user: Any) -> frozenset[str]:
     """The ``app_label.codename`` permissions of a user, in one query, kept on the user.
 
-    ``config.api.ModelPermissions`` checks these; a cached verification restores them
+    ``accounts.api.base.ModelPermissions`` checks these; a cached verification restores them
     on the user it rebuilds, so the check costs no query either.
     """
     cached = getattr(user, "_api_permissions", None)
