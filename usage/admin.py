@@ -16,6 +16,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 
+from accounts.labels import labels_key
 from accounts.models import Account
 from notifications.admin import ReadOnlyAdmin
 
@@ -76,6 +77,7 @@ class UsageEventAdmin(QuantityColumn, LargeTableAdmin):
         "occurred_at",
         "received_at",
         "source",
+        "labels_display",
     )
     list_filter = ("metric", AccountFilter)
     # Exact: event ids are case-sensitive, and a pattern would scan the table.
@@ -89,11 +91,16 @@ class UsageEventAdmin(QuantityColumn, LargeTableAdmin):
         "occurred_at",
         "received_at",
         "source",
+        "labels",
         "metadata",
         "request_id",
         "correlation_id",
     )
     readonly_fields = fields
+
+    @admin.display(description=_("labels"))
+    def labels_display(self, obj: UsageEvent) -> str:
+        return labels_key(obj.labels)
 
 
 @admin.register(UsageCounter)

@@ -56,6 +56,15 @@ class UsageEvent(models.Model):
     received_at = models.DateTimeField(_("received at"))
     source = models.CharField(_("source"), max_length=64, blank=True, default="")
     metadata = models.JSONField(_("metadata"), default=dict, blank=True)
+    labels = models.JSONField(
+        _("labels"),
+        default=dict,
+        blank=True,
+        db_default={},
+        help_text=_(
+            "At most four pairs (technology, vendor, operation, model); part of the event."
+        ),
+    )
     request_id = models.CharField(
         _("request id"),
         max_length=MAX_LENGTH,

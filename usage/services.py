@@ -73,7 +73,7 @@ def _insert_events(events: list[EventIn], received_at: datetime) -> list[tuple[s
     """
     columns = (
         "account_id, event_id, metric, quantity_milli, occurred_at, received_at, source, metadata,"
-        " request_id, correlation_id"
+        " labels, request_id, correlation_id"
     )
     request_id, correlation_id = current_request_id(), current_correlation_id()
     with connection.cursor() as cursor:
@@ -90,6 +90,7 @@ def _insert_events(events: list[EventIn], received_at: datetime) -> list[tuple[s
                         e.occurred_at.isoformat(),
                         e.source,
                         e.metadata,
+                        e.labels,
                     ]
                     for e in events
                 ]
@@ -97,7 +98,7 @@ def _insert_events(events: list[EventIn], received_at: datetime) -> list[tuple[s
             cursor.execute(
                 f"INSERT INTO {EVENT_TABLE} ({columns}) "
                 "SELECT (x->>0)::uuid, x->>1, x->>2, (x->>3)::bigint, (x->>4)::timestamptz, %s,"
-                " x->>5, (x->>6)::jsonb, %s, %s FROM jsonb_array_elements(%s::jsonb)"
+                " x->>5, (x->>6)::jsonb, (x->>7)::jsonb, %s, %s FROM jsonb_array_elements(%s::jsonb)"
                 " WITH ORDINALITY AS t(x, n) ORDER BY n "
                 "ON CONFLICT (account_id, event_id) DO NOTHING RETURNING account_id, event_id",
                 [received_at, request_id, correlation_id, rows],
@@ -105,7 +106,7 @@ def _insert_events(events: list[EventIn], received_at: datetime) -> list[tuple[s
             return [(account_id.hex, event_id) for account_id, event_id in cursor.fetchall()]
         adapt = connection.ops.adapt_datetimefield_value
         received = adapt(received_at)
-        placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(events))
+        placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(events))
         params: list[object] = []
         for e in events:
             params += [
@@ -117,6 +118,7 @@ def _insert_events(events: list[EventIn], received_at: datetime) -> list[tuple[s
                 received,
                 e.source,
                 e.metadata,
+                e.labels,
                 request_id,
                 correlation_id,
             ]

@@ -277,10 +277,10 @@ def test_the_schema_pattern_of_every_period_parameter_admits_exactly_the_valid_m
 def test_an_event_with_an_unknown_field_is_refused(service_client):
     account = AccountFactory()
     response = service_client.post(
-        EVENTS, event(account, labels={"model": "large"}, Quantity=5), format="json"
+        EVENTS, event(account, tags={"model": "large"}, Quantity=5), format="json"
     )
     assert response.status_code == 400
-    assert response.json() == {"labels": ["Unknown field."], "Quantity": ["Unknown field."]}
+    assert response.json() == {"tags": ["Unknown field."], "Quantity": ["Unknown field."]}
     assert nothing_stored()
 
 
