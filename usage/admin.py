@@ -105,10 +105,10 @@ class UsageEventAdmin(QuantityColumn, LargeTableAdmin):
 
 @admin.register(UsageCounter)
 class UsageCounterAdmin(QuantityColumn, LargeTableAdmin):
-    list_display = ("account", "metric", "day", "quantity_display", "updated_at")
+    list_display = ("account", "metric", "labels", "day", "quantity_display", "updated_at")
     list_filter = ("metric", AccountFilter)
     ordering = ("-day", "-pk")
-    fields = ("account", "metric", "day", "quantity_display", "updated_at")
+    fields = ("account", "metric", "labels", "day", "quantity_display", "updated_at")
     readonly_fields = fields
 
 
@@ -140,7 +140,9 @@ class CounterRepairAdmin(ReadOnlyAdmin):
     list_display = (
         "account",
         "metric",
+        "labels",
         "day",
+        "hour",
         "found_display",
         "expected_display",
         "repaired_at",

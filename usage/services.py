@@ -14,22 +14,34 @@ import json
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import date, datetime, time
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from functools import lru_cache
+from itertools import combinations
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import BigIntegerField, F, Sum, Value
-from django.db.models.functions import TruncDate
+from django.db.models import (
+    BigIntegerField,
+    DateField,
+    DateTimeField,
+    F,
+    Sum,
+    TextField,
+    Value,
+)
+from django.db.models.functions import Cast, Trunc
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from accounts.labels import PAIR_SEPARATOR, labels_key
 from accounts.metrics import METRICS
 from accounts.models import Account
 from accounts.services import MAX_THRESHOLD
+from accounts.windows import PeriodKind, window_containing
 from config.request_ids import current_correlation_id, current_request_id
 from notifications.services import crossings_record
 
@@ -43,6 +55,7 @@ from .models import (
     Extension,
     UsageCounter,
     UsageEvent,
+    UsageHourCounter,
     from_milli,
 )
 from .periods import Period, period_containing
@@ -57,6 +70,7 @@ from .selectors import (
 
 EVENT_TABLE = UsageEvent._meta.db_table
 COUNTER_TABLE = UsageCounter._meta.db_table
+HOUR_COUNTER_TABLE = UsageHourCounter._meta.db_table
 
 
 @dataclass(frozen=True)
@@ -130,47 +144,158 @@ def _insert_events(events: list[EventIn], received_at: datetime) -> list[tuple[s
         return [(str(account_id), event_id) for account_id, event_id in cursor.fetchall()]
 
 
-def counters_add(
-    deltas: dict[tuple[uuid.UUID, str, date], int], now: datetime
-) -> dict[tuple[uuid.UUID, str, date], int]:
-    """Add ``deltas`` (thousandths by account, metric and local day) to the counters.
+DayKey = tuple[uuid.UUID, str, str, date]  # account, metric, labels key, local day
+HourKey = tuple[uuid.UUID, str, str, datetime, date]  # ... hour start (UTC), its local day
 
-    Returns each counter's value after the addition, as the upsert wrote it (``RETURNING``):
-    within the caller's transaction, what concurrent writers committed before is included.
+
+@dataclass
+class CounterDeltas:
+    """Thousandths to add to day and hour counters, summed in memory before one upsert each."""
+
+    days: dict[DayKey, int] = field(default_factory=lambda: defaultdict(int))
+    hours: dict[HourKey, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(
+        self,
+        *,
+        account_id: uuid.UUID,
+        metric: str,
+        labels: str,
+        day: date,
+        hour: datetime,
+        hour_day: date,
+        quantity_milli: int,
+    ) -> None:
+        """Add to the counters of every subset of the label set ``labels`` (a canonical key)."""
+        for subset in label_subsets(labels):
+            self.days[(account_id, metric, subset, day)] += quantity_milli
+            self.hours[(account_id, metric, subset, hour, hour_day)] += quantity_milli
+
+    def __bool__(self) -> bool:
+        return bool(self.days or self.hours)
+
+
+@lru_cache(maxsize=4096)
+def label_subsets(key: str) -> tuple[str, ...]:
+    """The canonical keys of every subset of the label set ``key``, ``""`` first (at most 16).
+
+    The pairs of a canonical key are sorted, and ``combinations`` keeps their order, so each
+    subset is written canonically too.
     """
-    keys = sorted(deltas)  # a stable order: concurrent writers lock counter rows alike
-    upsert = (
-        "ON CONFLICT (account_id, metric, day) DO UPDATE SET "
-        f"quantity_milli = {COUNTER_TABLE}.quantity_milli + excluded.quantity_milli, "
-        "updated_at = excluded.updated_at RETURNING account_id, metric, day, quantity_milli"
+    pairs = key.split(PAIR_SEPARATOR) if key else []
+    return tuple(
+        PAIR_SEPARATOR.join(chosen)
+        for size in range(len(pairs) + 1)
+        for chosen in combinations(pairs, size)
     )
+
+
+def hour_start(instant: datetime, zone: ZoneInfo) -> tuple[datetime, date]:
+    """The start (UTC) of the ``hour`` window containing ``instant``, and its local day.
+
+    The local clock's full hour before ``instant``, unless the UTC offset changed since then:
+    the window then starts at the change (``accounts.windows``, computed there).
+    """
+    local = instant.astimezone(zone)
+    start = instant - timedelta(
+        minutes=local.minute, seconds=local.second, microseconds=local.microsecond
+    )
+    if start.astimezone(zone).utcoffset() == local.utcoffset():
+        return start, local.date()
+    start = window_containing(kind=PeriodKind.HOUR, instant=instant, zone=zone).start
+    return start, start.astimezone(zone).date()
+
+
+def counters_add(deltas: CounterDeltas, now: datetime) -> dict[tuple[uuid.UUID, str, date], int]:
+    """Add ``deltas`` to the day and hour counters: one upsert each, rows in a stable order.
+
+    Returns the value after the addition of each whole-metric day counter written (labels
+    ``""``), as the upsert wrote it (``RETURNING``): within the caller's transaction, what
+    concurrent writers committed before is included.
+    """
+    days = sorted(deltas.days)  # a stable order: concurrent writers lock counter rows alike
+    hours = sorted(deltas.hours)
+    totals: dict[tuple[uuid.UUID, str, date], int] = {}
+    day_upsert = (
+        "ON CONFLICT (account_id, metric, labels, day) DO UPDATE SET "
+        f"quantity_milli = {COUNTER_TABLE}.quantity_milli + excluded.quantity_milli, "
+        "updated_at = excluded.updated_at "
+        "RETURNING account_id, metric, day, quantity_milli, labels = ''"
+    )
+    hour_upsert = (
+        "ON CONFLICT (account_id, metric, labels, hour) DO UPDATE SET "
+        f"quantity_milli = {HOUR_COUNTER_TABLE}.quantity_milli + excluded.quantity_milli, "
+        "updated_at = excluded.updated_at"
+    )
+    day_columns = "account_id, metric, labels, day, quantity_milli, updated_at"
+    hour_columns = "account_id, metric, labels, hour, day, quantity_milli, updated_at"
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute(
-                f"INSERT INTO {COUNTER_TABLE} (account_id, metric, day, quantity_milli, updated_at) "
-                "SELECT a, m, d, q, %s FROM unnest(%s::uuid[], %s::text[], %s::date[], %s::bigint[])"
-                f" AS t(a, m, d, q) {upsert}",
-                [
-                    now,
-                    [k[0] for k in keys],
-                    [k[1] for k in keys],
-                    [k[2] for k in keys],
-                    [deltas[k] for k in keys],
-                ],
-            )
-            return {(a, m, d): int(q) for a, m, d, q in cursor.fetchall()}
+            if days:
+                cursor.execute(
+                    f"INSERT INTO {COUNTER_TABLE} ({day_columns}) SELECT a, m, l, d, q, %s FROM"
+                    " unnest(%s::uuid[], %s::text[], %s::text[], %s::date[], %s::bigint[])"
+                    f" AS t(a, m, l, d, q) {day_upsert}",
+                    [
+                        now,
+                        [k[0] for k in days],
+                        [k[1] for k in days],
+                        [k[2] for k in days],
+                        [k[3] for k in days],
+                        [deltas.days[k] for k in days],
+                    ],
+                )
+                totals = {(a, m, d): int(q) for a, m, d, q, whole in cursor.fetchall() if whole}
+            if hours:
+                cursor.execute(
+                    f"INSERT INTO {HOUR_COUNTER_TABLE} ({hour_columns}) SELECT a, m, l, h, d, q, %s"
+                    " FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::timestamptz[],"
+                    f" %s::date[], %s::bigint[]) AS t(a, m, l, h, d, q) {hour_upsert}",
+                    [
+                        now,
+                        [k[0] for k in hours],
+                        [k[1] for k in hours],
+                        [k[2] for k in hours],
+                        [k[3] for k in hours],
+                        [k[4] for k in hours],
+                        [deltas.hours[k] for k in hours],
+                    ],
+                )
+            return totals
         adapt = connection.ops.adapt_datetimefield_value
-        placeholders = ", ".join(["(%s, %s, %s, %s, %s)"] * len(keys))
-        params: list[object] = []
-        for k in keys:
-            params += [k[0].hex, k[1], k[2].isoformat(), deltas[k], adapt(now)]
-        cursor.execute(
-            f"INSERT INTO {COUNTER_TABLE} (account_id, metric, day, quantity_milli, updated_at) "
-            f"VALUES {placeholders} {upsert}",
-            params,
-        )
-        # SQLite keeps the id as hex text; its date columns are read as dates.
-        return {(uuid.UUID(a), m, d): int(q) for a, m, d, q in cursor.fetchall()}
+        updated = adapt(now)
+        if days:
+            params: list[object] = []
+            for k in days:
+                params += [k[0].hex, k[1], k[2], k[3].isoformat(), deltas.days[k], updated]
+            placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(days))
+            cursor.execute(
+                f"INSERT INTO {COUNTER_TABLE} ({day_columns}) VALUES {placeholders} {day_upsert}",
+                params,
+            )
+            # SQLite keeps the id as hex text; its date columns are read as dates.
+            totals = {
+                (uuid.UUID(a), m, d): int(q) for a, m, d, q, whole in cursor.fetchall() if whole
+            }
+        if hours:
+            params = []
+            for k in hours:
+                params += [
+                    k[0].hex,
+                    k[1],
+                    k[2],
+                    adapt(k[3]),
+                    k[4].isoformat(),
+                    deltas.hours[k],
+                    updated,
+                ]
+            placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(hours))
+            cursor.execute(
+                f"INSERT INTO {HOUR_COUNTER_TABLE} ({hour_columns}) VALUES {placeholders}"
+                f" {hour_upsert}",
+                params,
+            )
+        return totals
 
 
 def _daily_limit_errors(keys: list[tuple[uuid.UUID, str, date]], *, is_batch: bool) -> Errors:
@@ -231,11 +356,26 @@ def usage_events_record(
         usage_lock(pairs=touched)
         inserted = _insert_events(ordered, now)
         by_key = {(key[0].hex, key[1]): event for key, event in unique.items()}
-        deltas: dict[tuple[uuid.UUID, str, date], int] = defaultdict(int)
+        # Summed per label set and hour first, then spread over the subsets of each set.
+        groups: dict[tuple[uuid.UUID, str, str, date, datetime, date], int] = defaultdict(int)
         for account_hex, event_id in inserted:
             event = by_key[(account_hex.replace("-", ""), event_id)]
-            day = event.occurred_at.astimezone(zones[event.account_id]).date()
-            deltas[(event.account_id, event.metric, day)] += event.quantity_milli
+            zone = zones[event.account_id]
+            hour, hour_day = hour_start(event.occurred_at, zone)
+            day = event.occurred_at.astimezone(zone).date()
+            key = (event.account_id, event.metric, event.labels_key, day, hour, hour_day)
+            groups[key] += event.quantity_milli
+        deltas = CounterDeltas()
+        for (account_id, metric, labels, day, hour, hour_day), quantity in groups.items():
+            deltas.add(
+                account_id=account_id,
+                metric=metric,
+                labels=labels,
+                day=day,
+                hour=hour,
+                hour_day=hour_day,
+                quantity_milli=quantity,
+            )
         if deltas:
             # Checked on the totals the upsert wrote, under the usage lock and the counter
             # rows' locks, so concurrent batches never pass the limit together; raising
@@ -262,12 +402,17 @@ def usage_events_record(
 
 REBUILD_BATCH = 100  # accounts per transaction (and per progress report)
 
-CounterKey = tuple[uuid.UUID, str, date]
+# account, metric, labels key, local day, hour start (UTC; ``None`` for a day counter)
+CounterKey = tuple[uuid.UUID, str, str, date, datetime | None]
 
 
 @dataclass(frozen=True)
 class Drift:
-    """A counter that differs from the sum of its day's events; ``found_milli`` ``None``: no row."""
+    """A counter that differs from the sum of its events; ``found_milli`` ``None``: no row.
+
+    A day counter has ``hour`` ``None``; an hour counter has its start (UTC), and ``day`` is
+    its local day. ``labels`` is the counter's label subset (``""``: the whole metric).
+    """
 
     account_id: uuid.UUID
     external_id: str
@@ -275,6 +420,8 @@ class Drift:
     day: date
     found_milli: int | None
     expected_milli: int
+    labels: str = ""
+    hour: datetime | None = None
 
     @property
     def found(self) -> Decimal:
@@ -283,6 +430,16 @@ class Drift:
     @property
     def expected(self) -> Decimal:
         return from_milli(self.expected_milli)
+
+    @property
+    def place(self) -> str:
+        """Which counter: ``2027-03-28``, then its hour (UTC) and labels when it has them."""
+        parts = [self.day.isoformat()]
+        if self.hour is not None:
+            parts.append(self.hour.astimezone(UTC).strftime("%H:%MZ"))
+        if self.labels:
+            parts.append(self.labels)
+        return " ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -303,26 +460,76 @@ def _day_start(day: date, zone: ZoneInfo) -> datetime:
 def _counters_and_sums(
     account_ids: list[uuid.UUID], zone: ZoneInfo, first: date | None, end: date | None
 ) -> list[dict[str, Any]]:
-    """Stored counters and the sums of events per local day in ``zone``, read in one query.
+    """Stored day and hour counters, and the sums of events per label set and UTC minute.
 
-    One statement (``UNION ALL``) reads both from the same snapshot, so an event recorded
-    meanwhile is either in both (with its counter increment) or in neither.
+    One statement (``UNION ALL``) reads them from the same snapshot, so an event recorded
+    meanwhile is either in all (with its counter increments) or in none. Events are summed
+    per minute: every hour window (hence every local day) starts on a full UTC minute, so
+    the caller places each minute in its hour and day.
     """
     events = UsageEvent.objects.filter(account_id__in=account_ids)
-    counters = UsageCounter.objects.filter(account_id__in=account_ids)
+    days = UsageCounter.objects.filter(account_id__in=account_ids)
+    hours = UsageHourCounter.objects.filter(account_id__in=account_ids)
     if first is not None:
         events = events.filter(occurred_at__gte=_day_start(first, zone))
-        counters = counters.filter(day__gte=first)
+        days = days.filter(day__gte=first)
+        hours = hours.filter(day__gte=first)
     if end is not None:
         events = events.filter(occurred_at__lt=_day_start(end, zone))
-        counters = counters.filter(day__lt=end)
+        days = days.filter(day__lt=end)
+        hours = hours.filter(day__lt=end)
+    nothing = Value(None, output_field=BigIntegerField())
     sums = events.values(
-        "account_id", "metric", local_day=TruncDate("occurred_at", tzinfo=zone)
-    ).annotate(expected=Sum("quantity_milli"), found=Value(None, output_field=BigIntegerField()))
-    stored = counters.values("account_id", "metric", local_day=F("day")).annotate(
-        expected=Value(0, output_field=BigIntegerField()), found=F("quantity_milli")
-    )
-    return list(sums.order_by().union(stored.order_by(), all=True))
+        "account_id",
+        "metric",
+        lab=Cast("labels", TextField()),
+        local_day=Value(None, output_field=DateField()),
+        moment=Trunc("occurred_at", "minute", tzinfo=UTC, output_field=DateTimeField()),
+    ).annotate(expected=Sum("quantity_milli"), found=nothing)
+    stored_days = days.values(
+        "account_id",
+        "metric",
+        lab=Cast("labels", TextField()),
+        local_day=F("day"),
+        moment=Value(None, output_field=DateTimeField()),
+    ).annotate(expected=nothing, found=F("quantity_milli"))
+    stored_hours = hours.values(
+        "account_id",
+        "metric",
+        lab=Cast("labels", TextField()),
+        local_day=F("day"),
+        moment=F("hour"),
+    ).annotate(expected=nothing, found=F("quantity_milli"))
+    return list(sums.order_by().union(stored_days.order_by(), stored_hours.order_by(), all=True))
+
+
+def _counter_totals(
+    rows: list[dict[str, Any]], zone: ZoneInfo, totals: dict[CounterKey, list[Any]]
+) -> None:
+    """Add the rows of ``_counters_and_sums`` to ``totals``: ``[expected, found]`` per counter."""
+    for row in rows:
+        account_id, metric = row["account_id"], row["metric"]
+        if row["expected"] is None:  # a stored counter
+            hour = row["moment"]
+            key = (account_id, metric, row["lab"], row["local_day"], hour)
+            totals.setdefault(key, [0, None])[1] = int(row["found"])
+            continue
+        minute = row["moment"].astimezone(UTC)
+        labels = row["lab"]
+        labels = labels_key(json.loads(labels) if isinstance(labels, str) else labels or {})
+        hour, hour_day = hour_start(minute, zone)
+        day = minute.astimezone(zone).date()
+        quantity = int(row["expected"])
+        for subset in label_subsets(labels):
+            totals.setdefault((account_id, metric, subset, day, None), [0, None])[0] += quantity
+            totals.setdefault((account_id, metric, subset, hour_day, hour), [0, None])[0] += (
+                quantity
+            )
+
+
+def _drift_order(key: CounterKey) -> tuple[Any, ...]:
+    account_id, metric, labels, day, hour = key
+    return (account_id, metric, day, hour is not None, hour.timestamp() if hour else 0.0, labels)
 
 
 def _rebuild_batch(
@@ -360,12 +567,8 @@ def _rebuild_batch(
 
         totals: dict[CounterKey, list[Any]] = {}
         for zone_name, account_ids in sorted(by_zone.items()):
-            for row in _counters_and_sums(account_ids, ZoneInfo(zone_name), lower, end):
-                key = (row["account_id"], row["metric"], row["local_day"])
-                entry = totals.setdefault(key, [0, None])
-                entry[0] += int(row["expected"])
-                if row["found"] is not None:
-                    entry[1] = int(row["found"])
+            zone = ZoneInfo(zone_name)
+            _counter_totals(_counters_and_sums(account_ids, zone, lower, end), zone, totals)
 
         # A purge records its boundary before deleting anything: read again, so the days
         # whose events were being deleted while they were summed are left alone.
@@ -375,28 +578,35 @@ def _rebuild_batch(
                 account_id=key[0],
                 external_id=external_ids[key[0]],
                 metric=key[1],
-                day=key[2],
+                labels=key[2],
+                day=key[3],
+                hour=key[4],
                 found_milli=found,
                 expected_milli=expected,
             )
-            for key, (expected, found) in sorted(totals.items())
-            if (found or 0) != expected and (boundary is None or key[2] >= boundary)
+            for key, (expected, found) in sorted(
+                totals.items(), key=lambda item: _drift_order(item[0])
+            )
+            if (found or 0) != expected and (boundary is None or key[3] >= boundary)
         ]
         if repair and drifts:
             # Add the difference rather than set the sum: events recorded since the read above
             # already added themselves to the counter, and must stay counted.
-            counters_add(
-                {
-                    (d.account_id, d.metric, d.day): d.expected_milli - (d.found_milli or 0)
-                    for d in drifts
-                },
-                now,
-            )
+            deltas = CounterDeltas()
+            for d in drifts:
+                difference = d.expected_milli - (d.found_milli or 0)
+                if d.hour is None:
+                    deltas.days[(d.account_id, d.metric, d.labels, d.day)] = difference
+                else:
+                    deltas.hours[(d.account_id, d.metric, d.labels, d.hour, d.day)] = difference
+            counters_add(deltas, now)
             CounterRepair.objects.bulk_create(
                 CounterRepair(
                     account_id=d.account_id,
                     metric=d.metric,
+                    labels=d.labels,
                     day=d.day,
+                    hour=d.hour,
                     found_milli=d.found_milli or 0,
                     expected_milli=d.expected_milli,
                     repaired_by=repaired_by,

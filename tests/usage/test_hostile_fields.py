@@ -573,7 +573,7 @@ def test_a_month_at_the_limit_every_day_is_read_rebuilt_and_reported_exactly(ser
     assert usage.status_code == 200
     tokens = next(m for m in usage.json()["metrics"] if m["metric"] == "text_tokens")
     assert tokens["used"] == month_total
-    assert rebuild.getvalue().splitlines()[-1] == "Counters checked: 31, drifted: 0."
+    assert rebuild.getvalue().splitlines()[-1] == "Counters checked: 62, drifted: 0."
     rows = json.loads(report.getvalue())
     assert next(r for r in rows if r["metric"] == "text_tokens")["used"] == month_total
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 from tests.factories import AccountFactory
 from tests.usage.factories import counter_corrupt, counters_of, event_record
 from usage import services
-from usage.models import CounterRepair, EventPurge, UsageCounter, UsageEvent
+from usage.models import CounterRepair, EventPurge, UsageCounter, UsageEvent, UsageHourCounter
 from usage.periods import Period
 from usage.services import Drift, counters_rebuild, usage_events_purge, usage_events_record
 from usage.tasks import reconcile_recent_counters
@@ -229,22 +229,25 @@ def test_a_rebuild_costs_the_same_queries_for_one_account_or_many(django_assert_
             event_record(account, "2026-03-10T10:00:00+01:00", 10)
             event_record(account, "2026-03-11T10:00:00+01:00", 10)
         UsageCounter.objects.filter(account__in=accounts).update(quantity_milli=0)
+        UsageHourCounter.objects.filter(account__in=accounts).update(quantity_milli=0)
         return accounts
 
     one = drifted_accounts(1)[0]
     counters_rebuild(account=one, repaired_by="warm-up")  # the first run caches nothing
     UsageCounter.objects.filter(account=one).update(quantity_milli=0)
+    UsageHourCounter.objects.filter(account=one).update(quantity_milli=0)
 
     # when / then: count, page, savepoint, lock, purge boundary, one read per time zone,
-    # boundary again, upsert, repairs, release, next page
-    with django_assert_num_queries(11):
+    # boundary again, day and hour upserts, repairs, release, next page
+    with django_assert_num_queries(12):
         counters_rebuild(account=one, repaired_by="test")
-    many = drifted_accounts(30)
+    many = drifted_accounts(20)
     UsageCounter.objects.exclude(account__in=many).delete()
+    UsageHourCounter.objects.exclude(account__in=many).delete()
     UsageEvent.objects.exclude(account__in=many).delete()
-    with django_assert_num_queries(11):
+    with django_assert_num_queries(12):
         drifts = counters_rebuild(repaired_by="test")
-    assert len(drifts) == 60
+    assert len(drifts) == 80
 
 
 def test_the_counters_of_purged_days_are_left_alone():
