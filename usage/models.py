@@ -192,6 +192,37 @@ class UsageHourCounter(models.Model):
         return from_milli(self.quantity_milli)
 
 
+class UsageLabelSet(models.Model):
+    """A label set that an account's events of one metric carried on one local day.
+
+    The list and its count for the bound ``USAGE_MAX_LABEL_SETS`` (``usage_events_record``).
+    """
+
+    account = models.ForeignKey(
+        Account,
+        on_delete=models.CASCADE,
+        related_name="+",
+        db_index=False,
+        verbose_name=_("account"),
+    )
+    metric = models.CharField(_("metric"), max_length=64, choices=Metric.choices)
+    day = models.DateField(_("day"))
+    labels = models.CharField(_("labels"), max_length=LABELS_KEY_LENGTH)
+
+    class Meta:
+        verbose_name = _("label set")
+        verbose_name_plural = _("label sets")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "metric", "day", "labels"], name="usage_label_set_once_per_day"
+            ),
+        ]
+        indexes = [models.Index(fields=["day"], name="usage_label_set_day")]
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.day}: {self.labels}"
+
+
 class Extension(models.Model):
     """A one-off raise of a metric's blocked threshold for one period of one account."""
 

@@ -22,13 +22,16 @@ from itertools import combinations
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import (
     BigIntegerField,
+    Count,
     DateField,
     DateTimeField,
     F,
+    Q,
     Sum,
     TextField,
     Value,
@@ -56,6 +59,7 @@ from .models import (
     UsageCounter,
     UsageEvent,
     UsageHourCounter,
+    UsageLabelSet,
     from_milli,
 )
 from .periods import Period, period_containing
@@ -71,6 +75,7 @@ from .selectors import (
 EVENT_TABLE = UsageEvent._meta.db_table
 COUNTER_TABLE = UsageCounter._meta.db_table
 HOUR_COUNTER_TABLE = UsageHourCounter._meta.db_table
+LABEL_SET_TABLE = UsageLabelSet._meta.db_table
 
 
 @dataclass(frozen=True)
@@ -298,6 +303,103 @@ def counters_add(deltas: CounterDeltas, now: datetime) -> dict[tuple[uuid.UUID, 
         return totals
 
 
+LabelSetKey = tuple[uuid.UUID, str, date, str]  # account, metric, local day, labels key
+
+
+def label_sets_add(keys: list[LabelSetKey]) -> list[LabelSetKey]:
+    """Record the label sets ``keys`` as seen; returns those that were not seen before.
+
+    One ``INSERT ... ON CONFLICT DO NOTHING RETURNING``, rows in a stable order.
+    """
+    keys = sorted(keys)
+    if not keys:
+        return []
+    columns = "account_id, metric, day, labels"
+    conflict = (
+        "ON CONFLICT (account_id, metric, day, labels) DO NOTHING"
+        " RETURNING account_id, metric, day, labels"
+    )
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"INSERT INTO {LABEL_SET_TABLE} ({columns}) SELECT * FROM"
+                f" unnest(%s::uuid[], %s::text[], %s::date[], %s::text[]) {conflict}",
+                [
+                    [k[0] for k in keys],
+                    [k[1] for k in keys],
+                    [k[2] for k in keys],
+                    [k[3] for k in keys],
+                ],
+            )
+            return [(a, m, d, labels) for a, m, d, labels in cursor.fetchall()]
+        params: list[object] = []
+        for k in keys:
+            params += [k[0].hex, k[1], k[2].isoformat(), k[3]]
+        placeholders = ", ".join(["(%s, %s, %s, %s)"] * len(keys))
+        cursor.execute(
+            f"INSERT INTO {LABEL_SET_TABLE} ({columns}) VALUES {placeholders} {conflict}", params
+        )
+        return [(uuid.UUID(a), m, d, labels) for a, m, d, labels in cursor.fetchall()]
+
+
+def label_sets_count(
+    days: set[tuple[uuid.UUID, str, date]],
+) -> dict[tuple[uuid.UUID, str, date], int]:
+    """How many label sets each (account, metric, local day) of ``days`` has, in one query."""
+    condition = Q()
+    for account_id, metric, day in sorted(days):
+        condition |= Q(account_id=account_id, metric=metric, day=day)
+    return {
+        (row["account_id"], row["metric"], row["day"]): row["sets"]
+        for row in UsageLabelSet.objects.filter(condition)
+        .values("account_id", "metric", "day")
+        .annotate(sets=Count("pk"))
+        .order_by()
+    }
+
+
+MSG_TOO_MANY_LABEL_SETS = _(
+    "Account %(account)s already has %(limit)s different label sets for %(metric)s on "
+    "%(day)s, the most allowed per metric and day: labels must take few values (a model or "
+    "a vendor, never a request id). Events without labels, or with a label set already "
+    "used that day, are still accepted."
+)
+
+
+def _label_sets_check(firsts: dict[LabelSetKey, int], *, is_batch: bool) -> None:
+    """Record the label sets of the new events; refuse the request past the bound.
+
+    ``firsts`` maps each label set of the request's new events to the index of its first
+    event. Under the (account, metric) lock, so concurrent requests count each other's sets.
+    """
+    added = label_sets_add(list(firsts))
+    if not added:
+        return
+    limit = settings.USAGE_MAX_LABEL_SETS
+    by_day: dict[tuple[uuid.UUID, str, date], list[LabelSetKey]] = defaultdict(list)
+    for key in added:
+        by_day[key[:3]].append(key)
+    counts = label_sets_count(set(by_day))
+    refused: dict[int, Any] = {}
+    for day_key, new in by_day.items():
+        room = limit - (counts.get(day_key, 0) - len(new))  # sets before this request
+        new.sort(key=firsts.__getitem__)
+        for key in new[max(room, 0) :]:
+            account_id, metric, day, _labels = key
+            refused[firsts[key]] = MSG_TOO_MANY_LABEL_SETS % {
+                "account": account_id,
+                "limit": limit,
+                "metric": metric,
+                "day": day.isoformat(),
+            }
+    if refused:
+        if is_batch:
+            raise EventsInvalid(
+                {"events": {str(index): {"labels": [refused[index]]} for index in sorted(refused)}}
+            )
+        raise EventsInvalid({"labels": list(refused.values())})
+
+
 def _daily_limit_errors(keys: list[tuple[uuid.UUID, str, date]], *, is_batch: bool) -> Errors:
     """The refusal of a request that would take the counters ``keys`` past ``DAILY_LIMIT``."""
     messages = [
@@ -347,8 +449,10 @@ def usage_events_record(
 
     # The first copy of an event id wins, in the request as across requests.
     unique: dict[tuple[uuid.UUID, str], EventIn] = {}
-    for event in events:
+    index_of: dict[tuple[uuid.UUID, str], int] = {}
+    for index, event in enumerate(events):
         unique.setdefault((event.account_id, event.event_id), event)
+        index_of.setdefault((event.account_id, event.event_id), index)
     ordered = [unique[key] for key in sorted(unique)]
 
     touched = sorted({(e.account_id, e.metric) for e in events})
@@ -358,6 +462,7 @@ def usage_events_record(
         by_key = {(key[0].hex, key[1]): event for key, event in unique.items()}
         # Summed per label set and hour first, then spread over the subsets of each set.
         groups: dict[tuple[uuid.UUID, str, str, date, datetime, date], int] = defaultdict(int)
+        label_sets: dict[LabelSetKey, int] = {}
         for account_hex, event_id in inserted:
             event = by_key[(account_hex.replace("-", ""), event_id)]
             zone = zones[event.account_id]
@@ -365,6 +470,13 @@ def usage_events_record(
             day = event.occurred_at.astimezone(zone).date()
             key = (event.account_id, event.metric, event.labels_key, day, hour, hour_day)
             groups[key] += event.quantity_milli
+            if event.labels_key:
+                index = index_of[(event.account_id, event.event_id)]
+                set_key = (event.account_id, event.metric, day, event.labels_key)
+                label_sets[set_key] = min(index, label_sets.get(set_key, index))
+        if label_sets:
+            # Raising here rolls back this request's events and label sets.
+            _label_sets_check(label_sets, is_batch=is_batch)
         deltas = CounterDeltas()
         for (account_id, metric, labels, day, hour, hour_day), quantity in groups.items():
             deltas.add(
@@ -726,6 +838,8 @@ def usage_events_purge(
             deleted += count
             if progress is not None:
                 progress(deleted)
+    # The label sets of those days only served the bound of their day, long closed.
+    UsageLabelSet.objects.filter(day__lt=before).delete()
     return deleted
 
 

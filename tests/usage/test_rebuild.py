@@ -14,7 +14,14 @@ from django.utils import timezone
 from tests.factories import AccountFactory
 from tests.usage.factories import counter_corrupt, counters_of, event_record
 from usage import services
-from usage.models import CounterRepair, EventPurge, UsageCounter, UsageEvent, UsageHourCounter
+from usage.models import (
+    CounterRepair,
+    EventPurge,
+    UsageCounter,
+    UsageEvent,
+    UsageHourCounter,
+    UsageLabelSet,
+)
 from usage.periods import Period
 from usage.services import Drift, counters_rebuild, usage_events_purge, usage_events_record
 from usage.tasks import reconcile_recent_counters
@@ -271,11 +278,17 @@ def test_a_purge_deletes_the_events_of_each_accounts_earlier_local_days_and_keep
     # given: the same boundary falls at a different instant in each zone
     auckland = AccountFactory(timezone="Pacific/Auckland")  # UTC+13 in February
     los_angeles = AccountFactory(timezone="America/Los_Angeles")  # UTC-8
-    event_record(auckland, "2025-01-31T23:30:00+13:00", 1, event_id="auckland-31st")
-    event_record(auckland, "2025-02-01T00:30:00+13:00", 2, event_id="auckland-1st")
+    large = {"model": "large"}
+    event_record(auckland, "2025-01-31T23:30:00+13:00", 1, event_id="auckland-31st", labels=large)
+    event_record(auckland, "2025-02-01T00:30:00+13:00", 2, event_id="auckland-1st", labels=large)
     event_record(los_angeles, "2025-01-31T20:00:00-08:00", 4, event_id="la-31st")
     event_record(los_angeles, "2025-02-01T00:30:00-08:00", 8, event_id="la-1st")
-    counters = sorted(UsageCounter.objects.values_list("account_id", "day", "quantity_milli"))
+    counters = sorted(
+        UsageCounter.objects.values_list("account_id", "labels", "day", "quantity_milli")
+    )
+    hours = sorted(
+        UsageHourCounter.objects.values_list("account_id", "labels", "hour", "quantity_milli")
+    )
 
     # when
     deleted = usage_events_purge(before=date(2025, 2, 1), dry_run=False)
@@ -286,9 +299,19 @@ def test_a_purge_deletes_the_events_of_each_accounts_earlier_local_days_and_keep
         "auckland-1st",
         "la-1st",
     ]
-    assert sorted(UsageCounter.objects.values_list("account_id", "day", "quantity_milli")) == (
-        counters
+    assert (
+        sorted(UsageCounter.objects.values_list("account_id", "labels", "day", "quantity_milli"))
+        == counters
     )
+    assert (
+        sorted(
+            UsageHourCounter.objects.values_list("account_id", "labels", "hour", "quantity_milli")
+        )
+        == hours
+    )
+    assert list(UsageLabelSet.objects.values_list("day", "labels")) == [
+        (date(2025, 2, 1), "model=large")
+    ]
     purge = EventPurge.objects.get()
     assert (purge.before, purge.deleted) == (date(2025, 2, 1), 2)
     assert counters_rebuild(repair=False, repaired_by="test") == []
