@@ -472,3 +472,85 @@ def test_the_reconcile_task_is_scheduled_every_15_minutes_and_expires_before_the
 
     # then
     assert [(entry["schedule"], entry["options"]["expires"]) for entry in entries] == [(900, 840)]
+
+
+# --- Counters of label subsets and hours -------------------------------------------------
+
+
+def test_labelled_day_and_hour_counters_that_drift_are_found_and_repaired(caplog):
+    # given: events with labels, in Paris
+    account = AccountFactory(external_id="crm-labels", timezone="Europe/Paris")
+    large = {"model": "large", "vendor": "acme"}
+    event_record(account, "2026-03-10T10:15:00+01:00", 100, labels=large)
+    event_record(account, "2026-03-10T10:45:00+01:00", 20, labels={"model": "large"})
+    event_record(account, "2026-03-10T11:00:00+01:00", 3)
+    # a labelled day counter off, a labelled hour counter gone, a whole-metric hour too high
+    UsageCounter.objects.filter(account=account, labels="model=large").update(quantity_milli=1)
+    UsageHourCounter.objects.filter(account=account, labels="vendor=acme").delete()
+    UsageHourCounter.objects.filter(
+        account=account, labels="", hour=datetime.fromisoformat("2026-03-10T10:00:00+00:00")
+    ).update(quantity_milli=5)
+
+    # when
+    with caplog.at_level(logging.INFO, logger="usage.tasks"):
+        drifts = counters_rebuild(repaired_by="test")
+
+    # then
+    ten, eleven = (datetime.fromisoformat(f"2026-03-10T{h}:00:00+00:00") for h in ("09", "10"))
+    common = {"account_id": account.pk, "external_id": "crm-labels", "metric": "text_tokens"}
+    day = date(2026, 3, 10)
+    assert drifts == [
+        Drift(**common, day=day, labels="model=large", found_milli=1, expected_milli=120_000),
+        Drift(
+            **common,
+            day=day,
+            hour=ten,
+            labels="vendor=acme",
+            found_milli=None,
+            expected_milli=100_000,
+        ),
+        Drift(**common, day=day, hour=eleven, labels="", found_milli=5, expected_milli=3_000),
+    ]
+    assert [drift.place for drift in drifts] == [
+        "2026-03-10 model=large",
+        "2026-03-10 09:00Z vendor=acme",
+        "2026-03-10 10:00Z",
+    ]
+    assert UsageCounter.objects.get(account=account, labels="model=large").quantity_milli == 120_000
+    assert (
+        UsageHourCounter.objects.get(account=account, labels="vendor=acme", hour=ten).quantity_milli
+        == 100_000
+    )
+    assert UsageHourCounter.objects.get(account=account, labels="", hour=eleven).quantity_milli == (
+        3_000
+    )
+    assert sorted(
+        CounterRepair.objects.values_list("labels", "hour", "found_milli", "expected_milli")
+    ) == [
+        ("", eleven, 5, 3_000),
+        ("model=large", None, 1, 120_000),
+        ("vendor=acme", ten, 0, 100_000),
+    ]
+    assert counters_rebuild(repaired_by="test") == []
+
+
+def test_the_reconcile_task_logs_a_labelled_hour_counter_it_repairs(caplog):
+    # given
+    account = AccountFactory(external_id="crm-hour", timezone="UTC")
+    now = timezone.now()
+    event_record(account, now, 10, labels={"model": "large"})
+    UsageHourCounter.objects.filter(account=account, labels="model=large").update(quantity_milli=1)
+    hour = UsageHourCounter.objects.get(account=account, labels="model=large").hour
+
+    # when
+    with caplog.at_level(logging.INFO, logger="usage.tasks"):
+        repaired = reconcile_recent_counters.delay().get()
+
+    # then
+    assert repaired == 1
+    place = f"{hour.date().isoformat()} {hour.astimezone(UTC):%H:%M}Z model=large"
+    assert [record.getMessage() for record in caplog.records if record.levelname == "ERROR"] == [
+        f"Usage counter repaired: account crm-hour ({account.pk}), text_tokens on {place}: "
+        "counter 0.001, events 10",
+        f"Usage counters repaired since {(now - timedelta(days=2)).date().isoformat()}: 1",
+    ]
