@@ -212,7 +212,10 @@ def hour_start(instant: datetime, zone: ZoneInfo) -> tuple[datetime, date]:
 
 
 def counters_add(deltas: CounterDeltas, now: datetime) -> dict[tuple[uuid.UUID, str, date], int]:
-    """Add ``deltas`` to the day and hour counters: one upsert each, rows in a stable order.
+    """Add ``deltas`` to the day and hour counters, rows in a stable order.
+
+    On PostgreSQL one statement writes both (the hour upsert in a ``WITH``); on SQLite one
+    upsert each.
 
     Returns the value after the addition of each whole-metric day counter written (labels
     ``""``), as the upsert wrote it (``RETURNING``): within the caller's transaction, what
@@ -236,37 +239,26 @@ def counters_add(deltas: CounterDeltas, now: datetime) -> dict[tuple[uuid.UUID, 
     hour_columns = "account_id, metric, labels, hour, day, quantity_milli, updated_at"
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            if days:
-                cursor.execute(
-                    f"INSERT INTO {COUNTER_TABLE} ({day_columns}) SELECT a, m, l, d, q, %s FROM"
-                    " unnest(%s::uuid[], %s::text[], %s::text[], %s::date[], %s::bigint[])"
-                    f" AS t(a, m, l, d, q) {day_upsert}",
-                    [
-                        now,
-                        [k[0] for k in days],
-                        [k[1] for k in days],
-                        [k[2] for k in days],
-                        [k[3] for k in days],
-                        [deltas.days[k] for k in days],
-                    ],
-                )
-                totals = {(a, m, d): int(q) for a, m, d, q, whole in cursor.fetchall() if whole}
-            if hours:
-                cursor.execute(
-                    f"INSERT INTO {HOUR_COUNTER_TABLE} ({hour_columns}) SELECT a, m, l, h, d, q, %s"
-                    " FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::timestamptz[],"
-                    f" %s::date[], %s::bigint[]) AS t(a, m, l, h, d, q) {hour_upsert}",
-                    [
-                        now,
-                        [k[0] for k in hours],
-                        [k[1] for k in hours],
-                        [k[2] for k in hours],
-                        [k[3] for k in hours],
-                        [k[4] for k in hours],
-                        [deltas.hours[k] for k in hours],
-                    ],
-                )
-            return totals
+            # One statement: the hour upsert runs as a data-modifying WITH, to completion,
+            # before the day upsert (the same order in every writer).
+            cursor.execute(
+                f"WITH h AS (INSERT INTO {HOUR_COUNTER_TABLE} ({hour_columns})"
+                " SELECT a, m, l, h, d, q, %s FROM unnest(%s::uuid[], %s::text[], %s::text[],"
+                f" %s::timestamptz[], %s::date[], %s::bigint[]) AS t(a, m, l, h, d, q)"
+                f" {hour_upsert}) "
+                f"INSERT INTO {COUNTER_TABLE} ({day_columns}) SELECT a, m, l, d, q, %s FROM"
+                " unnest(%s::uuid[], %s::text[], %s::text[], %s::date[], %s::bigint[])"
+                f" AS t(a, m, l, d, q) {day_upsert}",
+                [
+                    now,
+                    *([k[i] for k in hours] for i in range(5)),
+                    [deltas.hours[k] for k in hours],
+                    now,
+                    *([k[i] for k in days] for i in range(4)),
+                    [deltas.days[k] for k in days],
+                ],
+            )
+            return {(a, m, d): int(q) for a, m, d, q, whole in cursor.fetchall() if whole}
         adapt = connection.ops.adapt_datetimefield_value
         updated = adapt(now)
         if days:

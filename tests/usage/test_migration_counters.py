@@ -33,7 +33,7 @@ def migrate(targets):
     return executor.loader.project_state(targets).apps
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_the_monthly_figures_are_the_same_and_hours_are_derived_from_stored_events():
     # given: the database as it was before the migration
     apps = migrate(BEFORE)
