@@ -278,40 +278,41 @@ def counters_add(deltas: CounterDeltas, now: datetime) -> dict[tuple[uuid.UUID, 
                 [now, hour_rows, now, day_rows],
             )
             return {(a, m, d): int(q) for a, m, d, q, whole in cursor.fetchall() if whole}
+        # SQLite: the same rows as one JSON text per table (any number of rows, one
+        # parameter each), ids as SQLite keeps them (hex) and times as Django writes them.
         adapt = connection.ops.adapt_datetimefield_value
         updated = adapt(now)
         if days:
-            params: list[object] = []
-            for k in days:
-                params += [k[0].hex, k[1], k[2], k[3].isoformat(), deltas.days[k], updated]
-            placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(days))
+            rows = json.dumps(
+                [[k[0].hex, k[1], k[2], k[3].isoformat(), deltas.days[k]] for k in days]
+            )
             cursor.execute(
-                f"INSERT INTO {COUNTER_TABLE} ({day_columns}) VALUES {placeholders} {day_upsert}",
-                params,
+                f"INSERT INTO {COUNTER_TABLE} ({day_columns}) SELECT {_json_columns(5)}, %s"
+                f" FROM json_each(%s) WHERE true ORDER BY key {day_upsert}",
+                [updated, rows],
             )
             # SQLite keeps the id as hex text; its date columns are read as dates.
             totals = {
                 (uuid.UUID(a), m, d): int(q) for a, m, d, q, whole in cursor.fetchall() if whole
             }
         if hours:
-            params = []
-            for k in hours:
-                params += [
-                    k[0].hex,
-                    k[1],
-                    k[2],
-                    adapt(k[3]),
-                    k[4].isoformat(),
-                    deltas.hours[k],
-                    updated,
+            rows = json.dumps(
+                [
+                    [k[0].hex, k[1], k[2], adapt(k[3]), k[4].isoformat(), deltas.hours[k]]
+                    for k in hours
                 ]
-            placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(hours))
+            )
             cursor.execute(
-                f"INSERT INTO {HOUR_COUNTER_TABLE} ({hour_columns}) VALUES {placeholders}"
-                f" {hour_upsert}",
-                params,
+                f"INSERT INTO {HOUR_COUNTER_TABLE} ({hour_columns}) SELECT {_json_columns(6)}, %s"
+                f" FROM json_each(%s) WHERE true ORDER BY key {hour_upsert}",
+                [updated, rows],
             )
         return totals
+
+
+def _json_columns(count: int) -> str:
+    """The first ``count`` items of SQLite's ``json_each`` row (a JSON array), as columns."""
+    return ", ".join(f"json_extract(value, '$[{i}]')" for i in range(count))
 
 
 LabelSetKey = tuple[uuid.UUID, str, date, str]  # account, metric, local day, labels key

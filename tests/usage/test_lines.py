@@ -19,6 +19,7 @@ from hypothesis.extra.django import TestCase
 from accounts.labels import labels_match
 from accounts.windows import window_containing
 from tests.factories import AccountFactory
+from usage.models import UsageHourCounter
 from usage.selectors import lines_used_milli
 from usage.services import usage_events_record
 
@@ -318,3 +319,29 @@ class LinesProperty(TestCase):
                 )
             )
         assert lines_used_milli(account=account, lines=lines, now=now) == expected
+
+
+def test_a_batch_over_a_thousand_hours_with_four_labels_is_counted_whole():
+    # given: 1000 events, each in its own hour, each adding to 16 label subsets
+    account = AccountFactory(timezone="Europe/Paris")
+    now = utc("2027-05-03T10:00:30+02:00")
+    four = {"model": "large", "vendor": "acme", "operation": "chat", "technology": "llm"}
+    payload = {
+        "events": [
+            {
+                "event_id": f"e{i}",
+                "account": str(account.pk),
+                "metric": TOKENS,
+                "quantity": i + 1,
+                "occurred_at": (now - timedelta(hours=i)).isoformat(),
+                "labels": four,
+            }
+            for i in range(1000)
+        ]
+    }
+    # when
+    usage_events_record(payload=payload, now=now)
+    # then
+    assert UsageHourCounter.objects.filter(account=account).count() == 16_000
+    lines = [Line("hour", {"vendor": "acme"}), Line("rolling", four, window_days=366)]
+    assert used(account, "2027-05-03T10:00:30+02:00", *lines) == [1, 1000 * 1001 // 2]
