@@ -1,11 +1,12 @@
-"""Writes of usage: recording events and keeping the daily counters exact.
+"""Writes of usage: recording events and keeping the day and hour counters exact.
 
 Recording costs a constant number of queries whatever the batch size: one to read the
 accounts, on PostgreSQL one to take the (account, metric) locks (``usage_lock``), one
-``INSERT ... ON CONFLICT DO NOTHING RETURNING`` for the events, one counter upsert, then
-the reads of the answer. Rows are written in a stable order (events by
-account and event id, counters by account, metric and day) so that concurrent batches
-wait for each other instead of deadlocking.
+``INSERT ... ON CONFLICT DO NOTHING RETURNING`` for the events, with labels one to record
+their label sets and, when some are new, one to count them, one counter upsert (two on
+SQLite: days and hours), then the reads of the answer. Rows are written in a stable order
+(events by account and event id, label sets and counters by account, metric, labels and
+day or hour) so that concurrent batches wait for each other instead of deadlocking.
 """
 
 from __future__ import annotations
@@ -437,8 +438,11 @@ def usage_events_record(
     """Record one event or a batch (SPEC section 5), idempotently per ``(account, event_id)``.
 
     Raises ``EventsInvalid`` (nothing recorded) when any event is invalid or names an
-    unknown or inactive account, or when the request would take a daily counter past
-    ``DAILY_LIMIT`` (``usage.models``). Returns how many were new and how many were duplicates,
+    unknown or inactive account, when a new event would add a label set past
+    ``USAGE_MAX_LABEL_SETS`` for its account, metric and local day (keyed by its
+    ``labels``), or when the request would take a daily counter past ``DAILY_LIMIT``
+    (``usage.models``). Each new event adds to the day and hour counters of every subset
+    of its labels (``CounterDeltas``). Returns how many were new and how many were duplicates,
     and the current-period usage of every account and metric the request touched, read
     after the write. ``account_id`` is the account of a token bound to one (SPEC section
     11.6): events may leave ``account`` out, and may name no other account.
