@@ -7,6 +7,8 @@ their label sets and, when some are new, one to count them, one counter upsert (
 SQLite: days and hours), then the reads of the answer. Rows are written in a stable order
 (events by account and event id, label sets and counters by account, metric, labels and
 day or hour) so that concurrent batches wait for each other instead of deadlocking.
+Recording itself (``backoffice.services.usage_events_record``) is above, beside the
+crossings it records in the same transaction; the steps it takes are here.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -47,10 +49,8 @@ from accounts.models import Account
 from accounts.services import MAX_THRESHOLD
 from accounts.windows import PeriodKind, window_containing
 from config.request_ids import current_correlation_id, current_request_id
-from notifications.services import crossings_record
 
-from .ingest import Errors, EventIn, EventsInvalid, parse_events, parse_metric
-from .locks import usage_lock
+from .ingest import Errors, EventIn, EventsInvalid, parse_metric
 from .models import (
     DAILY_LIMIT,
     DAILY_LIMIT_MILLI,
@@ -63,14 +63,12 @@ from .models import (
     UsageLabelSet,
     from_milli,
 )
-from .periods import Period, period_containing
+from .periods import Period
 from .selectors import (
     MetricUsage,
-    Status,
     current_period,
     earliest_current_day,
     purge_boundary,
-    usage_for,
 )
 
 EVENT_TABLE = UsageEvent._meta.db_table
@@ -432,38 +430,21 @@ def _daily_limit_errors(keys: list[tuple[uuid.UUID, str, date]], *, is_batch: bo
     return {"events": messages} if is_batch else {"quantity": messages}
 
 
-def usage_events_record(
-    *, payload: object, now: datetime | None = None, account_id: uuid.UUID | None = None
-) -> IngestResult:
-    """Record one event or a batch (SPEC section 5), idempotently per ``(account, event_id)``.
+def usage_events_store(
+    *, events: list[EventIn], zones: Mapping[uuid.UUID, ZoneInfo], now: datetime, is_batch: bool
+) -> int:
+    """Store the request's checked ``events`` (in request order) and count the new ones.
 
-    Raises ``EventsInvalid`` (nothing recorded) when any event is invalid or names an
-    unknown or inactive account, when a new event would add a label set past
-    ``USAGE_MAX_LABEL_SETS`` for its account, metric and local day (keyed by its
-    ``labels``), or when the request would take a daily counter past ``DAILY_LIMIT``
-    (``usage.models``). Each new event adds to the day and hour counters of every subset
-    of its labels (``CounterDeltas``). Returns how many were new and how many were duplicates,
-    and the current-period usage of every account and metric the request touched, read
-    after the write. ``account_id`` is the account of a token bound to one (SPEC section
-    11.6): events may leave ``account`` out, and may name no other account.
+    Call inside the recording transaction, under the (account, metric) lock of every event
+    (``usage_lock``); ``zones`` holds each account's time zone. The first copy of an event
+    id wins, in the request as across requests. Each new event adds to the day and hour
+    counters of every subset of its labels (``CounterDeltas``). Returns how many were new.
+
+    Raises ``EventsInvalid``, which rolls the transaction back, when a new event would add
+    a label set past ``USAGE_MAX_LABEL_SETS`` for its account, metric and local day (keyed
+    by its ``labels``), or when the request would take a daily counter past
+    ``DAILY_LIMIT`` (``usage.models``).
     """
-    now = now or timezone.now()
-    events, is_batch = parse_events(payload, now, bound=account_id)
-
-    zones: dict[uuid.UUID, ZoneInfo] = {
-        row["id"]: ZoneInfo(row["timezone"])
-        for row in Account.objects.filter(
-            pk__in={e.account_id for e in events}, is_active=True
-        ).values("id", "timezone")
-    }
-    unknown = [i for i, e in enumerate(events) if e.account_id not in zones]
-    if unknown:
-        message = [_("Unknown or inactive account.")]
-        if is_batch:
-            raise EventsInvalid({"events": {str(i): {"account": message} for i in unknown}})
-        raise EventsInvalid({"account": message})
-
-    # The first copy of an event id wins, in the request as across requests.
     unique: dict[tuple[uuid.UUID, str], EventIn] = {}
     index_of: dict[tuple[uuid.UUID, str], int] = {}
     for index, event in enumerate(events):
@@ -471,59 +452,43 @@ def usage_events_record(
         index_of.setdefault((event.account_id, event.event_id), index)
     ordered = [unique[key] for key in sorted(unique)]
 
-    touched = sorted({(e.account_id, e.metric) for e in events})
-    with transaction.atomic():
-        usage_lock(pairs=touched)
-        inserted = _insert_events(ordered, now)
-        by_key = {(key[0].hex, key[1]): event for key, event in unique.items()}
-        # Summed per label set and hour first, then spread over the subsets of each set.
-        groups: dict[tuple[uuid.UUID, str, str, date, datetime, date], int] = defaultdict(int)
-        label_sets: dict[LabelSetKey, int] = {}
-        for account_hex, event_id in inserted:
-            event = by_key[(account_hex.replace("-", ""), event_id)]
-            zone = zones[event.account_id]
-            hour, hour_day = hour_start(event.occurred_at, zone)
-            day = event.occurred_at.astimezone(zone).date()
-            key = (event.account_id, event.metric, event.labels_key, day, hour, hour_day)
-            groups[key] += event.quantity_milli
-            if event.labels_key:
-                index = index_of[(event.account_id, event.event_id)]
-                set_key = (event.account_id, event.metric, day, event.labels_key)
-                label_sets[set_key] = min(index, label_sets.get(set_key, index))
-        if label_sets:
-            # Raising here rolls back this request's events and label sets.
-            _label_sets_check(label_sets, is_batch=is_batch)
-        deltas = CounterDeltas()
-        for (account_id, metric, labels, day, hour, hour_day), quantity in groups.items():
-            deltas.add(
-                account_id=account_id,
-                metric=metric,
-                labels=labels,
-                day=day,
-                hour=hour,
-                hour_day=hour_day,
-                quantity_milli=quantity,
-            )
-        if deltas:
-            # Checked on the totals the upsert wrote, under the usage lock and the counter
-            # rows' locks, so concurrent batches never pass the limit together; raising
-            # here rolls back this request's events and counter additions.
-            totals = counters_add(deltas, now)
-            passed = sorted(key for key, total in totals.items() if total > DAILY_LIMIT_MILLI)
-            if passed:
-                raise EventsInvalid(_daily_limit_errors(passed, is_batch=is_batch))
-        periods = {account_id: period_containing(now, zone) for account_id, zone in zones.items()}
-        usage = usage_for(periods=periods, pairs=touched)
-        # In the same transaction: a crossing is recorded exactly when its usage is.
-        crossings_record(
-            usages=[u for u in usage.values() if u.status != Status.OK], zones=zones, now=now
+    inserted = _insert_events(ordered, now)
+    by_key = {(key[0].hex, key[1]): event for key, event in unique.items()}
+    # Summed per label set and hour first, then spread over the subsets of each set.
+    groups: dict[tuple[uuid.UUID, str, str, date, datetime, date], int] = defaultdict(int)
+    label_sets: dict[LabelSetKey, int] = {}
+    for account_hex, event_id in inserted:
+        event = by_key[(account_hex.replace("-", ""), event_id)]
+        zone = zones[event.account_id]
+        hour, hour_day = hour_start(event.occurred_at, zone)
+        day = event.occurred_at.astimezone(zone).date()
+        key = (event.account_id, event.metric, event.labels_key, day, hour, hour_day)
+        groups[key] += event.quantity_milli
+        if event.labels_key:
+            index = index_of[(event.account_id, event.event_id)]
+            set_key = (event.account_id, event.metric, day, event.labels_key)
+            label_sets[set_key] = min(index, label_sets.get(set_key, index))
+    if label_sets:
+        _label_sets_check(label_sets, is_batch=is_batch)
+    deltas = CounterDeltas()
+    for (account_id, metric, labels, day, hour, hour_day), quantity in groups.items():
+        deltas.add(
+            account_id=account_id,
+            metric=metric,
+            labels=labels,
+            day=day,
+            hour=hour,
+            hour_day=hour_day,
+            quantity_milli=quantity,
         )
-
-    return IngestResult(
-        accepted=len(inserted),
-        duplicates=len(events) - len(inserted),
-        usage=[usage[key] for key in touched],
-    )
+    if deltas:
+        # Checked on the totals the upsert wrote, under the usage lock and the counter
+        # rows' locks, so concurrent batches never pass the limit together.
+        totals = counters_add(deltas, now)
+        passed = sorted(key for key, total in totals.items() if total > DAILY_LIMIT_MILLI)
+        if passed:
+            raise EventsInvalid(_daily_limit_errors(passed, is_batch=is_batch))
+    return len(inserted)
 
 
 # --- Rebuilding counters from events -------------------------------------------------

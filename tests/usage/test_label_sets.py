@@ -11,11 +11,11 @@ import time_machine
 from django.db import connection
 from django.test import override_settings
 
+from backoffice.services import usage_events_record
 from tests.factories import AccountFactory
 from tests.usage.factories import event_body as event
 from usage import services
 from usage.models import UsageCounter, UsageEvent, UsageLabelSet
-from usage.services import usage_events_record
 
 URL = "/api/v1/usage/events/"
 DAY = "2027-05-03"

@@ -18,10 +18,10 @@ from hypothesis.extra.django import TestCase
 
 from accounts.labels import labels_match
 from accounts.windows import window_containing
+from backoffice.services import usage_events_record
 from tests.factories import AccountFactory
 from usage.models import UsageHourCounter
 from usage.selectors import lines_used_milli
-from usage.services import usage_events_record
 
 pytestmark = pytest.mark.django_db
 
