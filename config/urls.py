@@ -23,3 +23,6 @@ urlpatterns = [
     # The configured provider's tracking webhook only, and only with a secret (see the view).
     path("anymail/<str:provider>/tracking/", tracking_webhook, name="anymail-tracking"),
 ]
+
+# A refusal in the admin is a page of the admin, in the user's language.
+handler403 = "config.error_pages.permission_denied"

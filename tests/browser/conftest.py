@@ -52,9 +52,7 @@ def playwright(django_db_setup) -> Iterator[Playwright]:
     # thread without an event loop.
     path = chromium_path()
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        reason = (
-            f"needs Chromium at {path} (apt-get install chromium, or set CHROMIUM_PATH)"
-        )
+        reason = f"needs Chromium at {path} (apt-get install chromium, or set CHROMIUM_PATH)"
         if _browser_required():
             pytest.fail(f"CI or REQUIRE_SERVICES=1 but {reason}", pytrace=False)
         pytest.skip(reason)

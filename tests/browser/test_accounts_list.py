@@ -14,7 +14,10 @@ from tests.browser.conftest import VIEWPORTS
 from tests.factories import AccountFactory, LimitFactory, RecipientFactory
 from tests.usage.factories import event_body
 
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+]
 
 # Per metric: (warning, blocked) thresholds and the usage posted; text tokens past warning.
 USAGE = {
