@@ -36,6 +36,12 @@ VIEWPORTS = {"1440": {"width": 1440, "height": 900}, "1280": {"width": 1280, "he
 LANGUAGES = ("en", "fr")
 # A step that does not happen within this is a failure, not a hang.
 TIMEOUT_MS = 15_000
+_FAILED = pytest.StashKey[bool]()
+
+
+def _name(request: pytest.FixtureRequest) -> str:
+    """The test's name with its parameters, as a file name."""
+    return re.sub(r"[^\w-]+", "-", request.node.name).strip("-")
 
 
 def chromium_path() -> str:
@@ -43,7 +49,8 @@ def chromium_path() -> str:
 
 
 def _browser_required() -> bool:
-    return bool(os.environ.get("CI")) or os.environ.get("REQUIRE_SERVICES") == "1"
+    ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+    return ci or os.environ.get("REQUIRE_SERVICES") == "1"
 
 
 @pytest.fixture(scope="package")
@@ -84,6 +91,27 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
     chromium.close()
 
 
+@pytest.fixture
+def staff_manager(db):
+    """An account manager as the admin lets them in: staff, in the managers' group."""
+    from django.contrib.auth.models import Group
+
+    from accounts.roles import ACCOUNT_MANAGERS
+    from tests.factories import UserFactory
+
+    user = UserFactory(username="manager", is_staff=True)
+    user.groups.add(Group.objects.get(name=ACCOUNT_MANAGERS))
+    return user
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if report.when == "call":
+        item.stash[_FAILED] = report.failed
+    return report
+
+
 @pytest.fixture(params=LANGUAGES)
 def language(request: pytest.FixtureRequest) -> str:
     return request.param
@@ -116,18 +144,22 @@ def open_page(
         return context.new_page()
 
     yield open_
+    failed = request.node.stash.get(_FAILED, False)
     for context in contexts:
+        if failed:  # what the page showed when the test failed, for whoever reads the report
+            for index, page in enumerate(context.pages):
+                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(SCREENSHOTS / f"{_name(request)}-failed-{index}.png"))
         context.close()
 
 
 @pytest.fixture
 def screenshot(request: pytest.FixtureRequest, language: str) -> Callable[[Page, str], Path]:
     """``screenshot(page, step)``: the whole page, saved as ``<test>-<step>.png``."""
-    test = re.sub(r"[^\w-]+", "-", request.node.name).strip("-")
 
     def save(page: Page, step: str) -> Path:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        path = SCREENSHOTS / f"{test}-{step}.png"
+        path = SCREENSHOTS / f"{_name(request)}-{step}.png"
         page.screenshot(path=str(path), full_page=True)
         return path
 

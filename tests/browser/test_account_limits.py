@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import Group
 from django.utils import formats, timezone, translation
 from playwright.sync_api import expect
 
 from accounts.models import Limit, Recipient
-from accounts.roles import ACCOUNT_MANAGERS
 from accounts.services import MSG_WARNING_NEEDS_RECIPIENT
-from tests.factories import AccountFactory, UserFactory
+from tests.factories import AccountFactory
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.django_db(transaction=True, serialized_rollback=True),
 ]
-
-
-@pytest.fixture
-def staff_manager():
-    """An account manager as the admin lets them in: staff, in the managers' group."""
-    user = UserFactory(username="manager", is_staff=True)
-    user.groups.add(Group.objects.get(name=ACCOUNT_MANAGERS))
-    return user
 
 
 def test_warning_threshold_needs_a_recipient_then_shows_in_the_history(
