@@ -36,6 +36,10 @@ def test_warning_threshold_needs_a_recipient_then_shows_in_the_history(
     threshold_row = page.locator(".field-limit_text_tokens_warning")
     expect(threshold_row.locator("ul.errorlist")).to_have_text(rule)
     expect(threshold_row.locator("#id_limit_text_tokens_warning")).to_have_value("100000")
+    # right above the field, not somewhere else on the page
+    message = threshold_row.locator("ul.errorlist").bounding_box()
+    field = threshold_row.locator("#id_limit_text_tokens_warning").bounding_box()
+    assert 0 <= field["y"] - (message["y"] + message["height"]) < 20, (message, field)
     screenshot(page, "refused")
     assert not Limit.objects.exists()
     assert not Recipient.objects.exists()
