@@ -28,7 +28,14 @@ import pytest
 from django.conf import settings
 from django.db import connections
 from django.test import Client
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import (
+    APIRequestContext,
+    Browser,
+    BrowserContext,
+    Page,
+    Playwright,
+    sync_playwright,
+)
 
 SCREENSHOTS = Path(settings.BASE_DIR) / "artifacts" / "screenshots"
 # The two desktop sizes account managers use: a 15" laptop and a smaller one.
@@ -89,6 +96,21 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
     chromium = playwright.chromium.launch(executable_path=chromium_path(), headless=True)
     yield chromium
     chromium.close()
+
+
+@pytest.fixture
+def service_api(playwright: Playwright, live_server, service_user) -> Iterator[APIRequestContext]:
+    """HTTP requests to the live server's API with a usage service's token, as a service
+    sends them: ``service_api.post("/api/v1/usage/events/", data=json.dumps(...))``."""
+    from knox.models import AuthToken
+
+    _, key = AuthToken.objects.create(user=service_user, expiry=None)
+    api = playwright.request.new_context(
+        base_url=live_server.url,
+        extra_http_headers={"Authorization": f"Token {key}", "Content-Type": "application/json"},
+    )
+    yield api
+    api.dispose()
 
 
 @pytest.fixture

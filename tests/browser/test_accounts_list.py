@@ -6,7 +6,6 @@ import json
 import re
 
 import pytest
-from knox.models import AuthToken
 from playwright.sync_api import Page, expect
 
 from accounts.metrics import METRICS
@@ -26,25 +25,11 @@ USAGE = {
     "text_tokens": (120_000, 360_000, 150_000),
 }
 STATUS = {"en": ("Warning", "OK"), "fr": ("Avertissement", "OK")}
-
-
-def post_usage(playwright, live_server, service_user, account) -> None:
-    """The events a service posts, through the real API of the live server."""
-    _, key = AuthToken.objects.create(user=service_user, expiry=None)
-    api = playwright.request.new_context(
-        base_url=live_server.url, extra_http_headers={"Authorization": f"Token {key}"}
-    )
-    events = [
-        event_body(account, event_id=f"list-{metric}", metric=metric, quantity=used)
-        for metric, (_warning, _blocked, used) in USAGE.items()
-    ]
-    response = api.post(
-        "/api/v1/usage/events/",
-        data=json.dumps({"events": events}),
-        headers={"Content-Type": "application/json"},
-    )
-    assert response.status == 201, response.text()
-    api.dispose()
+# What each bar reads, used / scale (the blocked threshold), in METRICS order.
+FIGURES = {
+    "en": ["1,200 / 36,000", "30,000 / 72,000", "150,000 / 360,000"],
+    "fr": [r"1\s200 / 36\s000", r"30\s000 / 72\s000", r"150\s000 / 360\s000"],
+}
 
 
 def assert_bars_visible(page: Page, row) -> None:
@@ -73,7 +58,7 @@ def assert_bars_visible(page: Page, row) -> None:
 
 @pytest.mark.parametrize("viewport", list(VIEWPORTS))
 def test_usage_posted_through_the_api_shows_on_the_accounts_list(
-    playwright, live_server, open_page, screenshot, language, viewport, service_user, admin_user
+    service_api, open_page, screenshot, language, viewport, admin_user
 ):
     # given: an Enterprise account with thresholds on every metric, and another one
     account = AccountFactory(name="Acme Speech")
@@ -84,7 +69,12 @@ def test_usage_posted_through_the_api_shows_on_the_accounts_list(
     RecipientFactory(account=account, level="blocked")
 
     # when: a service posts usage, text tokens past their warning threshold
-    post_usage(playwright, live_server, service_user, account)
+    events = [
+        event_body(account, event_id=f"list-{metric}", metric=metric, quantity=used)
+        for metric, (_warning, _blocked, used) in USAGE.items()
+    ]
+    response = service_api.post("/api/v1/usage/events/", data=json.dumps({"events": events}))
+    assert response.status == 201, response.text()
 
     # then: the list shows the account's status and a visible bar per metric
     page = open_page(admin_user, viewport)
@@ -97,6 +87,9 @@ def test_usage_posted_through_the_api_shows_on_the_accounts_list(
         page.locator("#result_list tbody tr", has_text="Quiet Corp").locator(".usage-badge-ok")
     ).to_have_text(ok)
     screenshot(page, "list")
+    expect(row.locator(".usage-bar-text")).to_have_text(
+        [re.compile(f"^{figures}$") for figures in FIGURES[language]]
+    )
     assert_bars_visible(page, row)
 
     # and: the status filter finds it, and only it
