@@ -7,14 +7,16 @@ that lost its browser cannot pass by skipping them.
 
 Playwright's sync API runs an asyncio event loop in the test's thread, and Django refuses
 database calls from a thread with a running loop (``SynchronousOnlyOperation``). The
-usual answer (Playwright's and pytest-django's issue trackers) is
-``DJANGO_ALLOW_ASYNC_UNSAFE``; it is set only while Playwright runs, for the tests of this
-package, which call the ORM from that thread between browser steps and never from a
-coroutine. The rest of the suite keeps Django's guard.
+usual answer, given on Playwright's issue trackers, is ``DJANGO_ALLOW_ASYNC_UNSAFE``; it is
+set only while Playwright runs, for the tests of this package, which call the ORM from
+that thread between browser steps and never from a coroutine. The rest of the suite keeps
+Django's guard. (Playwright in a thread of its own would keep the guard here too, but then
+every browser step of a test would have to be handed to that thread.)
 
 Every scenario runs in English and in French: the browser sends ``Accept-Language``,
 which ``LocaleMiddleware`` follows, as it does for people. Each one saves screenshots
-under ``artifacts/screenshots/`` (git-ignored; CI keeps it as an artifact).
+under ``artifacts/screenshots/`` (git-ignored), and every open page is saved there when a
+test fails.
 """
 
 from __future__ import annotations
