@@ -13,7 +13,8 @@ from accounts.management.base import OpsCommand
 from accounts.metrics import METRICS
 from accounts.models import Level
 from accounts.selectors import LimitsDocument, limits_document_get
-from accounts.services import AccountNotEnterprise, LimitsInvalid, limits_patch
+from accounts.services import AccountNotEnterprise, LimitsInvalid
+from backoffice.services import limits_patch
 
 NONE = "none"
 _INTEGER = re.compile(r"-?[0-9]+")
