@@ -77,7 +77,8 @@ check-messages: messages
 	@git diff --quiet -I '^"POT-Creation-Date' -- locale \
 		|| { echo "locale/ is out of date: run 'make messages' and commit"; git diff --stat -- locale; exit 1; }
 
-## Performance figures on PostgreSQL and gunicorn (SPEC section 10); see bench/README.md.
+## Performance figures on PostgreSQL, Redis and gunicorn, each against its floor (SPEC section 10);
+## see bench/README.md and docs/performance.md.
 bench: install
 	$(BIN)/python bench/ingest.py --quick && $(BIN)/python bench/sweep.py
 

@@ -6,7 +6,11 @@ workers) on a free port of 127.0.0.1, then measures and prints:
 a. batch ingestion through HTTP (batches of 1000, 2 client threads): events/s;
 b. the ceiling: hand-written idempotent SQL for the same kind of rows through psycopg
    (2 connections), rows/s, and the ratio HTTP / SQL; a and b take turns in 3 rounds;
-c. single-event ``POST``: requests/s, p50 and p99 latency;
+c. the floors (a plain Django view, and a DRF view behind the real token authentication
+   and permissions doing nothing, served by ``bench/urls.py``) and the per-request paths
+   (``GET .../usage/``, the pre-flight check, single-event ``POST``), by the same client,
+   interleaved in 3 rounds: the median requests/s with its spread, p50 and p99, and each
+   path as a share of its floor;
 d. usage read and pre-flight: p99 latency at ~1,000 events of the account, then after
    loading the table to 1,000,000 events (100,000 with ``--quick``), and the ratio;
 e. memory: peak RSS (``VmHWM``) of each gunicorn worker.
@@ -14,7 +18,8 @@ e. memory: peak RSS (``VmHWM``) of each gunicorn worker.
 Every figure is printed next to its target with PASS or FAIL. The database is left in
 place for inspection and dropped by the next run. Run from the project root:
 
-    .venv/bin/python bench/ingest.py [--quick] [--strict] [--single-threads N] [--profile DIR]
+    .venv/bin/python bench/ingest.py [--quick] [--strict] [--threads N] [--profile DIR]
+        [--cache-url URL] [--token-cache-seconds N]
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ PYTHON = ROOT / ".venv" / "bin" / "python"
 GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
 PY_SPY = ROOT / ".venv" / "bin" / "py-spy"
 HOST = "127.0.0.1"
-DB_NAME = "bench_usage_limits"
+DB_NAME = os.environ.get("BENCH_DATABASE", "bench_usage_limits")
 SERVER_DSN = f"postgresql://postgres@{HOST}:5432/postgres"
 DATABASE_URL = f"postgres://postgres@{HOST}:5432/{DB_NAME}"
 BATCH = 1000
@@ -70,14 +75,18 @@ WORKERS = 2  # gunicorn sync workers
 STREAMS = 2  # concurrent clients (part a) and connections (part b)
 ROUNDS = 3  # parts a and b take turns this many times
 
+CACHE_URL = "redis://127.0.0.1:6379/14"  # the throttle's counts and the token cache
+
 # SPEC section 10.
 TARGET_BATCH_EVENTS_S = 15_000
-TARGET_BATCH_RATIO = 0.40
-TARGET_SINGLE_REQ_S = 400
-TARGET_SINGLE_P99_MS = 50
-TARGET_READ_P99_MS = 10
-TARGET_READ_RATIO = 1.3
-TARGET_RSS_MB = 200
+TARGET_BATCH_RATIO = 0.60
+TARGET_SINGLE_SHARE = 0.60  # of the authenticated floor's requests/s
+TARGET_SINGLE_P99_MS = 25
+TARGET_CHECK_SHARE = 0.75
+TARGET_CHECK_P99_FLOOR = 2  # p99 at most twice the authenticated floor's
+TARGET_READ_SHARE = 0.65
+TARGET_READ_RATIO = 1.2  # p99 at the large table over p99 at the small one
+TARGET_RSS_MB = 150
 
 
 @dataclass(frozen=True)
@@ -86,8 +95,8 @@ class Sizes:
 
     accounts: int  # accounts posting in parts a-c; one more is the probe of part d
     batches: int  # batches of 1000 for part a, and as many for part b
-    single_requests: int
-    single_threads: int
+    floor_requests: int  # per path and round of part c
+    threads: int  # client threads of part c
     read_requests: int  # per endpoint and per table size
     table_events: int  # events stored when part d reads the second time
 
@@ -95,16 +104,16 @@ class Sizes:
 FULL = Sizes(
     accounts=50,
     batches=150,
-    single_requests=3000,
-    single_threads=2,
+    floor_requests=1000,
+    threads=2,
     read_requests=1000,
     table_events=1_000_000,
 )
 QUICK = Sizes(
     accounts=50,
     batches=40,
-    single_requests=1000,
-    single_threads=2,
+    floor_requests=300,
+    threads=2,
     read_requests=300,
     table_events=100_000,
 )
@@ -190,7 +199,7 @@ class Report:
 # --- Database, Django and gunicorn ----------------------------------------------------
 
 
-def server_env() -> dict[str, str]:
+def server_env(**extra: str) -> dict[str, str]:
     """The environment of ``manage.py`` and gunicorn: PostgreSQL, eager Celery, no debug."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DJANGO_"))}
     env.update(
@@ -205,6 +214,7 @@ def server_env() -> dict[str, str]:
         API_THROTTLE_INGEST="100000000/min",
         API_THROTTLE_CHECK="100000000/min",
     )
+    env.update(extra)
     return env
 
 
@@ -260,15 +270,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def gunicorn(port: int, token: str) -> Iterator[subprocess.Popen[bytes]]:
+def gunicorn(port: int, token: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     """Serve the project with ``WORKERS`` sync workers until the block ends (even on error).
 
-    The server's output goes to a temporary log, removed unless something failed.
+    ``env`` is added to the server's environment. The server's output goes to a temporary
+    log, removed unless something failed.
     """
     log = tempfile.NamedTemporaryFile(prefix="bench-gunicorn-", suffix=".log", delete=False)  # noqa: SIM115
     command = [str(GUNICORN), "config.wsgi", "--workers", str(WORKERS), "--bind", f"{HOST}:{port}"]
     process = subprocess.Popen(
-        command, cwd=ROOT, env=server_env(), stdout=log, stderr=subprocess.STDOUT
+        command, cwd=ROOT, env=server_env(**env), stdout=log, stderr=subprocess.STDOUT
     )
     failed = True
     try:
@@ -779,52 +790,201 @@ def part_batches(
     )
 
 
-def part_single(
-    report: Report, port: int, token: str, accounts: list[Account], sizes: Sizes, now: datetime
-) -> None:
-    """c. One event per POST from ``sizes.single_threads`` threads."""
-    threads = sizes.single_threads
+UNCACHED_FLOOR = "auth. floor GET, token from the DB"
 
-    def bodies(prefix: str, count: int) -> list[bytes]:
-        events = events_make(accounts, prefix, count, now, timedelta(hours=1))
-        return [json.dumps(e.as_json()).encode() for e in events]
 
-    warm_up = bodies("one-warm", 50 * threads)
-    timed = bodies("one", sizes.single_requests)
+@dataclass(frozen=True)
+class Endpoint:
+    """One path measured in part c, and the floor it is measured against."""
+
+    name: str
+    method: str
+    path: str
+    bodies: Callable[[str, int], list[bytes | None]]  # (prefix, count) -> a body a request
+    floor: str | None  # the name of the floor endpoint; None for the plain floor itself
+    status: int = 200
+    share_target: float | None = None  # of the floor's requests/s (SPEC section 10)
+    p99_floor_target: float | None = None  # at most this many times the floor's p99
+    p99_ms_target: float | None = None
+
+
+@dataclass
+class Round:
+    rate: float
+    p50: float  # ms
+    p99: float  # ms
+
+
+def endpoints(accounts: list[Account], probe: Account, now: datetime) -> list[Endpoint]:
+    """The floors, then the real per-request paths, in the order of the printed table."""
+    check = json.dumps({"metric": "text_tokens", "quantity": 1000}).encode()
+
+    def same(body: bytes | None) -> Callable[[str, int], list[bytes | None]]:
+        return lambda _prefix, count: [body] * count
+
+    def events(prefix: str, count: int) -> list[bytes | None]:
+        made = events_make(accounts, prefix, count, now, timedelta(hours=1))
+        return [json.dumps(e.as_json()).encode() for e in made]
+
+    plain, auth_get, auth_post = (
+        "plain floor",
+        "authenticated floor GET",
+        "authenticated floor POST",
+    )
+    return [
+        Endpoint(plain, "GET", "/bench/floor/plain/", same(None), None),
+        Endpoint(auth_get, "GET", "/bench/floor/authenticated/", same(None), plain),
+        Endpoint(auth_post, "POST", "/bench/floor/authenticated/", same(check), plain),
+        Endpoint(
+            UNCACHED_FLOOR,
+            "GET",
+            "/bench/floor/authenticated-uncached/",
+            same(None),
+            plain,
+        ),
+        Endpoint(
+            "GET .../usage/",
+            "GET",
+            f"/api/v1/accounts/{probe.id}/usage/",
+            same(None),
+            auth_get,
+            share_target=TARGET_READ_SHARE,
+        ),
+        Endpoint(
+            "pre-flight POST .../usage/check/",
+            "POST",
+            f"/api/v1/accounts/{probe.id}/usage/check/",
+            same(check),
+            auth_post,
+            share_target=TARGET_CHECK_SHARE,
+            p99_floor_target=TARGET_CHECK_P99_FLOOR,
+        ),
+        Endpoint(
+            "single-event POST /usage/events/",
+            "POST",
+            "/api/v1/usage/events/",
+            events,
+            auth_post,
+            status=201,
+            share_target=TARGET_SINGLE_SHARE,
+            p99_ms_target=TARGET_SINGLE_P99_MS,
+        ),
+    ]
+
+
+def load(
+    port: int, token: str, endpoint: Endpoint, bodies: list[bytes | None], threads: int
+) -> Round:
+    """Send ``bodies`` to ``endpoint`` from ``threads`` clients; requests/s and latencies."""
     latencies: list[list[float]] = [[] for _ in range(threads)]
 
-    def post_all(work: list[bytes], index: int) -> None:
+    def send(index: int) -> None:
         client = Client(port, token)
         try:
-            for body in work:
+            for body in bodies[index::threads]:
                 started = time.perf_counter()
-                status, answer = client.request("POST", "/api/v1/usage/events/", body)
+                status, answer = client.request(endpoint.method, endpoint.path, body)
                 latencies[index].append(time.perf_counter() - started)
-                if status != 201:
-                    raise RuntimeError(f"event answered {status}: {answer[:500]!r}")
+                if status != endpoint.status:
+                    raise RuntimeError(f"{endpoint.name} answered {status}: {answer[:500]!r}")
         finally:
             client.close()
 
-    run_threads(threads, lambda i: post_all(warm_up[i::threads], i))
-    latencies = [[] for _ in range(threads)]
-    elapsed = run_threads(threads, lambda i: post_all(timed[i::threads], i))
+    elapsed = run_threads(threads, send)
     every = [s for per_thread in latencies for s in per_thread]
-    rate = len(timed) / elapsed
-    p50, p99 = percentile(every, 50) * 1000, percentile(every, 99) * 1000
-    print(f"  {len(timed)} requests, {threads} threads")
-    report.add(
-        "c. single-event POST",
-        f"{rate:,.0f} req/s",
-        f">= {TARGET_SINGLE_REQ_S}",
-        rate >= TARGET_SINGLE_REQ_S,
+    return Round(len(bodies) / elapsed, percentile(every, 50) * 1000, percentile(every, 99) * 1000)
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def part_floors(
+    report: Report,
+    port: int,
+    token: str,
+    accounts: list[Account],
+    probe: Account,
+    sizes: Sizes,
+    now: datetime,
+) -> None:
+    """c. The floors and the per-request paths, by the same client, interleaved in rounds.
+
+    Each round sends ``sizes.floor_requests`` requests to each path from
+    ``sizes.threads`` threads, the paths in a rotated order; each figure is the median of
+    the rounds, each rate shown with its spread (lowest-highest).
+    """
+    paths = endpoints(accounts, probe, now)
+    for endpoint in paths:  # warm-up: connections, caches, the token's verification
+        load(port, token, endpoint, endpoint.bodies(f"warm-{endpoint.name}", 50), sizes.threads)
+    rounds: dict[str, list[Round]] = {e.name: [] for e in paths}
+    for number in range(ROUNDS):
+        order = paths[number % len(paths) :] + paths[: number % len(paths)]
+        for endpoint in order:
+            bodies = endpoint.bodies(f"round{number}-{endpoint.name}", sizes.floor_requests)
+            rounds[endpoint.name].append(load(port, token, endpoint, bodies, sizes.threads))
+    print(
+        f"  {sizes.floor_requests} requests per path and round, {sizes.threads} threads, "
+        f"{ROUNDS} rounds; median (spread of the rate)"
     )
-    report.add("   single-event POST p50", f"{p50:.1f} ms")
-    report.add(
-        "   single-event POST p99",
-        f"{p99:.1f} ms",
-        f"< {TARGET_SINGLE_P99_MS} ms",
-        p99 < TARGET_SINGLE_P99_MS,
+    figures = {
+        name: Round(
+            median([r.rate for r in measured]),
+            median([r.p50 for r in measured]),
+            median([r.p99 for r in measured]),
+        )
+        for name, measured in rounds.items()
+    }
+    header = (
+        f"  {'path':<34} {'req/s':>7} {'spread':>13} {'p50':>6} {'p99':>6}  floor share, p99 ratio"
     )
+    print(header)
+    for endpoint in paths:
+        got = figures[endpoint.name]
+        rates = [r.rate for r in rounds[endpoint.name]]
+        spread = f"{min(rates):,.0f}-{max(rates):,.0f}"
+        ratios = ""
+        if endpoint.floor is not None:
+            floor = figures[endpoint.floor]
+            ratios = (
+                f"{got.rate / floor.rate:.2f} of {endpoint.floor}, p99 x{got.p99 / floor.p99:.2f}"
+            )
+        print(
+            f"  {endpoint.name:<34} {got.rate:>7,.0f} {spread:>13} {got.p50:>6.1f} {got.p99:>6.1f}  {ratios}"
+        )
+    print("  (ms for p50 and p99)")
+    cached, uncached = figures["authenticated floor GET"], figures[UNCACHED_FLOOR]
+    report.add(
+        "c. token cache: floor GET req/s, cached / DB",
+        f"{cached.rate / uncached.rate:.2f}",
+    )
+    for endpoint in paths:
+        got = figures[endpoint.name]
+        if endpoint.floor is None:
+            report.add(f"c. {endpoint.name}", f"{got.rate:,.0f} req/s")
+            continue
+        floor = figures[endpoint.floor]
+        share = got.rate / floor.rate
+        target = "" if endpoint.share_target is None else f">= {endpoint.share_target:.2f}"
+        ok = None if endpoint.share_target is None else share >= endpoint.share_target
+        report.add(f"c. {endpoint.name}", f"{got.rate:,.0f} req/s")
+        report.add("   share of its floor's req/s", f"{share:.2f}", target, ok)
+        p99_ratio = got.p99 / floor.p99
+        target, ok = "", None
+        if endpoint.p99_floor_target is not None:
+            target = f"<= {endpoint.p99_floor_target:.0f}x"
+            ok = p99_ratio <= endpoint.p99_floor_target
+        report.add("   p50 / p99", f"{got.p50:.1f} / {got.p99:.1f} ms")
+        report.add("   p99 / its floor's p99", f"{p99_ratio:.2f}", target, ok)
+        if endpoint.p99_ms_target is not None:
+            report.add(
+                "   p99",
+                f"{got.p99:.1f} ms",
+                f"< {endpoint.p99_ms_target:.0f} ms",
+                got.p99 < endpoint.p99_ms_target,
+            )
 
 
 def reads_latency(port: int, token: str, probe: Account, requests: int) -> dict[str, list[float]]:
@@ -901,9 +1061,7 @@ def part_reads(
         for name, latencies in samples.items():
             p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
             p99s[(name, size)] = p99
-            target = f"< {TARGET_READ_P99_MS} ms"
-            report.add(f"d. {name} p99, {size}", f"{p99:.1f} ms", target, p99 < TARGET_READ_P99_MS)
-            report.add(f"   {name} p50, {size}", f"{p50:.1f} ms")
+            report.add(f"d. {name} p50 / p99, {size}", f"{p50:.1f} / {p99:.1f} ms")
     for name in ("usage read", "pre-flight"):
         ratio = p99s[(name, "large")] / p99s[(name, "small")]
         target = f"< {TARGET_READ_RATIO}"
@@ -930,11 +1088,25 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (about a minute)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument(
-        "--single-threads",
+        "--threads",
         type=int,
         choices=range(1, 9),
         metavar="N",
         help="client threads of part c (default 2, as many as gunicorn workers)",
+    )
+    parser.add_argument(
+        "--cache-url",
+        default=CACHE_URL,
+        metavar="URL",
+        help=f"the server's CACHE_URL (default {CACHE_URL}; 'locmemcache://' for none: "
+        "throttle counts per process and no token cache)",
+    )
+    parser.add_argument(
+        "--token-cache-seconds",
+        type=int,
+        metavar="N",
+        help="the server's TOKEN_CACHE_SECONDS (default: the setting's, 60; 0 turns the "
+        "token cache off, to measure the floor without it)",
     )
     parser.add_argument(
         "--profile",
@@ -948,8 +1120,11 @@ def main() -> int:
     if args.profile and not PY_SPY.exists():
         parser.error(f"--profile needs {PY_SPY}: .venv/bin/pip install py-spy")
     sizes = QUICK if args.quick else FULL
-    if args.single_threads:
-        sizes = replace(sizes, single_threads=args.single_threads)
+    if args.threads:
+        sizes = replace(sizes, threads=args.threads)
+    served = {"DJANGO_SETTINGS_MODULE": "bench.settings", "CACHE_URL": args.cache_url}
+    if args.token_cache_seconds is not None:
+        served["TOKEN_CACHE_SECONDS"] = str(args.token_cache_seconds)
     report = Report()
     begun = time.perf_counter()
     busy = cpu_busy()
@@ -968,8 +1143,11 @@ def main() -> int:
     token = token_create()
     now = datetime.now(UTC)
     port = free_port()
-    print(f"gunicorn: {WORKERS} sync workers on {HOST}:{port}")
-    with gunicorn(port, token) as server:
+    print(
+        f"gunicorn: {WORKERS} sync workers on {HOST}:{port}, CACHE_URL={args.cache_url}, "
+        f"TOKEN_CACHE_SECONDS={served.get('TOKEN_CACHE_SECONDS', 'default')}"
+    )
+    with gunicorn(port, token, served) as server:
 
         def spy(part: str) -> AbstractContextManager[None]:
             return profiled(args.profile, part, server.pid)
@@ -977,9 +1155,9 @@ def main() -> int:
         print("a. batch ingestion through HTTP, b. the ceiling: hand-written SQL, in turns")
         with spy("a"):
             part_batches(report, port, token, posting, sizes, now)
-        print("c. single-event POST")
+        print("c. the floors and the per-request paths, interleaved")
         with spy("c"):
-            part_single(report, port, token, posting, sizes, now)
+            part_floors(report, port, token, posting, probe, sizes, now)
         print("d. usage read and pre-flight")
         part_reads(report, port, token, posting, probe, sizes, now, spy)
         print("e. memory")
