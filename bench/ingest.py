@@ -6,7 +6,11 @@ workers) on a free port of 127.0.0.1, then measures and prints:
 a. batch ingestion through HTTP (batches of 1000, 2 client threads): events/s;
 b. the ceiling: hand-written idempotent SQL for the same kind of rows through psycopg
    (2 connections), rows/s, and the ratio HTTP / SQL; a and b take turns in 3 rounds;
-c. single-event ``POST``: requests/s, p50 and p99 latency;
+c. the floors (a plain Django view, and a DRF view behind the real token authentication
+   and permissions doing nothing, served by ``bench/urls.py``) and the per-request paths
+   (``GET .../usage/``, the pre-flight check, single-event ``POST``), by the same client,
+   interleaved in 3 rounds: the median requests/s with its spread, p50 and p99, and each
+   path as a share of its floor;
 d. usage read and pre-flight: p99 latency at ~1,000 events of the account, then after
    loading the table to 1,000,000 events (100,000 with ``--quick``), and the ratio;
 e. memory: peak RSS (``VmHWM``) of each gunicorn worker.
@@ -14,7 +18,8 @@ e. memory: peak RSS (``VmHWM``) of each gunicorn worker.
 Every figure is printed next to its target with PASS or FAIL. The database is left in
 place for inspection and dropped by the next run. Run from the project root:
 
-    .venv/bin/python bench/ingest.py [--quick] [--strict] [--single-threads N] [--profile DIR]
+    .venv/bin/python bench/ingest.py [--quick] [--strict] [--threads N] [--profile DIR]
+        [--cache-url URL] [--token-cache-seconds N]
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -50,7 +56,7 @@ PYTHON = ROOT / ".venv" / "bin" / "python"
 GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
 PY_SPY = ROOT / ".venv" / "bin" / "py-spy"
 HOST = "127.0.0.1"
-DB_NAME = "bench_usage_limits"
+DB_NAME = os.environ.get("BENCH_DATABASE", "bench_usage_limits")
 SERVER_DSN = f"postgresql://postgres@{HOST}:5432/postgres"
 DATABASE_URL = f"postgres://postgres@{HOST}:5432/{DB_NAME}"
 BATCH = 1000
@@ -58,18 +64,29 @@ METRICS = ("audio_transcribed_seconds", "audio_analyzed_seconds", "text_tokens")
 ZONES = ("UTC", "Europe/Paris", "America/New_York", "Asia/Tokyo")
 SOURCE = "bench"
 METADATA = {"model": "large"}
+# Labels as clients send them: a few values per key, and one event in four without any.
+LABEL_CHOICES = (
+    {},
+    {"model": "large", "vendor": "acme"},
+    {"model": "small", "vendor": "acme"},
+    {"model": "large", "vendor": "zeta", "operation": "chat"},
+)
 WORKERS = 2  # gunicorn sync workers
 STREAMS = 2  # concurrent clients (part a) and connections (part b)
 ROUNDS = 3  # parts a and b take turns this many times
 
+CACHE_URL = "redis://127.0.0.1:6379/14"  # the throttle's counts and the token cache
+
 # SPEC section 10.
 TARGET_BATCH_EVENTS_S = 15_000
-TARGET_BATCH_RATIO = 0.40
-TARGET_SINGLE_REQ_S = 400
-TARGET_SINGLE_P99_MS = 50
-TARGET_READ_P99_MS = 10
-TARGET_READ_RATIO = 1.3
-TARGET_RSS_MB = 200
+TARGET_BATCH_RATIO = 0.60
+TARGET_SINGLE_SHARE = 0.60  # of the authenticated floor's requests/s
+TARGET_SINGLE_P99_MS = 25
+TARGET_CHECK_SHARE = 0.75
+TARGET_CHECK_P99_FLOOR = 2  # p99 at most twice the authenticated floor's
+TARGET_READ_SHARE = 0.65
+TARGET_READ_RATIO = 1.2  # p99 at the large table over p99 at the small one
+TARGET_RSS_MB = 150
 
 
 @dataclass(frozen=True)
@@ -78,8 +95,8 @@ class Sizes:
 
     accounts: int  # accounts posting in parts a-c; one more is the probe of part d
     batches: int  # batches of 1000 for part a, and as many for part b
-    single_requests: int
-    single_threads: int
+    floor_requests: int  # per path and round of part c
+    threads: int  # client threads of part c
     read_requests: int  # per endpoint and per table size
     table_events: int  # events stored when part d reads the second time
 
@@ -87,16 +104,16 @@ class Sizes:
 FULL = Sizes(
     accounts=50,
     batches=150,
-    single_requests=3000,
-    single_threads=2,
+    floor_requests=1000,
+    threads=2,
     read_requests=1000,
     table_events=1_000_000,
 )
 QUICK = Sizes(
     accounts=50,
     batches=40,
-    single_requests=1000,
-    single_threads=2,
+    floor_requests=300,
+    threads=2,
     read_requests=300,
     table_events=100_000,
 )
@@ -117,10 +134,20 @@ class Event:
     metric: str
     quantity_milli: int
     occurred_at: datetime
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def day(self) -> date:
         return self.occurred_at.astimezone(self.account.zone).date()
+
+    @property
+    def hour(self) -> datetime:
+        """The start of the event's local hour, in UTC (the bench's zones are on whole hours)."""
+        return self.occurred_at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+    @property
+    def labels_key(self) -> str:
+        return ";".join(f"{key}={self.labels[key]}" for key in sorted(self.labels))
 
     def as_json(self) -> dict[str, Any]:
         quantity: int | float = self.quantity_milli // 1000
@@ -134,6 +161,7 @@ class Event:
             "occurred_at": self.occurred_at.astimezone(self.account.zone).isoformat(),
             "source": SOURCE,
             "metadata": METADATA,
+            "labels": self.labels,
         }
 
 
@@ -171,7 +199,7 @@ class Report:
 # --- Database, Django and gunicorn ----------------------------------------------------
 
 
-def server_env() -> dict[str, str]:
+def server_env(**extra: str) -> dict[str, str]:
     """The environment of ``manage.py`` and gunicorn: PostgreSQL, eager Celery, no debug."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DJANGO_"))}
     env.update(
@@ -186,6 +214,7 @@ def server_env() -> dict[str, str]:
         API_THROTTLE_INGEST="100000000/min",
         API_THROTTLE_CHECK="100000000/min",
     )
+    env.update(extra)
     return env
 
 
@@ -241,15 +270,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def gunicorn(port: int, token: str) -> Iterator[subprocess.Popen[bytes]]:
+def gunicorn(port: int, token: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     """Serve the project with ``WORKERS`` sync workers until the block ends (even on error).
 
-    The server's output goes to a temporary log, removed unless something failed.
+    ``env`` is added to the server's environment. The server's output goes to a temporary
+    log, removed unless something failed.
     """
     log = tempfile.NamedTemporaryFile(prefix="bench-gunicorn-", suffix=".log", delete=False)  # noqa: SIM115
     command = [str(GUNICORN), "config.wsgi", "--workers", str(WORKERS), "--bind", f"{HOST}:{port}"]
     process = subprocess.Popen(
-        command, cwd=ROOT, env=server_env(), stdout=log, stderr=subprocess.STDOUT
+        command, cwd=ROOT, env=server_env(**env), stdout=log, stderr=subprocess.STDOUT
     )
     failed = True
     try:
@@ -446,6 +476,7 @@ def events_make(
                 metric=metric,
                 quantity_milli=quantity_milli,
                 occurred_at=now - timedelta(seconds=rng.randrange(seconds)),
+                labels=LABEL_CHOICES[i % len(LABEL_CHOICES)],
             )
         )
     return events
@@ -463,21 +494,49 @@ def batches_of(events: list[Event]) -> list[list[Event]]:
 # (JSON text above all) more slowly than binary ones.
 
 EVENTS_SQL = (
-    "INSERT INTO usage_usageevent "
-    "(account_id, event_id, metric, quantity_milli, occurred_at, received_at, source, metadata) "
-    "SELECT a, e, m, q, o, %b, s, md::jsonb FROM unnest("
-    "%b::uuid[], %b::text[], %b::text[], %b::bigint[], %b::timestamptz[], %b::text[], %b::text[]"
-    ") AS t(a, e, m, q, o, s, md) "
+    "INSERT INTO usage_usageevent (account_id, event_id, metric, quantity_milli, occurred_at,"
+    " received_at, source, metadata, labels) "
+    "SELECT a, e, m, q, o, %b, s, md::jsonb, l::jsonb FROM unnest("
+    "%b::uuid[], %b::text[], %b::text[], %b::bigint[], %b::timestamptz[], %b::text[], %b::text[],"
+    " %b::text[]) AS t(a, e, m, q, o, s, md, l) "
     "ON CONFLICT (account_id, event_id) DO NOTHING RETURNING account_id, event_id"
 )
+# The label sets seen per account, metric and day, for the bound: the new ones are returned,
+# and counted against the day's only when there are any (as the service does).
+LABEL_SETS_SQL = (
+    "INSERT INTO usage_usagelabelset (account_id, metric, day, labels) "
+    "SELECT * FROM unnest(%b::uuid[], %b::text[], %b::date[], %b::text[]) "
+    "ON CONFLICT (account_id, metric, day, labels) DO NOTHING RETURNING account_id, metric, day"
+)
+LABEL_SETS_COUNT_SQL = (
+    "SELECT account_id, metric, day, count(*) FROM usage_usagelabelset "
+    "WHERE (account_id, metric, day) IN (SELECT * FROM unnest(%b::uuid[], %b::text[], %b::date[]))"
+    " GROUP BY 1, 2, 3"
+)
+# Day and hour counters of every subset of each event's labels, in one statement.
 COUNTERS_SQL = (
-    "INSERT INTO usage_usagecounter (account_id, metric, day, quantity_milli, updated_at) "
-    "SELECT a, m, d, q, %b FROM unnest(%b::uuid[], %b::text[], %b::date[], %b::bigint[]) "
-    "AS t(a, m, d, q) "
-    "ON CONFLICT (account_id, metric, day) DO UPDATE SET "
+    "WITH h AS (INSERT INTO usage_usagehourcounter"
+    " (account_id, metric, labels, hour, day, quantity_milli, updated_at)"
+    " SELECT a, m, l, h, d, q, %b FROM unnest(%b::uuid[], %b::text[], %b::text[],"
+    " %b::timestamptz[], %b::date[], %b::bigint[]) AS t(a, m, l, h, d, q)"
+    " ON CONFLICT (account_id, metric, labels, hour) DO UPDATE SET"
+    " quantity_milli = usage_usagehourcounter.quantity_milli + excluded.quantity_milli,"
+    " updated_at = excluded.updated_at) "
+    "INSERT INTO usage_usagecounter (account_id, metric, labels, day, quantity_milli, updated_at) "
+    "SELECT a, m, l, d, q, %b FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::date[],"
+    " %b::bigint[]) AS t(a, m, l, d, q) "
+    "ON CONFLICT (account_id, metric, labels, day) DO UPDATE SET "
     "quantity_milli = usage_usagecounter.quantity_milli + excluded.quantity_milli, "
     "updated_at = excluded.updated_at"
 )
+
+
+def subsets(key: str) -> list[str]:
+    """The canonical keys of every subset of a label set's key, ``""`` included."""
+    pairs = key.split(";") if key else []
+    return [
+        ";".join(chosen) for size in range(len(pairs) + 1) for chosen in combinations(pairs, size)
+    ]
 
 
 @dataclass(frozen=True)
@@ -485,7 +544,7 @@ class SqlBatch:
     """A batch as the SQL path takes it: column arrays, and each event's counter key."""
 
     columns: list[list[Any]]
-    by_key: dict[tuple[uuid.UUID, str], tuple[str, date, int]]
+    by_key: dict[tuple[uuid.UUID, str], tuple[str, date, datetime, str, int]]
 
     @classmethod
     def of(cls, events: list[Event]) -> SqlBatch:
@@ -500,9 +559,17 @@ class SqlBatch:
                 [e.occurred_at for e in ordered],
                 [SOURCE] * len(ordered),
                 [metadata] * len(ordered),
+                [json.dumps(e.labels, sort_keys=True) for e in ordered],
             ],
             by_key={
-                (e.account.id, e.event_id): (e.metric, e.day, e.quantity_milli) for e in events
+                (e.account.id, e.event_id): (
+                    e.metric,
+                    e.day,
+                    e.hour,
+                    e.labels_key,
+                    e.quantity_milli,
+                )
+                for e in events
             },
         )
 
@@ -517,20 +584,37 @@ def sql_ingest(conn: psycopg.Connection[Any], batch: SqlBatch) -> int:
     with conn.cursor() as cursor:
         cursor.execute(EVENTS_SQL, [now, *batch.columns])
         inserted = cursor.fetchall()
-        deltas: dict[tuple[uuid.UUID, str, date], int] = defaultdict(int)
+        groups: dict[tuple[uuid.UUID, str, str, date, datetime], int] = defaultdict(int)
+        sets: set[tuple[uuid.UUID, str, date, str]] = set()
         for account_id, event_id in inserted:
-            metric, day, quantity_milli = batch.by_key[(account_id, event_id)]
-            deltas[(account_id, metric, day)] += quantity_milli
-        keys = sorted(deltas)  # a stable order: concurrent batches never deadlock
-        if keys:
+            metric, day, hour, labels, quantity_milli = batch.by_key[(account_id, event_id)]
+            groups[(account_id, metric, labels, day, hour)] += quantity_milli
+            if labels:
+                sets.add((account_id, metric, day, labels))
+        if sets:
+            ordered = sorted(sets)
+            cursor.execute(LABEL_SETS_SQL, [[k[i] for k in ordered] for i in range(4)])
+            new = sorted(set(cursor.fetchall()))
+            if new:
+                cursor.execute(LABEL_SETS_COUNT_SQL, [[k[i] for k in new] for i in range(3)])
+                cursor.fetchall()
+        days: dict[tuple[uuid.UUID, str, str, date], int] = defaultdict(int)
+        hours: dict[tuple[uuid.UUID, str, str, datetime, date], int] = defaultdict(int)
+        for (account_id, metric, labels, day, hour), quantity_milli in groups.items():
+            for subset in subsets(labels):
+                days[(account_id, metric, subset, day)] += quantity_milli
+                hours[(account_id, metric, subset, hour, day)] += quantity_milli
+        day_keys, hour_keys = sorted(days), sorted(hours)  # a stable order: never deadlocks
+        if day_keys:
             cursor.execute(
                 COUNTERS_SQL,
                 [
                     now,
-                    [k[0] for k in keys],
-                    [k[1] for k in keys],
-                    [k[2] for k in keys],
-                    [deltas[k] for k in keys],
+                    *([k[i] for k in hour_keys] for i in range(5)),
+                    [hours[k] for k in hour_keys],
+                    now,
+                    *([k[i] for k in day_keys] for i in range(4)),
+                    [days[k] for k in day_keys],
                 ],
             )
     conn.commit()
@@ -584,7 +668,8 @@ def counters_mismatches() -> tuple[int, int]:
             " FROM usage_usageevent e JOIN accounts_account a ON a.id = e.account_id"
             " GROUP BY 1, 2, 3)"
             " SELECT count(*) FILTER (WHERE s.total IS DISTINCT FROM c.quantity_milli), count(*)"
-            " FROM sums s FULL JOIN usage_usagecounter c USING (account_id, metric, day)"
+            " FROM sums s FULL JOIN (SELECT * FROM usage_usagecounter WHERE labels = '') c"
+            " USING (account_id, metric, day)"
         ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
@@ -705,52 +790,201 @@ def part_batches(
     )
 
 
-def part_single(
-    report: Report, port: int, token: str, accounts: list[Account], sizes: Sizes, now: datetime
-) -> None:
-    """c. One event per POST from ``sizes.single_threads`` threads."""
-    threads = sizes.single_threads
+UNCACHED_FLOOR = "auth. floor GET, token from the DB"
 
-    def bodies(prefix: str, count: int) -> list[bytes]:
-        events = events_make(accounts, prefix, count, now, timedelta(hours=1))
-        return [json.dumps(e.as_json()).encode() for e in events]
 
-    warm_up = bodies("one-warm", 50 * threads)
-    timed = bodies("one", sizes.single_requests)
+@dataclass(frozen=True)
+class Endpoint:
+    """One path measured in part c, and the floor it is measured against."""
+
+    name: str
+    method: str
+    path: str
+    bodies: Callable[[str, int], list[bytes | None]]  # (prefix, count) -> a body a request
+    floor: str | None  # the name of the floor endpoint; None for the plain floor itself
+    status: int = 200
+    share_target: float | None = None  # of the floor's requests/s (SPEC section 10)
+    p99_floor_target: float | None = None  # at most this many times the floor's p99
+    p99_ms_target: float | None = None
+
+
+@dataclass
+class Round:
+    rate: float
+    p50: float  # ms
+    p99: float  # ms
+
+
+def endpoints(accounts: list[Account], probe: Account, now: datetime) -> list[Endpoint]:
+    """The floors, then the real per-request paths, in the order of the printed table."""
+    check = json.dumps({"metric": "text_tokens", "quantity": 1000}).encode()
+
+    def same(body: bytes | None) -> Callable[[str, int], list[bytes | None]]:
+        return lambda _prefix, count: [body] * count
+
+    def events(prefix: str, count: int) -> list[bytes | None]:
+        made = events_make(accounts, prefix, count, now, timedelta(hours=1))
+        return [json.dumps(e.as_json()).encode() for e in made]
+
+    plain, auth_get, auth_post = (
+        "plain floor",
+        "authenticated floor GET",
+        "authenticated floor POST",
+    )
+    return [
+        Endpoint(plain, "GET", "/bench/floor/plain/", same(None), None),
+        Endpoint(auth_get, "GET", "/bench/floor/authenticated/", same(None), plain),
+        Endpoint(auth_post, "POST", "/bench/floor/authenticated/", same(check), plain),
+        Endpoint(
+            UNCACHED_FLOOR,
+            "GET",
+            "/bench/floor/authenticated-uncached/",
+            same(None),
+            plain,
+        ),
+        Endpoint(
+            "GET .../usage/",
+            "GET",
+            f"/api/v1/accounts/{probe.id}/usage/",
+            same(None),
+            auth_get,
+            share_target=TARGET_READ_SHARE,
+        ),
+        Endpoint(
+            "pre-flight POST .../usage/check/",
+            "POST",
+            f"/api/v1/accounts/{probe.id}/usage/check/",
+            same(check),
+            auth_post,
+            share_target=TARGET_CHECK_SHARE,
+            p99_floor_target=TARGET_CHECK_P99_FLOOR,
+        ),
+        Endpoint(
+            "single-event POST /usage/events/",
+            "POST",
+            "/api/v1/usage/events/",
+            events,
+            auth_post,
+            status=201,
+            share_target=TARGET_SINGLE_SHARE,
+            p99_ms_target=TARGET_SINGLE_P99_MS,
+        ),
+    ]
+
+
+def load(
+    port: int, token: str, endpoint: Endpoint, bodies: list[bytes | None], threads: int
+) -> Round:
+    """Send ``bodies`` to ``endpoint`` from ``threads`` clients; requests/s and latencies."""
     latencies: list[list[float]] = [[] for _ in range(threads)]
 
-    def post_all(work: list[bytes], index: int) -> None:
+    def send(index: int) -> None:
         client = Client(port, token)
         try:
-            for body in work:
+            for body in bodies[index::threads]:
                 started = time.perf_counter()
-                status, answer = client.request("POST", "/api/v1/usage/events/", body)
+                status, answer = client.request(endpoint.method, endpoint.path, body)
                 latencies[index].append(time.perf_counter() - started)
-                if status != 201:
-                    raise RuntimeError(f"event answered {status}: {answer[:500]!r}")
+                if status != endpoint.status:
+                    raise RuntimeError(f"{endpoint.name} answered {status}: {answer[:500]!r}")
         finally:
             client.close()
 
-    run_threads(threads, lambda i: post_all(warm_up[i::threads], i))
-    latencies = [[] for _ in range(threads)]
-    elapsed = run_threads(threads, lambda i: post_all(timed[i::threads], i))
+    elapsed = run_threads(threads, send)
     every = [s for per_thread in latencies for s in per_thread]
-    rate = len(timed) / elapsed
-    p50, p99 = percentile(every, 50) * 1000, percentile(every, 99) * 1000
-    print(f"  {len(timed)} requests, {threads} threads")
-    report.add(
-        "c. single-event POST",
-        f"{rate:,.0f} req/s",
-        f">= {TARGET_SINGLE_REQ_S}",
-        rate >= TARGET_SINGLE_REQ_S,
+    return Round(len(bodies) / elapsed, percentile(every, 50) * 1000, percentile(every, 99) * 1000)
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def part_floors(
+    report: Report,
+    port: int,
+    token: str,
+    accounts: list[Account],
+    probe: Account,
+    sizes: Sizes,
+    now: datetime,
+) -> None:
+    """c. The floors and the per-request paths, by the same client, interleaved in rounds.
+
+    Each round sends ``sizes.floor_requests`` requests to each path from
+    ``sizes.threads`` threads, the paths in a rotated order; each figure is the median of
+    the rounds, each rate shown with its spread (lowest-highest).
+    """
+    paths = endpoints(accounts, probe, now)
+    for endpoint in paths:  # warm-up: connections, caches, the token's verification
+        load(port, token, endpoint, endpoint.bodies(f"warm-{endpoint.name}", 50), sizes.threads)
+    rounds: dict[str, list[Round]] = {e.name: [] for e in paths}
+    for number in range(ROUNDS):
+        order = paths[number % len(paths) :] + paths[: number % len(paths)]
+        for endpoint in order:
+            bodies = endpoint.bodies(f"round{number}-{endpoint.name}", sizes.floor_requests)
+            rounds[endpoint.name].append(load(port, token, endpoint, bodies, sizes.threads))
+    print(
+        f"  {sizes.floor_requests} requests per path and round, {sizes.threads} threads, "
+        f"{ROUNDS} rounds; median (spread of the rate)"
     )
-    report.add("   single-event POST p50", f"{p50:.1f} ms")
-    report.add(
-        "   single-event POST p99",
-        f"{p99:.1f} ms",
-        f"< {TARGET_SINGLE_P99_MS} ms",
-        p99 < TARGET_SINGLE_P99_MS,
+    figures = {
+        name: Round(
+            median([r.rate for r in measured]),
+            median([r.p50 for r in measured]),
+            median([r.p99 for r in measured]),
+        )
+        for name, measured in rounds.items()
+    }
+    header = (
+        f"  {'path':<34} {'req/s':>7} {'spread':>13} {'p50':>6} {'p99':>6}  floor share, p99 ratio"
     )
+    print(header)
+    for endpoint in paths:
+        got = figures[endpoint.name]
+        rates = [r.rate for r in rounds[endpoint.name]]
+        spread = f"{min(rates):,.0f}-{max(rates):,.0f}"
+        ratios = ""
+        if endpoint.floor is not None:
+            floor = figures[endpoint.floor]
+            ratios = (
+                f"{got.rate / floor.rate:.2f} of {endpoint.floor}, p99 x{got.p99 / floor.p99:.2f}"
+            )
+        print(
+            f"  {endpoint.name:<34} {got.rate:>7,.0f} {spread:>13} {got.p50:>6.1f} {got.p99:>6.1f}  {ratios}"
+        )
+    print("  (ms for p50 and p99)")
+    cached, uncached = figures["authenticated floor GET"], figures[UNCACHED_FLOOR]
+    report.add(
+        "c. token cache: floor GET req/s, cached / DB",
+        f"{cached.rate / uncached.rate:.2f}",
+    )
+    for endpoint in paths:
+        got = figures[endpoint.name]
+        if endpoint.floor is None:
+            report.add(f"c. {endpoint.name}", f"{got.rate:,.0f} req/s")
+            continue
+        floor = figures[endpoint.floor]
+        share = got.rate / floor.rate
+        target = "" if endpoint.share_target is None else f">= {endpoint.share_target:.2f}"
+        ok = None if endpoint.share_target is None else share >= endpoint.share_target
+        report.add(f"c. {endpoint.name}", f"{got.rate:,.0f} req/s")
+        report.add("   share of its floor's req/s", f"{share:.2f}", target, ok)
+        p99_ratio = got.p99 / floor.p99
+        target, ok = "", None
+        if endpoint.p99_floor_target is not None:
+            target = f"<= {endpoint.p99_floor_target:.0f}x"
+            ok = p99_ratio <= endpoint.p99_floor_target
+        report.add("   p50 / p99", f"{got.p50:.1f} / {got.p99:.1f} ms")
+        report.add("   p99 / its floor's p99", f"{p99_ratio:.2f}", target, ok)
+        if endpoint.p99_ms_target is not None:
+            report.add(
+                "   p99",
+                f"{got.p99:.1f} ms",
+                f"< {endpoint.p99_ms_target:.0f} ms",
+                got.p99 < endpoint.p99_ms_target,
+            )
 
 
 def reads_latency(port: int, token: str, probe: Account, requests: int) -> dict[str, list[float]]:
@@ -827,9 +1061,7 @@ def part_reads(
         for name, latencies in samples.items():
             p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
             p99s[(name, size)] = p99
-            target = f"< {TARGET_READ_P99_MS} ms"
-            report.add(f"d. {name} p99, {size}", f"{p99:.1f} ms", target, p99 < TARGET_READ_P99_MS)
-            report.add(f"   {name} p50, {size}", f"{p50:.1f} ms")
+            report.add(f"d. {name} p50 / p99, {size}", f"{p50:.1f} / {p99:.1f} ms")
     for name in ("usage read", "pre-flight"):
         ratio = p99s[(name, "large")] / p99s[(name, "small")]
         target = f"< {TARGET_READ_RATIO}"
@@ -856,11 +1088,25 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (about a minute)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument(
-        "--single-threads",
+        "--threads",
         type=int,
         choices=range(1, 9),
         metavar="N",
         help="client threads of part c (default 2, as many as gunicorn workers)",
+    )
+    parser.add_argument(
+        "--cache-url",
+        default=CACHE_URL,
+        metavar="URL",
+        help=f"the server's CACHE_URL (default {CACHE_URL}; 'locmemcache://' for none: "
+        "throttle counts per process and no token cache)",
+    )
+    parser.add_argument(
+        "--token-cache-seconds",
+        type=int,
+        metavar="N",
+        help="the server's TOKEN_CACHE_SECONDS (default: the setting's, 60; 0 turns the "
+        "token cache off, to measure the floor without it)",
     )
     parser.add_argument(
         "--profile",
@@ -874,8 +1120,11 @@ def main() -> int:
     if args.profile and not PY_SPY.exists():
         parser.error(f"--profile needs {PY_SPY}: .venv/bin/pip install py-spy")
     sizes = QUICK if args.quick else FULL
-    if args.single_threads:
-        sizes = replace(sizes, single_threads=args.single_threads)
+    if args.threads:
+        sizes = replace(sizes, threads=args.threads)
+    served = {"DJANGO_SETTINGS_MODULE": "bench.settings", "CACHE_URL": args.cache_url}
+    if args.token_cache_seconds is not None:
+        served["TOKEN_CACHE_SECONDS"] = str(args.token_cache_seconds)
     report = Report()
     begun = time.perf_counter()
     busy = cpu_busy()
@@ -894,8 +1143,11 @@ def main() -> int:
     token = token_create()
     now = datetime.now(UTC)
     port = free_port()
-    print(f"gunicorn: {WORKERS} sync workers on {HOST}:{port}")
-    with gunicorn(port, token) as server:
+    print(
+        f"gunicorn: {WORKERS} sync workers on {HOST}:{port}, CACHE_URL={args.cache_url}, "
+        f"TOKEN_CACHE_SECONDS={served.get('TOKEN_CACHE_SECONDS', 'default')}"
+    )
+    with gunicorn(port, token, served) as server:
 
         def spy(part: str) -> AbstractContextManager[None]:
             return profiled(args.profile, part, server.pid)
@@ -903,9 +1155,9 @@ def main() -> int:
         print("a. batch ingestion through HTTP, b. the ceiling: hand-written SQL, in turns")
         with spy("a"):
             part_batches(report, port, token, posting, sizes, now)
-        print("c. single-event POST")
+        print("c. the floors and the per-request paths, interleaved")
         with spy("c"):
-            part_single(report, port, token, posting, sizes, now)
+            part_floors(report, port, token, posting, probe, sizes, now)
         print("d. usage read and pre-flight")
         part_reads(report, port, token, posting, probe, sizes, now, spy)
         print("e. memory")

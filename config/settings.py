@@ -43,6 +43,8 @@ INSTALLED_APPS = [
     "usage",
     "notifications",
     "backoffice",
+    # Connects the token cache's invalidation in every process (config/authentication.py).
+    "config.apps.ProjectConfig",
 ]
 
 MIDDLEWARE = [
@@ -134,6 +136,10 @@ SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
 REQUEST_BODY_MAX_BYTES = env.int("REQUEST_BODY_MAX_BYTES", default=12 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = REQUEST_BODY_MAX_BYTES
 
+# The most distinct label sets an account may send per metric and local day; an event that
+# would add one more refuses its batch (``usage.services.usage_events_record``).
+USAGE_MAX_LABEL_SETS = env.int("USAGE_MAX_LABEL_SETS", default=100)
+
 # --- REST framework ---
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -173,6 +179,10 @@ if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache"
 
 # Tokens are stored hashed (knox); service tokens do not expire until revoked in the admin.
 REST_KNOX = {"TOKEN_TTL": None, "AUTO_REFRESH": False}
+# Seconds a process remembers a verified token (its user, permissions and account binding)
+# instead of reading them again; 0: never. Only with a shared cache (CACHE_URL=redis://...),
+# through which every revocation reaches every process at once (config/authentication.py).
+TOKEN_CACHE_SECONDS = env.int("TOKEN_CACHE_SECONDS", default=60)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Usage limits API",

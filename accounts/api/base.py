@@ -5,9 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from django.contrib.auth.models import Permission
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 from rest_framework import exceptions, serializers, status
 from rest_framework.permissions import BasePermission
@@ -16,7 +14,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from accounts.models import Account
 from accounts.services import AccountNotEnterprise, LimitsInvalid
-from config.authentication import token_account_id
+from config.authentication import api_permissions, token_account_id
 
 MSG_OTHER_ACCOUNT = _("This token is bound to another account.")
 
@@ -44,16 +42,7 @@ class ErrorSerializer(serializers.Serializer):
 
 def _permissions_of(user: Any) -> frozenset[str]:
     """The ``app_label.codename`` permissions of an active user, in one query per request."""
-    cached = getattr(user, "_api_permissions", None)
-    if cached is None:
-        rows = (
-            Permission.objects.filter(Q(user=user) | Q(group__user=user))
-            .values_list("content_type__app_label", "codename")
-            .distinct()
-        )
-        cached = frozenset(f"{app_label}.{codename}" for app_label, codename in rows)
-        user._api_permissions = cached
-    return cached
+    return api_permissions(user)
 
 
 class ModelPermissions(BasePermission):
