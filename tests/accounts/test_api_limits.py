@@ -407,9 +407,9 @@ def test_patch_changes_only_what_it_names(manager_client, limited_account):
         },
         "recipients": {
             "warning": [{"email": "pm@example.com", "language": "fr"}],
-        "scoped_limits": [],
-        "updated_at": body["updated_at"],
+            "blocked": [{"email": "cto@example.com", "language": "fr"}],
         },
+        "scoped_limits": [],
         "updated_at": body["updated_at"],
     }
     limits, recipients, _ = stored(limited_account)
