@@ -200,8 +200,10 @@ class ScopedLimit(models.Model):
                 name="scoped_limit_warning_below_blocked",
             ),
             models.CheckConstraint(
+                # ``isnull=False`` spelled out: a CHECK whose condition is NULL passes.
                 condition=models.Q(
                     period=PeriodKind.ROLLING,
+                    window_days__isnull=False,
                     window_days__gte=1,
                     window_days__lte=MAX_ROLLING_DAYS,
                 )
