@@ -34,6 +34,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.text import format_lazy
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from knox.admin import AuthTokenAdmin
@@ -61,12 +62,16 @@ from .forms import (
     LimitsDraft,
     RecipientInlineForm,
     RecipientInlineFormSet,
+    ScopedLimitInlineForm,
+    ScopedLimitInlineFormSet,
+    label_field_name,
     limit_field_names,
     limit_field_rows,
     limit_label,
 )
+from .labels import LABEL_KEYS, labels_text
 from .metrics import METRICS
-from .models import Account, Language, Level, Limit, Plan, Recipient
+from .models import Account, Language, Level, Limit, Plan, Recipient, ScopedLimit
 from .selectors import limits_document_get, token_bound_accounts
 from .services import limits_reactivate, limits_replace
 
@@ -81,6 +86,10 @@ LIMITS_PERMISSIONS = (
 HISTORY_LENGTH = 50
 
 _RECIPIENT_LABELS = {Level.WARNING: _("Warning recipient"), Level.BLOCKED: _("Blocked recipient")}
+_LINE_LEVEL_LABELS = {
+    Level.WARNING: _("{line}: warning threshold"),
+    Level.BLOCKED: _("{line}: blocked threshold"),
+}
 MSG_LIMITS_INACTIVE = _(
     "These limits are inactive: only Enterprise accounts are limited. They are kept, and "
     "apply again as soon as the account is back on Enterprise."
@@ -174,8 +183,38 @@ def _recipient_changes(record: Any, previous: Any) -> list[tuple[str, str, str]]
     return [(str(label), old, new)] if old != new else []
 
 
+def _scoped_thresholds_display(record: Any) -> str:
+    return gettext("warning %(warning)s, blocked %(blocked)s") % {
+        "warning": _threshold_display(record.warning, record.metric),
+        "blocked": _threshold_display(record.blocked, record.metric),
+    }
+
+
+def _scoped_limit_changes(record: Any, previous: Any) -> list[tuple[str, str, str]]:
+    """A scoped limit added or removed: one entry with both thresholds; changed: one entry
+    per threshold changed (a change of position alone shows nothing)."""
+    line = record.instance.line_text()
+    if record.history_type == "+":
+        return [(line, "—", _scoped_thresholds_display(record))]
+    if record.history_type == "-":
+        return [(line, _scoped_thresholds_display(record), "—")]
+    if previous is None:
+        return []
+    delta = record.diff_against(previous, included_fields=Level.values)
+    return [
+        (
+            str(format_lazy(_LINE_LEVEL_LABELS[Level(change.field)], line=line)),
+            _threshold_display(change.old, record.metric),
+            _threshold_display(change.new, record.metric),
+        )
+        for change in sorted(delta.changes, key=lambda change: Level.values.index(change.field))
+        if change.old != change.new
+    ]
+
+
 def limits_history_list(*, account: Account, limit: int = HISTORY_LENGTH) -> list[LimitsChange]:
-    """The ``limit`` most recent changes of the account's limits and recipients, newest first.
+    """The ``limit`` most recent changes of the account's limits, scoped limits and
+    recipients, newest first.
 
     Built from simple-history's records (written by ``limits_replace`` with who and why),
     one entry per changed value.
@@ -184,6 +223,7 @@ def limits_history_list(*, account: Account, limit: int = HISTORY_LENGTH) -> lis
     for history, describe in (
         (Limit.history, _limit_changes),
         (Recipient.history, _recipient_changes),
+        (ScopedLimit.history, _scoped_limit_changes),
     ):
         for record, previous in _records_with_previous(history, account=account, limit=limit):
             user = record.history_user
@@ -474,6 +514,80 @@ class RecipientInline(admin.TabularInline):
         return can_edit_limits(request.user)
 
 
+class ScopedLimitInline(admin.TabularInline):
+    """The scoped limits (SPEC section 11.2): one row per line, in their order, with one
+    field per label key (blank: any value). Part of the limits document, like recipients:
+    editable exactly when the limits are, judged and written with the whole document."""
+
+    model = ScopedLimit
+    form = ScopedLimitInlineForm
+    formset = ScopedLimitInlineFormSet
+    extra = 0
+    verbose_name = _("scoped limit")
+    verbose_name_plural = _(
+        "Scoped limits: other periods, rolling windows, labels (in the account's time zone)"
+    )
+    readonly_view_fields = (
+        "metric",
+        "period_display",
+        "labels_display",
+        "warning_display",
+        "blocked_display",
+    )
+
+    def get_fields(self, request: HttpRequest, obj: Model | None = None) -> list[str]:
+        if not can_edit_limits(request.user):
+            return list(self.readonly_view_fields)
+        return [
+            "metric",
+            "period",
+            "window_days",
+            *(label_field_name(key) for key in LABEL_KEYS),
+            *Level.values,
+        ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> Sequence:
+        return () if can_edit_limits(request.user) else self.readonly_view_fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ScopedLimit]:
+        return super().get_queryset(request).order_by("position", "id")
+
+    @admin.display(description=_("period"))
+    def period_display(self, obj: ScopedLimit) -> str:
+        return obj.period_text()
+
+    @admin.display(description=_("labels"))
+    def labels_display(self, obj: ScopedLimit) -> str:
+        return labels_text(obj.labels) or gettext("any")
+
+    @staticmethod
+    def _threshold_with_unit(value: int | None, metric: str) -> str:
+        if value is None:
+            return gettext("unlimited")
+        spec = METRICS[metric]
+        return f"{_threshold_display(value, metric)} {UNIT_LABELS.get(spec.unit, spec.unit)}"
+
+    @admin.display(description=_("warning threshold"))
+    def warning_display(self, obj: ScopedLimit) -> str:
+        return self._threshold_with_unit(obj.warning, obj.metric)
+
+    @admin.display(description=_("blocked threshold"))
+    def blocked_display(self, obj: ScopedLimit) -> str:
+        return self._threshold_with_unit(obj.blocked, obj.metric)
+
+    def has_view_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return request.user.has_perm("accounts.view_limit") or can_edit_limits(request.user)
+
+    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return can_edit_limits(request.user)
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return can_edit_limits(request.user)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return can_edit_limits(request.user)
+
+
 class ExtensionInline(admin.TabularInline):
     """The account's extensions: granted ones read-only, new ones for the current period.
 
@@ -507,7 +621,7 @@ class ExtensionInline(admin.TabularInline):
 @admin.register(Account)
 class AccountAdmin(SimpleHistoryAdmin):
     form = AccountAdminForm
-    inlines = [RecipientInline, ExtensionInline, NotificationInline]
+    inlines = [ScopedLimitInline, RecipientInline, ExtensionInline, NotificationInline]
     actions = [evaluate_thresholds_now, send_test_notification]
     # Then the status and one usage bar per metric (``get_list_display``).
     list_display = ("name", "external_id", "plan")
@@ -649,7 +763,7 @@ class AccountAdmin(SimpleHistoryAdmin):
         form.save_m2m()
         extensions = []
         for formset in formsets:
-            if isinstance(formset, RecipientInlineFormSet):
+            if isinstance(formset, (RecipientInlineFormSet, ScopedLimitInlineFormSet)):
                 # Writes nothing: fills what the admin's change message lists.
                 formset.save(commit=False)
             elif formset.model is Extension:

@@ -220,12 +220,10 @@ class ScopedLimit(models.Model):
         return self.line_text()
 
     def line_text(self) -> str:
-        """The line for people: ``Text tokens, Day, Model: large``."""
+        """The line for people: ``Text tokens, Day (Model: large)``."""
         spec = METRICS.get(self.metric)
-        parts = [str(spec.label) if spec else self.metric, str(self.period_text())]
-        if self.labels:
-            parts.append(labels_text(self.labels))
-        return ", ".join(parts)
+        text = f"{spec.label if spec else self.metric}, {self.period_text()}"
+        return f"{text} ({labels_text(self.labels)})" if self.labels else text
 
     def period_text(self) -> str:
         if self.period == PeriodKind.ROLLING:
