@@ -9,7 +9,7 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.utils.html import escape
 
-from accounts.models import ScopedLimit
+from accounts.models import Account, ScopedLimit
 from accounts.services import limits_replace
 from tests.accounts.test_admin import (
     WARNING_RULE,
@@ -333,3 +333,19 @@ def test_a_user_who_may_only_view_limits_sees_scoped_limits_read_only(client, ac
     assert "<p>Model: large</p>" in response.text
     assert "<p>40,000 tokens</p>" in response.text
     assert "<p>50,000 tokens</p>" in response.text
+
+
+def test_a_new_account_is_created_with_its_scoped_limits(admin_client):
+    # given
+    from django.urls import reverse
+
+    url = reverse("admin:accounts_account_add")
+    data = page_data(admin_client.get(url))
+    data.update({"name": "Initech", "external_id": "crm-ini", "timezone": "Europe/Paris"})
+    add_line(data, metric="text_tokens", period="minute", blocked=100)
+    # when
+    response = admin_client.post(url, data)
+    # then
+    assert response.status_code == 302, scoped_errors(response)
+    account = Account.objects.get(external_id="crm-ini")
+    assert stored(account) == [("text_tokens", "minute", None, {}, None, 100)]

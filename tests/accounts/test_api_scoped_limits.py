@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from accounts.models import ScopedLimit
+from accounts.models import Plan, ScopedLimit
 from accounts.selectors import LimitLine, limit_lines
+from accounts.services import AccountNotEnterprise, limits_replace
 from accounts.windows import PeriodKind
 from tests.factories import AccountFactory, LimitFactory
 
@@ -594,3 +595,27 @@ def test_limit_lines_are_the_monthly_lines_then_the_scoped_ones(
         LimitLine("text_tokens", PeriodKind.DAY, None, {"model": "large"}, 40000, 50000, ids[0]),
         LimitLine("audio_transcribed_seconds", PeriodKind.ROLLING, 7, {}, None, 3600, ids[1]),
     ]
+
+
+# --- An account not on Enterprise keeps its scoped limits, inactive ---
+
+
+def test_an_account_off_enterprise_may_keep_or_remove_scoped_limits_but_not_add_any(account):
+    # given: a scoped limit set while on Enterprise, then the account moved to Pro
+    limits_replace(account=account, data={"scoped_limits": [ROLLING_WEEK]})
+    account.plan = Plan.PRO
+    account.save()
+    # when / then: keeping it, lowering nothing, is allowed
+    kept = limits_replace(account=account, data={"scoped_limits": [ROLLING_WEEK]})
+    assert kept.as_data()["scoped_limits"] == [ROLLING_WEEK]
+    # adding or changing one is refused
+    with pytest.raises(AccountNotEnterprise):
+        limits_replace(
+            account=account, data={"scoped_limits": [ROLLING_WEEK, {**DAY_LARGE, "warning": None}]}
+        )
+    with pytest.raises(AccountNotEnterprise):
+        limits_replace(account=account, data={"scoped_limits": [{**ROLLING_WEEK, "blocked": 1}]})
+    # removing it is allowed
+    removed = limits_replace(account=account, data={"scoped_limits": []})
+    assert removed.as_data()["scoped_limits"] == []
+    assert stored_lines(account) == []
