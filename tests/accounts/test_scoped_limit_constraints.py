@@ -82,7 +82,7 @@ def test_a_row_breaking_a_rule_is_refused_by_the_database(fields):
 
 
 @pytest.mark.postgres
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_racing_inserts_of_the_same_line_store_one():
     # given: an account, and eight writers of the same line, window days null
     account = AccountFactory()
