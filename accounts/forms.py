@@ -215,7 +215,7 @@ class ScopedLimitInlineFormSet(forms.BaseInlineFormSet):
     def rows(self) -> list[tuple[forms.Form, dict[str, Any]]]:
         """``(form, item)`` per row to submit, in page order: untouched extra rows and
         deleted rows left out, a row that failed to parse submitted as typed."""
-        self.errors  # parses every row (once)  # noqa: B018
+        self.errors  # noqa: B018 (parses every row, once)
         rows = []
         for form in self.forms:
             if self.can_delete and self._should_delete_form(form):
@@ -230,12 +230,13 @@ class ScopedLimitInlineFormSet(forms.BaseInlineFormSet):
                 item[name] = None if value == "" else value
             item["labels"] = form.labels_typed()
             rows.append((form, item))
+        # The service's errors name rows by their index in this list (``place_error``).
+        self._rows_submitted = rows
         return rows
 
     def place_error(self, index: int, path: list[str], message: Any) -> None:
         """Show the service's error at ``scoped_limits.<index>.<path>`` on that row."""
-        forms_ = [form for form, _item in self._rows_submitted]
-        form = forms_[index]
+        form = self._rows_submitted[index][0]
         if path[:1] == ["labels"] and len(path) == 2 and path[1] in LABEL_KEYS:
             name: str | None = label_field_name(path[1])
         elif len(path) == 1 and path[0] in form.fields:
@@ -346,8 +347,7 @@ class RecipientInlineFormSet(forms.BaseInlineFormSet):
             self.instance, "_scoped_limits_formset", None
         )
         if scoped is not None:
-            scoped._rows_submitted = scoped.rows()
-            data["scoped_limits"] = [item for _form, item in scoped._rows_submitted]
+            data["scoped_limits"] = [item for _form, item in scoped.rows()]
         elif not self.instance._state.adding:
             # Not edited on this page: kept as they are.
             stored = limits_document_get(account=self.instance).as_data()
