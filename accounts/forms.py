@@ -21,7 +21,7 @@ rows. The admin saves only when the form was valid and every formset is valid, s
 refused document makes the formset invalid (``is_valid()``) even when its errors sit on
 the account form: nothing is saved, account fields included. On success the validated
 document stays on the draft, and ``AccountAdmin.save_related`` hands it to
-``accounts.services.limits_replace``, which owns the writes and their history.
+``backoffice.services.limits_replace``, which owns the writes and their history.
 
 Scoped limits (SPEC section 11.2) are one more part of the same document: the scoped
 limits inline (``ScopedLimitInlineFormSet``) only parses its rows, one per line, with one
@@ -42,13 +42,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django import forms
-from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS
 from django.forms.models import construct_instance
 from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
-
-from usage.models import Extension
-from usage.services import extension_validate
 
 from .labels import LABEL_KEYS
 from .metrics import METRICS, MetricSpec
@@ -423,53 +420,3 @@ class RecipientInlineFormSet(forms.BaseInlineFormSet):
             else:
                 account_form.add_error(None, message)
         return list_errors
-
-
-class ExtensionInlineForm(forms.ModelForm):
-    """A new extension of the account's current period, judged by ``extension_validate``.
-
-    The fields only parse what was typed; ``clean()`` asks the service's own check
-    (``extension_validate``), so its refusals show on this row with its messages and
-    nothing is written before the whole page is valid. ``AccountAdmin.save_related``
-    then grants it with ``extension_grant``, which checks the same way.
-    """
-
-    amount = forms.IntegerField(
-        label=Extension._meta.get_field("amount").verbose_name,
-        help_text=Extension._meta.get_field("amount").help_text,
-        widget=forms.NumberInput(attrs={"min": 1, "step": 1}),
-    )
-    # Blank is refused by the service, with its message.
-    reason = forms.CharField(
-        label=Extension._meta.get_field("reason").verbose_name,
-        required=False,
-        widget=forms.TextInput(attrs={"size": 40}),
-    )
-
-    # What the user types; the service's other errors (account, period) go above the row.
-    typed_fields = ("metric", "amount", "reason")
-
-    class Meta:
-        model = Extension
-        fields = ("metric", "amount", "reason")
-
-    def clean(self) -> dict[str, Any]:
-        cleaned_data = super().clean()
-        # The account being edited, as posted (the inline's foreign key field returns it).
-        account = cleaned_data.get("account")
-        if account is None or account._state.adding:
-            return cleaned_data
-        try:
-            extension_validate(
-                account=account,
-                metric=cleaned_data.get("metric"),
-                amount=cleaned_data.get("amount"),
-                reason=cleaned_data.get("reason") or "",
-            )
-        except ValidationError as refused:
-            for name, errors in refused.error_dict.items():
-                field = name if name in self.typed_fields else None
-                if field is not None and self.has_error(field):
-                    continue  # the field could not be parsed and says so already
-                self.add_error(field, errors)
-        return cleaned_data

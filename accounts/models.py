@@ -75,7 +75,7 @@ class Account(models.Model):
 
     Only Enterprise accounts are limited: an account on another plan keeps the limits it
     had (never deleted) but they are inactive, and apply again once it is back on
-    Enterprise (``usage.selectors.usage_for``, ``accounts.services.limits_reactivate``).
+    Enterprise (``usage.selectors.usage_for``, ``backoffice.services.limits_reactivate``).
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)

@@ -3,7 +3,9 @@
 The rules of limits and recipients (SPEC section 3) live here and only here: the admin
 form, the API and the ``set_limits`` command hand the same JSON-like document to
 ``limits_replace`` or ``limits_patch`` and show the errors it raises, so the three can
-never disagree on what is allowed or on how a refusal is worded.
+never disagree on what is allowed or on how a refusal is worded. Those two, and
+``account_upsert``, live in ``backoffice.services``: they also record the notifications a
+change causes, which this app, below ``notifications``, cannot.
 """
 
 from __future__ import annotations
@@ -15,12 +17,9 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, Group
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
-from django.utils import timezone
+from django.db import transaction
 from django.utils.translation import gettext_lazy as _
 from knox.models import AuthToken
-
-from notifications.services import thresholds_evaluate
 
 from .labels import labels_key, labels_parse
 from .metrics import METRICS
@@ -30,12 +29,10 @@ from .models import (
     Language,
     Level,
     Limit,
-    Plan,
     Recipient,
     ScopedLimit,
     TokenAccount,
     validate_recipient_email,
-    validate_timezone,
 )
 from .roles import USAGE_SERVICES
 from .selectors import (
@@ -540,169 +537,6 @@ def _scoped_limits_write(
         _attribute(row, actor, reason).save()
         changed = True
     return changed
-
-
-def limits_replace(
-    *, account: Account, data: Any, actor: AbstractBaseUser | None = None, reason: str = ""
-) -> LimitsDocument:
-    """Replace the whole limits document (``PUT``): metrics and lists left out are cleared.
-
-    Refused whole (nothing written) with ``LimitsInvalid`` or ``AccountNotEnterprise``.
-    """
-    with transaction.atomic():
-        # One writer at a time per account, so two concurrent changes cannot interleave. NO
-        # KEY UPDATE does not conflict with the KEY SHARE lock that recording usage takes on
-        # the account when it commits, so it cannot deadlock with the usage lock below.
-        account = Account.objects.select_for_update(no_key=True).get(pk=account.pk)
-        document = limits_document_validate(account=account, data=data)
-        if _limits_write(account=account, document=document, actor=actor, reason=reason):
-            Account.objects.filter(pk=account.pk).update(limits_updated_at=timezone.now())
-            # A new or lowered threshold that usage already passed notifies now (rule 7).
-            thresholds_evaluate(account_ids=[account.pk], after_limit_change=True)
-    return limits_document_get(account=account)
-
-
-def limits_patch(
-    *, account: Account, data: Any, actor: AbstractBaseUser | None = None, reason: str = ""
-) -> LimitsDocument:
-    """Change only what ``data`` names (``PATCH``): a merge patch on limits, lists replaced."""
-    with transaction.atomic():
-        account = Account.objects.select_for_update(no_key=True).get(pk=account.pk)
-        merged = limits_document_merge(current=limits_document_get(account=account), patch=data)
-        return limits_replace(account=account, data=merged, actor=actor, reason=reason)
-
-
-# A threshold ``scoped_limit_set`` leaves as it is (or unlimited, on a new line).
-KEEP: Any = object()
-
-
-class ScopedLimitNotFound(Exception):
-    """``scoped_limit_set(clear=True)`` named a line the account does not have."""
-
-    def __init__(self) -> None:
-        self.message = _("The account has no such scoped limit to remove.")
-        super().__init__(str(self.message))
-
-
-def scoped_limit_set(
-    *,
-    account: Account,
-    metric: Any,
-    period: Any,
-    window_days: Any = None,
-    labels: Mapping[str, Any] | None = None,
-    warning: Any = KEEP,
-    blocked: Any = KEEP,
-    clear: bool = False,
-    patch: Mapping[str, Any] | None = None,
-    actor: AbstractBaseUser | None = None,
-    reason: str = "",
-) -> LimitsDocument:
-    """Set one scoped limit, named by metric, period, window days and labels (``set_limits``).
-
-    A threshold left as ``KEEP`` keeps its value on an existing line and is unlimited on a
-    new one; ``clear`` removes the line (``ScopedLimitNotFound`` if there is none). ``patch``
-    is applied with it (e.g. recipient lists). The whole document then goes through
-    ``limits_patch``: same rules, same messages, refused whole.
-    """
-    target = {
-        "metric": metric,
-        "period": period,
-        "window_days": window_days,
-        "labels": dict(labels or {}),
-    }
-    with transaction.atomic():
-        account = Account.objects.select_for_update(no_key=True).get(pk=account.pk)
-        lines = [line.as_data() for line in limits_document_get(account=account).scoped_limits]
-        index = next(
-            (i for i, line in enumerate(lines) if all(line[k] == v for k, v in target.items())),
-            None,
-        )
-        if clear:
-            if index is None:
-                raise ScopedLimitNotFound()
-            del lines[index]
-        else:
-            if index is None:
-                lines.append({**target, "warning": None, "blocked": None})
-                index = len(lines) - 1
-            for level, value in ((Level.WARNING.value, warning), (Level.BLOCKED.value, blocked)):
-                if value is not KEEP:
-                    lines[index][level] = value
-        data = {**(patch or {}), "scoped_limits": lines}
-        return limits_patch(account=account, data=data, actor=actor, reason=reason)
-
-
-def limits_reactivate(*, account: Account, previous_plan: str) -> list[int]:
-    """Notify now what the stored limits reached while inactive, if ``account`` is back on
-    Enterprise after ``previous_plan``; returns the ids of the notifications created.
-
-    Only Enterprise accounts are limited, so a return to Enterprise applies the stored
-    limits at once, as a changed limit would (rule 7). Call inside the transaction that
-    changed the plan, after any limit written with it.
-    """
-    if previous_plan == Plan.ENTERPRISE or not account.is_enterprise:
-        return []
-    return thresholds_evaluate(account_ids=[account.pk], after_limit_change=True)
-
-
-def account_upsert(
-    *,
-    external_id: str,
-    name: str,
-    plan: str | None = None,
-    language: str | None = None,
-    timezone_name: str | None = None,
-) -> tuple[Account, bool]:
-    """Create or update an account by its external id, as a CRM sync would.
-
-    Returns ``(account, created)``; raises ``ValidationError`` on a bad value. Concurrent
-    calls for the same new external id create one account: the others update it. An
-    account back on Enterprise has its stored limits apply at once (``limits_reactivate``).
-    """
-    values = {"name": name, "plan": plan, "language": language, "timezone_name": timezone_name}
-    try:
-        return _account_write(external_id=external_id, **values)
-    except IntegrityError:
-        # Another call inserted this external id after the lookup found nothing (the unique
-        # constraint refused the second insert, whose savepoint is rolled back): the row
-        # is there now, and the second pass locks and updates it.
-        return _account_write(external_id=external_id, **values)
-
-
-def _account_write(
-    *,
-    external_id: str,
-    name: str,
-    plan: str | None,
-    language: str | None,
-    timezone_name: str | None,
-) -> tuple[Account, bool]:
-    """One pass of ``account_upsert``: lock the account, or insert it if there is none."""
-    with transaction.atomic():
-        # NO KEY UPDATE: the sync may take the usage locks (a return to Enterprise), and must
-        # not conflict with the KEY SHARE lock a request takes on the account at commit.
-        account = (
-            Account.objects.select_for_update(no_key=True).filter(external_id=external_id).first()
-        )
-        created = account is None
-        if created:
-            account = Account(external_id=external_id, plan=Plan.ENTERPRISE)
-        before = {f: getattr(account, f) for f in ("name", "plan", "language", "timezone")}
-        account.name = name.strip()
-        if plan is not None:
-            account.plan = plan
-        if language is not None:
-            account.language = language
-        if timezone_name is not None:
-            validate_timezone(timezone_name)
-            account.timezone = timezone_name
-        account.full_clean(validate_unique=False)
-        # A sync that changes nothing writes nothing (and adds no history row).
-        if created or before != {f: getattr(account, f) for f in before}:
-            account.save()
-            limits_reactivate(account=account, previous_plan=before["plan"])
-    return account, created
 
 
 # --- API tokens ----------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """OpenAPI schema: the request bodies of the API admit no property they do not list.
 
 Every write endpoint refuses an unknown field with 400 "Unknown field." (``usage.ingest``,
-``usage.api.views``, ``accounts.services``), so the schema says so: each object of a
+``backoffice.api.usage``, ``accounts.services``), so the schema says so: each object of a
 request body that lists its properties gets ``additionalProperties: false``, unless it
 states its own (``metadata`` is free-form). Answers are left as they are.
 """

@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "accounts",
     "usage",
     "notifications",
+    "backoffice",
 ]
 
 MIDDLEWARE = [
@@ -148,7 +149,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "config.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "config.api.exception_handler",
+    "EXCEPTION_HANDLER": "accounts.api.base.exception_handler",
     "COERCE_DECIMAL_TO_STRING": False,
 }
 
@@ -185,8 +186,8 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        # Every request body is required (config/api.py).
-        "config.api.openapi_request_bodies_required",
+        # Every request body is required (accounts/api/base.py).
+        "accounts.api.base.openapi_request_bodies_required",
         # Request bodies refuse unknown properties (config/schema_fields.py).
         "config.schema_fields.forbid_unknown_request_fields",
         # The request limits every operation shares: 400, 405, 411, 413 (config/schema.py).

@@ -6,8 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from notifications.webhooks import tracking_webhook
 
 api_v1 = [
-    path("", include("accounts.api.urls")),
-    path("", include("usage.api.urls")),
+    path("", include("backoffice.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]

@@ -27,8 +27,8 @@ from accounts.models import (
     Level,
     validate_recipient_email,
 )
-from usage.models import MILLI
-from usage.quantities import quantity_text
+from usage.admin import ReadOnlyAdmin
+from usage.quantities import quantity_text, threshold_text
 
 from .models import Delivery, Notification
 from .services import deliveries_resend, notification_send_test, thresholds_evaluate
@@ -60,7 +60,7 @@ class NotificationDisplay:
 
     @admin.display(description=_("threshold"), ordering="threshold")
     def threshold_display(self, obj: Notification) -> str:
-        return quantity_text(obj.threshold * MILLI, obj.metric)
+        return threshold_text(obj.threshold, obj.metric)
 
     @admin.display(description=_("usage when reached"), ordering="used_milli")
     def used_display(self, obj: Notification) -> str:
@@ -115,17 +115,6 @@ class ResendPermission:
 
     def has_resend_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("notifications.change_delivery")
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 # --- Notifications ---
@@ -301,7 +290,7 @@ class DeliveryAdmin(ResendPermission, ReadOnlyAdmin):
         _message_resent(self, request, deliveries_resend(delivery_ids=delivery_ids))
 
 
-# --- For the account admin (wired into ``accounts.admin.AccountAdmin``) ---
+# --- For the account admin (wired into ``backoffice.admin.AccountAdmin``) ---
 
 
 class RecentNotificationsFormSet(BaseInlineFormSet):

@@ -9,12 +9,12 @@ from anymail.message import AnymailMessage
 from django.conf import settings
 from django.template.loader import render_to_string
 from django.utils import formats
-from django.utils.translation import gettext, override
+from django.utils.translation import override
 
 from accounts.metrics import METRICS
 from accounts.models import Account
 from usage.models import MILLI
-from usage.quantities import quantity_number, quantity_text
+from usage.quantities import number_text, quantity_number, quantity_with_unit
 
 from .models import Delivery, Notification
 
@@ -26,35 +26,20 @@ def _single_line(value: str) -> str:
     return " ".join(str(value).split())
 
 
-def _number(value: int) -> str:
-    return formats.number_format(value, use_l10n=True, force_grouping=True)
-
-
-def _quantity(value_milli: int, metric: str) -> str:
-    """``36,000 seconds (10 h 0 min)`` / ``36 000 secondes (10 h 0 min)``."""
-    amount = quantity_text(value_milli, metric)
-    if METRICS[metric].unit == "seconds":
-        total_minutes = value_milli // (60 * MILLI)
-        return gettext("%(amount)s seconds (%(hours)s h %(minutes)s min)") % {
-            "amount": amount,
-            "hours": _number(total_minutes // 60),
-            "minutes": total_minutes % 60,
-        }
-    return gettext("%(amount)s tokens") % {"amount": amount}
-
-
 def threshold_context(*, notification: Notification, account: Account) -> dict[str, object]:
     """What the threshold e-mail says, in the active language."""
     threshold_milli = notification.threshold * MILLI
-    percent = _number(notification.used_milli * 100 // threshold_milli) if threshold_milli else None
+    percent = (
+        number_text(notification.used_milli * 100 // threshold_milli) if threshold_milli else None
+    )
     period = formats.date_format(notification.period, "YEAR_MONTH_FORMAT")
     return {
         "account_name": account.name,
         "external_id": account.external_id,
         "metric_label": str(METRICS[notification.metric].label),
         "level": notification.level,
-        "threshold": _quantity(threshold_milli, notification.metric),
-        "used": _quantity(notification.used_milli, notification.metric),
+        "threshold": quantity_with_unit(threshold_milli, notification.metric),
+        "used": quantity_with_unit(notification.used_milli, notification.metric),
         "percent": percent,
         "period": period,
         "is_test": notification.is_test,

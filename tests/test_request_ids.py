@@ -14,7 +14,7 @@ from django.urls import reverse
 from knox.models import AuthToken
 from rest_framework.test import APIClient
 
-from accounts.services import limits_replace
+from backoffice.services import limits_replace
 from config.celery_app import app as celery_app
 from config.request_ids import RequestIdLogFilter, ids_bound
 from notifications.models import Notification
@@ -161,7 +161,7 @@ def test_generated_ids_are_the_ones_stored(service_client):
 
 @pytest.mark.django_db
 def test_rows_recorded_outside_a_request_have_no_ids():
-    from usage.services import usage_events_record
+    from backoffice.services import usage_events_record
 
     account = account_with_a_warning_at(5)
 
@@ -287,7 +287,7 @@ def test_a_task_run_with_the_headers_logs_and_records_with_those_ids(console_log
 def test_the_admin_shows_the_ids_on_the_event_and_notification_pages(admin_client):
     account = account_with_a_warning_at(10)
     with ids_bound("req-admin-1", "corr-admin-1"):
-        from usage.services import usage_events_record
+        from backoffice.services import usage_events_record
 
         usage_events_record(payload=event(account))
     stored = UsageEvent.objects.get()

@@ -1,7 +1,7 @@
 """The admin of usage rows (SPEC section 7): all read-only, they are facts.
 
 Events and counters are written by the services only, extensions are granted on the
-account page (``accounts.admin.ExtensionInline``), repairs and purges by the commands.
+account page (``backoffice.admin.ExtensionInline``), repairs and purges by the commands.
 Lists that grow without bound never count the whole table and order by the primary key,
 and every list can be narrowed to one account with ``?account__id__exact=<id>`` (the
 account page links there) without loading every account into a filter.
@@ -10,6 +10,7 @@ account page links there) without loading every account into a filter.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.contrib import admin
 from django.db.models import QuerySet
@@ -17,10 +18,22 @@ from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Account
-from notifications.admin import ReadOnlyAdmin
 
 from .models import CounterRepair, EventPurge, Extension, UsageCounter, UsageEvent
 from .quantities import quantity_text
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """A model shown, never added, changed or deleted in the admin."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 class AccountFilter(admin.SimpleListFilter):

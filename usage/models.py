@@ -19,7 +19,7 @@ from config.request_ids import MAX_LENGTH, current_correlation_id, current_reque
 MILLI = 1000
 
 # The most one account may record per metric and local day, in the metric's unit; a batch
-# that would pass it is refused whole (``usage.services.usage_events_record``). It keeps
+# that would pass it is refused whole (``backoffice.services.usage_events_record``). It keeps
 # every sum within a signed 64-bit integer (9.22 x 10^18), the type of every quantity
 # column and what SQLite's SUM() holds: a day is at most 10^17 thousandths, a counter
 # being added to at most 10^17 + 1000 events x 10^15 = 1.1 x 10^18, a month of 31 days

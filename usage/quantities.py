@@ -1,9 +1,11 @@
 """How a quantity is written: as a number for the API, JSON and CSV, or as text for people.
 
 Quantities are stored in thousandths of their metric's unit (``usage.models.MILLI``);
-these two functions are the only places that turn them into something shown, so the
-API, the reports, the admin and the e-mails cannot write the same quantity differently.
-A threshold or an extension, a whole number of units, goes through them as ``value * MILLI``.
+the functions here are the only places that turn them into something shown, so the API,
+the reports, the admin and the e-mails cannot write the same quantity differently: a
+number (``quantity_number``), text (``quantity_text``), a threshold or an extension, a
+whole number of units (``threshold_text``), and the e-mails' text with its unit
+(``quantity_with_unit``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.utils import formats
+from django.utils.translation import gettext
 
 from accounts.metrics import METRICS
 
@@ -45,3 +48,28 @@ def quantity_text(value_milli: int, metric: str, *, all_places: bool = False) ->
     return formats.number_format(
         quantity_number(value_milli, metric), places, use_l10n=True, force_grouping=True
     )
+
+
+def threshold_text(value: int | None, metric: str) -> str:
+    """A threshold or an extension, in whole units of ``metric``; ``None`` is unlimited."""
+    if value is None:
+        return gettext("unlimited")
+    return quantity_text(value * MILLI, metric)
+
+
+def number_text(value: int) -> str:
+    """A whole number for people, in the active language, grouped by thousands."""
+    return formats.number_format(value, use_l10n=True, force_grouping=True)
+
+
+def quantity_with_unit(value_milli: int, metric: str) -> str:
+    """``36,000 seconds (10 h 0 min)`` / ``36 000 secondes (10 h 0 min)``."""
+    amount = quantity_text(value_milli, metric)
+    if METRICS[metric].unit == "seconds":
+        total_minutes = value_milli // (60 * MILLI)
+        return gettext("%(amount)s seconds (%(hours)s h %(minutes)s min)") % {
+            "amount": amount,
+            "hours": number_text(total_minutes // 60),
+            "minutes": total_minutes % 60,
+        }
+    return gettext("%(amount)s tokens") % {"amount": amount}

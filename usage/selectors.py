@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -11,15 +13,19 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.db import connection
-from django.db.models import Max, Sum
+from django.db.models import Max, Q, QuerySet, Sum
 from django.utils import timezone
+from django.utils.text import format_lazy
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
+from accounts.forms import limit_label
 from accounts.metrics import METRICS
-from accounts.models import Account, Level, Limit, Plan
+from accounts.models import Account, Language, Level, Limit, Plan, Recipient, ScopedLimit
 
 from .models import MILLI, EventPurge, Extension, UsageCounter, UsageEvent
 from .periods import Period, period_containing, period_from_code
-from .quantities import quantity_number
+from .quantities import quantity_number, threshold_text
 
 
 class Status:
@@ -290,3 +296,199 @@ def usage_report_rows(*, account: Account | None, period_code: str | None) -> li
             for metric in METRICS
         ]
     return rows
+
+
+# --- Usage of the current period, per account (SPEC sections 4 and 7) ---
+
+# Worst last: an account's status is the worst status of its metrics.
+STATUSES = (Status.OK, Status.WARNING, Status.BLOCKED)
+
+
+def worst_status(usages: Iterable[MetricUsage]) -> str:
+    return max((usage.status for usage in usages), key=STATUSES.index, default=Status.OK)
+
+
+def current_usage_attach(accounts: Iterable[Account], now: datetime | None = None) -> None:
+    """Read the current-period usage of every metric of ``accounts`` in one query.
+
+    Each account gets ``current_usage``: metric -> ``MetricUsage``, in METRICS order.
+    """
+    now = now or timezone.now()
+    accounts = list(accounts)
+    found = usage_for(periods={account.pk: current_period(account, now) for account in accounts})
+    for account in accounts:
+        account.current_usage = {metric: found[(account.pk, metric)] for metric in METRICS}
+
+
+def current_usage_of(account: Account) -> dict[str, MetricUsage]:
+    """``account.current_usage``, read now (one query) when no list attached it."""
+    if not hasattr(account, "current_usage"):
+        current_usage_attach([account])
+    return account.current_usage
+
+
+def account_statuses_reached(now: datetime | None = None) -> dict[Any, str]:
+    """The status of every account past a threshold of its current period (others are ok).
+
+    Only metrics with a threshold of an Enterprise account can leave ``ok``: four queries
+    whatever the number of accounts (the limits with their accounts' time zones, then
+    ``usage_for``).
+    """
+    now = now or timezone.now()
+    periods: dict[Any, Period] = {}
+    pairs = set()
+    by_zone: dict[str, Period] = {}
+    rows = (
+        Limit.objects.filter(Q(warning__isnull=False) | Q(blocked__isnull=False))
+        .filter(account__plan=Plan.ENTERPRISE)
+        .values_list("account_id", "metric", "account__timezone")
+    )
+    for account_id, metric, zone in rows:
+        if zone not in by_zone:
+            by_zone[zone] = period_containing(now, ZoneInfo(zone))
+        periods[account_id] = by_zone[zone]
+        pairs.add((account_id, metric))
+    reached: dict[Any, str] = {}
+    for usage in usage_for(periods=periods, pairs=pairs).values():
+        status = usage.status
+        if STATUSES.index(status) > STATUSES.index(reached.get(usage.account_id, Status.OK)):
+            reached[usage.account_id] = status
+    return reached
+
+
+# --- History of the limits, in the metrics' units ---
+
+HISTORY_LENGTH = 50
+
+
+_RECIPIENT_LABELS = {Level.WARNING: _("Warning recipient"), Level.BLOCKED: _("Blocked recipient")}
+_LINE_LEVEL_LABELS = {
+    Level.WARNING: _("{line}: warning threshold"),
+    Level.BLOCKED: _("{line}: blocked threshold"),
+}
+
+
+@dataclass(frozen=True)
+class LimitsChange:
+    """One changed value of an account's limits or recipients."""
+
+    when: datetime
+    who: str
+    what: str
+    old: str
+    new: str
+    reason: str
+
+
+def _recipient_display(record: Any) -> str:
+    if record is None:
+        return "—"
+    language = dict(Language.choices).get(record.language, record.language)
+    return f"{record.email} ({language})"
+
+
+def _records_with_previous(history: QuerySet, *, account: Account, limit: int) -> list[tuple]:
+    """The newest ``limit`` records of the account's rows, each with the record before it."""
+    records = list(
+        history.filter(account_id=account.pk)
+        .select_related("history_user")
+        .order_by("-history_date", "-history_id")[:limit]
+    )
+    by_row: dict[Any, list] = defaultdict(list)
+    for record in records:
+        by_row[record.id].append(record)
+    pairs = []
+    for newest_first in by_row.values():
+        pairs.extend(itertools.pairwise(newest_first))
+        # The oldest record fetched of a row needs one query for its predecessor, so at
+        # most one query per row (a limit row per metric, a few recipients).
+        oldest = newest_first[-1]
+        pairs.append((oldest, None if oldest.history_type == "+" else oldest.prev_record))
+    return pairs
+
+
+def _limit_changes(record: Any, previous: Any) -> list[tuple[str, str, str]]:
+    spec = METRICS.get(record.metric)
+    levels = Level.values
+    if record.history_type == "~" and previous is not None:
+        delta = record.diff_against(previous, included_fields=levels)
+        values = [(change.field, change.old, change.new) for change in delta.changes]
+    elif record.history_type == "-":
+        values = [(level, getattr(record, level), None) for level in levels]
+    else:
+        values = [(level, None, getattr(record, level)) for level in levels]
+    return [
+        (
+            str(limit_label(spec, level)) if spec else f"{record.metric}: {level}",
+            threshold_text(old, record.metric),
+            threshold_text(new, record.metric),
+        )
+        for level, old, new in sorted(values, key=lambda value: levels.index(value[0]))
+        if old != new
+    ]
+
+
+def _recipient_changes(record: Any, previous: Any) -> list[tuple[str, str, str]]:
+    label = _RECIPIENT_LABELS.get(record.level, record.level)
+    before = {"+": None, "-": record}.get(record.history_type, previous)
+    old = _recipient_display(before)
+    new = _recipient_display(None if record.history_type == "-" else record)
+    return [(str(label), old, new)] if old != new else []
+
+
+def _scoped_thresholds_display(record: Any) -> str:
+    return gettext("warning %(warning)s, blocked %(blocked)s") % {
+        "warning": threshold_text(record.warning, record.metric),
+        "blocked": threshold_text(record.blocked, record.metric),
+    }
+
+
+def _scoped_limit_changes(record: Any, previous: Any) -> list[tuple[str, str, str]]:
+    """A scoped limit added or removed: one entry with both thresholds; changed: one entry
+    per threshold changed (a change of position alone shows nothing)."""
+    line = record.instance.line_text()
+    if record.history_type == "+":
+        return [(line, "—", _scoped_thresholds_display(record))]
+    if record.history_type == "-":
+        return [(line, _scoped_thresholds_display(record), "—")]
+    if previous is None:
+        return []
+    delta = record.diff_against(previous, included_fields=Level.values)
+    return [
+        (
+            str(format_lazy(_LINE_LEVEL_LABELS[Level(change.field)], line=line)),
+            threshold_text(change.old, record.metric),
+            threshold_text(change.new, record.metric),
+        )
+        for change in sorted(delta.changes, key=lambda change: Level.values.index(change.field))
+        if change.old != change.new
+    ]
+
+
+def limits_history_list(*, account: Account, limit: int = HISTORY_LENGTH) -> list[LimitsChange]:
+    """The ``limit`` most recent changes of the account's limits, scoped limits and
+    recipients, newest first.
+
+    Built from simple-history's records (written by ``limits_replace`` with who and why),
+    one entry per changed value.
+    """
+    found: list[tuple[Any, LimitsChange]] = []
+    for history, describe in (
+        (Limit.history, _limit_changes),
+        (Recipient.history, _recipient_changes),
+        (ScopedLimit.history, _scoped_limit_changes),
+    ):
+        for record, previous in _records_with_previous(history, account=account, limit=limit):
+            user = record.history_user
+            for what, old, new in describe(record, previous):
+                change = LimitsChange(
+                    when=record.history_date,
+                    who=user.get_username() if user is not None else "—",
+                    what=what,
+                    old=old,
+                    new=new,
+                    reason=record.history_change_reason or "",
+                )
+                found.append(((record.history_date, record.history_id), change))
+    found.sort(key=lambda item: item[0], reverse=True)
+    return [change for _key, change in found[:limit]]

@@ -5,7 +5,9 @@ accounts, on PostgreSQL one to take the (account, metric) locks (``usage_lock``)
 ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` for the events, one counter upsert, then
 the reads of the answer. Rows are written in a stable order (events by
 account and event id, counters by account, metric and day) so that concurrent batches
-wait for each other instead of deadlocking.
+wait for each other instead of deadlocking. Recording itself
+(``backoffice.services.usage_events_record``) is above, beside the crossings it records
+in the same transaction; the steps it takes are here.
 """
 
 from __future__ import annotations
@@ -31,13 +33,10 @@ from accounts.metrics import METRICS
 from accounts.models import Account
 from accounts.services import MAX_THRESHOLD
 from config.request_ids import current_correlation_id, current_request_id
-from notifications.services import crossings_record
 
-from .ingest import Errors, EventIn, EventsInvalid, parse_events, parse_metric
-from .locks import usage_lock
+from .ingest import Errors, EventIn, parse_metric
 from .models import (
     DAILY_LIMIT,
-    DAILY_LIMIT_MILLI,
     CounterRepair,
     EventPurge,
     Extension,
@@ -45,14 +44,12 @@ from .models import (
     UsageEvent,
     from_milli,
 )
-from .periods import Period, period_containing
+from .periods import Period
 from .selectors import (
     MetricUsage,
-    Status,
     current_period,
     earliest_current_day,
     purge_boundary,
-    usage_for,
 )
 
 EVENT_TABLE = UsageEvent._meta.db_table
@@ -188,72 +185,6 @@ def _daily_limit_errors(keys: list[tuple[uuid.UUID, str, date]], *, is_batch: bo
         for account_id, metric, day in keys
     ]
     return {"events": messages} if is_batch else {"quantity": messages}
-
-
-def usage_events_record(
-    *, payload: object, now: datetime | None = None, account_id: uuid.UUID | None = None
-) -> IngestResult:
-    """Record one event or a batch (SPEC section 5), idempotently per ``(account, event_id)``.
-
-    Raises ``EventsInvalid`` (nothing recorded) when any event is invalid or names an
-    unknown or inactive account, or when the request would take a daily counter past
-    ``DAILY_LIMIT`` (``usage.models``). Returns how many were new and how many were duplicates,
-    and the current-period usage of every account and metric the request touched, read
-    after the write. ``account_id`` is the account of a token bound to one (SPEC section
-    11.6): events may leave ``account`` out, and may name no other account.
-    """
-    now = now or timezone.now()
-    events, is_batch = parse_events(payload, now, bound=account_id)
-
-    zones: dict[uuid.UUID, ZoneInfo] = {
-        row["id"]: ZoneInfo(row["timezone"])
-        for row in Account.objects.filter(
-            pk__in={e.account_id for e in events}, is_active=True
-        ).values("id", "timezone")
-    }
-    unknown = [i for i, e in enumerate(events) if e.account_id not in zones]
-    if unknown:
-        message = [_("Unknown or inactive account.")]
-        if is_batch:
-            raise EventsInvalid({"events": {str(i): {"account": message} for i in unknown}})
-        raise EventsInvalid({"account": message})
-
-    # The first copy of an event id wins, in the request as across requests.
-    unique: dict[tuple[uuid.UUID, str], EventIn] = {}
-    for event in events:
-        unique.setdefault((event.account_id, event.event_id), event)
-    ordered = [unique[key] for key in sorted(unique)]
-
-    touched = sorted({(e.account_id, e.metric) for e in events})
-    with transaction.atomic():
-        usage_lock(pairs=touched)
-        inserted = _insert_events(ordered, now)
-        by_key = {(key[0].hex, key[1]): event for key, event in unique.items()}
-        deltas: dict[tuple[uuid.UUID, str, date], int] = defaultdict(int)
-        for account_hex, event_id in inserted:
-            event = by_key[(account_hex.replace("-", ""), event_id)]
-            day = event.occurred_at.astimezone(zones[event.account_id]).date()
-            deltas[(event.account_id, event.metric, day)] += event.quantity_milli
-        if deltas:
-            # Checked on the totals the upsert wrote, under the usage lock and the counter
-            # rows' locks, so concurrent batches never pass the limit together; raising
-            # here rolls back this request's events and counter additions.
-            totals = counters_add(deltas, now)
-            passed = sorted(key for key, total in totals.items() if total > DAILY_LIMIT_MILLI)
-            if passed:
-                raise EventsInvalid(_daily_limit_errors(passed, is_batch=is_batch))
-        periods = {account_id: period_containing(now, zone) for account_id, zone in zones.items()}
-        usage = usage_for(periods=periods, pairs=touched)
-        # In the same transaction: a crossing is recorded exactly when its usage is.
-        crossings_record(
-            usages=[u for u in usage.values() if u.status != Status.OK], zones=zones, now=now
-        )
-
-    return IngestResult(
-        accepted=len(inserted),
-        duplicates=len(events) - len(inserted),
-        usage=[usage[key] for key in touched],
-    )
 
 
 # --- Rebuilding counters from events -------------------------------------------------

@@ -20,13 +20,13 @@ from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
+from accounts.api.base import ErrorSerializer
 from accounts.labels import LABEL_KEYS, MAX_VALUE_LENGTH, VALUE
 from accounts.metrics import METRICS
 from accounts.models import MAX_SCOPED_LIMITS, RECIPIENT_EMAIL_MAX_LENGTH, Account, Language
 from accounts.selectors import LimitsDocument
 from accounts.services import MAX_RECIPIENTS_PER_LEVEL, MAX_THRESHOLD, AccountNotEnterprise
 from accounts.windows import MAX_ROLLING_DAYS, PeriodKind
-from config.api import ErrorSerializer
 
 
 class AccountSerializer(serializers.ModelSerializer):

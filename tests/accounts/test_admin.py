@@ -471,7 +471,7 @@ def test_change_history_shows_old_and_new_values_newest_first(admin_client):
 
 
 def test_change_history_is_bounded(admin_client):
-    from accounts.admin import limits_history_list
+    from usage.selectors import limits_history_list
 
     account = AccountFactory()
     limit = LimitFactory(account=account, metric="text_tokens", warning=None, blocked=1)

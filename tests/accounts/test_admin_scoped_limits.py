@@ -10,7 +10,7 @@ from django.contrib.auth.models import Permission
 from django.utils.html import escape
 
 from accounts.models import Account, ScopedLimit
-from accounts.services import limits_replace
+from backoffice.services import limits_replace
 from tests.accounts.test_admin import (
     WARNING_RULE,
     add_recipient,

@@ -7,8 +7,9 @@ import pytest
 
 from accounts.models import Plan, ScopedLimit
 from accounts.selectors import LimitLine, limit_lines
-from accounts.services import AccountNotEnterprise, limits_replace
+from accounts.services import AccountNotEnterprise
 from accounts.windows import PeriodKind
+from backoffice.services import limits_replace
 from tests.factories import AccountFactory, LimitFactory
 
 pytestmark = pytest.mark.django_db

@@ -20,7 +20,7 @@ from knox.models import AuthToken
 from accounts.models import Account, Limit, Plan, Recipient
 from accounts.roles import ACCOUNT_MANAGERS, USAGE_SERVICES
 from accounts.selectors import limits_document_get
-from accounts.services import limits_replace
+from backoffice.services import limits_replace
 from tests.factories import AccountFactory, UserFactory
 from usage.models import UsageEvent
 from usage.selectors import account_usage
@@ -169,7 +169,7 @@ def test_upsert_account_speaks_the_site_language(settings):
     created = run("upsert_account", "crm-42", "--name", "Acme", "--timezone", "Europe/Paris")
     with pytest.raises(CommandError) as refused:
         run("upsert_account", "crm-42", "--name", "Acme", "--timezone", "Mars/Olympus")
-    help_text = load_command_class("accounts", "upsert_account").create_parser(
+    help_text = load_command_class("backoffice", "upsert_account").create_parser(
         "manage.py", "upsert_account"
     )
     # then

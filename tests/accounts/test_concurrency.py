@@ -8,7 +8,7 @@ import pytest
 from django.db import connection
 
 from accounts.models import Account
-from accounts.services import account_upsert
+from backoffice.services import account_upsert
 
 THREADS = 8
 ROUNDS = 5

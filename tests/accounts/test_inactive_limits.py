@@ -17,12 +17,8 @@ from django.urls import reverse
 
 from accounts.models import Account, Limit, Plan, Recipient
 from accounts.selectors import limits_document_get
-from accounts.services import (
-    AccountNotEnterprise,
-    account_upsert,
-    limits_patch,
-    limits_replace,
-)
+from accounts.services import AccountNotEnterprise
+from backoffice.services import account_upsert, limits_patch, limits_replace, usage_events_record
 from notifications.models import Delivery, Notification
 from notifications.services import thresholds_evaluate
 from tests.accounts.test_admin import ENTERPRISE_RULE, page_data, page_errors, post_account_page
@@ -30,7 +26,6 @@ from tests.factories import AccountFactory, UserFactory
 from tests.notifications.factories import usage_already_counted
 from usage.models import Extension
 from usage.selectors import current_period
-from usage.services import usage_events_record
 
 LIMITS = {
     "limits": {"text_tokens": {"warning": 800, "blocked": 1000}},
@@ -307,7 +302,7 @@ def test_a_plan_change_and_its_notifications_are_one_transaction(monkeypatch):
     def fail(**kwargs):
         raise RuntimeError("the database went away")
 
-    monkeypatch.setattr("accounts.services.thresholds_evaluate", fail)
+    monkeypatch.setattr("backoffice.services.thresholds_evaluate", fail)
     with pytest.raises(RuntimeError):
         account_upsert(external_id="crm-acme", name="Acme", plan=Plan.ENTERPRISE)
     account.refresh_from_db()

@@ -6,12 +6,8 @@ import pytest
 
 from accounts.models import Limit, Plan, Recipient
 from accounts.selectors import limits_document_get
-from accounts.services import (
-    AccountNotEnterprise,
-    LimitsInvalid,
-    limits_patch,
-    limits_replace,
-)
+from accounts.services import AccountNotEnterprise, LimitsInvalid
+from backoffice.services import limits_patch, limits_replace
 from tests.factories import AccountFactory, UserFactory
 
 pytestmark = pytest.mark.django_db

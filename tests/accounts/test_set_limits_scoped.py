@@ -7,7 +7,7 @@ from django.core.management.base import CommandError
 
 from accounts.models import Limit, ScopedLimit
 from accounts.selectors import limits_document_get
-from accounts.services import limits_replace
+from backoffice.services import limits_replace
 from tests.accounts.test_commands import run
 from tests.factories import AccountFactory
 

@@ -31,7 +31,7 @@ from knox.models import AuthToken
 from rest_framework.test import APIClient
 
 from accounts.metrics import METRICS
-from accounts.services import limits_replace
+from backoffice.services import limits_replace
 from config.celery_app import app as celery_app
 from notifications.models import Delivery, Notification
 from notifications.services import deliveries_recover

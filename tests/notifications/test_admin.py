@@ -42,7 +42,7 @@ def _settings(settings) -> None:
 
 @pytest.fixture
 def account_admin(monkeypatch):
-    """The account admin with the notifications inline and actions, as ``accounts.admin`` wires them."""
+    """The account admin with the notifications inline and actions, as ``backoffice.admin`` wires them."""
     model_admin = admin.site._registry[Account]
     actions = list(model_admin.actions or [])
     for action in (evaluate_thresholds_now, send_test_notification):

@@ -22,14 +22,13 @@ from django.utils import timezone
 from knox.models import AuthToken
 from rest_framework.test import APIClient
 
+import backoffice.services
 import notifications.services
-import usage.services
-from accounts.services import limits_replace
+from backoffice.services import limits_replace, usage_events_record
 from notifications.models import Delivery, Notification
 from notifications.services import thresholds_evaluate
 from tests.factories import AccountFactory, LimitFactory, RecipientFactory
 from usage.periods import period_containing
-from usage.services import usage_events_record
 
 pytestmark = [
     pytest.mark.postgres,
@@ -50,13 +49,13 @@ RECIPIENTS = {
 @pytest.fixture(autouse=True)
 def slow_usage_reads(monkeypatch) -> None:
     """Every read of usage, by requests, sweeps and limit changes, waits 50 ms first."""
-    read = usage.services.usage_for
+    read = backoffice.services.usage_for
 
     def slow_read(**kwargs):
         time.sleep(0.05)
         return read(**kwargs)
 
-    monkeypatch.setattr(usage.services, "usage_for", slow_read)
+    monkeypatch.setattr(backoffice.services, "usage_for", slow_read)
     monkeypatch.setattr(notifications.services, "usage_for", slow_read)
 
 

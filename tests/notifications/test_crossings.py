@@ -12,7 +12,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 import notifications.services
-from accounts.services import limits_patch, limits_replace
+from backoffice.services import limits_patch, limits_replace, usage_events_record
 from notifications.models import Delivery, Notification
 from notifications.services import deliveries_recover, thresholds_evaluate
 from tests.factories import AccountFactory, LimitFactory, RecipientFactory
@@ -20,7 +20,6 @@ from tests.notifications.backends import FlakyBackend
 from usage.models import Extension, UsageCounter, UsageEvent
 from usage.periods import period_containing
 from usage.selectors import account_usage
-from usage.services import usage_events_record
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 

@@ -9,8 +9,8 @@ from decimal import Decimal
 from django.utils import timezone
 
 from accounts.models import Account
+from backoffice.services import usage_events_record
 from usage.models import UsageCounter
-from usage.services import usage_events_record
 
 _event_ids = itertools.count(1)
 

@@ -9,10 +9,10 @@ import pytest
 from django.utils import timezone
 
 from accounts.models import Account
+from backoffice.services import usage_events_record
 from tests.factories import AccountFactory, LimitFactory
 from usage.models import Extension
 from usage.periods import period_containing
-from usage.services import usage_events_record
 
 pytestmark = pytest.mark.django_db
 

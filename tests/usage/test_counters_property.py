@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.django import TestCase
 
 from accounts.metrics import METRICS
+from backoffice.services import usage_events_record
 from tests.factories import AccountFactory
 from usage.models import UsageCounter
-from usage.services import usage_events_record
 
 NOW = datetime.fromisoformat("2026-11-23T10:00:00+00:00")
 

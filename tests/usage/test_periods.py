@@ -7,10 +7,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from backoffice.services import usage_events_record
 from tests.factories import AccountFactory
 from usage.models import UsageCounter
 from usage.periods import period_containing, period_from_code
-from usage.services import usage_events_record
 
 PARIS = ZoneInfo("Europe/Paris")
 

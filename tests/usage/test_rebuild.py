@@ -11,12 +11,13 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from backoffice.services import usage_events_record
 from tests.factories import AccountFactory
 from tests.usage.factories import counter_corrupt, counters_of, event_record
 from usage import services
 from usage.models import CounterRepair, EventPurge, UsageCounter, UsageEvent
 from usage.periods import Period
-from usage.services import Drift, counters_rebuild, usage_events_purge, usage_events_record
+from usage.services import Drift, counters_rebuild, usage_events_purge
 from usage.tasks import reconcile_recent_counters
 
 pytestmark = pytest.mark.django_db

@@ -11,7 +11,7 @@ from django.utils.translation import gettext_lazy as _
 
 from accounts.management.base import OpsCommand
 from accounts.models import Language, Plan
-from accounts.services import account_upsert
+from backoffice.services import account_upsert
 
 
 def _one_line(error: ValidationError) -> str:

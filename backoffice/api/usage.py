@@ -17,10 +17,21 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.api.base import ErrorSerializer, ModelPermissions, account_get_or_404
 from accounts.metrics import METRICS
 from accounts.models import Account
-from config.api import ErrorSerializer, ModelPermissions, account_get_or_404
+from backoffice.services import usage_events_record
 from config.authentication import token_account_id
+from usage.api.parsers import ExactJSONParser
+from usage.api.serializers import (
+    AccountUsageSerializer,
+    CheckRequestSerializer,
+    CheckResultSerializer,
+    EventBatchSerializer,
+    EventSerializer,
+    IngestResultSerializer,
+    ValidationErrorSerializer,
+)
 from usage.ingest import EventsInvalid, parse_metric, parse_quantity, unknown_fields
 from usage.periods import (
     FIRST_PERIOD_CODE,
@@ -30,18 +41,6 @@ from usage.periods import (
 )
 from usage.quantities import quantity_number
 from usage.selectors import MetricUsage, account_usage, current_period
-from usage.services import usage_events_record
-
-from .parsers import ExactJSONParser
-from .serializers import (
-    AccountUsageSerializer,
-    CheckRequestSerializer,
-    CheckResultSerializer,
-    EventBatchSerializer,
-    EventSerializer,
-    IngestResultSerializer,
-    ValidationErrorSerializer,
-)
 
 # The fields a pre-flight check may have; any other is refused ("Unknown field.").
 CHECK_FIELDS = frozenset({"metric", "quantity"})

@@ -15,15 +15,9 @@ from accounts.management.base import OpsCommand
 from accounts.metrics import METRICS
 from accounts.models import Level
 from accounts.selectors import LimitsDocument, limits_document_get
-from accounts.services import (
-    KEEP,
-    AccountNotEnterprise,
-    LimitsInvalid,
-    ScopedLimitNotFound,
-    limits_patch,
-    scoped_limit_set,
-)
+from accounts.services import AccountNotEnterprise, LimitsInvalid
 from accounts.windows import PeriodKind
+from backoffice.services import KEEP, ScopedLimitNotFound, limits_patch, scoped_limit_set
 
 NONE = "none"
 _INTEGER = re.compile(r"-?[0-9]+")

@@ -17,9 +17,8 @@ from django.utils.translation import gettext_lazy as _
 from accounts.management.base import OpsCommand
 from accounts.models import Account, Language, Plan
 from accounts.roles import ACCOUNT_MANAGERS
-from accounts.services import account_upsert, limits_replace
+from backoffice.services import account_upsert, limits_replace, usage_events_record
 from usage.periods import period_containing
-from usage.services import usage_events_record
 
 PASSWORD_VARIABLE = "DEMO_ADMIN_PASSWORD"
 # What is printed per demo account, by (created, with limits).

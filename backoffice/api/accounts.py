@@ -16,13 +16,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.models import Account
-from accounts.selectors import account_list, limits_document_get
-from accounts.services import AccountNotEnterprise, limits_patch, limits_replace
-from config.api import ErrorSerializer, ModelPermissions, account_get_or_404, require_body
-from config.authentication import token_account_id
-
-from .serializers import (
+from accounts.api.base import ErrorSerializer, ModelPermissions, account_get_or_404, require_body
+from accounts.api.serializers import (
     AccountSerializer,
     LimitsDocumentInputSerializer,
     LimitsDocumentSerializer,
@@ -30,6 +25,11 @@ from .serializers import (
     NotEnterpriseSerializer,
     limits_document_data,
 )
+from accounts.models import Account
+from accounts.selectors import account_list, limits_document_get
+from accounts.services import AccountNotEnterprise
+from backoffice.services import limits_patch, limits_replace
+from config.authentication import token_account_id
 
 ACCOUNT_ID = OpenApiParameter(
     "id", OpenApiTypes.UUID, OpenApiParameter.PATH, description=_("The account's id.")

@@ -1,0 +1,293 @@
+"""Use cases that span apps: each writes in a lower app and records the threshold
+crossings it causes in the same transaction (SPEC sections 3, 5 and 6).
+
+A crossing is recorded exactly when the usage or limits that cause it are: the
+notifications app's ``crossings_record`` and ``thresholds_evaluate`` run inside the
+transaction of the write, after the usage locks, and their sending tasks are enqueued
+once it commits. Admin pages, API views and commands call these functions, never the
+lower apps' writes that would skip the notifications.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from accounts.models import Account, Level, Plan, validate_timezone
+from accounts.selectors import LimitsDocument, limits_document_get
+from accounts.services import _limits_write, limits_document_merge, limits_document_validate
+from notifications.services import crossings_record, thresholds_evaluate
+from usage.ingest import EventIn, EventsInvalid, parse_events
+from usage.locks import usage_lock
+from usage.models import DAILY_LIMIT_MILLI, Extension
+from usage.periods import period_containing
+from usage.selectors import Status, usage_for
+from usage.services import (
+    IngestResult,
+    _daily_limit_errors,
+    _insert_events,
+    counters_add,
+    extension_grant,
+)
+
+# --- Limits and accounts, with the crossings a change causes (SPEC sections 3 and 6) ---
+
+
+def limits_replace(
+    *, account: Account, data: Any, actor: AbstractBaseUser | None = None, reason: str = ""
+) -> LimitsDocument:
+    """Replace the whole limits document (``PUT``): metrics and lists left out are cleared.
+
+    Refused whole (nothing written) with ``LimitsInvalid`` or ``AccountNotEnterprise``.
+    """
+    with transaction.atomic():
+        # One writer at a time per account, so two concurrent changes cannot interleave. NO
+        # KEY UPDATE does not conflict with the KEY SHARE lock that recording usage takes on
+        # the account when it commits, so it cannot deadlock with the usage lock below.
+        account = Account.objects.select_for_update(no_key=True).get(pk=account.pk)
+        document = limits_document_validate(account=account, data=data)
+        if _limits_write(account=account, document=document, actor=actor, reason=reason):
+            Account.objects.filter(pk=account.pk).update(limits_updated_at=timezone.now())
+            # A new or lowered threshold that usage already passed notifies now (rule 7).
+            thresholds_evaluate(account_ids=[account.pk], after_limit_change=True)
+    return limits_document_get(account=account)
+
+
+def limits_patch(
+    *, account: Account, data: Any, actor: AbstractBaseUser | None = None, reason: str = ""
+) -> LimitsDocument:
+    """Change only what ``data`` names (``PATCH``): a merge patch on limits, lists replaced."""
+    with transaction.atomic():
+        account = Account.objects.select_for_update(no_key=True).get(pk=account.pk)
+        merged = limits_document_merge(current=limits_document_get(account=account), patch=data)
+        return limits_replace(account=account, data=merged, actor=actor, reason=reason)
+
+
+# A threshold ``scoped_limit_set`` leaves as it is (or unlimited, on a new line).
+KEEP: Any = object()
+
+
+class ScopedLimitNotFound(Exception):
+    """``scoped_limit_set(clear=True)`` named a line the account does not have."""
+
+    def __init__(self) -> None:
+        self.message = _("The account has no such scoped limit to remove.")
+        super().__init__(str(self.message))
+
+
+def scoped_limit_set(
+    *,
+    account: Account,
+    metric: Any,
+    period: Any,
+    window_days: Any = None,
+    labels: Mapping[str, Any] | None = None,
+    warning: Any = KEEP,
+    blocked: Any = KEEP,
+    clear: bool = False,
+    patch: Mapping[str, Any] | None = None,
+    actor: AbstractBaseUser | None = None,
+    reason: str = "",
+) -> LimitsDocument:
+    """Set one scoped limit, named by metric, period, window days and labels (``set_limits``).
+
+    A threshold left as ``KEEP`` keeps its value on an existing line and is unlimited on a
+    new one; ``clear`` removes the line (``ScopedLimitNotFound`` if there is none). ``patch``
+    is applied with it (e.g. recipient lists). The whole document then goes through
+    ``limits_patch``: same rules, same messages, refused whole.
+    """
+    target = {
+        "metric": metric,
+        "period": period,
+        "window_days": window_days,
+        "labels": dict(labels or {}),
+    }
+    with transaction.atomic():
+        account = Account.objects.select_for_update(no_key=True).get(pk=account.pk)
+        lines = [line.as_data() for line in limits_document_get(account=account).scoped_limits]
+        index = next(
+            (i for i, line in enumerate(lines) if all(line[k] == v for k, v in target.items())),
+            None,
+        )
+        if clear:
+            if index is None:
+                raise ScopedLimitNotFound()
+            del lines[index]
+        else:
+            if index is None:
+                lines.append({**target, "warning": None, "blocked": None})
+                index = len(lines) - 1
+            for level, value in ((Level.WARNING.value, warning), (Level.BLOCKED.value, blocked)):
+                if value is not KEEP:
+                    lines[index][level] = value
+        data = {**(patch or {}), "scoped_limits": lines}
+        return limits_patch(account=account, data=data, actor=actor, reason=reason)
+
+
+def limits_reactivate(*, account: Account, previous_plan: str) -> list[int]:
+    """Notify now what the stored limits reached while inactive, if ``account`` is back on
+    Enterprise after ``previous_plan``; returns the ids of the notifications created.
+
+    Only Enterprise accounts are limited, so a return to Enterprise applies the stored
+    limits at once, as a changed limit would (rule 7). Call inside the transaction that
+    changed the plan, after any limit written with it.
+    """
+    if previous_plan == Plan.ENTERPRISE or not account.is_enterprise:
+        return []
+    return thresholds_evaluate(account_ids=[account.pk], after_limit_change=True)
+
+
+def account_upsert(
+    *,
+    external_id: str,
+    name: str,
+    plan: str | None = None,
+    language: str | None = None,
+    timezone_name: str | None = None,
+) -> tuple[Account, bool]:
+    """Create or update an account by its external id, as a CRM sync would.
+
+    Returns ``(account, created)``; raises ``ValidationError`` on a bad value. Concurrent
+    calls for the same new external id create one account: the others update it. An
+    account back on Enterprise has its stored limits apply at once (``limits_reactivate``).
+    """
+    values = {"name": name, "plan": plan, "language": language, "timezone_name": timezone_name}
+    try:
+        return _account_write(external_id=external_id, **values)
+    except IntegrityError:
+        # Another call inserted this external id after the lookup found nothing (the unique
+        # constraint refused the second insert, whose savepoint is rolled back): the row
+        # is there now, and the second pass locks and updates it.
+        return _account_write(external_id=external_id, **values)
+
+
+def _account_write(
+    *,
+    external_id: str,
+    name: str,
+    plan: str | None,
+    language: str | None,
+    timezone_name: str | None,
+) -> tuple[Account, bool]:
+    """One pass of ``account_upsert``: lock the account, or insert it if there is none."""
+    with transaction.atomic():
+        # NO KEY UPDATE: the sync may take the usage locks (a return to Enterprise), and must
+        # not conflict with the KEY SHARE lock a request takes on the account at commit.
+        account = (
+            Account.objects.select_for_update(no_key=True).filter(external_id=external_id).first()
+        )
+        created = account is None
+        if created:
+            account = Account(external_id=external_id, plan=Plan.ENTERPRISE)
+        before = {f: getattr(account, f) for f in ("name", "plan", "language", "timezone")}
+        account.name = name.strip()
+        if plan is not None:
+            account.plan = plan
+        if language is not None:
+            account.language = language
+        if timezone_name is not None:
+            validate_timezone(timezone_name)
+            account.timezone = timezone_name
+        account.full_clean(validate_unique=False)
+        # A sync that changes nothing writes nothing (and adds no history row).
+        if created or before != {f: getattr(account, f) for f in before}:
+            account.save()
+            limits_reactivate(account=account, previous_plan=before["plan"])
+    return account, created
+
+
+# --- Extensions, with the crossings they re-arm (SPEC sections 4 and 6) ---
+
+
+def extensions_grant(
+    *, account: Account, rows: Iterable[Mapping[str, Any]], actor: Any
+) -> list[Extension]:
+    """Grant each of ``rows`` (``metric``, ``amount``, ``reason``) for the current period.
+
+    In one transaction with the evaluation of the account's thresholds, since a raised
+    effective blocked threshold may re-arm its notification (SPEC section 6). Refused with
+    ``ValidationError`` as ``usage.services.extension_validate`` says.
+    """
+    with transaction.atomic():
+        granted = [extension_grant(account=account, actor=actor, **row) for row in rows]
+        if granted:
+            thresholds_evaluate(account_ids=[account.pk], after_limit_change=True)
+    return granted
+
+
+# --- Usage, with the crossings it causes (SPEC sections 5 and 6) ---
+
+
+def usage_events_record(
+    *, payload: object, now: datetime | None = None, account_id: uuid.UUID | None = None
+) -> IngestResult:
+    """Record one event or a batch (SPEC section 5), idempotently per ``(account, event_id)``.
+
+    Raises ``EventsInvalid`` (nothing recorded) when any event is invalid or names an
+    unknown or inactive account, or when the request would take a daily counter past
+    ``DAILY_LIMIT`` (``usage.models``). Returns how many were new and how many were duplicates,
+    and the current-period usage of every account and metric the request touched, read
+    after the write. ``account_id`` is the account of a token bound to one (SPEC section
+    11.6): events may leave ``account`` out, and may name no other account.
+    """
+    now = now or timezone.now()
+    events, is_batch = parse_events(payload, now, bound=account_id)
+
+    zones: dict[uuid.UUID, ZoneInfo] = {
+        row["id"]: ZoneInfo(row["timezone"])
+        for row in Account.objects.filter(
+            pk__in={e.account_id for e in events}, is_active=True
+        ).values("id", "timezone")
+    }
+    unknown = [i for i, e in enumerate(events) if e.account_id not in zones]
+    if unknown:
+        message = [_("Unknown or inactive account.")]
+        if is_batch:
+            raise EventsInvalid({"events": {str(i): {"account": message} for i in unknown}})
+        raise EventsInvalid({"account": message})
+
+    # The first copy of an event id wins, in the request as across requests.
+    unique: dict[tuple[uuid.UUID, str], EventIn] = {}
+    for event in events:
+        unique.setdefault((event.account_id, event.event_id), event)
+    ordered = [unique[key] for key in sorted(unique)]
+
+    touched = sorted({(e.account_id, e.metric) for e in events})
+    with transaction.atomic():
+        usage_lock(pairs=touched)
+        inserted = _insert_events(ordered, now)
+        by_key = {(key[0].hex, key[1]): event for key, event in unique.items()}
+        deltas: dict[tuple[uuid.UUID, str, date], int] = defaultdict(int)
+        for account_hex, event_id in inserted:
+            event = by_key[(account_hex.replace("-", ""), event_id)]
+            day = event.occurred_at.astimezone(zones[event.account_id]).date()
+            deltas[(event.account_id, event.metric, day)] += event.quantity_milli
+        if deltas:
+            # Checked on the totals the upsert wrote, under the usage lock and the counter
+            # rows' locks, so concurrent batches never pass the limit together; raising
+            # here rolls back this request's events and counter additions.
+            totals = counters_add(deltas, now)
+            passed = sorted(key for key, total in totals.items() if total > DAILY_LIMIT_MILLI)
+            if passed:
+                raise EventsInvalid(_daily_limit_errors(passed, is_batch=is_batch))
+        periods = {account_id: period_containing(now, zone) for account_id, zone in zones.items()}
+        usage = usage_for(periods=periods, pairs=touched)
+        # In the same transaction: a crossing is recorded exactly when its usage is.
+        crossings_record(
+            usages=[u for u in usage.values() if u.status != Status.OK], zones=zones, now=now
+        )
+
+    return IngestResult(
+        accepted=len(inserted),
+        duplicates=len(events) - len(inserted),
+        usage=[usage[key] for key in touched],
+    )
