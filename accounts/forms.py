@@ -6,7 +6,9 @@ checked by ``accounts.services.limits_document_validate``, the one place of the 
 and each refusal is shown where the user looks:
 
 - a threshold error on the matching threshold field of the account form;
-- a recipient list error (e.g. the warning list is empty) above the recipients inline;
+- a recipient list error (e.g. the warning list is empty) above the recipients inline; when
+  a threshold is its cause (a warning threshold without a warning recipient), also on
+  that threshold's field and at the top of the page, where the user looks first;
 - an error about one address on that row of the inline;
 - "not Enterprise" (and anything else) at the top of the account form.
 
@@ -51,7 +53,12 @@ from .labels import LABEL_KEYS
 from .metrics import METRICS, MetricSpec
 from .models import Account, Language, Level, Recipient, ScopedLimit
 from .selectors import limits_document_get
-from .services import AccountNotEnterprise, LimitsInvalid, limits_document_validate
+from .services import (
+    MSG_WARNING_NEEDS_RECIPIENT,
+    AccountNotEnterprise,
+    LimitsInvalid,
+    limits_document_validate,
+)
 
 ACCOUNT_FIELDS = ("name", "external_id", "plan", "is_active", "language", "timezone")
 
@@ -291,6 +298,16 @@ class AccountAdminForm(forms.ModelForm):
             )
         return cleaned_data
 
+    def add_threshold_cause(self, level: str, message: Any) -> None:
+        """Show a recipient-list error caused by thresholds on each threshold of ``level``
+        that is set, and at the top of the form."""
+        draft: LimitsDraft = self.instance._limits_draft
+        for metric, levels in draft.limits.items():
+            name = limit_field_name(metric, level)
+            if levels.get(level) is not None and name in self.fields:
+                self.add_error(name, message)
+        self.add_error(None, message)
+
     def add_limits_error(self, path: list[str], message: Any) -> None:
         """Show a service error at ``limits.<metric>.<level>`` on that field, else on top."""
         name = limit_field_name(*path[1:3]) if len(path) == 3 else None
@@ -411,6 +428,8 @@ class RecipientInlineFormSet(forms.BaseInlineFormSet):
                 account_form.add_limits_error(path, message)
             elif path[0] == "recipients" and len(path) == 2:
                 list_errors.append(message)
+                if message == str(MSG_WARNING_NEEDS_RECIPIENT):
+                    account_form.add_threshold_cause(path[1], message)
             elif path[0] == "recipients" and len(path) == 4 and path[2].isdigit():
                 level_rows = [row for row in rows if row.level == path[1]]
                 form = level_rows[int(path[2])].form

@@ -11,9 +11,8 @@ lower apps' writes that would skip the notifications.
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -26,18 +25,12 @@ from accounts.models import Account, Level, Plan, validate_timezone
 from accounts.selectors import LimitsDocument, limits_document_get
 from accounts.services import _limits_write, limits_document_merge, limits_document_validate
 from notifications.services import crossings_record, thresholds_evaluate
-from usage.ingest import EventIn, EventsInvalid, parse_events
+from usage.ingest import EventsInvalid, parse_events
 from usage.locks import usage_lock
-from usage.models import DAILY_LIMIT_MILLI, Extension
+from usage.models import Extension
 from usage.periods import period_containing
 from usage.selectors import Status, usage_for
-from usage.services import (
-    IngestResult,
-    _daily_limit_errors,
-    _insert_events,
-    counters_add,
-    extension_grant,
-)
+from usage.services import IngestResult, extension_grant, usage_events_store
 
 # --- Limits and accounts, with the crossings a change causes (SPEC sections 3 and 6) ---
 
@@ -233,8 +226,9 @@ def usage_events_record(
     """Record one event or a batch (SPEC section 5), idempotently per ``(account, event_id)``.
 
     Raises ``EventsInvalid`` (nothing recorded) when any event is invalid or names an
-    unknown or inactive account, or when the request would take a daily counter past
-    ``DAILY_LIMIT`` (``usage.models``). Returns how many were new and how many were duplicates,
+    unknown or inactive account, or when ``usage.services.usage_events_store`` refuses it
+    (a label set past ``USAGE_MAX_LABEL_SETS``, a daily counter past ``DAILY_LIMIT``).
+    Returns how many were new and how many were duplicates,
     and the current-period usage of every account and metric the request touched, read
     after the write. ``account_id`` is the account of a token bound to one (SPEC section
     11.6): events may leave ``account`` out, and may name no other account.
@@ -255,30 +249,11 @@ def usage_events_record(
             raise EventsInvalid({"events": {str(i): {"account": message} for i in unknown}})
         raise EventsInvalid({"account": message})
 
-    # The first copy of an event id wins, in the request as across requests.
-    unique: dict[tuple[uuid.UUID, str], EventIn] = {}
-    for event in events:
-        unique.setdefault((event.account_id, event.event_id), event)
-    ordered = [unique[key] for key in sorted(unique)]
-
     touched = sorted({(e.account_id, e.metric) for e in events})
     with transaction.atomic():
         usage_lock(pairs=touched)
-        inserted = _insert_events(ordered, now)
-        by_key = {(key[0].hex, key[1]): event for key, event in unique.items()}
-        deltas: dict[tuple[uuid.UUID, str, date], int] = defaultdict(int)
-        for account_hex, event_id in inserted:
-            event = by_key[(account_hex.replace("-", ""), event_id)]
-            day = event.occurred_at.astimezone(zones[event.account_id]).date()
-            deltas[(event.account_id, event.metric, day)] += event.quantity_milli
-        if deltas:
-            # Checked on the totals the upsert wrote, under the usage lock and the counter
-            # rows' locks, so concurrent batches never pass the limit together; raising
-            # here rolls back this request's events and counter additions.
-            totals = counters_add(deltas, now)
-            passed = sorted(key for key, total in totals.items() if total > DAILY_LIMIT_MILLI)
-            if passed:
-                raise EventsInvalid(_daily_limit_errors(passed, is_batch=is_batch))
+        # Raising there rolls back this request's events, label sets and counter additions.
+        accepted = usage_events_store(events=events, zones=zones, now=now, is_batch=is_batch)
         periods = {account_id: period_containing(now, zone) for account_id, zone in zones.items()}
         usage = usage_for(periods=periods, pairs=touched)
         # In the same transaction: a crossing is recorded exactly when its usage is.
@@ -287,7 +262,7 @@ def usage_events_record(
         )
 
     return IngestResult(
-        accepted=len(inserted),
-        duplicates=len(events) - len(inserted),
+        accepted=accepted,
+        duplicates=len(events) - accepted,
         usage=[usage[key] for key in touched],
     )

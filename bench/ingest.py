@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -58,6 +59,13 @@ METRICS = ("audio_transcribed_seconds", "audio_analyzed_seconds", "text_tokens")
 ZONES = ("UTC", "Europe/Paris", "America/New_York", "Asia/Tokyo")
 SOURCE = "bench"
 METADATA = {"model": "large"}
+# Labels as clients send them: a few values per key, and one event in four without any.
+LABEL_CHOICES = (
+    {},
+    {"model": "large", "vendor": "acme"},
+    {"model": "small", "vendor": "acme"},
+    {"model": "large", "vendor": "zeta", "operation": "chat"},
+)
 WORKERS = 2  # gunicorn sync workers
 STREAMS = 2  # concurrent clients (part a) and connections (part b)
 ROUNDS = 3  # parts a and b take turns this many times
@@ -117,10 +125,20 @@ class Event:
     metric: str
     quantity_milli: int
     occurred_at: datetime
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def day(self) -> date:
         return self.occurred_at.astimezone(self.account.zone).date()
+
+    @property
+    def hour(self) -> datetime:
+        """The start of the event's local hour, in UTC (the bench's zones are on whole hours)."""
+        return self.occurred_at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+    @property
+    def labels_key(self) -> str:
+        return ";".join(f"{key}={self.labels[key]}" for key in sorted(self.labels))
 
     def as_json(self) -> dict[str, Any]:
         quantity: int | float = self.quantity_milli // 1000
@@ -134,6 +152,7 @@ class Event:
             "occurred_at": self.occurred_at.astimezone(self.account.zone).isoformat(),
             "source": SOURCE,
             "metadata": METADATA,
+            "labels": self.labels,
         }
 
 
@@ -446,6 +465,7 @@ def events_make(
                 metric=metric,
                 quantity_milli=quantity_milli,
                 occurred_at=now - timedelta(seconds=rng.randrange(seconds)),
+                labels=LABEL_CHOICES[i % len(LABEL_CHOICES)],
             )
         )
     return events
@@ -463,21 +483,49 @@ def batches_of(events: list[Event]) -> list[list[Event]]:
 # (JSON text above all) more slowly than binary ones.
 
 EVENTS_SQL = (
-    "INSERT INTO usage_usageevent "
-    "(account_id, event_id, metric, quantity_milli, occurred_at, received_at, source, metadata) "
-    "SELECT a, e, m, q, o, %b, s, md::jsonb FROM unnest("
-    "%b::uuid[], %b::text[], %b::text[], %b::bigint[], %b::timestamptz[], %b::text[], %b::text[]"
-    ") AS t(a, e, m, q, o, s, md) "
+    "INSERT INTO usage_usageevent (account_id, event_id, metric, quantity_milli, occurred_at,"
+    " received_at, source, metadata, labels) "
+    "SELECT a, e, m, q, o, %b, s, md::jsonb, l::jsonb FROM unnest("
+    "%b::uuid[], %b::text[], %b::text[], %b::bigint[], %b::timestamptz[], %b::text[], %b::text[],"
+    " %b::text[]) AS t(a, e, m, q, o, s, md, l) "
     "ON CONFLICT (account_id, event_id) DO NOTHING RETURNING account_id, event_id"
 )
+# The label sets seen per account, metric and day, for the bound: the new ones are returned,
+# and counted against the day's only when there are any (as the service does).
+LABEL_SETS_SQL = (
+    "INSERT INTO usage_usagelabelset (account_id, metric, day, labels) "
+    "SELECT * FROM unnest(%b::uuid[], %b::text[], %b::date[], %b::text[]) "
+    "ON CONFLICT (account_id, metric, day, labels) DO NOTHING RETURNING account_id, metric, day"
+)
+LABEL_SETS_COUNT_SQL = (
+    "SELECT account_id, metric, day, count(*) FROM usage_usagelabelset "
+    "WHERE (account_id, metric, day) IN (SELECT * FROM unnest(%b::uuid[], %b::text[], %b::date[]))"
+    " GROUP BY 1, 2, 3"
+)
+# Day and hour counters of every subset of each event's labels, in one statement.
 COUNTERS_SQL = (
-    "INSERT INTO usage_usagecounter (account_id, metric, day, quantity_milli, updated_at) "
-    "SELECT a, m, d, q, %b FROM unnest(%b::uuid[], %b::text[], %b::date[], %b::bigint[]) "
-    "AS t(a, m, d, q) "
-    "ON CONFLICT (account_id, metric, day) DO UPDATE SET "
+    "WITH h AS (INSERT INTO usage_usagehourcounter"
+    " (account_id, metric, labels, hour, day, quantity_milli, updated_at)"
+    " SELECT a, m, l, h, d, q, %b FROM unnest(%b::uuid[], %b::text[], %b::text[],"
+    " %b::timestamptz[], %b::date[], %b::bigint[]) AS t(a, m, l, h, d, q)"
+    " ON CONFLICT (account_id, metric, labels, hour) DO UPDATE SET"
+    " quantity_milli = usage_usagehourcounter.quantity_milli + excluded.quantity_milli,"
+    " updated_at = excluded.updated_at) "
+    "INSERT INTO usage_usagecounter (account_id, metric, labels, day, quantity_milli, updated_at) "
+    "SELECT a, m, l, d, q, %b FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::date[],"
+    " %b::bigint[]) AS t(a, m, l, d, q) "
+    "ON CONFLICT (account_id, metric, labels, day) DO UPDATE SET "
     "quantity_milli = usage_usagecounter.quantity_milli + excluded.quantity_milli, "
     "updated_at = excluded.updated_at"
 )
+
+
+def subsets(key: str) -> list[str]:
+    """The canonical keys of every subset of a label set's key, ``""`` included."""
+    pairs = key.split(";") if key else []
+    return [
+        ";".join(chosen) for size in range(len(pairs) + 1) for chosen in combinations(pairs, size)
+    ]
 
 
 @dataclass(frozen=True)
@@ -485,7 +533,7 @@ class SqlBatch:
     """A batch as the SQL path takes it: column arrays, and each event's counter key."""
 
     columns: list[list[Any]]
-    by_key: dict[tuple[uuid.UUID, str], tuple[str, date, int]]
+    by_key: dict[tuple[uuid.UUID, str], tuple[str, date, datetime, str, int]]
 
     @classmethod
     def of(cls, events: list[Event]) -> SqlBatch:
@@ -500,9 +548,17 @@ class SqlBatch:
                 [e.occurred_at for e in ordered],
                 [SOURCE] * len(ordered),
                 [metadata] * len(ordered),
+                [json.dumps(e.labels, sort_keys=True) for e in ordered],
             ],
             by_key={
-                (e.account.id, e.event_id): (e.metric, e.day, e.quantity_milli) for e in events
+                (e.account.id, e.event_id): (
+                    e.metric,
+                    e.day,
+                    e.hour,
+                    e.labels_key,
+                    e.quantity_milli,
+                )
+                for e in events
             },
         )
 
@@ -517,20 +573,37 @@ def sql_ingest(conn: psycopg.Connection[Any], batch: SqlBatch) -> int:
     with conn.cursor() as cursor:
         cursor.execute(EVENTS_SQL, [now, *batch.columns])
         inserted = cursor.fetchall()
-        deltas: dict[tuple[uuid.UUID, str, date], int] = defaultdict(int)
+        groups: dict[tuple[uuid.UUID, str, str, date, datetime], int] = defaultdict(int)
+        sets: set[tuple[uuid.UUID, str, date, str]] = set()
         for account_id, event_id in inserted:
-            metric, day, quantity_milli = batch.by_key[(account_id, event_id)]
-            deltas[(account_id, metric, day)] += quantity_milli
-        keys = sorted(deltas)  # a stable order: concurrent batches never deadlock
-        if keys:
+            metric, day, hour, labels, quantity_milli = batch.by_key[(account_id, event_id)]
+            groups[(account_id, metric, labels, day, hour)] += quantity_milli
+            if labels:
+                sets.add((account_id, metric, day, labels))
+        if sets:
+            ordered = sorted(sets)
+            cursor.execute(LABEL_SETS_SQL, [[k[i] for k in ordered] for i in range(4)])
+            new = sorted(set(cursor.fetchall()))
+            if new:
+                cursor.execute(LABEL_SETS_COUNT_SQL, [[k[i] for k in new] for i in range(3)])
+                cursor.fetchall()
+        days: dict[tuple[uuid.UUID, str, str, date], int] = defaultdict(int)
+        hours: dict[tuple[uuid.UUID, str, str, datetime, date], int] = defaultdict(int)
+        for (account_id, metric, labels, day, hour), quantity_milli in groups.items():
+            for subset in subsets(labels):
+                days[(account_id, metric, subset, day)] += quantity_milli
+                hours[(account_id, metric, subset, hour, day)] += quantity_milli
+        day_keys, hour_keys = sorted(days), sorted(hours)  # a stable order: never deadlocks
+        if day_keys:
             cursor.execute(
                 COUNTERS_SQL,
                 [
                     now,
-                    [k[0] for k in keys],
-                    [k[1] for k in keys],
-                    [k[2] for k in keys],
-                    [deltas[k] for k in keys],
+                    *([k[i] for k in hour_keys] for i in range(5)),
+                    [hours[k] for k in hour_keys],
+                    now,
+                    *([k[i] for k in day_keys] for i in range(4)),
+                    [days[k] for k in day_keys],
                 ],
             )
     conn.commit()
@@ -584,7 +657,8 @@ def counters_mismatches() -> tuple[int, int]:
             " FROM usage_usageevent e JOIN accounts_account a ON a.id = e.account_id"
             " GROUP BY 1, 2, 3)"
             " SELECT count(*) FILTER (WHERE s.total IS DISTINCT FROM c.quantity_milli), count(*)"
-            " FROM sums s FULL JOIN usage_usagecounter c USING (account_id, metric, day)"
+            " FROM sums s FULL JOIN (SELECT * FROM usage_usagecounter WHERE labels = '') c"
+            " USING (account_id, metric, day)"
         ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])

@@ -134,6 +134,10 @@ SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
 REQUEST_BODY_MAX_BYTES = env.int("REQUEST_BODY_MAX_BYTES", default=12 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = REQUEST_BODY_MAX_BYTES
 
+# The most distinct label sets an account may send per metric and local day; an event that
+# would add one more refuses its batch (``usage.services.usage_events_record``).
+USAGE_MAX_LABEL_SETS = env.int("USAGE_MAX_LABEL_SETS", default=100)
+
 # --- REST framework ---
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

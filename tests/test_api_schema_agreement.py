@@ -51,7 +51,7 @@ def test_a_batch_holds_one_to_a_thousand_events(components, service_client):
     assert response.json() == {"events": ["This list may not be empty."]}
 
 
-@pytest.mark.parametrize("field", ["occurred_at", "source", "metadata"])
+@pytest.mark.parametrize("field", ["occurred_at", "source", "metadata", "labels"])
 def test_an_optional_event_field_may_be_null_as_if_left_out(components, service_client, field):
     # given
     account = AccountFactory()

@@ -17,6 +17,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 
+from accounts.labels import labels_key
 from accounts.models import Account
 
 from .models import CounterRepair, EventPurge, Extension, UsageCounter, UsageEvent
@@ -89,6 +90,7 @@ class UsageEventAdmin(QuantityColumn, LargeTableAdmin):
         "occurred_at",
         "received_at",
         "source",
+        "labels_display",
     )
     list_filter = ("metric", AccountFilter)
     # Exact: event ids are case-sensitive, and a pattern would scan the table.
@@ -102,19 +104,24 @@ class UsageEventAdmin(QuantityColumn, LargeTableAdmin):
         "occurred_at",
         "received_at",
         "source",
+        "labels",
         "metadata",
         "request_id",
         "correlation_id",
     )
     readonly_fields = fields
 
+    @admin.display(description=_("labels"))
+    def labels_display(self, obj: UsageEvent) -> str:
+        return labels_key(obj.labels)
+
 
 @admin.register(UsageCounter)
 class UsageCounterAdmin(QuantityColumn, LargeTableAdmin):
-    list_display = ("account", "metric", "day", "quantity_display", "updated_at")
+    list_display = ("account", "metric", "labels", "day", "quantity_display", "updated_at")
     list_filter = ("metric", AccountFilter)
     ordering = ("-day", "-pk")
-    fields = ("account", "metric", "day", "quantity_display", "updated_at")
+    fields = ("account", "metric", "labels", "day", "quantity_display", "updated_at")
     readonly_fields = fields
 
 
@@ -146,7 +153,9 @@ class CounterRepairAdmin(ReadOnlyAdmin):
     list_display = (
         "account",
         "metric",
+        "labels",
         "day",
+        "hour",
         "found_display",
         "expected_display",
         "repaired_at",

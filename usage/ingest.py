@@ -17,6 +17,7 @@ from typing import Any
 
 from django.utils.translation import gettext_lazy as _
 
+from accounts.labels import labels_key, labels_parse
 from accounts.metrics import METRICS
 
 MAX_BATCH = 1000
@@ -38,7 +39,7 @@ MSG_UNKNOWN_FIELD = _("Unknown field.")
 
 # The fields an event may have; any other is refused ("Unknown field."), as in the schema.
 EVENT_FIELDS = frozenset(
-    {"event_id", "account", "metric", "quantity", "occurred_at", "source", "metadata"}
+    {"event_id", "account", "metric", "quantity", "occurred_at", "source", "metadata", "labels"}
 )
 BATCH_FIELDS = frozenset({"events"})
 
@@ -84,6 +85,8 @@ class EventIn:
     occurred_at: datetime
     source: str
     metadata: str  # JSON text
+    labels: str = "{}"  # JSON text, keys sorted (SPEC 11.1)
+    labels_key: str = ""  # ``accounts.labels.labels_key``: ``model=large;vendor=acme``
 
 
 def _required() -> Any:
@@ -246,6 +249,10 @@ def _parse_event(raw: Any, now: datetime, bound: uuid.UUID | None) -> tuple[Even
                     % {"limit": MAX_METADATA_BYTES}
                 ]
 
+    labels, label_errors = labels_parse(raw.get("labels"))
+    if label_errors:
+        errors["labels"] = label_errors
+
     if errors:
         return None, errors
     assert account_id is not None and occurred_at is not None
@@ -258,6 +265,8 @@ def _parse_event(raw: Any, now: datetime, bound: uuid.UUID | None) -> tuple[Even
             occurred_at=occurred_at,
             source=source,
             metadata=metadata_json,
+            labels=json.dumps(labels, sort_keys=True, separators=(",", ":")) if labels else "{}",
+            labels_key=labels_key(labels),
         ),
         {},
     )

@@ -56,6 +56,15 @@ class UsageEvent(models.Model):
     received_at = models.DateTimeField(_("received at"))
     source = models.CharField(_("source"), max_length=64, blank=True, default="")
     metadata = models.JSONField(_("metadata"), default=dict, blank=True)
+    labels = models.JSONField(
+        _("labels"),
+        default=dict,
+        blank=True,
+        db_default={},
+        help_text=_(
+            "At most four pairs (technology, vendor, operation, model); part of the event."
+        ),
+    )
     request_id = models.CharField(
         _("request id"),
         max_length=MAX_LENGTH,
@@ -96,10 +105,18 @@ class UsageEvent(models.Model):
         return from_milli(self.quantity_milli)
 
 
-class UsageCounter(models.Model):
-    """The sum of an account's events for one metric and one day in the account's time zone.
+# The longest canonical label key (``accounts.labels.labels_key``): four pairs of a key, ``=``
+# and 64 characters, joined by three ``;``.
+LABELS_KEY_LENGTH = 300
 
-    A period's ``used`` is the sum of its days' counters, so reading usage never scans events.
+
+class UsageCounter(models.Model):
+    """The sum of an account's events for one metric, one label subset and one local day.
+
+    Every event adds to the counter of each subset of its labels (``labels`` is the subset's
+    canonical key, ``""`` for every event of the metric), so a line scoped to some labels
+    reads its own rows. A period's ``used`` is the sum of its days' counters keyed ``""``:
+    reading usage never scans events.
     """
 
     account = models.ForeignKey(
@@ -110,6 +127,9 @@ class UsageCounter(models.Model):
         verbose_name=_("account"),
     )
     metric = models.CharField(_("metric"), max_length=64, choices=Metric.choices)
+    labels = models.CharField(
+        _("labels"), max_length=LABELS_KEY_LENGTH, blank=True, default="", db_default=""
+    )
     day = models.DateField(_("day"))
     quantity_milli = models.BigIntegerField(_("quantity (thousandths)"), default=0)
     updated_at = models.DateTimeField(_("updated at"))
@@ -119,16 +139,88 @@ class UsageCounter(models.Model):
         verbose_name_plural = _("usage counters")
         constraints = [
             models.UniqueConstraint(
-                fields=["account", "metric", "day"], name="usage_counter_one_per_day"
+                fields=["account", "metric", "labels", "day"], name="usage_counter_one_per_day"
             ),
         ]
 
     def __str__(self) -> str:
-        return f"{self.metric} {self.day}: {self.quantity}"
+        return f"{self.metric} {self.labels} {self.day}: {self.quantity}"
 
     @property
     def quantity(self) -> Decimal:
         return from_milli(self.quantity_milli)
+
+
+class UsageHourCounter(models.Model):
+    """The sum of an account's events for one metric, one label subset and one local hour.
+
+    ``hour`` is the start of the ``hour`` window (``accounts.windows``) in UTC, which tells
+    the two hours of a repeated local hour apart; ``day`` is the local day it belongs to.
+    """
+
+    account = models.ForeignKey(
+        Account,
+        on_delete=models.CASCADE,
+        related_name="+",
+        db_index=False,
+        verbose_name=_("account"),
+    )
+    metric = models.CharField(_("metric"), max_length=64, choices=Metric.choices)
+    labels = models.CharField(
+        _("labels"), max_length=LABELS_KEY_LENGTH, blank=True, default="", db_default=""
+    )
+    hour = models.DateTimeField(_("hour"))
+    day = models.DateField(_("day"))
+    quantity_milli = models.BigIntegerField(_("quantity (thousandths)"), default=0)
+    updated_at = models.DateTimeField(_("updated at"))
+
+    class Meta:
+        verbose_name = _("hourly usage counter")
+        verbose_name_plural = _("hourly usage counters")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "metric", "labels", "hour"], name="usage_counter_one_per_hour"
+            ),
+        ]
+        indexes = [models.Index(fields=["account", "day"], name="usage_hour_counter_day")]
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.labels} {self.hour:%Y-%m-%d %H:%M}Z: {self.quantity}"
+
+    @property
+    def quantity(self) -> Decimal:
+        return from_milli(self.quantity_milli)
+
+
+class UsageLabelSet(models.Model):
+    """A label set that an account's events of one metric carried on one local day.
+
+    The list and its count for the bound ``USAGE_MAX_LABEL_SETS`` (``usage_events_record``).
+    """
+
+    account = models.ForeignKey(
+        Account,
+        on_delete=models.CASCADE,
+        related_name="+",
+        db_index=False,
+        verbose_name=_("account"),
+    )
+    metric = models.CharField(_("metric"), max_length=64, choices=Metric.choices)
+    day = models.DateField(_("day"))
+    labels = models.CharField(_("labels"), max_length=LABELS_KEY_LENGTH)
+
+    class Meta:
+        verbose_name = _("label set")
+        verbose_name_plural = _("label sets")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "metric", "day", "labels"], name="usage_label_set_once_per_day"
+            ),
+        ]
+        indexes = [models.Index(fields=["day"], name="usage_label_set_day")]
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.day}: {self.labels}"
 
 
 class Extension(models.Model):
@@ -177,7 +269,13 @@ class CounterRepair(models.Model):
         Account, on_delete=models.CASCADE, related_name="+", verbose_name=_("account")
     )
     metric = models.CharField(_("metric"), max_length=64, choices=Metric.choices)
+    labels = models.CharField(
+        _("labels"), max_length=LABELS_KEY_LENGTH, blank=True, default="", db_default=""
+    )
     day = models.DateField(_("day"))
+    hour = models.DateTimeField(
+        _("hour"), null=True, blank=True, help_text=_("Set for an hourly counter.")
+    )
     found_milli = models.BigIntegerField(_("counter found (thousandths)"))
     expected_milli = models.BigIntegerField(_("sum of events (thousandths)"))
     repaired_at = models.DateTimeField(_("repaired at"), auto_now_add=True)

@@ -6,10 +6,10 @@ import itertools
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from django.db import connection
@@ -20,10 +20,12 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from accounts.forms import limit_label
+from accounts.labels import labels_key, labels_match
 from accounts.metrics import METRICS
 from accounts.models import Account, Language, Level, Limit, Plan, Recipient, ScopedLimit
+from accounts.windows import PeriodKind, Window, window_containing
 
-from .models import MILLI, EventPurge, Extension, UsageCounter, UsageEvent
+from .models import MILLI, EventPurge, Extension, UsageCounter, UsageEvent, UsageHourCounter
 from .periods import Period, period_containing, period_from_code
 from .quantities import quantity_number, threshold_text
 
@@ -139,7 +141,8 @@ _USAGE_SQL = f"""
 WITH w AS ({{wanted}})
 SELECT w.a, w.m,
   COALESCE((SELECT SUM(c.quantity_milli) FROM {UsageCounter._meta.db_table} c
-            WHERE c.account_id = w.a AND c.metric = w.m AND c.day >= w.f AND c.day < w.e), 0),
+            WHERE c.account_id = w.a AND c.metric = w.m AND c.labels = ''
+              AND c.day >= w.f AND c.day < w.e), 0),
   COALESCE((SELECT SUM(x.amount) FROM {Extension._meta.db_table} x
             WHERE x.account_id = w.a AND x.metric = w.m AND x.period = w.f), 0),
   l.warning, l.blocked
@@ -196,6 +199,123 @@ def usage_received_before(
         received_at__lt=before,
     ).aggregate(total=Sum("quantity_milli"))["total"]
     return int(total or 0)
+
+
+# --- Usage of limit lines (SPEC 11.2 and 11.3) ------------------------------------------
+
+
+class Line(Protocol):
+    """What ``lines_used_milli`` reads of a limit line (``accounts.selectors.LimitLine``)."""
+
+    metric: str
+    period: str
+    window_days: int | None
+    labels: Mapping[str, str]
+
+
+# Each line travels as one element of a JSON parameter: its index, what it reads (``d``: day
+# counters from ``f`` to ``e`` excluded; ``h``: the hour counter starting at ``h``), its
+# metric and labels key. Events of the current minute are read beside, in the same query,
+# summed per metric and label set, and matched to the minute lines here.
+_LINES_WANTED = {
+    "postgresql": (
+        "SELECT * FROM jsonb_to_recordset(%s::jsonb)"
+        " AS w(i int, k text, m text, l text, f date, e date, h timestamptz)"
+    ),
+    "sqlite": (
+        "SELECT json_extract(value, '$.i') AS i, json_extract(value, '$.k') AS k,"
+        " json_extract(value, '$.m') AS m, json_extract(value, '$.l') AS l,"
+        " json_extract(value, '$.f') AS f, json_extract(value, '$.e') AS e,"
+        " json_extract(value, '$.h') AS h FROM json_each(%s)"
+    ),
+}
+_LINES_SQL = f"""
+WITH w AS ({{wanted}})
+SELECT w.i, NULL, NULL, CASE w.k
+  WHEN 'd' THEN (SELECT SUM(c.quantity_milli) FROM {UsageCounter._meta.db_table} c
+                 WHERE c.account_id = %s AND c.metric = w.m AND c.labels = w.l
+                   AND c.day >= w.f AND c.day < w.e)
+  ELSE (SELECT c.quantity_milli FROM {UsageHourCounter._meta.db_table} c
+        WHERE c.account_id = %s AND c.metric = w.m AND c.labels = w.l AND c.hour = w.h)
+  END
+FROM w
+"""
+_MINUTE_SQL = f"""
+UNION ALL
+SELECT NULL, e.metric, {{labels}}, SUM(e.quantity_milli) FROM {UsageEvent._meta.db_table} e
+WHERE e.account_id = %s AND e.occurred_at >= %s AND e.occurred_at < %s
+GROUP BY e.metric, e.labels
+"""
+
+
+def line_window(*, line: Line, zone: ZoneInfo, now: datetime) -> Window:
+    """The current window of ``line`` in ``zone`` at ``now``."""
+    return window_containing(kind=line.period, instant=now, zone=zone, days=line.window_days)
+
+
+def lines_used_milli(*, account: Account, lines: Sequence[Line], now: datetime) -> list[int]:
+    """What each line of ``account`` has used in its current window, in thousandths, in order.
+
+    One query whatever the number of lines or of stored events: ``month``, ``week``,
+    ``day`` and ``rolling`` lines sum the day counters of their label subset (at most 366
+    rows each), ``hour`` lines read one hour counter, and ``minute`` lines the events of the
+    current minute (SPEC 11.2, 11.3). Since every event adds to the counters of each subset
+    of its labels, a line created later counts what was recorded before in its window.
+    """
+    if not lines:
+        return []
+    zone = account.zone
+    vendor = connection.vendor
+    account_param = str(account.pk) if vendor == "postgresql" else account.pk.hex
+    wanted: list[dict[str, Any]] = []
+    minute: Window | None = None
+    for index, line in enumerate(lines):
+        window = line_window(line=line, zone=zone, now=now)
+        item: dict[str, Any] = {"i": index, "m": line.metric, "l": labels_key(line.labels)}
+        if window.kind == PeriodKind.MINUTE:
+            minute = window
+            continue
+        if window.kind == PeriodKind.HOUR:
+            hour = window.start
+            item.update(
+                k="h",
+                h=hour.isoformat()
+                if vendor == "postgresql"
+                else connection.ops.adapt_datetimefield_value(hour),
+            )
+        else:
+            item.update(
+                k="d",
+                f=window.start.astimezone(zone).date().isoformat(),
+                e=window.end.astimezone(zone).date().isoformat(),
+            )
+        wanted.append(item)
+    sql = _LINES_SQL.format(wanted=_LINES_WANTED[vendor])
+    params: list[Any] = [json.dumps(wanted), account_param, account_param]
+    if minute is not None:
+        labels = "e.labels::text" if vendor == "postgresql" else "e.labels"
+        sql += _MINUTE_SQL.format(labels=labels)
+        bounds = [minute.start, minute.end]
+        if vendor != "postgresql":
+            bounds = [connection.ops.adapt_datetimefield_value(bound) for bound in bounds]
+        params += [account_param, *bounds]
+    used = [0] * len(lines)
+    minute_sums: list[tuple[str, dict[str, str], int]] = []
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        for index, metric, labels, total in cursor.fetchall():
+            if index is not None:
+                used[int(index)] = int(total or 0)
+            else:
+                minute_sums.append((metric, json.loads(labels) if labels else {}, int(total)))
+    for index, line in enumerate(lines):
+        if line.period == PeriodKind.MINUTE:
+            used[index] = sum(
+                total
+                for metric, labels, total in minute_sums
+                if metric == line.metric and labels_match(line=line.labels, event=labels)
+            )
+    return used
 
 
 def account_usage(*, account: Account, period: Period | None = None) -> list[MetricUsage]:

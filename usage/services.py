@@ -1,13 +1,14 @@
-"""Writes of usage: recording events and keeping the daily counters exact.
+"""Writes of usage: recording events and keeping the day and hour counters exact.
 
 Recording costs a constant number of queries whatever the batch size: one to read the
 accounts, on PostgreSQL one to take the (account, metric) locks (``usage_lock``), one
-``INSERT ... ON CONFLICT DO NOTHING RETURNING`` for the events, one counter upsert, then
-the reads of the answer. Rows are written in a stable order (events by
-account and event id, counters by account, metric and day) so that concurrent batches
-wait for each other instead of deadlocking. Recording itself
-(``backoffice.services.usage_events_record``) is above, beside the crossings it records
-in the same transaction; the steps it takes are here.
+``INSERT ... ON CONFLICT DO NOTHING RETURNING`` for the events, with labels one to record
+their label sets and, when some are new, one to count them, one counter upsert (two on
+SQLite: days and hours), then the reads of the answer. Rows are written in a stable order
+(events by account and event id, label sets and counters by account, metric, labels and
+day or hour) so that concurrent batches wait for each other instead of deadlocking.
+Recording itself (``backoffice.services.usage_events_record``) is above, beside the
+crossings it records in the same transaction; the steps it takes are here.
 """
 
 from __future__ import annotations
@@ -15,33 +16,51 @@ from __future__ import annotations
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import date, datetime, time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from functools import lru_cache
+from itertools import combinations
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import BigIntegerField, F, Sum, Value
-from django.db.models.functions import TruncDate
+from django.db.models import (
+    BigIntegerField,
+    Count,
+    DateField,
+    DateTimeField,
+    F,
+    Q,
+    Sum,
+    TextField,
+    Value,
+)
+from django.db.models.functions import Cast, Trunc
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from accounts.labels import PAIR_SEPARATOR, labels_key
 from accounts.metrics import METRICS
 from accounts.models import Account
 from accounts.services import MAX_THRESHOLD
+from accounts.windows import PeriodKind, window_containing
 from config.request_ids import current_correlation_id, current_request_id
 
-from .ingest import Errors, EventIn, parse_metric
+from .ingest import Errors, EventIn, EventsInvalid, parse_metric
 from .models import (
     DAILY_LIMIT,
+    DAILY_LIMIT_MILLI,
     CounterRepair,
     EventPurge,
     Extension,
     UsageCounter,
     UsageEvent,
+    UsageHourCounter,
+    UsageLabelSet,
     from_milli,
 )
 from .periods import Period
@@ -54,6 +73,8 @@ from .selectors import (
 
 EVENT_TABLE = UsageEvent._meta.db_table
 COUNTER_TABLE = UsageCounter._meta.db_table
+HOUR_COUNTER_TABLE = UsageHourCounter._meta.db_table
+LABEL_SET_TABLE = UsageLabelSet._meta.db_table
 
 
 @dataclass(frozen=True)
@@ -70,7 +91,7 @@ def _insert_events(events: list[EventIn], received_at: datetime) -> list[tuple[s
     """
     columns = (
         "account_id, event_id, metric, quantity_milli, occurred_at, received_at, source, metadata,"
-        " request_id, correlation_id"
+        " labels, request_id, correlation_id"
     )
     request_id, correlation_id = current_request_id(), current_correlation_id()
     with connection.cursor() as cursor:
@@ -87,6 +108,7 @@ def _insert_events(events: list[EventIn], received_at: datetime) -> list[tuple[s
                         e.occurred_at.isoformat(),
                         e.source,
                         e.metadata,
+                        e.labels,
                     ]
                     for e in events
                 ]
@@ -94,7 +116,7 @@ def _insert_events(events: list[EventIn], received_at: datetime) -> list[tuple[s
             cursor.execute(
                 f"INSERT INTO {EVENT_TABLE} ({columns}) "
                 "SELECT (x->>0)::uuid, x->>1, x->>2, (x->>3)::bigint, (x->>4)::timestamptz, %s,"
-                " x->>5, (x->>6)::jsonb, %s, %s FROM jsonb_array_elements(%s::jsonb)"
+                " x->>5, (x->>6)::jsonb, (x->>7)::jsonb, %s, %s FROM jsonb_array_elements(%s::jsonb)"
                 " WITH ORDINALITY AS t(x, n) ORDER BY n "
                 "ON CONFLICT (account_id, event_id) DO NOTHING RETURNING account_id, event_id",
                 [received_at, request_id, correlation_id, rows],
@@ -102,7 +124,7 @@ def _insert_events(events: list[EventIn], received_at: datetime) -> list[tuple[s
             return [(account_id.hex, event_id) for account_id, event_id in cursor.fetchall()]
         adapt = connection.ops.adapt_datetimefield_value
         received = adapt(received_at)
-        placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(events))
+        placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(events))
         params: list[object] = []
         for e in events:
             params += [
@@ -114,6 +136,7 @@ def _insert_events(events: list[EventIn], received_at: datetime) -> list[tuple[s
                 received,
                 e.source,
                 e.metadata,
+                e.labels,
                 request_id,
                 correlation_id,
             ]
@@ -125,47 +148,267 @@ def _insert_events(events: list[EventIn], received_at: datetime) -> list[tuple[s
         return [(str(account_id), event_id) for account_id, event_id in cursor.fetchall()]
 
 
-def counters_add(
-    deltas: dict[tuple[uuid.UUID, str, date], int], now: datetime
-) -> dict[tuple[uuid.UUID, str, date], int]:
-    """Add ``deltas`` (thousandths by account, metric and local day) to the counters.
+DayKey = tuple[uuid.UUID, str, str, date]  # account, metric, labels key, local day
+HourKey = tuple[uuid.UUID, str, str, datetime, date]  # ... hour start (UTC), its local day
 
-    Returns each counter's value after the addition, as the upsert wrote it (``RETURNING``):
-    within the caller's transaction, what concurrent writers committed before is included.
+
+@dataclass
+class CounterDeltas:
+    """Thousandths to add to day and hour counters, summed in memory before one upsert each."""
+
+    days: dict[DayKey, int] = field(default_factory=lambda: defaultdict(int))
+    hours: dict[HourKey, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(
+        self,
+        *,
+        account_id: uuid.UUID,
+        metric: str,
+        labels: str,
+        day: date,
+        hour: datetime,
+        hour_day: date,
+        quantity_milli: int,
+    ) -> None:
+        """Add to the counters of every subset of the label set ``labels`` (a canonical key)."""
+        for subset in label_subsets(labels):
+            self.days[(account_id, metric, subset, day)] += quantity_milli
+            self.hours[(account_id, metric, subset, hour, hour_day)] += quantity_milli
+
+    def __bool__(self) -> bool:
+        return bool(self.days or self.hours)
+
+
+@lru_cache(maxsize=4096)
+def label_subsets(key: str) -> tuple[str, ...]:
+    """The canonical keys of every subset of the label set ``key``, ``""`` first (at most 16).
+
+    The pairs of a canonical key are sorted, and ``combinations`` keeps their order, so each
+    subset is written canonically too.
     """
-    keys = sorted(deltas)  # a stable order: concurrent writers lock counter rows alike
-    upsert = (
-        "ON CONFLICT (account_id, metric, day) DO UPDATE SET "
+    pairs = key.split(PAIR_SEPARATOR) if key else []
+    return tuple(
+        PAIR_SEPARATOR.join(chosen)
+        for size in range(len(pairs) + 1)
+        for chosen in combinations(pairs, size)
+    )
+
+
+def hour_start(instant: datetime, zone: ZoneInfo) -> tuple[datetime, date]:
+    """The start (UTC) of the ``hour`` window containing ``instant``, and its local day.
+
+    The local clock's full hour before ``instant``, unless the UTC offset changed since then:
+    the window then starts at the change (``accounts.windows``, computed there).
+    """
+    local = instant.astimezone(zone)
+    start = instant - timedelta(
+        minutes=local.minute, seconds=local.second, microseconds=local.microsecond
+    )
+    if start.astimezone(zone).utcoffset() == local.utcoffset():
+        return start, local.date()
+    start = window_containing(kind=PeriodKind.HOUR, instant=instant, zone=zone).start
+    return start, start.astimezone(zone).date()
+
+
+def _as_text() -> Callable[[object], str]:
+    """``str`` of ids, ``isoformat`` of dates and times, cached: a batch repeats few of them."""
+    cache: dict[object, str] = {}
+
+    def text(value: object) -> str:
+        found = cache.get(value)
+        if found is None:
+            found = cache[value] = (
+                value.isoformat() if isinstance(value, date | datetime) else str(value)
+            )
+        return found
+
+    return text
+
+
+def counters_add(deltas: CounterDeltas, now: datetime) -> dict[tuple[uuid.UUID, str, date], int]:
+    """Add ``deltas`` to the day and hour counters, rows in a stable order.
+
+    On PostgreSQL one statement writes both (the hour upsert in a ``WITH``); on SQLite one
+    upsert each.
+
+    Returns the value after the addition of each whole-metric day counter written (labels
+    ``""``), as the upsert wrote it (``RETURNING``): within the caller's transaction, what
+    concurrent writers committed before is included.
+    """
+    days = sorted(deltas.days)  # a stable order: concurrent writers lock counter rows alike
+    hours = sorted(deltas.hours)
+    totals: dict[tuple[uuid.UUID, str, date], int] = {}
+    day_upsert = (
+        "ON CONFLICT (account_id, metric, labels, day) DO UPDATE SET "
         f"quantity_milli = {COUNTER_TABLE}.quantity_milli + excluded.quantity_milli, "
-        "updated_at = excluded.updated_at RETURNING account_id, metric, day, quantity_milli"
+        "updated_at = excluded.updated_at "
+        "RETURNING account_id, metric, day, quantity_milli, labels = ''"
+    )
+    hour_upsert = (
+        "ON CONFLICT (account_id, metric, labels, hour) DO UPDATE SET "
+        f"quantity_milli = {HOUR_COUNTER_TABLE}.quantity_milli + excluded.quantity_milli, "
+        "updated_at = excluded.updated_at"
+    )
+    day_columns = "account_id, metric, labels, day, quantity_milli, updated_at"
+    hour_columns = "account_id, metric, labels, hour, day, quantity_milli, updated_at"
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # One statement: the hour upsert runs as a data-modifying WITH, to completion,
+            # before the day upsert (the same order in every writer). The rows travel as
+            # two JSON texts, which Django's client-side binding escapes in one call each,
+            # where arrays would be escaped element by element (a batch spread over many
+            # hours and label sets writes thousands of rows).
+            text = _as_text()
+            hour_rows = json.dumps(
+                [[text(k[0]), k[1], k[2], text(k[3]), text(k[4]), deltas.hours[k]] for k in hours]
+            )
+            day_rows = json.dumps(
+                [[text(k[0]), k[1], k[2], text(k[3]), deltas.days[k]] for k in days]
+            )
+            cursor.execute(
+                f"WITH h AS (INSERT INTO {HOUR_COUNTER_TABLE} ({hour_columns})"
+                " SELECT (x->>0)::uuid, x->>1, x->>2, (x->>3)::timestamptz, (x->>4)::date,"
+                " (x->>5)::bigint, %s FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY"
+                f" AS t(x, n) ORDER BY n {hour_upsert}) "
+                f"INSERT INTO {COUNTER_TABLE} ({day_columns})"
+                " SELECT (x->>0)::uuid, x->>1, x->>2, (x->>3)::date, (x->>4)::bigint, %s"
+                " FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS t(x, n) ORDER BY n"
+                f" {day_upsert}",
+                [now, hour_rows, now, day_rows],
+            )
+            return {(a, m, d): int(q) for a, m, d, q, whole in cursor.fetchall() if whole}
+        # SQLite: the same rows as one JSON text per table (any number of rows, one
+        # parameter each), ids as SQLite keeps them (hex) and times as Django writes them.
+        adapt = connection.ops.adapt_datetimefield_value
+        updated = adapt(now)
+        if days:
+            rows = json.dumps(
+                [[k[0].hex, k[1], k[2], k[3].isoformat(), deltas.days[k]] for k in days]
+            )
+            cursor.execute(
+                f"INSERT INTO {COUNTER_TABLE} ({day_columns}) SELECT {_json_columns(5)}, %s"
+                f" FROM json_each(%s) WHERE true ORDER BY key {day_upsert}",
+                [updated, rows],
+            )
+            # SQLite keeps the id as hex text; its date columns are read as dates.
+            totals = {
+                (uuid.UUID(a), m, d): int(q) for a, m, d, q, whole in cursor.fetchall() if whole
+            }
+        if hours:
+            rows = json.dumps(
+                [
+                    [k[0].hex, k[1], k[2], adapt(k[3]), k[4].isoformat(), deltas.hours[k]]
+                    for k in hours
+                ]
+            )
+            cursor.execute(
+                f"INSERT INTO {HOUR_COUNTER_TABLE} ({hour_columns}) SELECT {_json_columns(6)}, %s"
+                f" FROM json_each(%s) WHERE true ORDER BY key {hour_upsert}",
+                [updated, rows],
+            )
+        return totals
+
+
+def _json_columns(count: int) -> str:
+    """The first ``count`` items of SQLite's ``json_each`` row (a JSON array), as columns."""
+    return ", ".join(f"json_extract(value, '$[{i}]')" for i in range(count))
+
+
+LabelSetKey = tuple[uuid.UUID, str, date, str]  # account, metric, local day, labels key
+
+
+def label_sets_add(keys: list[LabelSetKey]) -> list[LabelSetKey]:
+    """Record the label sets ``keys`` as seen; returns those that were not seen before.
+
+    One ``INSERT ... ON CONFLICT DO NOTHING RETURNING``, rows in a stable order.
+    """
+    keys = sorted(keys)
+    if not keys:
+        return []
+    columns = "account_id, metric, day, labels"
+    conflict = (
+        "ON CONFLICT (account_id, metric, day, labels) DO NOTHING"
+        " RETURNING account_id, metric, day, labels"
     )
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(
-                f"INSERT INTO {COUNTER_TABLE} (account_id, metric, day, quantity_milli, updated_at) "
-                "SELECT a, m, d, q, %s FROM unnest(%s::uuid[], %s::text[], %s::date[], %s::bigint[])"
-                f" AS t(a, m, d, q) {upsert}",
+                f"INSERT INTO {LABEL_SET_TABLE} ({columns}) SELECT * FROM"
+                f" unnest(%s::uuid[], %s::text[], %s::date[], %s::text[]) {conflict}",
                 [
-                    now,
                     [k[0] for k in keys],
                     [k[1] for k in keys],
                     [k[2] for k in keys],
-                    [deltas[k] for k in keys],
+                    [k[3] for k in keys],
                 ],
             )
-            return {(a, m, d): int(q) for a, m, d, q in cursor.fetchall()}
-        adapt = connection.ops.adapt_datetimefield_value
-        placeholders = ", ".join(["(%s, %s, %s, %s, %s)"] * len(keys))
+            return [(a, m, d, labels) for a, m, d, labels in cursor.fetchall()]
         params: list[object] = []
         for k in keys:
-            params += [k[0].hex, k[1], k[2].isoformat(), deltas[k], adapt(now)]
+            params += [k[0].hex, k[1], k[2].isoformat(), k[3]]
+        placeholders = ", ".join(["(%s, %s, %s, %s)"] * len(keys))
         cursor.execute(
-            f"INSERT INTO {COUNTER_TABLE} (account_id, metric, day, quantity_milli, updated_at) "
-            f"VALUES {placeholders} {upsert}",
-            params,
+            f"INSERT INTO {LABEL_SET_TABLE} ({columns}) VALUES {placeholders} {conflict}", params
         )
-        # SQLite keeps the id as hex text; its date columns are read as dates.
-        return {(uuid.UUID(a), m, d): int(q) for a, m, d, q in cursor.fetchall()}
+        return [(uuid.UUID(a), m, d, labels) for a, m, d, labels in cursor.fetchall()]
+
+
+def label_sets_count(
+    days: set[tuple[uuid.UUID, str, date]],
+) -> dict[tuple[uuid.UUID, str, date], int]:
+    """How many label sets each (account, metric, local day) of ``days`` has, in one query."""
+    condition = Q()
+    for account_id, metric, day in sorted(days):
+        condition |= Q(account_id=account_id, metric=metric, day=day)
+    return {
+        (row["account_id"], row["metric"], row["day"]): row["sets"]
+        for row in UsageLabelSet.objects.filter(condition)
+        .values("account_id", "metric", "day")
+        .annotate(sets=Count("pk"))
+        .order_by()
+    }
+
+
+MSG_TOO_MANY_LABEL_SETS = _(
+    "Account %(account)s already has %(limit)s different label sets for %(metric)s on "
+    "%(day)s, the most allowed per metric and day: labels must take few values (a model or "
+    "a vendor, never a request id). Events without labels, or with a label set already "
+    "used that day, are still accepted."
+)
+
+
+def _label_sets_check(firsts: dict[LabelSetKey, int], *, is_batch: bool) -> None:
+    """Record the label sets of the new events; refuse the request past the bound.
+
+    ``firsts`` maps each label set of the request's new events to the index of its first
+    event. Under the (account, metric) lock, so concurrent requests count each other's sets.
+    """
+    added = label_sets_add(list(firsts))
+    if not added:
+        return
+    limit = settings.USAGE_MAX_LABEL_SETS
+    by_day: dict[tuple[uuid.UUID, str, date], list[LabelSetKey]] = defaultdict(list)
+    for key in added:
+        by_day[key[:3]].append(key)
+    counts = label_sets_count(set(by_day))
+    refused: dict[int, Any] = {}
+    for day_key, new in by_day.items():
+        room = limit - (counts.get(day_key, 0) - len(new))  # sets before this request
+        new.sort(key=firsts.__getitem__)
+        for key in new[max(room, 0) :]:
+            account_id, metric, day, _labels = key
+            refused[firsts[key]] = MSG_TOO_MANY_LABEL_SETS % {
+                "account": account_id,
+                "limit": limit,
+                "metric": metric,
+                "day": day.isoformat(),
+            }
+    if refused:
+        if is_batch:
+            raise EventsInvalid(
+                {"events": {str(index): {"labels": [refused[index]]} for index in sorted(refused)}}
+            )
+        raise EventsInvalid({"labels": list(refused.values())})
 
 
 def _daily_limit_errors(keys: list[tuple[uuid.UUID, str, date]], *, is_batch: bool) -> Errors:
@@ -187,16 +430,82 @@ def _daily_limit_errors(keys: list[tuple[uuid.UUID, str, date]], *, is_batch: bo
     return {"events": messages} if is_batch else {"quantity": messages}
 
 
+def usage_events_store(
+    *, events: list[EventIn], zones: Mapping[uuid.UUID, ZoneInfo], now: datetime, is_batch: bool
+) -> int:
+    """Store the request's checked ``events`` (in request order) and count the new ones.
+
+    Call inside the recording transaction, under the (account, metric) lock of every event
+    (``usage_lock``); ``zones`` holds each account's time zone. The first copy of an event
+    id wins, in the request as across requests. Each new event adds to the day and hour
+    counters of every subset of its labels (``CounterDeltas``). Returns how many were new.
+
+    Raises ``EventsInvalid``, which rolls the transaction back, when a new event would add
+    a label set past ``USAGE_MAX_LABEL_SETS`` for its account, metric and local day (keyed
+    by its ``labels``), or when the request would take a daily counter past
+    ``DAILY_LIMIT`` (``usage.models``).
+    """
+    unique: dict[tuple[uuid.UUID, str], EventIn] = {}
+    index_of: dict[tuple[uuid.UUID, str], int] = {}
+    for index, event in enumerate(events):
+        unique.setdefault((event.account_id, event.event_id), event)
+        index_of.setdefault((event.account_id, event.event_id), index)
+    ordered = [unique[key] for key in sorted(unique)]
+
+    inserted = _insert_events(ordered, now)
+    by_key = {(key[0].hex, key[1]): event for key, event in unique.items()}
+    # Summed per label set and hour first, then spread over the subsets of each set.
+    groups: dict[tuple[uuid.UUID, str, str, date, datetime, date], int] = defaultdict(int)
+    label_sets: dict[LabelSetKey, int] = {}
+    for account_hex, event_id in inserted:
+        event = by_key[(account_hex.replace("-", ""), event_id)]
+        zone = zones[event.account_id]
+        hour, hour_day = hour_start(event.occurred_at, zone)
+        day = event.occurred_at.astimezone(zone).date()
+        key = (event.account_id, event.metric, event.labels_key, day, hour, hour_day)
+        groups[key] += event.quantity_milli
+        if event.labels_key:
+            index = index_of[(event.account_id, event.event_id)]
+            set_key = (event.account_id, event.metric, day, event.labels_key)
+            label_sets[set_key] = min(index, label_sets.get(set_key, index))
+    if label_sets:
+        _label_sets_check(label_sets, is_batch=is_batch)
+    deltas = CounterDeltas()
+    for (account_id, metric, labels, day, hour, hour_day), quantity in groups.items():
+        deltas.add(
+            account_id=account_id,
+            metric=metric,
+            labels=labels,
+            day=day,
+            hour=hour,
+            hour_day=hour_day,
+            quantity_milli=quantity,
+        )
+    if deltas:
+        # Checked on the totals the upsert wrote, under the usage lock and the counter
+        # rows' locks, so concurrent batches never pass the limit together.
+        totals = counters_add(deltas, now)
+        passed = sorted(key for key, total in totals.items() if total > DAILY_LIMIT_MILLI)
+        if passed:
+            raise EventsInvalid(_daily_limit_errors(passed, is_batch=is_batch))
+    return len(inserted)
+
+
 # --- Rebuilding counters from events -------------------------------------------------
 
 REBUILD_BATCH = 100  # accounts per transaction (and per progress report)
 
-CounterKey = tuple[uuid.UUID, str, date]
+# account, metric, labels key, local day, hour start (UTC; ``None`` for a day counter)
+CounterKey = tuple[uuid.UUID, str, str, date, datetime | None]
 
 
 @dataclass(frozen=True)
 class Drift:
-    """A counter that differs from the sum of its day's events; ``found_milli`` ``None``: no row."""
+    """A counter that differs from the sum of its events; ``found_milli`` ``None``: no row.
+
+    A day counter has ``hour`` ``None``; an hour counter has its start (UTC), and ``day`` is
+    its local day. ``labels`` is the counter's label subset (``""``: the whole metric).
+    """
 
     account_id: uuid.UUID
     external_id: str
@@ -204,6 +513,8 @@ class Drift:
     day: date
     found_milli: int | None
     expected_milli: int
+    labels: str = ""
+    hour: datetime | None = None
 
     @property
     def found(self) -> Decimal:
@@ -212,6 +523,16 @@ class Drift:
     @property
     def expected(self) -> Decimal:
         return from_milli(self.expected_milli)
+
+    @property
+    def place(self) -> str:
+        """Which counter: ``2027-03-28``, then its hour (UTC) and labels when it has them."""
+        parts = [self.day.isoformat()]
+        if self.hour is not None:
+            parts.append(self.hour.astimezone(UTC).strftime("%H:%MZ"))
+        if self.labels:
+            parts.append(self.labels)
+        return " ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -232,26 +553,76 @@ def _day_start(day: date, zone: ZoneInfo) -> datetime:
 def _counters_and_sums(
     account_ids: list[uuid.UUID], zone: ZoneInfo, first: date | None, end: date | None
 ) -> list[dict[str, Any]]:
-    """Stored counters and the sums of events per local day in ``zone``, read in one query.
+    """Stored day and hour counters, and the sums of events per label set and UTC minute.
 
-    One statement (``UNION ALL``) reads both from the same snapshot, so an event recorded
-    meanwhile is either in both (with its counter increment) or in neither.
+    One statement (``UNION ALL``) reads them from the same snapshot, so an event recorded
+    meanwhile is either in all (with its counter increments) or in none. Events are summed
+    per minute: every hour window (hence every local day) starts on a full UTC minute, so
+    the caller places each minute in its hour and day.
     """
     events = UsageEvent.objects.filter(account_id__in=account_ids)
-    counters = UsageCounter.objects.filter(account_id__in=account_ids)
+    days = UsageCounter.objects.filter(account_id__in=account_ids)
+    hours = UsageHourCounter.objects.filter(account_id__in=account_ids)
     if first is not None:
         events = events.filter(occurred_at__gte=_day_start(first, zone))
-        counters = counters.filter(day__gte=first)
+        days = days.filter(day__gte=first)
+        hours = hours.filter(day__gte=first)
     if end is not None:
         events = events.filter(occurred_at__lt=_day_start(end, zone))
-        counters = counters.filter(day__lt=end)
+        days = days.filter(day__lt=end)
+        hours = hours.filter(day__lt=end)
+    nothing = Value(None, output_field=BigIntegerField())
     sums = events.values(
-        "account_id", "metric", local_day=TruncDate("occurred_at", tzinfo=zone)
-    ).annotate(expected=Sum("quantity_milli"), found=Value(None, output_field=BigIntegerField()))
-    stored = counters.values("account_id", "metric", local_day=F("day")).annotate(
-        expected=Value(0, output_field=BigIntegerField()), found=F("quantity_milli")
-    )
-    return list(sums.order_by().union(stored.order_by(), all=True))
+        "account_id",
+        "metric",
+        lab=Cast("labels", TextField()),
+        local_day=Value(None, output_field=DateField()),
+        moment=Trunc("occurred_at", "minute", tzinfo=UTC, output_field=DateTimeField()),
+    ).annotate(expected=Sum("quantity_milli"), found=nothing)
+    stored_days = days.values(
+        "account_id",
+        "metric",
+        lab=Cast("labels", TextField()),
+        local_day=F("day"),
+        moment=Value(None, output_field=DateTimeField()),
+    ).annotate(expected=nothing, found=F("quantity_milli"))
+    stored_hours = hours.values(
+        "account_id",
+        "metric",
+        lab=Cast("labels", TextField()),
+        local_day=F("day"),
+        moment=F("hour"),
+    ).annotate(expected=nothing, found=F("quantity_milli"))
+    return list(sums.order_by().union(stored_days.order_by(), stored_hours.order_by(), all=True))
+
+
+def _counter_totals(
+    rows: list[dict[str, Any]], zone: ZoneInfo, totals: dict[CounterKey, list[Any]]
+) -> None:
+    """Add the rows of ``_counters_and_sums`` to ``totals``: ``[expected, found]`` per counter."""
+    for row in rows:
+        account_id, metric = row["account_id"], row["metric"]
+        if row["expected"] is None:  # a stored counter
+            hour = row["moment"]
+            key = (account_id, metric, row["lab"], row["local_day"], hour)
+            totals.setdefault(key, [0, None])[1] = int(row["found"])
+            continue
+        minute = row["moment"].astimezone(UTC)
+        labels = row["lab"]
+        labels = labels_key(json.loads(labels) if isinstance(labels, str) else labels or {})
+        hour, hour_day = hour_start(minute, zone)
+        day = minute.astimezone(zone).date()
+        quantity = int(row["expected"])
+        for subset in label_subsets(labels):
+            totals.setdefault((account_id, metric, subset, day, None), [0, None])[0] += quantity
+            totals.setdefault((account_id, metric, subset, hour_day, hour), [0, None])[0] += (
+                quantity
+            )
+
+
+def _drift_order(key: CounterKey) -> tuple[Any, ...]:
+    account_id, metric, labels, day, hour = key
+    return (account_id, metric, day, hour is not None, hour.timestamp() if hour else 0.0, labels)
 
 
 def _rebuild_batch(
@@ -289,12 +660,8 @@ def _rebuild_batch(
 
         totals: dict[CounterKey, list[Any]] = {}
         for zone_name, account_ids in sorted(by_zone.items()):
-            for row in _counters_and_sums(account_ids, ZoneInfo(zone_name), lower, end):
-                key = (row["account_id"], row["metric"], row["local_day"])
-                entry = totals.setdefault(key, [0, None])
-                entry[0] += int(row["expected"])
-                if row["found"] is not None:
-                    entry[1] = int(row["found"])
+            zone = ZoneInfo(zone_name)
+            _counter_totals(_counters_and_sums(account_ids, zone, lower, end), zone, totals)
 
         # A purge records its boundary before deleting anything: read again, so the days
         # whose events were being deleted while they were summed are left alone.
@@ -304,28 +671,35 @@ def _rebuild_batch(
                 account_id=key[0],
                 external_id=external_ids[key[0]],
                 metric=key[1],
-                day=key[2],
+                labels=key[2],
+                day=key[3],
+                hour=key[4],
                 found_milli=found,
                 expected_milli=expected,
             )
-            for key, (expected, found) in sorted(totals.items())
-            if (found or 0) != expected and (boundary is None or key[2] >= boundary)
+            for key, (expected, found) in sorted(
+                totals.items(), key=lambda item: _drift_order(item[0])
+            )
+            if (found or 0) != expected and (boundary is None or key[3] >= boundary)
         ]
         if repair and drifts:
             # Add the difference rather than set the sum: events recorded since the read above
             # already added themselves to the counter, and must stay counted.
-            counters_add(
-                {
-                    (d.account_id, d.metric, d.day): d.expected_milli - (d.found_milli or 0)
-                    for d in drifts
-                },
-                now,
-            )
+            deltas = CounterDeltas()
+            for d in drifts:
+                difference = d.expected_milli - (d.found_milli or 0)
+                if d.hour is None:
+                    deltas.days[(d.account_id, d.metric, d.labels, d.day)] = difference
+                else:
+                    deltas.hours[(d.account_id, d.metric, d.labels, d.hour, d.day)] = difference
+            counters_add(deltas, now)
             CounterRepair.objects.bulk_create(
                 CounterRepair(
                     account_id=d.account_id,
                     metric=d.metric,
+                    labels=d.labels,
                     day=d.day,
+                    hour=d.hour,
                     found_milli=d.found_milli or 0,
                     expected_milli=d.expected_milli,
                     repaired_by=repaired_by,
@@ -445,6 +819,8 @@ def usage_events_purge(
             deleted += count
             if progress is not None:
                 progress(deleted)
+    # The label sets of those days only served the bound of their day, long closed.
+    UsageLabelSet.objects.filter(day__lt=before).delete()
     return deleted
 
 

@@ -30,7 +30,7 @@ def reconcile_recent_counters() -> int:
             drift.external_id,
             drift.account_id,
             drift.metric,
-            drift.day.isoformat(),
+            drift.place,
             "none" if drift.found_milli is None else drift.found,
             drift.expected,
         )

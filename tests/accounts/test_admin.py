@@ -226,7 +226,12 @@ def test_warning_threshold_without_recipient_is_refused_and_saves_nothing(admin_
     # then
     assert response.status_code == 200
     assert WARNING_RULE in response.text
-    assert page_errors(response) == {"form": {}, "recipients": [WARNING_RULE], "rows": []}
+    # next to the threshold that needs it, at the top, and above the list that lacks it
+    assert page_errors(response) == {
+        "form": {"limit_text_tokens_warning": [WARNING_RULE], "__all__": [WARNING_RULE]},
+        "recipients": [WARNING_RULE],
+        "rows": [],
+    }
     assert not Limit.objects.exists()
     account.refresh_from_db()
     assert account.name == "Acme"
@@ -238,7 +243,11 @@ def test_removing_the_last_warning_recipient_of_a_warning_threshold_is_refused(a
     RecipientFactory(account=account, level="warning", email="pm@example.com")
     response = post_account_page(admin_client, account, **{"recipients-0-DELETE": "on"})
     assert response.status_code == 200
-    assert page_errors(response)["recipients"] == [WARNING_RULE]
+    assert page_errors(response) == {
+        "form": {"limit_text_tokens_warning": [WARNING_RULE], "__all__": [WARNING_RULE]},
+        "recipients": [WARNING_RULE],
+        "rows": [],
+    }
     assert Recipient.objects.filter(email="pm@example.com").exists()
 
 

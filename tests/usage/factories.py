@@ -21,6 +21,7 @@ def event_record(
     quantity: int | Decimal | str = 10,
     metric: str = "text_tokens",
     event_id: str | None = None,
+    labels: dict[str, str] | None = None,
 ) -> None:
     """Record one event through ``usage_events_record`` (which also adds it to its counter)."""
     moment = datetime.fromisoformat(occurred_at) if isinstance(occurred_at, str) else occurred_at
@@ -32,6 +33,7 @@ def event_record(
             # Text stands for the JSON number it spells, as the API's parser would read it.
             "quantity": Decimal(quantity) if isinstance(quantity, str) else quantity,
             "occurred_at": moment.isoformat(),
+            "labels": labels,
         },
         now=max(timezone.now(), moment),
     )

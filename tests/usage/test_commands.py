@@ -250,9 +250,9 @@ def test_rebuild_check_lists_the_drift_and_exits_1_without_changing_anything(dri
     )
     assert out.getvalue().splitlines() == [
         "crm-beta text_tokens 2026-03-10: counter 0.005, events 100",
-        "Counters checked: 2, drifted: 1.",
+        "Counters checked: 4, drifted: 1.",
     ]
-    assert err.getvalue() == "Accounts: 1 of 1; counters checked: 2, drifted: 1.\n"
+    assert err.getvalue() == "Accounts: 1 of 1; counters checked: 4, drifted: 1.\n"
     assert counters_of(drifted)[date(2026, 3, 10)] == 5
     assert not CounterRepair.objects.exists()
 
@@ -265,7 +265,7 @@ def test_rebuild_check_exits_0_when_every_counter_is_right(beta):
     out, _err = run("rebuild_usage", "--check")
 
     # then
-    assert out.splitlines() == ["Counters checked: 1, drifted: 0."]
+    assert out.splitlines() == ["Counters checked: 2, drifted: 0."]
 
 
 def test_rebuild_repairs_the_drifted_counters_and_records_each_repair(drifted):
@@ -275,7 +275,7 @@ def test_rebuild_repairs_the_drifted_counters_and_records_each_repair(drifted):
     # then
     assert out.splitlines() == [
         "crm-beta text_tokens 2026-03-10: counter 0.005, events 100",
-        "Counters checked: 2, drifted: 1, repaired: 1.",
+        "Counters checked: 4, drifted: 1, repaired: 1.",
     ]
     assert counters_of(drifted) == {date(2026, 3, 10): 100_000, date(2026, 3, 11): 7_000}
     repair = CounterRepair.objects.get()
@@ -285,7 +285,7 @@ def test_rebuild_repairs_the_drifted_counters_and_records_each_repair(drifted):
         100_000,
         "rebuild_usage command",
     )
-    assert run("rebuild_usage", "--check")[0].splitlines() == ["Counters checked: 2, drifted: 0."]
+    assert run("rebuild_usage", "--check")[0].splitlines() == ["Counters checked: 4, drifted: 0."]
 
 
 def test_rebuild_of_one_account_and_one_period_leaves_the_rest_alone(drifted):
@@ -300,7 +300,7 @@ def test_rebuild_of_one_account_and_one_period_leaves_the_rest_alone(drifted):
     out, _err = run("rebuild_usage", "--account", "crm-beta", "--period", "2026-03")
 
     # then
-    assert out.splitlines()[-1] == "Counters checked: 2, drifted: 1, repaired: 1."
+    assert out.splitlines()[-1] == "Counters checked: 4, drifted: 1, repaired: 1."
     assert counters_of(drifted)[date(2026, 4, 2)] == 0
     assert counters_of(other) == {date(2026, 3, 10): 0}
 
@@ -369,7 +369,7 @@ def test_purge_deletes_old_events_keeps_counters_and_a_later_check_finds_no_drif
     assert sorted(UsageEvent.objects.values_list("event_id", flat=True)) == ["march", "today"]
     assert counters_of(old_and_recent) == counters
     assert UsageCounter.objects.filter(day=date(2025, 1, 15)).get().quantity_milli == 1_000
-    assert run("rebuild_usage", "--check")[0].splitlines() == ["Counters checked: 2, drifted: 0."]
+    assert run("rebuild_usage", "--check")[0].splitlines() == ["Counters checked: 4, drifted: 0."]
 
 
 @pytest.mark.parametrize("value", ["2025-02-30", "20250201", "yesterday", "2025-2-1"])

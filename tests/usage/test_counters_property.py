@@ -25,6 +25,7 @@ events = st.tuples(
     st.sampled_from(list(METRICS)),
     st.integers(min_value=1, max_value=5_000_000),  # thousandths
     st.integers(min_value=0, max_value=24 * 80),  # hours before NOW: this and past periods
+    st.dictionaries(st.sampled_from(["model", "vendor"]), st.sampled_from(["a", "b"])),
 )
 
 
@@ -49,13 +50,14 @@ class CountersProperty(TestCase):
                         "metric": metric,
                         "quantity": quantity(metric, milli),
                         "occurred_at": (NOW - timedelta(hours=hours)).isoformat(),
+                        "labels": labels,
                     }
-                    for number, metric, milli, hours in batch
+                    for number, metric, milli, hours, labels in batch
                 ]
             }
             usage_events_record(payload=payload, now=NOW)
             usage_events_record(payload=payload, now=NOW)  # a client retry
-            for number, metric, milli, _ in batch:
+            for number, metric, milli, _hours, _labels in batch:
                 scaled = milli if METRICS[metric].decimal_places else milli * 1000
                 first.setdefault(f"e{number}", (metric, scaled))
 
@@ -63,7 +65,7 @@ class CountersProperty(TestCase):
         for metric, scaled in first.values():
             expected[metric] += scaled
         counted: dict[str, int] = defaultdict(int)
-        for metric, milli in UsageCounter.objects.filter(account=account).values_list(
+        for metric, milli in UsageCounter.objects.filter(account=account, labels="").values_list(
             "metric", "quantity_milli"
         ):
             counted[metric] += milli

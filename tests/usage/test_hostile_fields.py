@@ -277,10 +277,10 @@ def test_the_schema_pattern_of_every_period_parameter_admits_exactly_the_valid_m
 def test_an_event_with_an_unknown_field_is_refused(service_client):
     account = AccountFactory()
     response = service_client.post(
-        EVENTS, event(account, labels={"model": "large"}, Quantity=5), format="json"
+        EVENTS, event(account, tags={"model": "large"}, Quantity=5), format="json"
     )
     assert response.status_code == 400
-    assert response.json() == {"labels": ["Unknown field."], "Quantity": ["Unknown field."]}
+    assert response.json() == {"tags": ["Unknown field."], "Quantity": ["Unknown field."]}
     assert nothing_stored()
 
 
@@ -573,7 +573,7 @@ def test_a_month_at_the_limit_every_day_is_read_rebuilt_and_reported_exactly(ser
     assert usage.status_code == 200
     tokens = next(m for m in usage.json()["metrics"] if m["metric"] == "text_tokens")
     assert tokens["used"] == month_total
-    assert rebuild.getvalue().splitlines()[-1] == "Counters checked: 31, drifted: 0."
+    assert rebuild.getvalue().splitlines()[-1] == "Counters checked: 62, drifted: 0."
     rows = json.loads(report.getvalue())
     assert next(r for r in rows if r["metric"] == "text_tokens")["used"] == month_total
 

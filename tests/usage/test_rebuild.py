@@ -15,7 +15,14 @@ from backoffice.services import usage_events_record
 from tests.factories import AccountFactory
 from tests.usage.factories import counter_corrupt, counters_of, event_record
 from usage import services
-from usage.models import CounterRepair, EventPurge, UsageCounter, UsageEvent
+from usage.models import (
+    CounterRepair,
+    EventPurge,
+    UsageCounter,
+    UsageEvent,
+    UsageHourCounter,
+    UsageLabelSet,
+)
 from usage.periods import Period
 from usage.services import Drift, counters_rebuild, usage_events_purge
 from usage.tasks import reconcile_recent_counters
@@ -230,22 +237,27 @@ def test_a_rebuild_costs_the_same_queries_for_one_account_or_many(django_assert_
             event_record(account, "2026-03-10T10:00:00+01:00", 10)
             event_record(account, "2026-03-11T10:00:00+01:00", 10)
         UsageCounter.objects.filter(account__in=accounts).update(quantity_milli=0)
+        UsageHourCounter.objects.filter(account__in=accounts).update(quantity_milli=0)
         return accounts
 
     one = drifted_accounts(1)[0]
     counters_rebuild(account=one, repaired_by="warm-up")  # the first run caches nothing
     UsageCounter.objects.filter(account=one).update(quantity_milli=0)
+    UsageHourCounter.objects.filter(account=one).update(quantity_milli=0)
 
     # when / then: count, page, savepoint, lock, purge boundary, one read per time zone,
-    # boundary again, upsert, repairs, release, next page
-    with django_assert_num_queries(11):
+    # boundary again, day and hour upserts (one statement on PostgreSQL), repairs, release,
+    # next page
+    queries = 11 if connection.vendor == "postgresql" else 12
+    with django_assert_num_queries(queries):
         counters_rebuild(account=one, repaired_by="test")
-    many = drifted_accounts(30)
+    many = drifted_accounts(20)
     UsageCounter.objects.exclude(account__in=many).delete()
+    UsageHourCounter.objects.exclude(account__in=many).delete()
     UsageEvent.objects.exclude(account__in=many).delete()
-    with django_assert_num_queries(11):
+    with django_assert_num_queries(queries):
         drifts = counters_rebuild(repaired_by="test")
-    assert len(drifts) == 60
+    assert len(drifts) == 80
 
 
 def test_the_counters_of_purged_days_are_left_alone():
@@ -269,11 +281,17 @@ def test_a_purge_deletes_the_events_of_each_accounts_earlier_local_days_and_keep
     # given: the same boundary falls at a different instant in each zone
     auckland = AccountFactory(timezone="Pacific/Auckland")  # UTC+13 in February
     los_angeles = AccountFactory(timezone="America/Los_Angeles")  # UTC-8
-    event_record(auckland, "2025-01-31T23:30:00+13:00", 1, event_id="auckland-31st")
-    event_record(auckland, "2025-02-01T00:30:00+13:00", 2, event_id="auckland-1st")
+    large = {"model": "large"}
+    event_record(auckland, "2025-01-31T23:30:00+13:00", 1, event_id="auckland-31st", labels=large)
+    event_record(auckland, "2025-02-01T00:30:00+13:00", 2, event_id="auckland-1st", labels=large)
     event_record(los_angeles, "2025-01-31T20:00:00-08:00", 4, event_id="la-31st")
     event_record(los_angeles, "2025-02-01T00:30:00-08:00", 8, event_id="la-1st")
-    counters = sorted(UsageCounter.objects.values_list("account_id", "day", "quantity_milli"))
+    counters = sorted(
+        UsageCounter.objects.values_list("account_id", "labels", "day", "quantity_milli")
+    )
+    hours = sorted(
+        UsageHourCounter.objects.values_list("account_id", "labels", "hour", "quantity_milli")
+    )
 
     # when
     deleted = usage_events_purge(before=date(2025, 2, 1), dry_run=False)
@@ -284,9 +302,19 @@ def test_a_purge_deletes_the_events_of_each_accounts_earlier_local_days_and_keep
         "auckland-1st",
         "la-1st",
     ]
-    assert sorted(UsageCounter.objects.values_list("account_id", "day", "quantity_milli")) == (
-        counters
+    assert (
+        sorted(UsageCounter.objects.values_list("account_id", "labels", "day", "quantity_milli"))
+        == counters
     )
+    assert (
+        sorted(
+            UsageHourCounter.objects.values_list("account_id", "labels", "hour", "quantity_milli")
+        )
+        == hours
+    )
+    assert list(UsageLabelSet.objects.values_list("day", "labels")) == [
+        (date(2025, 2, 1), "model=large")
+    ]
     purge = EventPurge.objects.get()
     assert (purge.before, purge.deleted) == (date(2025, 2, 1), 2)
     assert counters_rebuild(repair=False, repaired_by="test") == []
@@ -447,3 +475,85 @@ def test_the_reconcile_task_is_scheduled_every_15_minutes_and_expires_before_the
 
     # then
     assert [(entry["schedule"], entry["options"]["expires"]) for entry in entries] == [(900, 840)]
+
+
+# --- Counters of label subsets and hours -------------------------------------------------
+
+
+def test_labelled_day_and_hour_counters_that_drift_are_found_and_repaired(caplog):
+    # given: events with labels, in Paris
+    account = AccountFactory(external_id="crm-labels", timezone="Europe/Paris")
+    large = {"model": "large", "vendor": "acme"}
+    event_record(account, "2026-03-10T10:15:00+01:00", 100, labels=large)
+    event_record(account, "2026-03-10T10:45:00+01:00", 20, labels={"model": "large"})
+    event_record(account, "2026-03-10T11:00:00+01:00", 3)
+    # a labelled day counter off, a labelled hour counter gone, a whole-metric hour too high
+    UsageCounter.objects.filter(account=account, labels="model=large").update(quantity_milli=1)
+    UsageHourCounter.objects.filter(account=account, labels="vendor=acme").delete()
+    UsageHourCounter.objects.filter(
+        account=account, labels="", hour=datetime.fromisoformat("2026-03-10T10:00:00+00:00")
+    ).update(quantity_milli=5)
+
+    # when
+    with caplog.at_level(logging.INFO, logger="usage.tasks"):
+        drifts = counters_rebuild(repaired_by="test")
+
+    # then
+    ten, eleven = (datetime.fromisoformat(f"2026-03-10T{h}:00:00+00:00") for h in ("09", "10"))
+    common = {"account_id": account.pk, "external_id": "crm-labels", "metric": "text_tokens"}
+    day = date(2026, 3, 10)
+    assert drifts == [
+        Drift(**common, day=day, labels="model=large", found_milli=1, expected_milli=120_000),
+        Drift(
+            **common,
+            day=day,
+            hour=ten,
+            labels="vendor=acme",
+            found_milli=None,
+            expected_milli=100_000,
+        ),
+        Drift(**common, day=day, hour=eleven, labels="", found_milli=5, expected_milli=3_000),
+    ]
+    assert [drift.place for drift in drifts] == [
+        "2026-03-10 model=large",
+        "2026-03-10 09:00Z vendor=acme",
+        "2026-03-10 10:00Z",
+    ]
+    assert UsageCounter.objects.get(account=account, labels="model=large").quantity_milli == 120_000
+    assert (
+        UsageHourCounter.objects.get(account=account, labels="vendor=acme", hour=ten).quantity_milli
+        == 100_000
+    )
+    assert UsageHourCounter.objects.get(account=account, labels="", hour=eleven).quantity_milli == (
+        3_000
+    )
+    assert sorted(
+        CounterRepair.objects.values_list("labels", "hour", "found_milli", "expected_milli")
+    ) == [
+        ("", eleven, 5, 3_000),
+        ("model=large", None, 1, 120_000),
+        ("vendor=acme", ten, 0, 100_000),
+    ]
+    assert counters_rebuild(repaired_by="test") == []
+
+
+def test_the_reconcile_task_logs_a_labelled_hour_counter_it_repairs(caplog):
+    # given
+    account = AccountFactory(external_id="crm-hour", timezone="UTC")
+    now = timezone.now()
+    event_record(account, now, 10, labels={"model": "large"})
+    UsageHourCounter.objects.filter(account=account, labels="model=large").update(quantity_milli=1)
+    hour = UsageHourCounter.objects.get(account=account, labels="model=large").hour
+
+    # when
+    with caplog.at_level(logging.INFO, logger="usage.tasks"):
+        repaired = reconcile_recent_counters.delay().get()
+
+    # then
+    assert repaired == 1
+    place = f"{hour.date().isoformat()} {hour.astimezone(UTC):%H:%M}Z model=large"
+    assert [record.getMessage() for record in caplog.records if record.levelname == "ERROR"] == [
+        f"Usage counter repaired: account crm-hour ({account.pk}), text_tokens on {place}: "
+        "counter 0.001, events 10",
+        f"Usage counters repaired since {(now - timedelta(days=2)).date().isoformat()}: 1",
+    ]

@@ -10,6 +10,7 @@ from typing import Any
 from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
+from accounts.labels import LABEL_KEYS, MAX_LABELS, MAX_VALUE_LENGTH, VALUE
 from accounts.metrics import METRICS
 from usage.ingest import (
     EARLIEST_OCCURRED_YEAR,
@@ -81,6 +82,26 @@ OCCURRED_AT_FIELD = _schema_field(
 )
 
 
+# SPEC 11.1: the label keys of the code, each a string of 1 to 64 characters from
+# ``A-Z a-z 0-9 _ . : / -``, at most four pairs; ``null`` is ``{}``.
+LABELS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "nullable": True,
+    "additionalProperties": False,
+    "maxProperties": MAX_LABELS,
+    "properties": {
+        key: {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_VALUE_LENGTH,
+            "pattern": f"^{VALUE.pattern}$",
+        }
+        for key in LABEL_KEYS
+    },
+}
+LABELS_FIELD = _schema_field("LabelsField", serializers.DictField, LABELS_SCHEMA)
+
+
 def _event_variant(unit: str, metrics: list[str]) -> type[serializers.Serializer]:
     places, _codes = UNITS[unit]
     decimals = "a whole number" if places == 0 else f"at most {places} decimals"
@@ -125,6 +146,15 @@ def _event_variant(unit: str, metrics: list[str]) -> type[serializers.Serializer
             allow_null=True,
             help_text=f"Free-form JSON object, at most {MAX_METADATA_BYTES} bytes once encoded; "
             "empty when null or left out.",
+        ),
+        "labels": LABELS_FIELD(
+            required=False,
+            allow_null=True,
+            help_text="At most 4 labels, keys among "
+            + ", ".join(LABEL_KEYS)
+            + ", values of 1 to 64 characters from A-Z a-z 0-9 _ . : / -; none when null or "
+            "left out. Part of the event: a later copy of its event_id with other labels is a "
+            "duplicate.",
         ),
     }
     name = f"{unit.title()}EventSerializer"

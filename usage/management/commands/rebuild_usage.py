@@ -107,7 +107,7 @@ class Command(OpsCommand):
                 % {
                     "account": drift.external_id,
                     "metric": drift.metric,
-                    "day": drift.day.isoformat(),
+                    "day": drift.place,
                     # Exact, not in the metric's unit: a corrupt counter may hold
                     # a fraction of a token, and rounding would hide it.
                     "found": "-" if drift.found_milli is None else drift.found,
