@@ -41,7 +41,7 @@ EVENTS = [
     ("last-hour", "text_tokens", 100, {"vendor": "acme"}, "2026-12-02T13:59:59Z"),
     ("in-window", "text_tokens", 5000, {"model": "small"}, "2026-11-27T10:00:00Z"),
     ("before-window", "text_tokens", 7000, {}, "2026-11-25T22:59:59Z"),
-    ("monday", "audio_transcribed_seconds", "120.5", {}, "2026-11-29T23:30:00Z"),
+    ("monday", "audio_transcribed_seconds", 120.5, {}, "2026-11-29T23:30:00Z"),
     ("last-week", "audio_transcribed_seconds", 60, {}, "2026-11-29T22:59:59Z"),
 ]  # fmt: skip
 

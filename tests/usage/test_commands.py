@@ -220,8 +220,9 @@ def test_the_report_costs_the_same_queries_for_one_account_or_many(acme, django_
         LimitFactory(account=account)
         event_record(account, timezone.now(), 3)
 
-    # when / then: accounts, then usage (counters, extensions and limits in one query)
-    with django_assert_num_queries(2):
+    # when / then: accounts, then usage (counters, extensions and limits in one query),
+    # then which of them have scoped limits (none here)
+    with django_assert_num_queries(3):
         rows = usage_report_rows(account=None, period_code=None)
     assert len(rows) == 6 * 3
     with django_assert_num_queries(1):

@@ -182,6 +182,12 @@ def _check_variant(unit: str, metrics: list[str]) -> type[serializers.Serializer
             help_text=f"How much more would be processed, in {unit}: 0 to {MAX_QUANTITY:,}, "
             f"{decimals}; 0 when null or left out.",
         ),
+        "labels": LABELS_FIELD(
+            required=False,
+            allow_null=True,
+            help_text="The labels the usage would carry, as on events; the lines that apply "
+            "are the metric's lines whose labels these contain. None when null or left out.",
+        ),
     }
     name = f"{unit.title()}CheckSerializer"
     doc = f"A pre-flight check of a metric counted in {unit}."
