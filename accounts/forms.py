@@ -25,6 +25,15 @@ the account form: nothing is saved, account fields included. On success the vali
 document stays on the draft, and ``AccountAdmin.save_related`` hands it to
 ``backoffice.services.limits_replace``, which owns the writes and their history.
 
+Scoped limits (SPEC section 11.2) are one more part of the same document: the scoped
+limits inline (``ScopedLimitInlineFormSet``) only parses its rows, one per line, with one
+field per label key (blank: any value), and registers itself on the account being edited;
+the recipients formset asks it for its rows when it validates the whole document, and puts
+each ``scoped_limits.<index>.<field>`` error on that row's field (a label's error on that
+label's field, a list error above the inline). So the inline may come before or after the
+recipients on the page, and a scoped warning threshold without a warning recipient is
+refused (rule 4) above the recipients inline, like a monthly one.
+
 Extensions follow the same idea with their own service: ``ExtensionInlineForm`` parses a
 new extension and has ``usage.services.extension_validate`` judge it (see the form).
 """
@@ -36,11 +45,13 @@ from typing import Any
 
 from django import forms
 from django.core.exceptions import NON_FIELD_ERRORS
+from django.forms.models import construct_instance
 from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
 
+from .labels import LABEL_KEYS
 from .metrics import METRICS, MetricSpec
-from .models import Account, Language, Level, Recipient
+from .models import Account, Language, Level, Recipient, ScopedLimit
 from .selectors import limits_document_get
 from .services import (
     MSG_WARNING_NEEDS_RECIPIENT,
@@ -97,6 +108,151 @@ class LimitsDraft:
     limits: dict[str, dict[str, int | None]]
     # The whole document, set once the service accepted it; what the admin then stores.
     document: dict[str, Any] | None = field(default=None)
+
+
+def label_field_name(key: str) -> str:
+    """The scoped limits inline's field for one label key, e.g. ``label_model``."""
+    return f"label_{key}"
+
+
+def _units_help() -> Any:
+    """``seconds for Audio transcribed, Audio analyzed; tokens for Text tokens``."""
+    by_unit: dict[str, list[Any]] = {}
+    for spec in METRICS.values():
+        by_unit.setdefault(spec.unit, []).append(spec.label)
+    parts = [
+        format_lazy(
+            _("{unit} for {metrics}"),
+            unit=UNIT_LABELS.get(unit, unit),
+            metrics=format_lazy(", ".join("{}" for _label in labels), *labels),
+        )
+        for unit, labels in by_unit.items()
+    ]
+    return format_lazy(
+        _("In the metric's unit ({units}); blank = unlimited."),
+        units=format_lazy("; ".join("{}" for _part in parts), *parts),
+    )
+
+
+def _scoped_limit_form_fields() -> dict[str, forms.Field]:
+    # Bounds are the service's rules: the number fields only parse a whole number.
+    fields: dict[str, forms.Field] = {
+        "window_days": forms.IntegerField(
+            label=_("window days"),
+            required=False,
+            help_text=_("Rolling window only: 1 to 366 days."),
+            widget=forms.NumberInput(attrs={"min": 1, "step": 1, "style": "width: 5em"}),
+        ),
+    }
+    for key, name in LABEL_KEYS.items():
+        fields[label_field_name(key)] = forms.CharField(
+            label=name,
+            required=False,
+            strip=True,
+            help_text=_("Blank = any."),
+            widget=forms.TextInput(attrs={"size": 10}),
+        )
+    for level in Level.values:
+        fields[level] = forms.IntegerField(
+            label=Level(level).label,
+            required=False,
+            help_text=_units_help(),
+            widget=forms.NumberInput(attrs={"min": 0, "step": 1}),
+        )
+    return fields
+
+
+def _scoped_limit_form_init(self: forms.ModelForm, *args: Any, **kwargs: Any) -> None:
+    forms.ModelForm.__init__(self, *args, **kwargs)
+    for key, value in (self.instance.labels or {}).items():
+        self.initial.setdefault(label_field_name(key), value)
+
+
+def _scoped_limit_form_post_clean(self: forms.ModelForm) -> None:
+    # Only parse: the rules are the service's, checked with the whole document (the
+    # model's constraints would word them otherwise). The instance is filled for the
+    # admin's change message; the service writes the rows.
+    self.instance = construct_instance(self, self.instance, self._meta.fields, self._meta.exclude)
+    self.instance.labels = self.labels_typed()
+
+
+def _scoped_limit_form_labels_typed(self: forms.ModelForm) -> dict[str, Any]:
+    """The labels as typed, blank ones left out."""
+    labels = {}
+    for key in LABEL_KEYS:
+        name = label_field_name(key)
+        value = self.cleaned_data.get(name, self[name].value())
+        if value not in (None, ""):
+            labels[key] = value
+    return labels
+
+
+class _ScopedLimitMeta:
+    model = ScopedLimit
+    fields = ("metric", "period", "window_days", "warning", "blocked")
+
+
+# Built from LABEL_KEYS, so that a new label key gets its column by itself.
+ScopedLimitInlineForm = type(
+    "ScopedLimitInlineForm",
+    (forms.ModelForm,),
+    {
+        "__module__": __name__,
+        "__doc__": "One scoped limit row: parsed here, judged with the whole document.",
+        "Meta": _ScopedLimitMeta,
+        "__init__": _scoped_limit_form_init,
+        "_post_clean": _scoped_limit_form_post_clean,
+        "labels_typed": _scoped_limit_form_labels_typed,
+        **_scoped_limit_form_fields(),
+    },
+)
+
+
+class ScopedLimitInlineFormSet(forms.BaseInlineFormSet):
+    """The scoped limits inline; its rows are judged by the recipients formset, with the
+    whole document (see the module doc). It never writes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.instance._scoped_limits_formset = self
+
+    def rows(self) -> list[tuple[forms.Form, dict[str, Any]]]:
+        """``(form, item)`` per row to submit, in page order: untouched extra rows and
+        deleted rows left out, a row that failed to parse submitted as typed."""
+        self.errors  # noqa: B018 (parses every row, once)
+        rows = []
+        for form in self.forms:
+            if self.can_delete and self._should_delete_form(form):
+                continue
+            if form in self.extra_forms and not form.has_changed():
+                continue
+            item: dict[str, Any] = {}
+            for name in ("metric", "period", "window_days", *Level.values):
+                value = form.cleaned_data.get(name, form[name].value())
+                if value in (None, "") and name in ("metric", "period"):
+                    continue  # left out: the service says it is required
+                item[name] = None if value == "" else value
+            item["labels"] = form.labels_typed()
+            rows.append((form, item))
+        # The service's errors name rows by their index in this list (``place_error``).
+        self._rows_submitted = rows
+        return rows
+
+    def place_error(self, index: int, path: list[str], message: Any) -> None:
+        """Show the service's error at ``scoped_limits.<index>.<path>`` on that row."""
+        form = self._rows_submitted[index][0]
+        if path[:1] == ["labels"] and len(path) == 2 and path[1] in LABEL_KEYS:
+            name: str | None = label_field_name(path[1])
+        elif len(path) == 1 and path[0] in form.fields:
+            name = path[0]
+        else:
+            name = None
+        if name is not None and form.has_error(name):
+            return  # the field could not be parsed and says so already
+        form.add_error(name, message)
+
+    def add_list_error(self, message: Any) -> None:
+        self.non_form_errors().append(message)
 
 
 class AccountAdminForm(forms.ModelForm):
@@ -201,6 +357,15 @@ class RecipientInlineFormSet(forms.BaseInlineFormSet):
                 level: [row.item for row in rows if row.level == level] for level in Level.values
             },
         }
+        scoped: ScopedLimitInlineFormSet | None = getattr(
+            self.instance, "_scoped_limits_formset", None
+        )
+        if scoped is not None:
+            data["scoped_limits"] = [item for _form, item in scoped.rows()]
+        elif not self.instance._state.adding:
+            # Not edited on this page: kept as they are.
+            stored = limits_document_get(account=self.instance).as_data()
+            data["scoped_limits"] = stored["scoped_limits"]
         try:
             limits_document_validate(account=self.instance, data=data)
         except AccountNotEnterprise as refused:
@@ -208,7 +373,7 @@ class RecipientInlineFormSet(forms.BaseInlineFormSet):
             draft.form.add_error(None, refused.message)
         except LimitsInvalid as refused:
             self.document_refused = True
-            list_errors = self._place_errors(refused, draft.form, rows)
+            list_errors = self._place_errors(refused, draft.form, rows, scoped)
             if list_errors:
                 raise forms.ValidationError(list_errors) from None
         else:
@@ -245,13 +410,21 @@ class RecipientInlineFormSet(forms.BaseInlineFormSet):
 
     @staticmethod
     def _place_errors(
-        refused: LimitsInvalid, account_form: AccountAdminForm, rows: list[_Row]
+        refused: LimitsInvalid,
+        account_form: AccountAdminForm,
+        rows: list[_Row],
+        scoped: ScopedLimitInlineFormSet | None,
     ) -> list[Any]:
         """Put each error where it belongs; return those about a whole recipient list."""
         list_errors = []
         for dotted, message in refused.messages():
             path = dotted.split(".")
-            if path[0] == "limits":
+            if path[0] == "scoped_limits" and scoped is not None:
+                if len(path) >= 3 and path[1].isdigit():
+                    scoped.place_error(int(path[1]), path[2:], message)
+                else:
+                    scoped.add_list_error(message)
+            elif path[0] == "limits":
                 account_form.add_limits_error(path, message)
             elif path[0] == "recipients" and len(path) == 2:
                 list_errors.append(message)

@@ -9,11 +9,14 @@ from functools import cache
 from django.core.exceptions import ValidationError
 from django.core.validators import EmailValidator, MaxLengthValidator
 from django.db import models
-from django.db.models.functions import Lower
+from django.db.models.functions import Coalesce, Lower
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 from simple_history.models import HistoricalRecords
 
-from .metrics import Metric
+from .labels import labels_text
+from .metrics import METRICS, Metric
+from .windows import MAX_ROLLING_DAYS, PeriodKind
 
 
 @cache
@@ -142,6 +145,97 @@ class Limit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.metric}: warning={self.warning} blocked={self.blocked}"
+
+
+# The longest ``labels_key``: four pairs of the longest key and value, with separators.
+LABELS_KEY_MAX_LENGTH = 320
+# At most this many scoped limits per account (SPEC section 11.2), checked by the service.
+MAX_SCOPED_LIMITS = 50
+
+
+class ScopedLimit(models.Model):
+    """One scoped limit of an account (SPEC section 11.2): the thresholds of a metric over a
+    period kind, for the events whose labels contain ``labels``; ``None`` means no threshold.
+
+    ``window_days`` is set for ``rolling`` only; ``labels_key`` is ``labels`` written
+    canonically (``accounts.labels.labels_key``), under which a line is unique. ``position``
+    keeps the order the lines were given in. Written by ``accounts.services`` only.
+    """
+
+    account = models.ForeignKey(
+        Account, on_delete=models.CASCADE, related_name="scoped_limits", verbose_name=_("account")
+    )
+    metric = models.CharField(_("metric"), max_length=64, choices=Metric.choices)
+    period = models.CharField(_("period"), max_length=16, choices=PeriodKind.choices)
+    window_days = models.PositiveSmallIntegerField(_("window days"), null=True, blank=True)
+    labels = models.JSONField(_("labels"), default=dict, blank=True)
+    labels_key = models.CharField(
+        _("labels key"), max_length=LABELS_KEY_MAX_LENGTH, blank=True, default=""
+    )
+    warning = models.PositiveBigIntegerField(_("warning threshold"), null=True, blank=True)
+    blocked = models.PositiveBigIntegerField(_("blocked threshold"), null=True, blank=True)
+    position = models.PositiveSmallIntegerField(_("position"), default=0)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        verbose_name = _("scoped limit")
+        verbose_name_plural = _("scoped limits")
+        ordering = ["account_id", "position", "id"]
+        constraints = [
+            # NULL window days would be distinct from one another in a plain unique index.
+            models.UniqueConstraint(
+                "account",
+                "metric",
+                "period",
+                Coalesce("window_days", models.Value(0)),
+                "labels_key",
+                name="scoped_limit_one_per_line",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(warning__isnull=True)
+                | models.Q(blocked__isnull=True)
+                | models.Q(warning__lt=models.F("blocked")),
+                name="scoped_limit_warning_below_blocked",
+            ),
+            models.CheckConstraint(
+                # ``isnull=False`` spelled out: a CHECK whose condition is NULL passes.
+                condition=models.Q(
+                    period=PeriodKind.ROLLING,
+                    window_days__isnull=False,
+                    window_days__gte=1,
+                    window_days__lte=MAX_ROLLING_DAYS,
+                )
+                | (~models.Q(period=PeriodKind.ROLLING) & models.Q(window_days__isnull=True)),
+                name="scoped_limit_window_days_iff_rolling",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(period=PeriodKind.MONTH, labels_key=""),
+                name="scoped_limit_month_has_labels",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.line_text()
+
+    def line_text(self) -> str:
+        """The line for people: ``Text tokens, Day (Model: large)``."""
+        spec = METRICS.get(self.metric)
+        text = f"{spec.label if spec else self.metric}, {self.period_text()}"
+        return f"{text} ({labels_text(self.labels)})" if self.labels else text
+
+    def period_text(self) -> str:
+        if self.period == PeriodKind.ROLLING:
+            return ngettext(
+                "Rolling window of %(days)s day",
+                "Rolling window of %(days)s days",
+                self.window_days,
+            ) % {"days": self.window_days}
+        try:
+            return PeriodKind(self.period).label
+        except ValueError:
+            return self.period
 
 
 class Recipient(models.Model):

@@ -9,8 +9,10 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 
+from .labels import labels_key
 from .metrics import METRICS
-from .models import Account, Level
+from .models import Account, Level, Limit, ScopedLimit
+from .windows import PeriodKind
 
 
 @dataclass(frozen=True)
@@ -32,18 +34,48 @@ class RecipientSpec:
 
 
 @dataclass(frozen=True)
+class ScopedLimitSpec:
+    """One scoped limit of a limits document (SPEC section 11.2); ``None``: no threshold."""
+
+    metric: str
+    period: str
+    window_days: int | None
+    labels: dict[str, str]
+    warning: int | None = None
+    blocked: int | None = None
+
+    @property
+    def identity(self) -> tuple[str, str, int | None, str]:
+        """What makes a line unique within an account: metric, period, window, labels."""
+        return (self.metric, self.period, self.window_days, labels_key(self.labels))
+
+    def as_data(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "period": self.period,
+            "window_days": self.window_days,
+            "labels": dict(self.labels),
+            "warning": self.warning,
+            "blocked": self.blocked,
+        }
+
+
+@dataclass(frozen=True)
 class LimitsDocument:
-    """An account's limits: every metric, and both recipient lists."""
+    """An account's limits: every metric, both recipient lists and the scoped limits."""
 
     limits: dict[str, Thresholds]
     recipients: dict[str, tuple[RecipientSpec, ...]]
+    scoped_limits: tuple[ScopedLimitSpec, ...] = ()
     account_id: uuid.UUID | None = None
     updated_at: datetime | None = field(default=None, compare=False)
 
     @property
     def is_empty(self) -> bool:
-        return all(t.is_unlimited for t in self.limits.values()) and not any(
-            self.recipients.values()
+        return (
+            all(t.is_unlimited for t in self.limits.values())
+            and not any(self.recipients.values())
+            and not self.scoped_limits
         )
 
     def as_data(self) -> dict[str, Any]:
@@ -57,11 +89,13 @@ class LimitsDocument:
                 level: [{"email": r.email, "language": r.language} for r in specs]
                 for level, specs in self.recipients.items()
             },
+            "scoped_limits": [spec.as_data() for spec in self.scoped_limits],
         }
 
 
 def limits_document_get(*, account: Account) -> LimitsDocument:
-    """The account's current limits document, every metric and both lists included."""
+    """The account's current limits document, every metric, both lists and the scoped
+    limits (in their order) included."""
     stored = {row.metric: row for row in account.limits.all()}
     limits = {
         code: Thresholds(warning=stored[code].warning, blocked=stored[code].blocked)
@@ -75,12 +109,73 @@ def limits_document_get(*, account: Account) -> LimitsDocument:
     updated_at = (
         Account.objects.filter(pk=account.pk).values_list("limits_updated_at", flat=True).first()
     )
+    scoped = tuple(
+        ScopedLimitSpec(
+            metric=row.metric,
+            period=row.period,
+            window_days=row.window_days,
+            labels=dict(row.labels),
+            warning=row.warning,
+            blocked=row.blocked,
+        )
+        for row in ScopedLimit.objects.filter(account=account).order_by("position", "id")
+    )
     return LimitsDocument(
         limits=limits,
         recipients={level: tuple(specs) for level, specs in recipients.items()},
+        scoped_limits=scoped,
         account_id=account.pk,
         updated_at=updated_at,
     )
+
+
+@dataclass(frozen=True)
+class LimitLine:
+    """One limit line of an account (SPEC section 11.3): a whole-metric monthly limit
+    (``scoped_limit_id`` ``None``) or a scoped limit; ``None`` thresholds: no threshold."""
+
+    metric: str
+    period: PeriodKind
+    window_days: int | None
+    labels: dict[str, str]
+    warning: int | None
+    blocked: int | None
+    scoped_limit_id: int | None = None
+
+
+def limit_lines(*, account: Account) -> list[LimitLine]:
+    """Every limit line of ``account``: the monthly line of each metric (always, in METRICS
+    order, unlimited when not set), then each scoped limit in its order. Two queries."""
+    stored = {
+        metric: (warning, blocked)
+        for metric, warning, blocked in Limit.objects.filter(account=account).values_list(
+            "metric", "warning", "blocked"
+        )
+    }
+    lines = [
+        LimitLine(
+            metric=metric,
+            period=PeriodKind.MONTH,
+            window_days=None,
+            labels={},
+            warning=stored.get(metric, (None, None))[0],
+            blocked=stored.get(metric, (None, None))[1],
+        )
+        for metric in METRICS
+    ]
+    lines.extend(
+        LimitLine(
+            metric=row.metric,
+            period=PeriodKind(row.period),
+            window_days=row.window_days,
+            labels=dict(row.labels),
+            warning=row.warning,
+            blocked=row.blocked,
+            scoped_limit_id=row.pk,
+        )
+        for row in ScopedLimit.objects.filter(account=account).order_by("position", "id")
+    )
+    return lines
 
 
 def account_get_by_reference(*, reference: str) -> Account | None:

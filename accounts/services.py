@@ -21,18 +21,28 @@ from django.db import transaction
 from django.utils.translation import gettext_lazy as _
 from knox.models import AuthToken
 
+from .labels import labels_key, labels_parse
 from .metrics import METRICS
 from .models import (
+    MAX_SCOPED_LIMITS,
     Account,
     Language,
     Level,
     Limit,
     Recipient,
+    ScopedLimit,
     TokenAccount,
     validate_recipient_email,
 )
 from .roles import USAGE_SERVICES
-from .selectors import LimitsDocument, RecipientSpec, Thresholds, limits_document_get
+from .selectors import (
+    LimitsDocument,
+    RecipientSpec,
+    ScopedLimitSpec,
+    Thresholds,
+    limits_document_get,
+)
+from .windows import PeriodKind, period_kind, window_days_check
 
 MAX_THRESHOLD = 10**15
 MAX_RECIPIENTS_PER_LEVEL = 50
@@ -44,6 +54,17 @@ MSG_WARNING_NEEDS_RECIPIENT = _(
 )
 MSG_WARNING_NOT_BELOW_BLOCKED = _("The warning threshold must be lower than the blocked threshold.")
 MSG_NOT_ENTERPRISE = _("Limits can only be defined for an Enterprise account.")
+MSG_UNKNOWN_FIELD = _("Unknown field.")
+MSG_REQUIRED = _("This field is required.")
+MSG_NOT_NULL = _("This field may not be null.")
+MSG_MONTH_NEEDS_LABELS = _(
+    "A monthly limit of a whole metric is set in “limits”: give labels, or another period."
+)
+MSG_DUPLICATE_LINE = _(
+    "This scoped limit is already in the list (same metric, period, window days and labels)."
+)
+SCOPED_LIMIT_FIELDS = ("metric", "period", "window_days", "labels", "warning", "blocked")
+DOCUMENT_FIELDS = ("limits", "recipients", "scoped_limits")
 
 Errors = dict[Any, Any]
 
@@ -83,8 +104,10 @@ class AccountNotEnterprise(Exception):
 @dataclass
 class _ErrorCollector:
     errors: Errors
+    count: int = 0
 
     def add(self, path: tuple[Any, ...], message: Any) -> None:
+        self.count += 1
         node = self.errors
         for key in path[:-1]:
             node = node.setdefault(key, {})
@@ -128,7 +151,7 @@ def _parse_limits(data: Any, collect: _ErrorCollector) -> dict[str, Thresholds]:
             continue
         for key in thresholds:
             if key not in Level.values:
-                collect.add(("limits", metric, key), _("Unknown field."))
+                collect.add(("limits", metric, key), MSG_UNKNOWN_FIELD)
         warning, warning_error = _parse_threshold(thresholds.get(Level.WARNING))
         blocked, blocked_error = _parse_threshold(thresholds.get(Level.BLOCKED))
         if warning_error:
@@ -153,11 +176,11 @@ def _parse_recipient(
     ok = True
     for key in item:
         if key not in ("email", "language"):
-            collect.add((*path, key), _("Unknown field."))
+            collect.add((*path, key), MSG_UNKNOWN_FIELD)
             ok = False
     email = item.get("email")
     if email is None or email == "":
-        collect.add((*path, "email"), _("This field is required."))
+        collect.add((*path, "email"), MSG_REQUIRED)
         ok = False
     elif not isinstance(email, str):
         collect.add((*path, "email"), _("Enter a valid email address."))
@@ -172,7 +195,7 @@ def _parse_recipient(
     # Left out, the account's language; given, it must be one (null or "" is refused).
     language = item.get("language", default_language)
     if language is None:
-        collect.add((*path, "language"), _("This field may not be null."))
+        collect.add((*path, "language"), MSG_NOT_NULL)
         ok = False
     elif language == "":
         collect.add((*path, "language"), _("This field may not be blank."))
@@ -237,6 +260,105 @@ def _parse_recipients(
     return parsed
 
 
+def _parse_scoped_limit(
+    item: Any, path: tuple[Any, ...], collect: _ErrorCollector
+) -> ScopedLimitSpec | None:
+    """One scoped limit (SPEC section 11.2), or ``None`` after reporting what is wrong."""
+    if not isinstance(item, Mapping):
+        collect.add(
+            (*path, "non_field_errors"),
+            _("Expected an object with “metric”, “period”, “labels” and thresholds."),
+        )
+        return None
+    errors_before = collect.count
+    for key in item:
+        if key not in SCOPED_LIMIT_FIELDS:
+            collect.add((*path, key), MSG_UNKNOWN_FIELD)
+    metric = item.get("metric")
+    if "metric" not in item:
+        collect.add((*path, "metric"), MSG_REQUIRED)
+    elif metric is None:
+        collect.add((*path, "metric"), MSG_NOT_NULL)
+    elif not isinstance(metric, str) or metric not in METRICS:
+        collect.add(
+            (*path, "metric"),
+            _("Unknown metric. Expected one of: %(metrics)s.") % {"metrics": ", ".join(METRICS)},
+        )
+    period: PeriodKind | None = None
+    if "period" not in item:
+        collect.add((*path, "period"), MSG_REQUIRED)
+    elif item["period"] is None:
+        collect.add((*path, "period"), MSG_NOT_NULL)
+    else:
+        try:
+            period = period_kind(item["period"])
+        except ValueError as refused:
+            collect.add((*path, "period"), refused.args[0])
+    window_days = item.get("window_days")
+    if period is not None:
+        try:
+            window_days_check(period, window_days)
+        except ValueError as refused:
+            collect.add((*path, "window_days"), refused.args[0])
+    labels, label_errors = labels_parse(item.get("labels"))
+    if isinstance(label_errors, dict):
+        for key, messages in label_errors.items():
+            for message in messages:
+                collect.add((*path, "labels", key), message)
+    elif label_errors:
+        for message in label_errors:
+            collect.add((*path, "labels"), message)
+    elif period == PeriodKind.MONTH and not labels:
+        collect.add((*path, "labels"), MSG_MONTH_NEEDS_LABELS)
+    warning, warning_error = _parse_threshold(item.get(Level.WARNING))
+    blocked, blocked_error = _parse_threshold(item.get(Level.BLOCKED))
+    if warning_error:
+        collect.add((*path, Level.WARNING.value), warning_error)
+    if blocked_error:
+        collect.add((*path, Level.BLOCKED.value), blocked_error)
+    if warning is not None and blocked is not None and warning >= blocked:
+        collect.add((*path, Level.WARNING.value), MSG_WARNING_NOT_BELOW_BLOCKED)
+    if collect.count > errors_before:
+        return None
+    return ScopedLimitSpec(
+        metric=metric,
+        period=period.value,
+        window_days=window_days,
+        labels=dict(sorted(labels.items())),
+        warning=warning,
+        blocked=blocked,
+    )
+
+
+def _parse_scoped_limits(data: Any, collect: _ErrorCollector) -> tuple[ScopedLimitSpec, ...]:
+    """The scoped limits, in the order given; refused past ``MAX_SCOPED_LIMITS`` or when a
+    line comes twice (the later one is named)."""
+    if data is None:
+        return ()
+    if not isinstance(data, list):
+        collect.add(("scoped_limits",), _("Expected a list of scoped limits."))
+        return ()
+    if len(data) > MAX_SCOPED_LIMITS:
+        collect.add(
+            ("scoped_limits",),
+            _("Ensure this list has at most %(limit)s scoped limits.")
+            % {"limit": MAX_SCOPED_LIMITS},
+        )
+        return ()
+    seen: set[tuple[str, str, int | None, str]] = set()
+    specs: list[ScopedLimitSpec] = []
+    for index, item in enumerate(data):
+        spec = _parse_scoped_limit(item, ("scoped_limits", index), collect)
+        if spec is None:
+            continue
+        if spec.identity in seen:
+            collect.add(("scoped_limits", index, "non_field_errors"), MSG_DUPLICATE_LINE)
+            continue
+        seen.add(spec.identity)
+        specs.append(spec)
+    return tuple(specs)
+
+
 def _keeps_or_clears(*, account: Account, document: LimitsDocument) -> bool:
     """Whether ``document`` only keeps or clears what ``account`` has stored: no new threshold,
     no changed one, no new or changed recipient."""
@@ -251,17 +373,26 @@ def _keeps_or_clears(*, account: Account, document: LimitsDocument) -> bool:
             return False
         if thresholds.blocked not in (None, kept.blocked):
             return False
+    stored_lines = {line.identity: line for line in stored.scoped_limits}
+    for line in document.scoped_limits:
+        kept = stored_lines.get(line.identity)
+        if kept is None:
+            return False
+        if line.warning not in (None, kept.warning) or line.blocked not in (None, kept.blocked):
+            return False
     return all(
         set(specs) <= set(stored.recipients[level]) for level, specs in document.recipients.items()
     )
 
 
 def limits_document_validate(*, account: Account, data: Any) -> LimitsDocument:
-    """Check a whole limits document against SPEC section 3, rules 1 to 6.
+    """Check a whole limits document against SPEC section 3, rules 1 to 6, and section 11.2.
 
     ``data`` is JSON-like: ``{"limits": {metric: {"warning", "blocked"}}, "recipients":
-    {"warning": [{"email", "language"}], "blocked": [...]}}``; metrics and lists left out
-    are unlimited and empty. Raises ``LimitsInvalid`` or ``AccountNotEnterprise``.
+    {"warning": [{"email", "language"}], "blocked": [...]}, "scoped_limits": [{"metric",
+    "period", "window_days", "labels", "warning", "blocked"}]}``; metrics and lists left out
+    are unlimited and empty. Errors are keyed by field path (``scoped_limits.2.warning``);
+    rule 4 is keyed ``recipients.warning`` whichever line has the warning threshold. Raises ``LimitsInvalid`` or ``AccountNotEnterprise``.
     Limits are only set for Enterprise accounts; an account on another plan may keep its
     stored limits (inactive, see ``usage.selectors.usage_for``) or clear them, in whole or
     in part, but not set or change any.
@@ -271,11 +402,14 @@ def limits_document_validate(*, account: Account, data: Any) -> LimitsDocument:
         collect.add(("non_field_errors",), _("Expected an object with “limits” and “recipients”."))
         raise LimitsInvalid(collect.errors)
     for key in data:
-        if key not in ("limits", "recipients") and key not in READ_ONLY_KEYS:
-            collect.add((key,), _("Unknown field."))
+        if key not in DOCUMENT_FIELDS and key not in READ_ONLY_KEYS:
+            collect.add((key,), MSG_UNKNOWN_FIELD)
     limits = _parse_limits(data.get("limits"), collect)
     recipients = _parse_recipients(data.get("recipients"), account.language, collect)
-    has_warning = any(t.warning is not None for t in limits.values())
+    scoped_limits = _parse_scoped_limits(data.get("scoped_limits"), collect)
+    has_warning = any(t.warning is not None for t in limits.values()) or any(
+        line.warning is not None for line in scoped_limits
+    )
     # A warning list that could not be read says so already; rule 4 would only add noise.
     recipient_errors = collect.errors.get("recipients", {})
     warning_list_broken = (
@@ -285,14 +419,15 @@ def limits_document_validate(*, account: Account, data: Any) -> LimitsDocument:
         collect.add(("recipients", Level.WARNING.value), MSG_WARNING_NEEDS_RECIPIENT)
     if collect.errors:
         raise LimitsInvalid(collect.errors)
-    document = LimitsDocument(limits=limits, recipients=recipients)
+    document = LimitsDocument(limits=limits, recipients=recipients, scoped_limits=scoped_limits)
     if not account.is_enterprise and not _keeps_or_clears(account=account, document=document):
         raise AccountNotEnterprise()
     return document
 
 
 def limits_document_merge(*, current: LimitsDocument, patch: Any) -> Any:
-    """Apply a JSON merge patch (RFC 7396) on ``limits``; a recipient list given replaces it.
+    """Apply a JSON merge patch (RFC 7396) on ``limits``; a recipient list given replaces it,
+    and so do ``scoped_limits`` given (left out, they stay as they are).
 
     Returns the merged JSON-like document, still to be validated.
     """
@@ -315,7 +450,9 @@ def limits_document_merge(*, current: LimitsDocument, patch: Any) -> Any:
     return merged
 
 
-def _attribute(row: Limit | Recipient, actor: AbstractBaseUser | None, reason: str) -> Any:
+def _attribute(
+    row: Limit | Recipient | ScopedLimit, actor: AbstractBaseUser | None, reason: str
+) -> Any:
     """Tell django-simple-history who makes the next change of ``row``, and through what."""
     row._history_user = actor
     row._change_reason = reason
@@ -358,6 +495,45 @@ def _limits_write(
         elif (row.email, row.language) == (spec.email, spec.language):
             continue
         row.email, row.language = spec.email, spec.language
+        _attribute(row, actor, reason).save()
+        changed = True
+    return (
+        _scoped_limits_write(account=account, document=document, actor=actor, reason=reason)
+        or changed
+    )
+
+
+def _scoped_limits_write(
+    *, account: Account, document: LimitsDocument, actor: AbstractBaseUser | None, reason: str
+) -> bool:
+    """Store the document's scoped limits: a line kept (same metric, period, window days and
+    labels) keeps its row and history; returns whether anything changed."""
+    changed = False
+    existing = {
+        (row.metric, row.period, row.window_days, row.labels_key): row
+        for row in account.scoped_limits.all()
+    }
+    wanted = {
+        line.identity: (position, line) for position, line in enumerate(document.scoped_limits)
+    }
+    for identity, row in existing.items():
+        if identity not in wanted:
+            _attribute(row, actor, reason).delete()
+            changed = True
+    for identity, (position, line) in wanted.items():
+        row = existing.get(identity)
+        if row is None:
+            row = ScopedLimit(
+                account=account,
+                metric=line.metric,
+                period=line.period,
+                window_days=line.window_days,
+                labels=line.labels,
+                labels_key=labels_key(line.labels),
+            )
+        elif (row.warning, row.blocked, row.position) == (line.warning, line.blocked, position):
+            continue
+        row.warning, row.blocked, row.position = line.warning, line.blocked, position
         _attribute(row, actor, reason).save()
         changed = True
     return changed

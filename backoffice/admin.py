@@ -45,11 +45,15 @@ from accounts.forms import (
     LimitsDraft,
     RecipientInlineForm,
     RecipientInlineFormSet,
+    ScopedLimitInlineForm,
+    ScopedLimitInlineFormSet,
+    label_field_name,
     limit_field_names,
     limit_field_rows,
 )
+from accounts.labels import LABEL_KEYS, labels_text
 from accounts.metrics import METRICS
-from accounts.models import Account, Level, Recipient
+from accounts.models import Account, Level, Recipient, ScopedLimit
 from accounts.selectors import limits_document_get
 from backoffice.services import extensions_grant, limits_reactivate, limits_replace
 from notifications.admin import (
@@ -318,6 +322,80 @@ class RecipientInline(admin.TabularInline):
         return can_edit_limits(request.user)
 
 
+class ScopedLimitInline(admin.TabularInline):
+    """The scoped limits (SPEC section 11.2): one row per line, in their order, with one
+    field per label key (blank: any value). Part of the limits document, like recipients:
+    editable exactly when the limits are, judged and written with the whole document."""
+
+    model = ScopedLimit
+    form = ScopedLimitInlineForm
+    formset = ScopedLimitInlineFormSet
+    extra = 0
+    verbose_name = _("scoped limit")
+    verbose_name_plural = _(
+        "Scoped limits: other periods, rolling windows, labels (in the account's time zone)"
+    )
+    readonly_view_fields = (
+        "metric",
+        "period_display",
+        "labels_display",
+        "warning_display",
+        "blocked_display",
+    )
+
+    def get_fields(self, request: HttpRequest, obj: Model | None = None) -> list[str]:
+        if not can_edit_limits(request.user):
+            return list(self.readonly_view_fields)
+        return [
+            "metric",
+            "period",
+            "window_days",
+            *(label_field_name(key) for key in LABEL_KEYS),
+            *Level.values,
+        ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> Sequence:
+        return () if can_edit_limits(request.user) else self.readonly_view_fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ScopedLimit]:
+        return super().get_queryset(request).order_by("position", "id")
+
+    @admin.display(description=_("period"))
+    def period_display(self, obj: ScopedLimit) -> str:
+        return obj.period_text()
+
+    @admin.display(description=_("labels"))
+    def labels_display(self, obj: ScopedLimit) -> str:
+        return labels_text(obj.labels) or gettext("any")
+
+    @staticmethod
+    def _threshold_with_unit(value: int | None, metric: str) -> str:
+        if value is None:
+            return gettext("unlimited")
+        spec = METRICS[metric]
+        return f"{threshold_text(value, metric)} {UNIT_LABELS.get(spec.unit, spec.unit)}"
+
+    @admin.display(description=_("warning threshold"))
+    def warning_display(self, obj: ScopedLimit) -> str:
+        return self._threshold_with_unit(obj.warning, obj.metric)
+
+    @admin.display(description=_("blocked threshold"))
+    def blocked_display(self, obj: ScopedLimit) -> str:
+        return self._threshold_with_unit(obj.blocked, obj.metric)
+
+    def has_view_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return request.user.has_perm("accounts.view_limit") or can_edit_limits(request.user)
+
+    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return can_edit_limits(request.user)
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return can_edit_limits(request.user)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return can_edit_limits(request.user)
+
+
 class ExtensionInline(admin.TabularInline):
     """The account's extensions: granted ones read-only, new ones for the current period.
 
@@ -351,7 +429,7 @@ class ExtensionInline(admin.TabularInline):
 @admin.register(Account)
 class AccountAdmin(SimpleHistoryAdmin):
     form = AccountAdminForm
-    inlines = [RecipientInline, ExtensionInline, NotificationInline]
+    inlines = [ScopedLimitInline, RecipientInline, ExtensionInline, NotificationInline]
     actions = [evaluate_thresholds_now, send_test_notification]
     # Then the status and one usage bar per metric (``get_list_display``).
     list_display = ("name", "external_id", "plan")
@@ -493,7 +571,7 @@ class AccountAdmin(SimpleHistoryAdmin):
         form.save_m2m()
         extensions = []
         for formset in formsets:
-            if isinstance(formset, RecipientInlineFormSet):
+            if isinstance(formset, (RecipientInlineFormSet, ScopedLimitInlineFormSet)):
                 # Writes nothing: fills what the admin's change message lists.
                 formset.save(commit=False)
             elif formset.model is Extension:

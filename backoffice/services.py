@@ -21,7 +21,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from accounts.models import Account, Plan, validate_timezone
+from accounts.models import Account, Level, Plan, validate_timezone
 from accounts.selectors import LimitsDocument, limits_document_get
 from accounts.services import _limits_write, limits_document_merge, limits_document_validate
 from notifications.services import crossings_record, thresholds_evaluate
@@ -63,6 +63,67 @@ def limits_patch(
         account = Account.objects.select_for_update(no_key=True).get(pk=account.pk)
         merged = limits_document_merge(current=limits_document_get(account=account), patch=data)
         return limits_replace(account=account, data=merged, actor=actor, reason=reason)
+
+
+# A threshold ``scoped_limit_set`` leaves as it is (or unlimited, on a new line).
+KEEP: Any = object()
+
+
+class ScopedLimitNotFound(Exception):
+    """``scoped_limit_set(clear=True)`` named a line the account does not have."""
+
+    def __init__(self) -> None:
+        self.message = _("The account has no such scoped limit to remove.")
+        super().__init__(str(self.message))
+
+
+def scoped_limit_set(
+    *,
+    account: Account,
+    metric: Any,
+    period: Any,
+    window_days: Any = None,
+    labels: Mapping[str, Any] | None = None,
+    warning: Any = KEEP,
+    blocked: Any = KEEP,
+    clear: bool = False,
+    patch: Mapping[str, Any] | None = None,
+    actor: AbstractBaseUser | None = None,
+    reason: str = "",
+) -> LimitsDocument:
+    """Set one scoped limit, named by metric, period, window days and labels (``set_limits``).
+
+    A threshold left as ``KEEP`` keeps its value on an existing line and is unlimited on a
+    new one; ``clear`` removes the line (``ScopedLimitNotFound`` if there is none). ``patch``
+    is applied with it (e.g. recipient lists). The whole document then goes through
+    ``limits_patch``: same rules, same messages, refused whole.
+    """
+    target = {
+        "metric": metric,
+        "period": period,
+        "window_days": window_days,
+        "labels": dict(labels or {}),
+    }
+    with transaction.atomic():
+        account = Account.objects.select_for_update(no_key=True).get(pk=account.pk)
+        lines = [line.as_data() for line in limits_document_get(account=account).scoped_limits]
+        index = next(
+            (i for i, line in enumerate(lines) if all(line[k] == v for k, v in target.items())),
+            None,
+        )
+        if clear:
+            if index is None:
+                raise ScopedLimitNotFound()
+            del lines[index]
+        else:
+            if index is None:
+                lines.append({**target, "warning": None, "blocked": None})
+                index = len(lines) - 1
+            for level, value in ((Level.WARNING.value, warning), (Level.BLOCKED.value, blocked)):
+                if value is not KEEP:
+                    lines[index][level] = value
+        data = {**(patch or {}), "scoped_limits": lines}
+        return limits_patch(account=account, data=data, actor=actor, reason=reason)
 
 
 def limits_reactivate(*, account: Account, previous_plan: str) -> list[int]:

@@ -208,6 +208,7 @@ SPECTACULAR_SETTINGS = {
         "MetricEnum": "usage.api.serializers.METRIC_CHOICES",
         "SecondsMetricEnum": "usage.api.serializers.SECONDS_METRICS",
         "TokensMetricEnum": "usage.api.serializers.TOKENS_METRICS",
+        "PeriodEnum": "accounts.windows.PeriodKind.values",
     },
     # Swagger UI served from our own static files, not a CDN: the docs work offline.
     "SWAGGER_UI_DIST": "SIDECAR",

@@ -32,6 +32,7 @@ from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.renderers import OpenApiJsonRenderer
 from hypothesis import HealthCheck, settings
 
+from accounts.labels import VALUE as LABEL_VALUE
 from accounts.models import Plan
 from accounts.roles import ACCOUNT_MANAGERS
 from tests.factories import AccountFactory, UserFactory
@@ -65,13 +66,13 @@ def _limits_keep_valid(body: Any) -> None:
     """A limits document that breaks no rule whatever is stored (SPEC section 3).
 
     The rules the schema states in words only: warning < blocked when both are set (rule 3),
-    a warning threshold needs a warning recipient, stored or given (rule 4), and an address
-    is once per list, compared without case. Metrics given get both thresholds, so that a
+    a warning threshold needs a warning recipient, stored or given (rule 4), an address
+    is once per list, compared without case, and those of scoped limits (SPEC 11.2). Metrics given get both thresholds, so that a
     ``PATCH`` cannot pair a new warning with a stored, lower blocked threshold.
     """
     if not isinstance(body, dict):
         return
-    any_warning = False
+    any_warning = _scoped_limits_keep_valid(body)
     limits = body.get("limits")
     for thresholds in limits.values() if isinstance(limits, dict) else []:
         if not isinstance(thresholds, dict):
@@ -100,6 +101,49 @@ def _limits_keep_valid(body: Any) -> None:
             recipients = body["recipients"] = {}
         if not recipients.get("warning"):
             recipients["warning"] = [{"email": "pm@example.com", "language": "en"}]
+
+
+def _scoped_limits_keep_valid(body: dict) -> bool:
+    """Scoped limits that break no rule of SPEC 11.2 the schema states in words only:
+    ``window_days`` with ``rolling`` alone, labels on a month, each line once, warning <
+    blocked, and label values that match their pattern whole (a generated value may end in
+    a newline, which ``$`` lets through). Returns whether a line has a warning threshold."""
+    lines = body.get("scoped_limits")
+    if not isinstance(lines, list):
+        return False
+    kept, seen = [], set()
+    for line in lines:
+        if not isinstance(line, dict):
+            kept.append(line)
+            continue
+        if line.get("period") == "rolling":
+            if not isinstance(line.get("window_days"), int):
+                line["window_days"] = 7
+        else:
+            line["window_days"] = None
+        labels = line.get("labels")
+        if isinstance(labels, dict):
+            for key, value in labels.items():
+                if not isinstance(value, str) or not LABEL_VALUE.fullmatch(value):
+                    labels[key] = "x"
+        if line.get("period") == "month" and not labels:
+            labels = line["labels"] = {"model": "x"}
+        warning, blocked = line.get("warning"), line.get("blocked")
+        if isinstance(warning, int) and isinstance(blocked, int) and warning >= blocked:
+            line["warning"] = blocked - 1 if blocked > 0 else None
+        identity = (
+            line.get("metric"),
+            line.get("period"),
+            line.get("window_days"),
+            # Left out and null are no labels, as {} is.
+            tuple(sorted(labels.items())) if isinstance(labels, dict) else (),
+        )
+        if identity in seen:
+            continue
+        seen.add(identity)
+        kept.append(line)
+    body["scoped_limits"] = kept
+    return any(isinstance(line, dict) and line.get("warning") is not None for line in kept)
 
 
 def _event_keep_valid(event: Any) -> None:

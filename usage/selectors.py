@@ -15,12 +15,14 @@ from zoneinfo import ZoneInfo
 from django.db import connection
 from django.db.models import Max, Q, QuerySet, Sum
 from django.utils import timezone
+from django.utils.text import format_lazy
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from accounts.forms import limit_label
 from accounts.labels import labels_key, labels_match
 from accounts.metrics import METRICS
-from accounts.models import Account, Language, Level, Limit, Plan, Recipient
+from accounts.models import Account, Language, Level, Limit, Plan, Recipient, ScopedLimit
 from accounts.windows import PeriodKind, Window, window_containing
 
 from .models import MILLI, EventPurge, Extension, UsageCounter, UsageEvent, UsageHourCounter
@@ -480,6 +482,10 @@ HISTORY_LENGTH = 50
 
 
 _RECIPIENT_LABELS = {Level.WARNING: _("Warning recipient"), Level.BLOCKED: _("Blocked recipient")}
+_LINE_LEVEL_LABELS = {
+    Level.WARNING: _("{line}: warning threshold"),
+    Level.BLOCKED: _("{line}: blocked threshold"),
+}
 
 
 @dataclass(frozen=True)
@@ -550,8 +556,38 @@ def _recipient_changes(record: Any, previous: Any) -> list[tuple[str, str, str]]
     return [(str(label), old, new)] if old != new else []
 
 
+def _scoped_thresholds_display(record: Any) -> str:
+    return gettext("warning %(warning)s, blocked %(blocked)s") % {
+        "warning": threshold_text(record.warning, record.metric),
+        "blocked": threshold_text(record.blocked, record.metric),
+    }
+
+
+def _scoped_limit_changes(record: Any, previous: Any) -> list[tuple[str, str, str]]:
+    """A scoped limit added or removed: one entry with both thresholds; changed: one entry
+    per threshold changed (a change of position alone shows nothing)."""
+    line = record.instance.line_text()
+    if record.history_type == "+":
+        return [(line, "—", _scoped_thresholds_display(record))]
+    if record.history_type == "-":
+        return [(line, _scoped_thresholds_display(record), "—")]
+    if previous is None:
+        return []
+    delta = record.diff_against(previous, included_fields=Level.values)
+    return [
+        (
+            str(format_lazy(_LINE_LEVEL_LABELS[Level(change.field)], line=line)),
+            threshold_text(change.old, record.metric),
+            threshold_text(change.new, record.metric),
+        )
+        for change in sorted(delta.changes, key=lambda change: Level.values.index(change.field))
+        if change.old != change.new
+    ]
+
+
 def limits_history_list(*, account: Account, limit: int = HISTORY_LENGTH) -> list[LimitsChange]:
-    """The ``limit`` most recent changes of the account's limits and recipients, newest first.
+    """The ``limit`` most recent changes of the account's limits, scoped limits and
+    recipients, newest first.
 
     Built from simple-history's records (written by ``limits_replace`` with who and why),
     one entry per changed value.
@@ -560,6 +596,7 @@ def limits_history_list(*, account: Account, limit: int = HISTORY_LENGTH) -> lis
     for history, describe in (
         (Limit.history, _limit_changes),
         (Recipient.history, _recipient_changes),
+        (ScopedLimit.history, _scoped_limit_changes),
     ):
         for record, previous in _records_with_previous(history, account=account, limit=limit):
             user = record.history_user

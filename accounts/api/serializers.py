@@ -21,10 +21,12 @@ from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
 from accounts.api.base import ErrorSerializer
+from accounts.labels import LABEL_KEYS, MAX_VALUE_LENGTH, VALUE
 from accounts.metrics import METRICS
-from accounts.models import RECIPIENT_EMAIL_MAX_LENGTH, Account, Language
+from accounts.models import MAX_SCOPED_LIMITS, RECIPIENT_EMAIL_MAX_LENGTH, Account, Language
 from accounts.selectors import LimitsDocument
 from accounts.services import MAX_RECIPIENTS_PER_LEVEL, MAX_THRESHOLD, AccountNotEnterprise
+from accounts.windows import MAX_ROLLING_DAYS, PeriodKind
 
 
 class AccountSerializer(serializers.ModelSerializer):
@@ -177,6 +179,90 @@ def _limits_document_serializer(*, request: bool) -> type[serializers.Serializer
             ),
         },
     )
+    labels = _serializer_class(
+        f"ScopedLimitLabels{suffix}Serializer",
+        "ScopedLimitLabels",
+        "The labels an event must carry to count in a scoped limit; none: every event.",
+        {
+            key: serializers.RegexField(
+                rf"^{VALUE.pattern}$",
+                required=False,
+                min_length=1,
+                max_length=MAX_VALUE_LENGTH,
+                help_text=format_lazy(
+                    _("Only the events whose label “{key}” has this value."), key=key
+                ),
+            )
+            for key in LABEL_KEYS
+        },
+    )
+    scoped_limit = _serializer_class(
+        f"ScopedLimit{suffix}Serializer",
+        "ScopedLimit",
+        "The thresholds of one metric over a period, for the events with the labels given.",
+        {
+            "metric": serializers.ChoiceField(
+                choices=list(METRICS), help_text=_("The metric the line counts.")
+            ),
+            "period": serializers.ChoiceField(
+                choices=PeriodKind.values,
+                help_text=_(
+                    "month (calendar month), week (ISO week, from Monday 00:00), day, hour, "
+                    "minute, or rolling (the current day and the window_days - 1 days before "
+                    "it), in the account's time zone. A month needs labels: the monthly "
+                    "limit of a whole metric is in limits."
+                ),
+            ),
+            "window_days": serializers.IntegerField(
+                required=required,
+                allow_null=True,
+                min_value=1,
+                max_value=MAX_ROLLING_DAYS,
+                help_text=_sentences(
+                    _("Days of a rolling window; required with rolling, null otherwise."),
+                    _("Left out: null.") if request else None,
+                ),
+            ),
+            "labels": labels(
+                required=required,
+                allow_null=request,
+                help_text=_sentences(
+                    _(
+                        "Only the events whose labels contain every pair given count; empty: "
+                        "every event of the metric."
+                    ),
+                    _("Left out or null: empty.") if request else None,
+                ),
+            ),
+            "warning": serializers.IntegerField(
+                required=required,
+                allow_null=True,
+                min_value=0,
+                max_value=MAX_THRESHOLD,
+                help_text=_sentences(
+                    _(
+                        "Usage at which the warning recipients are notified; null for none. "
+                        "Lower than the blocked threshold when both are set, and needs at "
+                        "least one warning recipient."
+                    ),
+                    _("Left out: none.") if request else None,
+                ),
+            ),
+            "blocked": serializers.IntegerField(
+                required=required,
+                allow_null=True,
+                min_value=0,
+                max_value=MAX_THRESHOLD,
+                help_text=_sentences(
+                    _(
+                        "Usage at which further processing is refused and the blocked "
+                        "recipients are notified; null for none."
+                    ),
+                    _("Left out: none.") if request else None,
+                ),
+            ),
+        },
+    )
     return _serializer_class(
         f"LimitsDocument{suffix}Serializer",
         "LimitsDocument",
@@ -208,6 +294,23 @@ def _limits_document_serializer(*, request: bool) -> type[serializers.Serializer
                 )
                 if request
                 else _("Recipients per level, both lists listed."),
+            ),
+            # A ListField, not many=True, so that the schema states maxItems.
+            "scoped_limits": serializers.ListField(
+                child=scoped_limit(),
+                required=required,
+                allow_null=request,
+                max_length=MAX_SCOPED_LIMITS,
+                help_text=_sentences(
+                    _(
+                        "Limits over other periods or on labelled events, in their order; "
+                        "each (metric, period, window_days, labels) once."
+                    ),
+                    format_lazy(_("At most {limit}."), limit=MAX_SCOPED_LIMITS),
+                    _("Left out: none for PUT, unchanged for PATCH. Null removes them all.")
+                    if request
+                    else None,
+                ),
             ),
             "updated_at": serializers.JSONField(
                 required=False,
@@ -265,6 +368,13 @@ class LimitsErrorSerializer(serializers.Serializer):
         help_text=_(
             "Messages by level (warning, blocked), then by the recipient's index and field; "
             "under non_field_errors when recipients is not an object."
+        ),
+    )
+    scoped_limits = serializers.JSONField(
+        required=False,
+        help_text=_(
+            "Messages by the scoped limit's index, then by field (labels: then by label "
+            "key); a list of messages when scoped_limits is not a list or is too long."
         ),
     )
     non_field_errors = serializers.ListField(

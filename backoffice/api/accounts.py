@@ -74,7 +74,7 @@ LIMITS_WRITE_ERRORS = {
     415: OpenApiResponse(ErrorSerializer, description=_("The body is not JSON.")),
 }
 LIMITS_EXAMPLE = OpenApiExample(
-    "Limits on two metrics",
+    "Limits on two metrics, and a daily one on a model",
     value={
         "limits": {
             "audio_transcribed_seconds": {"warning": 36000, "blocked": 72000},
@@ -85,6 +85,16 @@ LIMITS_EXAMPLE = OpenApiExample(
             "warning": [{"email": "pm@example.com", "language": "fr"}],
             "blocked": [{"email": "ops-alerts@example.com", "language": "en"}],
         },
+        "scoped_limits": [
+            {
+                "metric": "text_tokens",
+                "period": "day",
+                "window_days": None,
+                "labels": {"model": "large"},
+                "warning": 40000,
+                "blocked": 50000,
+            }
+        ],
     },
     request_only=True,
 )

@@ -67,9 +67,18 @@ def post_account_page(client, account: Account, **changes: Any):
     return client.post(change_url(account), data)
 
 
+def inline_formset(response, prefix: str):
+    """The formset of the inline whose prefix is ``prefix`` (``recipients``...)."""
+    return next(
+        inline.formset
+        for inline in response.context["inline_admin_formsets"]
+        if inline.formset.prefix == prefix
+    )
+
+
 def page_errors(response) -> dict[str, Any]:
     """The errors the page shows: on the account form, above and in the recipients inline."""
-    formset = response.context["inline_admin_formsets"][0].formset
+    formset = inline_formset(response, "recipients")
     return {
         "form": dict(response.context["adminform"].form.errors),
         "recipients": list(formset.non_form_errors()),

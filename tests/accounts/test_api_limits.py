@@ -162,6 +162,7 @@ def test_every_metric_and_both_lists_are_listed_when_nothing_is_set(manager_clie
             "text_tokens": UNLIMITED,
         },
         "recipients": {"warning": [], "blocked": []},
+        "scoped_limits": [],
         "updated_at": None,
     }
 
@@ -181,6 +182,7 @@ def test_limits_set_outside_the_api_are_read(manager_client, account):
             "text_tokens": {"warning": 10, "blocked": 20},
         },
         "recipients": {"warning": [{"email": "pm@example.com", "language": "fr"}], "blocked": []},
+        "scoped_limits": [],
         "updated_at": None,
     }
 
@@ -230,6 +232,7 @@ def test_put_stores_and_answers_the_whole_document(manager_client, account):
             "warning": [{"email": "pm@example.com", "language": "fr"}],
             "blocked": [{"email": "ops-alerts@example.com", "language": "en"}],
         },
+        "scoped_limits": [],
         "updated_at": body["updated_at"],
     }
     limits, recipients, updated_at = stored(account)
@@ -406,6 +409,7 @@ def test_patch_changes_only_what_it_names(manager_client, limited_account):
             "warning": [{"email": "pm@example.com", "language": "fr"}],
             "blocked": [{"email": "cto@example.com", "language": "fr"}],
         },
+        "scoped_limits": [],
         "updated_at": body["updated_at"],
     }
     limits, recipients, _ = stored(limited_account)

@@ -238,6 +238,7 @@ def test_set_limits_sets_thresholds_and_prints_every_metric_and_both_lists(accou
             "text_tokens": {"warning": 800_000, "blocked": 1_000_000},
         },
         "recipients": {"warning": [{"email": "pm@example.com", "language": "fr"}], "blocked": []},
+        "scoped_limits": [],
     }
     change = Limit.history.get()
     assert (change.history_user, change.history_change_reason) == (None, "command")
@@ -276,6 +277,7 @@ def test_set_limits_changes_only_what_is_given(account):
             "warning": [{"email": "pm@example.com", "language": "fr"}],
             "blocked": [{"email": "ops@example.com", "language": "en"}],
         },
+        "scoped_limits": [],
     }
 
 

@@ -28,6 +28,7 @@ def test_every_metric_is_unlimited_until_a_threshold_is_set():
             "text_tokens": {"warning": None, "blocked": None},
         },
         "recipients": {"warning": [], "blocked": []},
+        "scoped_limits": [],
     }
 
 
