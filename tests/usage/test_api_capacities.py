@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 import pytest
 import time_machine
 from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from tests.factories import AccountFactory
 
@@ -363,3 +365,19 @@ def test_the_usage_report_of_a_past_month_lists_the_monthly_lines_only(account):
         ("month", "audio_analyzed_seconds", 0),
         ("month", "text_tokens", 12000),
     ]
+
+
+def test_capacities_cost_the_same_queries_whatever_the_lines_and_events(account, service_client):
+    # given: one more account with the monthly lines only and no usage
+    bare = AccountFactory(timezone="Europe/Paris")
+    url = "/api/v1/accounts/{}/capacities/"
+    with time_machine.travel(NOW, tick=False):
+        service_client.get(url.format(bare.pk))  # warms the token's cache where there is one
+        with CaptureQueriesContext(connection) as bare_queries:
+            service_client.get(url.format(bare.pk))
+        with CaptureQueriesContext(connection) as full_queries:
+            response = service_client.get(url.format(account.pk))
+    # then: three lines more, seven events more, not one query more
+    assert response.status_code == 200
+    assert len(response.json()["items"]) == 7
+    assert len(full_queries) == len(bare_queries)
