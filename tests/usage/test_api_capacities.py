@@ -367,11 +367,17 @@ def test_the_usage_report_of_a_past_month_lists_the_monthly_lines_only(account):
     ]
 
 
-def test_capacities_cost_the_same_queries_whatever_the_lines_and_events(account, service_client):
-    # given: one more account with the monthly lines only and no usage
+def test_capacities_cost_the_same_queries_whatever_the_lines_and_events(
+    account, manager_client, service_client
+):
+    # given: one more account with one scoped limit and no usage
     bare = AccountFactory(timezone="Europe/Paris")
     url = "/api/v1/accounts/{}/capacities/"
     with time_machine.travel(NOW, tick=False):
+        patched = manager_client.patch(
+            f"/api/v1/accounts/{bare.pk}/limits/", {"scoped_limits": SCOPED[3:]}, format="json"
+        )
+        assert patched.status_code == 200, patched.json()
         service_client.get(url.format(bare.pk))  # warms the token's cache where there is one
         with CaptureQueriesContext(connection) as bare_queries:
             service_client.get(url.format(bare.pk))
