@@ -104,6 +104,14 @@ HEAD    /api/v1/accounts/{account}/limits/        401  403  200     401     403 
 OPTIONS /api/v1/accounts/{account}/limits/        401  403  200     401     403   200     200
 POST    /api/v1/accounts/{account}/limits/        401  405  405     401     405   405     405
 DELETE  /api/v1/accounts/{account}/limits/        401  405  405     401     405   405     405
+GET     /api/v1/accounts/{account}/capacities/    401  200  200     401     403   200     200
+GET     /api/v1/accounts/{unknown}/capacities/    401  404  404     401     403   404     404
+HEAD    /api/v1/accounts/{account}/capacities/    401  200  200     401     403   200     200
+OPTIONS /api/v1/accounts/{account}/capacities/    401  200  200     401     403   200     200
+POST    /api/v1/accounts/{account}/capacities/    401  405  405     401     405   405     405
+PUT     /api/v1/accounts/{account}/capacities/    401  405  405     401     405   405     405
+PATCH   /api/v1/accounts/{account}/capacities/    401  405  405     401     405   405     405
+DELETE  /api/v1/accounts/{account}/capacities/    401  405  405     401     405   405     405
 GET     /api/v1/accounts/{account}/usage/         401  200  200     401     403   200     200
 GET     /api/v1/accounts/{unknown}/usage/         401  404  404     401     403   404     404
 HEAD    /api/v1/accounts/{account}/usage/         401  200  200     401     403   200     200

@@ -105,6 +105,17 @@ def test_a_check_of_a_null_quantity_checks_zero(components, service_client):
         "used": 0,
         "remaining": None,
         "status": "ok",
+        "lines": [
+            {
+                "period": "month",
+                "window_days": None,
+                "labels": {},
+                "used": 0,
+                "remaining": None,
+                "status": "ok",
+                "allowed": True,
+            }
+        ],
     }
 
 

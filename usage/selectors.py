@@ -23,6 +23,7 @@ from accounts.forms import limit_label
 from accounts.labels import labels_key, labels_match
 from accounts.metrics import METRICS
 from accounts.models import Account, Language, Level, Limit, Plan, Recipient, ScopedLimit
+from accounts.selectors import LimitLine, limit_lines
 from accounts.windows import PeriodKind, Window, window_containing
 
 from .models import MILLI, EventPurge, Extension, UsageCounter, UsageEvent, UsageHourCounter
@@ -348,6 +349,9 @@ REPORT_COLUMNS = (
     "external_id",
     "name",
     "period",
+    "period_kind",
+    "window_days",
+    "labels",
     "metric",
     "unit",
     "used",
@@ -361,20 +365,35 @@ REPORT_COLUMNS = (
 
 @dataclass(frozen=True)
 class ReportRow:
-    """One line of the usage report: one metric of one account in one period."""
+    """One line of the usage report: one limit line of one account in one period.
+
+    ``line`` is ``None`` for a whole-metric monthly line (``period`` is then its month);
+    for a scoped limit it is the line over its current window.
+    """
 
     account: Account
     period: Period
     usage: MetricUsage
+    line: LineUsage | None = None
 
     def as_data(self) -> dict[str, Any]:
-        """``REPORT_COLUMNS``, quantities written as the API writes them; ``None`` when not set."""
-        usage = self.usage
+        """``REPORT_COLUMNS``, quantities written as the API writes them; ``None`` when not set.
+
+        ``period`` is ``YYYY-MM`` for a monthly line, else the start of the line's current
+        window with the account's local offset; ``labels`` is the canonical ``key=value``
+        list (``X-Usage-Labels``), empty for none.
+        """
+        usage, line = self.usage, self.line
         return {
             "account": str(self.account.pk),
             "external_id": self.account.external_id,
             "name": self.account.name,
-            "period": self.period.code,
+            "period": self.period.code
+            if line is None
+            else line.window.start.astimezone(self.account.zone).isoformat(),
+            "period_kind": PeriodKind.MONTH.value if line is None else line.line.period.value,
+            "window_days": None if line is None else line.line.window_days,
+            "labels": "" if line is None else labels_key(line.line.labels),
             "metric": usage.metric,
             "unit": METRICS[usage.metric].unit,
             "used": quantity_number(usage.used_milli, usage.metric),
@@ -390,8 +409,11 @@ def usage_report_rows(*, account: Account | None, period_code: str | None) -> li
     """Every metric of every active account (or of ``account`` alone, active or not).
 
     ``period_code`` (``YYYY-MM``) names the month, in each account's time zone; the
-    current period of each account by default. Raises ``ValueError`` for a malformed code.
-    Costs one query plus one per ``REPORT_CHUNK`` accounts.
+    current period of each account by default, and then each account's scoped limits follow
+    its monthly lines, each over its current window (SPEC 11.3). A past month lists the
+    monthly lines only: a scoped line has many windows in a month. Raises ``ValueError``
+    for a malformed code. Costs one query plus one per ``REPORT_CHUNK`` accounts, and a few
+    per account that has scoped limits.
     """
     if period_code is not None:
         period_from_code(period_code, WESTERNMOST_ZONE)  # refuses a bad code with no account
@@ -410,11 +432,18 @@ def usage_report_rows(*, account: Account | None, period_code: str | None) -> li
     for start in range(0, len(accounts), REPORT_CHUNK):
         chunk = accounts[start : start + REPORT_CHUNK]
         found = usage_for(periods={item.pk: periods[item.pk] for item in chunk})
-        rows += [
-            ReportRow(account=item, period=periods[item.pk], usage=found[(item.pk, metric)])
-            for item in chunk
-            for metric in METRICS
-        ]
+        scoped = _accounts_with_scoped_limits(chunk) if period_code is None else set()
+        for item in chunk:
+            rows += [
+                ReportRow(account=item, period=periods[item.pk], usage=found[(item.pk, metric)])
+                for metric in METRICS
+            ]
+            if item.pk in scoped:
+                rows += [
+                    ReportRow(account=item, period=periods[item.pk], usage=line.usage, line=line)
+                    for line in account_lines_usage(account=item, now=now)
+                    if not line.is_whole_metric_month
+                ]
     return rows
 
 
@@ -612,3 +641,102 @@ def limits_history_list(*, account: Account, limit: int = HISTORY_LENGTH) -> lis
                 found.append(((record.history_date, record.history_id), change))
     found.sort(key=lambda item: item[0], reverse=True)
     return [change for _key, change in found[:limit]]
+
+
+def _accounts_with_scoped_limits(accounts: list[Account]) -> set[uuid.UUID]:
+    return set(
+        ScopedLimit.objects.filter(account__in=accounts).values_list("account_id", flat=True)
+    )
+
+
+# --- Limit lines (SPEC 11.3 and 11.4) ---
+#
+# An account's lines are the three whole-metric monthly lines (``accounts.selectors
+# .limit_lines``, always, limited or not) and its scoped limits. Each is read over its own
+# current window in the account's time zone (``accounts.windows``), from counters only
+# (``lines_used_milli``), so a read costs the same at a thousand and at ten million stored
+# events. Status, remaining and the pre-flight answer follow the one rule of section 4,
+# ``MetricUsage``: a line is a ``MetricUsage`` over its window.
+
+
+@dataclass(frozen=True)
+class LineUsage:
+    """Where one limit line stands over its current window."""
+
+    line: LimitLine
+    window: Window
+    usage: MetricUsage
+
+    @property
+    def is_whole_metric_month(self) -> bool:
+        return self.line.scoped_limit_id is None
+
+    @property
+    def is_extended(self) -> bool:
+        """An extension raises the line's blocked threshold in the current window."""
+        return self.usage.blocked is not None and self.usage.extension > 0
+
+
+def account_lines_usage(
+    *,
+    account: Account,
+    metric: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    now: datetime | None = None,
+) -> list[LineUsage]:
+    """The account's lines in their order (SPEC 11.3), each over its current window.
+
+    ``metric`` keeps the lines of that metric; ``labels`` keeps those that apply to usage
+    carrying these labels (SPEC 11.4: the line's labels are contained in them). Stored
+    thresholds of an account that is not Enterprise are kept but not in force, as for the
+    monthly limits.
+    """
+    now = now or timezone.now()
+    lines = [
+        line
+        for line in limit_lines(account=account)
+        if (metric is None or line.metric == metric)
+        and (labels is None or labels_match(line=line.labels, event=labels))
+    ]
+    monthly = {usage.metric: usage for usage in account_usage(account=account)}
+    scoped = [line for line in lines if line.scoped_limit_id is not None]
+    windows = {
+        id(line): window_containing(
+            kind=line.period, instant=now, zone=account.zone, days=line.window_days
+        )
+        for line in lines
+    }
+    used = dict(
+        zip(
+            map(id, scoped),
+            lines_used_milli(account=account, lines=scoped, now=now) if scoped else [],
+            strict=True,
+        )
+    )
+    result = []
+    for line in lines:
+        if line.scoped_limit_id is None:
+            usage = monthly[line.metric]
+        else:
+            in_force = account.is_enterprise
+            usage = MetricUsage(
+                account_id=account.pk,
+                metric=line.metric,
+                used_milli=used[id(line)],
+                warning=line.warning if in_force else None,
+                blocked=line.blocked if in_force else None,
+                extension=0,
+            )
+        result.append(LineUsage(line=line, window=windows[id(line)], usage=usage))
+    return result
+
+
+def line_period_data(line: LineUsage, account: Account) -> dict[str, object]:
+    """The ``current_period`` object of SPEC 11.3: kind, days, start and end, local offsets."""
+    zone = account.zone
+    return {
+        "period": PeriodKind(line.line.period).value,
+        "window_days": line.line.window_days,
+        "start_time": line.window.start.astimezone(zone).isoformat(),
+        "end_time": line.window.end.astimezone(zone).isoformat(),
+    }

@@ -17,6 +17,11 @@ urlpatterns = [
     path("usage/events/", usage.UsageEventsView.as_view(), name="usage-events"),
     path("accounts/<str:id>/usage/", usage.AccountUsageView.as_view(), name="account-usage"),
     path(
+        "accounts/<str:id>/capacities/",
+        usage.CapacitiesView.as_view(),
+        name="account-capacities",
+    ),
+    path(
         "accounts/<str:id>/usage/check/", usage.UsageCheckView.as_view(), name="account-usage-check"
     ),
 ]

@@ -18,13 +18,16 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.api.base import ErrorSerializer, ModelPermissions, account_get_or_404
+from accounts.labels import labels_parse
 from accounts.metrics import METRICS
 from accounts.models import Account
+from accounts.windows import PeriodKind
 from backoffice.services import usage_events_record
 from config.authentication import token_account_id
 from usage.api.parsers import ExactJSONParser
 from usage.api.serializers import (
     AccountUsageSerializer,
+    CapacitiesSerializer,
     CheckRequestSerializer,
     CheckResultSerializer,
     EventBatchSerializer,
@@ -40,10 +43,18 @@ from usage.periods import (
     period_from_code,
 )
 from usage.quantities import quantity_number
-from usage.selectors import MetricUsage, account_usage, current_period
+from usage.selectors import (
+    LineUsage,
+    MetricUsage,
+    account_lines_usage,
+    account_usage,
+    current_period,
+    line_period_data,
+    worst_status,
+)
 
 # The fields a pre-flight check may have; any other is refused ("Unknown field.").
-CHECK_FIELDS = frozenset({"metric", "quantity"})
+CHECK_FIELDS = frozenset({"metric", "quantity", "labels"})
 ERRORS = {
     400: ValidationErrorSerializer,
     401: ErrorSerializer,
@@ -217,13 +228,73 @@ class UsageCheckView(AccountScopedView):
             )
             if error:
                 raise ValidationError({"quantity": [error]})
-        usage = next(u for u in account_usage(account=account) if u.metric == metric)
+        labels, error = labels_parse(payload.get("labels"))
+        if error:
+            raise ValidationError({"labels": error})
+        lines = account_lines_usage(account=account, metric=metric, labels=labels)
+        monthly = next(line.usage for line in lines if line.is_whole_metric_month)
+        remaining = [
+            line.usage.remaining_milli for line in lines if line.usage.remaining_milli is not None
+        ]
         return Response(
             {
-                "allowed": usage.allows(quantity_milli),
+                "allowed": all(line.usage.allows(quantity_milli) for line in lines),
                 "metric": metric,
-                "used": quantity_number(usage.used_milli, metric),
-                "remaining": quantity_number(usage.remaining_milli, metric),
-                "status": usage.status,
+                "used": quantity_number(monthly.used_milli, metric),
+                "remaining": quantity_number(min(remaining, default=None), metric),
+                "status": worst_status(line.usage for line in lines),
+                "lines": [
+                    {
+                        "period": PeriodKind(line.line.period).value,
+                        "window_days": line.line.window_days,
+                        "labels": dict(sorted(line.line.labels.items())),
+                        "used": quantity_number(line.usage.used_milli, metric),
+                        "remaining": quantity_number(line.usage.remaining_milli, metric),
+                        "status": line.usage.status,
+                        "allowed": line.usage.allows(quantity_milli),
+                    }
+                    for line in lines
+                ],
+            }
+        )
+
+
+def _capacity_entry(line: LineUsage, account: Account) -> dict[str, Any]:
+    usage, metric = line.usage, line.line.metric
+    return {
+        "metric": metric,
+        "unit": METRICS[metric].unit,
+        "labels": dict(sorted(line.line.labels.items())),
+        "current_period": line_period_data(line, account),
+        "used": quantity_number(usage.used_milli, metric),
+        "warning_threshold": usage.warning,
+        "blocked_threshold": usage.blocked,
+        "extension": usage.extension,
+        "is_extended": line.is_extended,
+        "reserved": 0,
+        "remaining": quantity_number(usage.remaining_milli, metric),
+        "status": usage.status,
+        "has_remaining_capacity": usage.is_within_budget,
+        "valid_until": line.window.end.astimezone(account.zone).isoformat(),
+    }
+
+
+class CapacitiesView(AccountScopedView):
+    """Every limit line of the account, its current period and what is left (SPEC 11.3)."""
+
+    required_permissions = {"GET": ["usage.view_usagecounter"]}
+
+    @extend_schema(
+        operation_id="accounts_capacities_retrieve",
+        responses={200: CapacitiesSerializer, **ACCOUNT_ERRORS},
+    )
+    def get(self, request: Request, id: str) -> Response:
+        account = self.get_account(id)
+        lines = account_lines_usage(account=account)
+        return Response(
+            {
+                "account": account.pk,
+                "has_remaining_capacity": all(line.usage.is_within_budget for line in lines),
+                "items": [_capacity_entry(line, account) for line in lines],
             }
         )

@@ -232,7 +232,14 @@ def test_a_bound_token_checks_its_account_and_is_refused_any_other_with_403(
     other = bound_client.post(f"/api/v1/accounts/{globex.pk}/usage/check/", body, format="json")
     unbound = service_client.post(f"/api/v1/accounts/{globex.pk}/usage/check/", body, format="json")
     # then
-    expected = {"allowed": True, "metric": "text_tokens", "used": 0, "remaining": 100}
+    line = {"period": "month", "window_days": None, "labels": {}, "used": 0, "remaining": 100}
+    expected = {
+        "allowed": True,
+        "metric": "text_tokens",
+        "used": 0,
+        "remaining": 100,
+        "lines": [{**line, "status": "ok", "allowed": True}],
+    }
     assert own.status_code == 200
     assert own.json() == {**expected, "status": "ok"}
     assert (other.status_code, other.json()) == (403, OTHER_ACCOUNT)

@@ -144,6 +144,17 @@ def test_the_pre_flight_check_allows_an_account_that_left_enterprise(service_cli
         "used": 1200,
         "remaining": None,
         "status": "ok",
+        "lines": [
+            {
+                "period": "month",
+                "window_days": None,
+                "labels": {},
+                "used": 1200,
+                "remaining": None,
+                "status": "ok",
+                "allowed": True,
+            }
+        ],
     }
 
 
@@ -291,6 +302,17 @@ def test_back_on_enterprise_through_the_crm_sync_the_limits_apply_at_once(servic
         "used": 1200,
         "remaining": 0,
         "status": "blocked",
+        "lines": [
+            {
+                "period": "month",
+                "window_days": None,
+                "labels": {},
+                "used": 1200,
+                "remaining": 0,
+                "status": "blocked",
+                "allowed": False,
+            }
+        ],
     }
 
 

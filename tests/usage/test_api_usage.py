@@ -174,6 +174,17 @@ def test_preflight_answers_whether_more_may_be_processed(
         "used": used,
         "remaining": 100 - used,
         "status": status,
+        "lines": [
+            {
+                "period": "month",
+                "window_days": None,
+                "labels": {},
+                "used": used,
+                "remaining": 100 - used,
+                "status": status,
+                "allowed": allowed,
+            }
+        ],
     }
 
 
@@ -188,6 +199,17 @@ def test_preflight_on_an_unlimited_metric_is_always_allowed(service_client):
         "used": 0,
         "remaining": None,
         "status": "ok",
+        "lines": [
+            {
+                "period": "month",
+                "window_days": None,
+                "labels": {},
+                "used": 0,
+                "remaining": None,
+                "status": "ok",
+                "allowed": True,
+            }
+        ],
     }
 
 

@@ -74,6 +74,7 @@ def test_the_report_is_a_table_of_every_metric_of_every_active_account(acme, bet
         [
             "external_id",
             "period",
+            "line",
             "metric",
             "used",
             "warning",
@@ -82,12 +83,23 @@ def test_the_report_is_a_table_of_every_metric_of_every_active_account(acme, bet
             "remaining",
             "status",
         ],
-        ["crm-acme", period, "audio_transcribed_seconds", "12.5", "-", "-", "0", "-", "ok"],
-        ["crm-acme", period, "audio_analyzed_seconds", "0", "-", "-", "0", "-", "ok"],
-        ["crm-acme", period, "text_tokens", "900", "800", "1000", "200", "300", "warning"],
-        ["crm-beta", later, "audio_transcribed_seconds", "0", "-", "-", "0", "-", "ok"],
-        ["crm-beta", later, "audio_analyzed_seconds", "0", "-", "-", "0", "-", "ok"],
-        ["crm-beta", later, "text_tokens", "0", "-", "-", "0", "-", "ok"],
+        [
+            "crm-acme",
+            period,
+            "month",
+            "audio_transcribed_seconds",
+            "12.5",
+            "-",
+            "-",
+            "0",
+            "-",
+            "ok",
+        ],
+        ["crm-acme", period, "month", "audio_analyzed_seconds", "0", "-", "-", "0", "-", "ok"],
+        ["crm-acme", period, "month", "text_tokens", "900", "800", "1000", "200", "300", "warning"],
+        ["crm-beta", later, "month", "audio_transcribed_seconds", "0", "-", "-", "0", "-", "ok"],
+        ["crm-beta", later, "month", "audio_analyzed_seconds", "0", "-", "-", "0", "-", "ok"],
+        ["crm-beta", later, "month", "text_tokens", "0", "-", "-", "0", "-", "ok"],
     ]
 
 
@@ -112,6 +124,9 @@ def test_the_report_as_csv_has_a_header_and_one_row_per_account_and_metric(acme,
         "external_id": "crm-acme",
         "name": "Acme",
         "period": current_period(acme).code,
+        "period_kind": "month",
+        "window_days": "",
+        "labels": "",
         "metric": "text_tokens",
         "unit": "tokens",
         "used": "900",
@@ -140,6 +155,9 @@ def test_the_report_as_json_of_one_account_named_by_external_id(acme, beta):
         "external_id": "crm-acme",
         "name": "Acme",
         "period": current_period(acme).code,
+        "period_kind": "month",
+        "window_days": None,
+        "labels": "",
         "metric": "audio_transcribed_seconds",
         "unit": "seconds",
         "used": 12.5,
@@ -202,8 +220,9 @@ def test_the_report_costs_the_same_queries_for_one_account_or_many(acme, django_
         LimitFactory(account=account)
         event_record(account, timezone.now(), 3)
 
-    # when / then: accounts, then usage (counters, extensions and limits in one query)
-    with django_assert_num_queries(2):
+    # when / then: accounts, then usage (counters, extensions and limits in one query),
+    # then which of them have scoped limits (none here)
+    with django_assert_num_queries(3):
         rows = usage_report_rows(account=None, period_code=None)
     assert len(rows) == 6 * 3
     with django_assert_num_queries(1):

@@ -307,11 +307,11 @@ def test_a_check_with_an_unknown_field_is_refused(service_client):
     account = AccountFactory()
     response = service_client.post(
         f"/api/v1/accounts/{account.pk}/usage/check/",
-        {"metric": "text_tokens", "quantity": 5, "labels": {}},
+        {"metric": "text_tokens", "quantity": 5, "unit": "tokens"},
         format="json",
     )
     assert response.status_code == 400
-    assert response.json() == {"labels": ["Unknown field."]}
+    assert response.json() == {"unit": ["Unknown field."]}
 
 
 def request_body_objects(document: dict):

@@ -12,6 +12,7 @@ from rest_framework import serializers
 
 from accounts.labels import LABEL_KEYS, MAX_LABELS, MAX_VALUE_LENGTH, VALUE
 from accounts.metrics import METRICS
+from accounts.windows import PeriodKind
 from usage.ingest import (
     EARLIEST_OCCURRED_YEAR,
     MAX_BATCH,
@@ -181,6 +182,12 @@ def _check_variant(unit: str, metrics: list[str]) -> type[serializers.Serializer
             help_text=f"How much more would be processed, in {unit}: 0 to {MAX_QUANTITY:,}, "
             f"{decimals}; 0 when null or left out.",
         ),
+        "labels": LABELS_FIELD(
+            required=False,
+            allow_null=True,
+            help_text="The labels the usage would carry, as on events; the lines that apply "
+            "are the metric's lines whose labels these contain. None when null or left out.",
+        ),
     }
     name = f"{unit.title()}CheckSerializer"
     doc = f"A pre-flight check of a metric counted in {unit}."
@@ -259,15 +266,86 @@ class AccountUsageSerializer(serializers.Serializer):
     metrics = MetricUsageSerializer(many=True, help_text="Every metric, in a fixed order.")
 
 
-class CheckResultSerializer(serializers.Serializer):
-    allowed = serializers.BooleanField(
-        help_text="False when used + quantity would pass the effective blocked threshold, "
-        "or quantity is 0 and the metric is blocked."
-    )
-    metric = serializers.ChoiceField(choices=METRIC_CHOICES)
-    used = serializers.FloatField()
+class LineLabelsSerializer(serializers.Serializer):
+    """The labels a line counts (SPEC 11.2): every key is optional; ``{}`` counts every event."""
+
+    technology = serializers.CharField(required=False)
+    vendor = serializers.CharField(required=False)
+    operation = serializers.CharField(required=False)
+    model = serializers.CharField(required=False)
+
+
+class CheckLineSerializer(serializers.Serializer):
+    period = serializers.ChoiceField(choices=PeriodKind.values)
+    window_days = serializers.IntegerField(allow_null=True)
+    labels = LineLabelsSerializer()
+    used = serializers.FloatField(help_text="The line's usage over its current window.")
     remaining = serializers.FloatField(allow_null=True)
     status = serializers.ChoiceField(choices=STATUS_CHOICES)
+    allowed = serializers.BooleanField(help_text="Whether this line lets the quantity through.")
+
+
+class CheckResultSerializer(serializers.Serializer):
+    allowed = serializers.BooleanField(
+        help_text="False when any applying line would pass its effective blocked threshold "
+        "with quantity, or quantity is 0 and an applying line is blocked."
+    )
+    metric = serializers.ChoiceField(choices=METRIC_CHOICES)
+    used = serializers.FloatField(help_text="The whole-metric monthly line's usage.")
+    remaining = serializers.FloatField(
+        allow_null=True, help_text="The smallest of the applying lines; null if none is capped."
+    )
+    status = serializers.ChoiceField(
+        choices=STATUS_CHOICES, help_text="The worst of the applying lines."
+    )
+    lines = CheckLineSerializer(
+        many=True,
+        help_text="Each line that applies: the metric's lines whose labels the check's contain.",
+    )
+
+
+class LinePeriodSerializer(serializers.Serializer):
+    period = serializers.ChoiceField(choices=PeriodKind.values)
+    window_days = serializers.IntegerField(
+        allow_null=True, help_text="The window's length in days for `rolling`, else null."
+    )
+    start_time = serializers.DateTimeField(
+        help_text="The window's start, with the account's local offset."
+    )
+    end_time = serializers.DateTimeField(help_text="The window's end (excluded).")
+
+
+class CapacitySerializer(serializers.Serializer):
+    metric = serializers.ChoiceField(choices=METRIC_CHOICES)
+    unit = serializers.ChoiceField(choices=list(UNITS))
+    labels = LineLabelsSerializer()
+    current_period = LinePeriodSerializer()
+    used = serializers.FloatField(help_text="Integer for tokens, up to 3 decimals for seconds.")
+    warning_threshold = serializers.IntegerField(allow_null=True)
+    blocked_threshold = serializers.IntegerField(allow_null=True)
+    extension = serializers.IntegerField(help_text="Extensions granted for the current period.")
+    is_extended = serializers.BooleanField(
+        help_text="True when an extension raises the blocked threshold for the current period."
+    )
+    reserved = serializers.FloatField(help_text="What active reservations hold on the line.")
+    remaining = serializers.FloatField(
+        allow_null=True,
+        help_text="Effective blocked threshold minus used and reserved; null when unlimited.",
+    )
+    status = serializers.ChoiceField(choices=STATUS_CHOICES)
+    has_remaining_capacity = serializers.BooleanField(help_text="False when the line is blocked.")
+    valid_until = serializers.DateTimeField(
+        help_text="When the line's figures change without new usage: its window's end."
+    )
+
+
+class CapacitiesSerializer(serializers.Serializer):
+    account = serializers.UUIDField()
+    has_remaining_capacity = serializers.BooleanField(help_text="False when any line is blocked.")
+    items = CapacitySerializer(
+        many=True,
+        help_text="The three whole-metric monthly lines, then each scoped limit in its order.",
+    )
 
 
 class ValidationErrorSerializer(serializers.Serializer):

@@ -20,6 +20,7 @@ FORMATS = ("table", "csv", "json")
 TABLE_COLUMNS = (
     "external_id",
     "period",
+    "line",
     "metric",
     "used",
     "warning",
@@ -32,7 +33,15 @@ NUMERIC_COLUMNS = frozenset({"used", "warning", "blocked", "extension", "remaini
 UNSET = "-"
 
 
+def _line(row: dict[str, Any]) -> str:
+    """The line in the table: its period kind, its days for a rolling window, its labels."""
+    days = f"/{row['window_days']}" if row["window_days"] is not None else ""
+    labels = f"[{row['labels']}]" if row["labels"] else ""
+    return f"{row['period_kind']}{days}{labels}"
+
+
 def _table(rows: list[dict[str, Any]]) -> list[str]:
+    rows = [{**row, "line": _line(row)} for row in rows]
     cells = [list(TABLE_COLUMNS)] + [
         [UNSET if row[column] is None else str(row[column]) for column in TABLE_COLUMNS]
         for row in rows
@@ -51,8 +60,10 @@ class Command(OpsCommand):
     help = _(
         "Print the usage of every metric of every active account (or of ACCOUNT alone) in "
         "the current period, or in the month given by --period in each account's time zone: "
-        "used, warning and blocked thresholds, extensions, remaining and status. A threshold "
-        "that is not set is “-” in the table, empty in csv and null in json. Changes nothing."
+        "used, warning and blocked thresholds, extensions, remaining and status. In the "
+        "current period, each scoped limit follows, over its current window (line: "
+        "period/days[labels]). A threshold that is not set is “-” in the table, empty in csv "
+        "and null in json. Changes nothing."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
