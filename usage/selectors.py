@@ -698,36 +698,26 @@ def account_lines_usage(
         if (metric is None or line.metric == metric)
         and (labels is None or labels_match(line=line.labels, event=labels))
     ]
-    monthly = {usage.metric: usage for usage in account_usage(account=account)}
+    period = current_period(account, now)
+    monthly = {usage.metric: usage for usage in account_usage(account=account, period=period)}
     scoped = [line for line in lines if line.scoped_limit_id is not None]
-    windows = {
-        id(line): window_containing(
-            kind=line.period, instant=now, zone=account.zone, days=line.window_days
-        )
-        for line in lines
-    }
-    used = dict(
-        zip(
-            map(id, scoped),
-            lines_used_milli(account=account, lines=scoped, now=now) if scoped else [],
-            strict=True,
-        )
-    )
+    scoped_used = iter(lines_used_milli(account=account, lines=scoped, now=now))
+    in_force = account.is_enterprise
     result = []
     for line in lines:
         if line.scoped_limit_id is None:
             usage = monthly[line.metric]
         else:
-            in_force = account.is_enterprise
             usage = MetricUsage(
                 account_id=account.pk,
                 metric=line.metric,
-                used_milli=used[id(line)],
+                used_milli=next(scoped_used),
                 warning=line.warning if in_force else None,
                 blocked=line.blocked if in_force else None,
                 extension=0,
             )
-        result.append(LineUsage(line=line, window=windows[id(line)], usage=usage))
+        window = line_window(line=line, zone=account.zone, now=now)
+        result.append(LineUsage(line=line, window=window, usage=usage))
     return result
 
 
