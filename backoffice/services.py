@@ -21,11 +21,12 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from accounts.models import Account, Level, Plan, validate_timezone
+from accounts.labels import labels_from_key
+from accounts.models import Account, Level, Plan, ScopedLimit, validate_timezone
 from accounts.selectors import LimitsDocument, limits_document_get
 from accounts.services import _limits_write, limits_document_merge, limits_document_validate
-from notifications.services import crossings_record, thresholds_evaluate
-from usage.ingest import EventsInvalid, parse_events
+from notifications.services import crossings_record, scoped_lines_reached, thresholds_evaluate
+from usage.ingest import EventIn, EventsInvalid, parse_events
 from usage.locks import usage_lock
 from usage.models import Extension
 from usage.periods import period_containing
@@ -217,7 +218,30 @@ def extensions_grant(
     return granted
 
 
-# --- Usage, with the crossings it causes (SPEC sections 5 and 6) ---
+# --- Usage, with the crossings it causes (SPEC sections 5, 6 and 11.5) ---
+
+
+def _accounts_with_scoped_lines(touched: list[tuple[uuid.UUID, str]]) -> list[Account]:
+    """The Enterprise accounts with a scoped limit on a metric touched (by any of them), in
+    id order; the lines of the other metrics are left out later, by their labels."""
+    scoped = ScopedLimit.objects.filter(
+        account_id__in={pair[0] for pair in touched}, metric__in={pair[1] for pair in touched}
+    )
+    return list(
+        Account.objects.filter(plan=Plan.ENTERPRISE, pk__in=scoped.values("account_id")).order_by(
+            "pk"
+        )
+    )
+
+
+def _labels_of(events: Iterable[EventIn]) -> dict[tuple[uuid.UUID, str], list[dict[str, str]]]:
+    """The distinct label sets of the events, per (account id, metric)."""
+    found: dict[tuple[uuid.UUID, str], dict[str, dict[str, str]]] = {}
+    for event in events:
+        sets = found.setdefault((event.account_id, event.metric), {})
+        if event.labels_key not in sets:
+            sets[event.labels_key] = labels_from_key(event.labels_key)
+    return {pair: list(sets.values()) for pair, sets in found.items()}
 
 
 def usage_events_record(
@@ -256,9 +280,15 @@ def usage_events_record(
         accepted = usage_events_store(events=events, zones=zones, now=now, is_batch=is_batch)
         periods = {account_id: period_containing(now, zone) for account_id, zone in zones.items()}
         usage = usage_for(periods=periods, pairs=touched)
-        # In the same transaction: a crossing is recorded exactly when its usage is.
+        # In the same transaction: a crossing is recorded exactly when its usage is, on the
+        # monthly lines and on the scoped lines that count these events.
         crossings_record(
-            usages=[u for u in usage.values() if u.status != Status.OK], zones=zones, now=now
+            usages=[u for u in usage.values() if u.status != Status.OK],
+            lines=scoped_lines_reached(
+                accounts=_accounts_with_scoped_lines(touched), now=now, labels=_labels_of(events)
+            ),
+            zones=zones,
+            now=now,
         )
 
     return IngestResult(
