@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -221,19 +222,6 @@ def extensions_grant(
 # --- Usage, with the crossings it causes (SPEC sections 5, 6 and 11.5) ---
 
 
-def _accounts_with_scoped_lines(touched: list[tuple[uuid.UUID, str]]) -> list[Account]:
-    """The Enterprise accounts with a scoped limit on a metric touched (by any of them), in
-    id order; the lines of the other metrics are left out later, by their labels."""
-    scoped = ScopedLimit.objects.filter(
-        account_id__in={pair[0] for pair in touched}, metric__in={pair[1] for pair in touched}
-    )
-    return list(
-        Account.objects.filter(plan=Plan.ENTERPRISE, pk__in=scoped.values("account_id")).order_by(
-            "pk"
-        )
-    )
-
-
 def _labels_of(events: Iterable[EventIn]) -> dict[tuple[uuid.UUID, str], list[dict[str, str]]]:
     """The distinct label sets of the events, per (account id, metric)."""
     found: dict[tuple[uuid.UUID, str], dict[str, dict[str, str]]] = {}
@@ -260,12 +248,20 @@ def usage_events_record(
     now = now or timezone.now()
     events, is_batch = parse_events(payload, now, bound=account_id)
 
-    zones: dict[uuid.UUID, ZoneInfo] = {
-        row["id"]: ZoneInfo(row["timezone"])
-        for row in Account.objects.filter(
-            pk__in={e.account_id for e in events}, is_active=True
-        ).values("id", "timezone")
-    }
+    # The accounts, each marked when it has a scoped limit on a metric of the request (in
+    # the same query): only those have scoped lines to look at for crossings.
+    metrics = {e.metric for e in events}
+    accounts = list(
+        Account.objects.filter(pk__in={e.account_id for e in events}, is_active=True)
+        .annotate(
+            has_scoped=Exists(
+                ScopedLimit.objects.filter(account_id=OuterRef("pk"), metric__in=metrics)
+            )
+        )
+        .order_by("pk")
+    )
+    zones: dict[uuid.UUID, ZoneInfo] = {account.pk: account.zone for account in accounts}
+    scoped = [account for account in accounts if account.has_scoped and account.is_enterprise]
     unknown = [i for i, e in enumerate(events) if e.account_id not in zones]
     if unknown:
         message = [_("Unknown or inactive account.")]
@@ -284,9 +280,7 @@ def usage_events_record(
         # monthly lines and on the scoped lines that count these events.
         crossings_record(
             usages=[u for u in usage.values() if u.status != Status.OK],
-            lines=scoped_lines_reached(
-                accounts=_accounts_with_scoped_lines(touched), now=now, labels=_labels_of(events)
-            ),
+            lines=scoped_lines_reached(accounts=scoped, now=now, labels=_labels_of(events)),
             zones=zones,
             now=now,
         )

@@ -7,6 +7,7 @@ evaluate thresholds now and send a test notification.
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 from django import forms
@@ -54,9 +55,18 @@ def notifications_with_delivery_counts(queryset: QuerySet[Notification]) -> Quer
 class NotificationDisplay:
     """The columns a notification is shown with, in its admin and on the account page."""
 
-    @admin.display(description=_("period"), ordering="period")
+    @admin.display(description=_("limit"), ordering="period_kind")
+    def line_display(self, obj: Notification) -> str:
+        return obj.line_text()
+
+    @admin.display(description=_("period"), ordering="period_start")
     def period_display(self, obj: Notification) -> str:
-        return obj.period_code
+        return obj.period_text()
+
+    @admin.display(description=_("e-mailed"), boolean=True, ordering="recorded_only")
+    def emailed_display(self, obj: Notification) -> bool:
+        """False for a crossing recorded only: its line's e-mail of the day went out before."""
+        return not obj.recorded_only
 
     @admin.display(description=_("threshold"), ordering="threshold")
     def threshold_display(self, obj: Notification) -> str:
@@ -151,22 +161,24 @@ class DeliveryInline(ReadOnlyInline):
 
 
 class PeriodFilter(admin.SimpleListFilter):
-    """The periods that have notifications, newest first, as ``YYYY-MM``."""
+    """The months in which notified periods start, newest first, as ``YYYY-MM``."""
 
     title = _("period")
     parameter_name = "period"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
-        periods = (
-            Notification.objects.order_by("-period").values_list("period", flat=True).distinct()
-        )
-        return [(period.isoformat(), f"{period:%Y-%m}") for period in periods]
+        months = Notification.objects.dates("period", "month", order="DESC")
+        return [(month.isoformat(), f"{month:%Y-%m}") for month in months]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         value = self.value()
         if value is None:
             return queryset
-        return queryset.filter(period=value)
+        try:
+            month = date.fromisoformat(value)
+        except ValueError:
+            return queryset.none()
+        return queryset.filter(period__year=month.year, period__month=month.month)
 
 
 class DeliveryStatusFilter(admin.SimpleListFilter):
@@ -191,18 +203,29 @@ class DeliveryStatusFilter(admin.SimpleListFilter):
 @admin.register(Notification)
 class NotificationAdmin(NotificationDisplay, ResendPermission, ReadOnlyAdmin):
     list_display = (
+        "__str__",
         "account",
         "metric",
         "level",
+        "line_display",
         "period_display",
         "threshold_display",
         "used_display",
         "created_at",
+        "emailed_display",
         "is_test",
         "deliveries_total_display",
         "deliveries_summary",
     )
-    list_filter = ("level", "metric", PeriodFilter, "is_test", DeliveryStatusFilter)
+    list_filter = (
+        "level",
+        "metric",
+        "period_kind",
+        PeriodFilter,
+        "recorded_only",
+        "is_test",
+        DeliveryStatusFilter,
+    )
     list_select_related = ("account",)
     # A request or correlation id, as found on a usage event or in a log line, finds the
     # notifications it caused.
@@ -211,10 +234,12 @@ class NotificationAdmin(NotificationDisplay, ResendPermission, ReadOnlyAdmin):
         "account",
         "metric",
         "level",
+        "line_display",
         "period_display",
         "threshold_display",
         "used_display",
         "created_at",
+        "emailed_display",
         "is_test",
         "request_id",
         "correlation_id",
@@ -312,9 +337,11 @@ class NotificationInline(NotificationDisplay, ReadOnlyInline):
         "created_at",
         "metric",
         "level",
+        "line_display",
         "period_display",
         "threshold_display",
         "used_display",
+        "emailed_display",
         "is_test",
         "deliveries_summary",
     )
@@ -324,7 +351,9 @@ class NotificationInline(NotificationDisplay, ReadOnlyInline):
     show_change_link = True
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Notification]:
-        return notifications_with_delivery_counts(super().get_queryset(request))
+        # The account gives each row's time zone (the period's local time).
+        queryset = super().get_queryset(request).select_related("account")
+        return notifications_with_delivery_counts(queryset)
 
 
 @admin.action(description=_("Evaluate thresholds now"), permissions=["change"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 
 import pytest
 
@@ -28,6 +28,7 @@ def message_for(
         metric=metric,
         level=level,
         period=date(2026, 11, 1),
+        period_start=datetime(2026, 11, 1, tzinfo=account.zone),
         threshold=threshold,
         used_milli=used_milli if used_milli is not None else threshold * 850,
         is_test=is_test,
@@ -69,6 +70,7 @@ def test_warning_in_english():
         "X-Usage-Metric": "text_tokens",
         "X-Usage-Level": "warning",
         "X-Usage-Period": "2026-11",
+        "X-Usage-Period-Kind": "month",
         "X-Usage-Threshold": "1000000",
         "X-Usage-Used": "850000",
     }
