@@ -13,7 +13,8 @@ from accounts.metrics import METRICS, Metric
 from accounts.models import LABELS_KEY_MAX_LENGTH, Account, Language, Level
 from accounts.windows import PeriodKind
 from config.request_ids import MAX_LENGTH, current_correlation_id, current_request_id
-from usage.quantities import threshold_text
+from usage.models import MILLI
+from usage.quantities import quantity_with_unit
 
 from .lines import period_text
 
@@ -150,13 +151,13 @@ class Notification(models.Model):
         ]
 
     def __str__(self) -> str:
-        """The line in words: ``Text tokens, warning at 40,000 tokens, day of 2 December
+        """The line in words: ``Text tokens, warning at 40,000 tokens, day of December 2,
         2026, Model: large`` (the metric's label, the level, the threshold with its unit, the
         period, the labels)."""
         text = gettext("%(metric)s, %(level)s at %(threshold)s, %(period)s") % {
             "metric": METRICS[self.metric].label if self.metric in METRICS else self.metric,
             "level": self.get_level_display().lower(),
-            "threshold": threshold_text(self.threshold, self.metric),
+            "threshold": quantity_with_unit(self.threshold * MILLI, self.metric),
             "period": self.period_text(),
         }
         labels = self.labels
