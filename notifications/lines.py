@@ -13,7 +13,9 @@ from accounts.windows import PeriodKind
 
 
 def _day(value: date) -> str:
-    return formats.date_format(value, "DATE_FORMAT")
+    # Day, month name and year in every language ("2 December 2026", "2 décembre 2026"):
+    # English's DATE_FORMAT would abbreviate some months ("Dec. 2, 2026").
+    return formats.date_format(value, "j F Y")
 
 
 def period_text(

@@ -151,7 +151,7 @@ class Notification(models.Model):
         ]
 
     def __str__(self) -> str:
-        """The line in words: ``Text tokens, warning at 40,000 tokens, day of December 2,
+        """The line in words: ``Text tokens, warning at 40,000 tokens, day of 2 December
         2026, Model: large`` (the metric's label, the level, the threshold with its unit, the
         period, the labels)."""
         text = gettext("%(metric)s, %(level)s at %(threshold)s, %(period)s") % {

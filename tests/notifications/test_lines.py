@@ -298,7 +298,7 @@ def test_a_notification_names_its_line_in_words():
     record(account, "a", 100, paris("2027-03-28 10:00"), {"model": "large"})
     notification = Notification.objects.get(account=account)
     assert str(notification) == (
-        "Text tokens, warning at 100 tokens, day of March 28, 2027, Model: large"
+        "Text tokens, warning at 100 tokens, day of 28 March 2027, Model: large"
     )
 
 
