@@ -88,7 +88,7 @@ BOTH_LINES = [
 ]
 
 
-def test_concurrent_requests_and_sweeps_crossing_a_daily_and_the_monthly_line_notify_once(
+def test_concurrent_requests_crossing_a_daily_and_the_monthly_line_notify_once_each(
     service_user,
 ):
     # given
@@ -97,14 +97,9 @@ def test_concurrent_requests_and_sweeps_crossing_a_daily_and_the_monthly_line_no
     for round_number in range(ROUNDS):
         account = account_with_monthly_and_daily_lines()
         now = timezone.now().isoformat()
-
-        def sweep(account=account) -> None:
-            thresholds_evaluate(account_ids=[account.pk])
-
-        # when: six requests of 20 tokens (120: both levels of both lines) and two sweeps
+        # when: six requests of 20 tokens at once: 120, both levels of both lines
         failures = run_together(
             [poster(client, account, f"r{round_number}-{i}", 20, now) for i in range(6)]
-            + [sweep, sweep]
         )
         assert failures == []
         accounts.append(account)
@@ -154,18 +149,13 @@ def test_concurrent_requests_on_different_accounts_notify_once_each(service_user
     client = token_client(service_user)
     accounts = [account_with_monthly_and_daily_lines() for _ in range(3)]
     now = timezone.now().isoformat()
-
-    def sweep() -> None:
-        thresholds_evaluate(account_ids=[account.pk for account in accounts])
-
-    # when: four requests of 30 tokens per account, all at once, and two sweeps of all three
+    # when: four requests of 30 tokens per account, all at once
     failures = run_together(
         [
             poster(client, account, f"{index}-{i}", 30, now)
             for index, account in enumerate(accounts)
             for i in range(4)
         ]
-        + [sweep, sweep]
     )
     # then
     assert failures == []
