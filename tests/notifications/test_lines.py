@@ -317,3 +317,39 @@ def test_a_notification_before_lines_keeps_its_monthly_meaning():
     assert notification.period_code == "2027-03"
     assert str(notification) == "Text tokens, blocked at 1,000 tokens, March 2027"
     assert notification.period_start == datetime(2027, 3, 1, 3, 30, tzinfo=UTC) + timedelta(0)
+
+
+def test_a_limits_patch_adding_a_passed_rolling_line_notifies_at_once(manager_client):
+    # given: usage already counted today
+    account = AccountFactory(timezone="Asia/Kathmandu")
+    limits_replace(account=account, data={"recipients": RECIPIENTS})
+    usage_already_counted(account, 500)
+    # when: the API adds a 7-day rolling line already passed, for every label
+    response = manager_client.patch(
+        f"/api/v1/accounts/{account.pk}/limits/",
+        {
+            "scoped_limits": [
+                {
+                    "metric": TOKENS,
+                    "period": "rolling",
+                    "window_days": 7,
+                    "labels": {},
+                    "warning": None,
+                    "blocked": 300,
+                }
+            ]
+        },
+        format="json",
+    )
+    # then: the period starts at today's local midnight, the blocked recipient is told
+    assert response.status_code == 200, response.content
+    local_today = timezone.now().astimezone(account.zone).date()
+    assert list(
+        Notification.objects.filter(account=account).values_list(
+            "period_kind", "window_days", "level", "period", "threshold"
+        )
+    ) == [("rolling", 7, "blocked", local_today, 300)]
+    assert [m.to for m in mail.outbox] == [["ops@example.com"]]
+    assert mail.outbox[0].extra_headers["X-Usage-Period"] == (
+        datetime.combine(local_today, datetime.min.time(), tzinfo=account.zone).isoformat()
+    )
