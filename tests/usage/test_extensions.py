@@ -41,6 +41,7 @@ def test_an_extension_raises_the_blocked_threshold_of_the_current_period():
 def test_an_extension_may_be_granted_ahead_for_a_later_period():
     # given
     account = AccountFactory()
+    LimitFactory(account=account, metric="text_tokens", warning=None, blocked=1000)
     later = current_period(account).next
 
     # when
@@ -83,6 +84,7 @@ def test_an_extension_may_be_granted_ahead_for_a_later_period():
 def test_a_bad_extension_is_refused_with_its_message(changes, errors):
     # given
     account = AccountFactory()
+    LimitFactory(account=account, metric="text_tokens", warning=None, blocked=1000)
     grant = {"metric": "text_tokens", "amount": 100, "reason": "Launch", "actor": None} | changes
 
     # when
