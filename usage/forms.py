@@ -9,6 +9,8 @@ from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Account
+from accounts.selectors import LimitsDocument
+from accounts.services import limits_document_validate
 
 from .models import Extension
 from .selectors import SCOPED_LINE_CHOICE, extension_line_choices
@@ -81,6 +83,17 @@ class ExtensionInlineForm(forms.ModelForm):
             "reason": self.cleaned_data["reason"],
         }
 
+    @staticmethod
+    def _limits_saved_with(account: Account) -> LimitsDocument | None:
+        """The limits this page saves before granting (``AccountAdmin.save_related``), once
+        the recipients formset accepted them: a line it removes, or whose blocked threshold
+        it clears, cannot take an extension. ``None`` when the page leaves them as stored."""
+        draft = getattr(account, "_limits_draft", None)
+        document = getattr(draft, "document", None)
+        if document is None:
+            return None
+        return limits_document_validate(account=account, data=document)
+
     def clean(self) -> dict[str, Any]:
         cleaned_data = super().clean()
         # The account being edited, as posted (the inline's foreign key field returns it).
@@ -93,6 +106,7 @@ class ExtensionInlineForm(forms.ModelForm):
                 **extension_line_parse(cleaned_data["line"]),
                 amount=cleaned_data.get("amount"),
                 reason=cleaned_data.get("reason") or "",
+                limits=self._limits_saved_with(account),
             )
         except ValidationError as refused:
             for name, errors in refused.error_dict.items():

@@ -46,6 +46,7 @@ from django.utils.translation import gettext_lazy as _
 from accounts.labels import PAIR_SEPARATOR, labels_key
 from accounts.metrics import METRICS
 from accounts.models import Account, Limit, ScopedLimit
+from accounts.selectors import LimitsDocument
 from accounts.services import MAX_THRESHOLD
 from accounts.windows import PeriodKind, window_containing
 from config.request_ids import current_correlation_id, current_request_id
@@ -879,6 +880,7 @@ def extension_validate(
     scoped_limit_id: Any = None,
     period_start: datetime | None = None,
     now: datetime | None = None,
+    limits: LimitsDocument | None = None,
 ) -> ExtensionTarget:
     """Check an extension before it is granted; returns the line and period it raises.
 
@@ -888,7 +890,10 @@ def extension_validate(
     period moved on is refused rather than applied to the next one). Raises
     ``ValidationError`` keyed by field when the account is not Enterprise, the metric or
     line unknown, the line without a blocked threshold, the amount not a whole number > 0,
-    the reason blank, the period closed or not the line's current one.
+    the reason blank, the period closed or not the line's current one. ``limits``: the
+    account's limits as they will be when the extension is granted (a page that changes
+    them and grants at once), read instead of the stored ones for the line's blocked
+    threshold; a scoped limit it leaves out is unknown.
     """
     errors: dict[str, list[ValidationError]] = {}
     if not account.is_enterprise:
@@ -936,6 +941,13 @@ def extension_validate(
             period_start=anchor,
         )
         blocked = line.blocked
+        if limits is not None:
+            identity = (line.metric, line.period, line.window_days, line.labels_key)
+            kept = [spec for spec in limits.scoped_limits if spec.identity == identity]
+            if not kept:
+                errors["line"] = [ValidationError(MSG_EXTENSION_UNKNOWN_LINE, code="unknown_line")]
+                raise ValidationError(errors)
+            blocked = kept[0].blocked
         if period is not None or (period_start is not None and period_start != anchor):
             errors["period"] = [ValidationError(MSG_EXTENSION_NOT_CURRENT, code="not_current")]
         granted_already = Extension.objects.filter(scoped_limit=line, period_start=anchor)
@@ -947,6 +959,8 @@ def extension_validate(
             Limit.objects.filter(account=account, metric=metric)
             .values_list("blocked", flat=True)
             .first()
+            if limits is None
+            else limits.limits[metric].blocked
         )
         if period.first_day < current.first_day:
             errors["period"] = [ValidationError(MSG_EXTENSION_CLOSED_PERIOD, code="closed")]

@@ -367,3 +367,42 @@ def test_removing_a_line_removes_its_extensions_and_leaves_the_monthly_line_s(
     # then
     assert response.status_code == 200
     assert list(Extension.objects.values_list("scoped_limit", "amount")) == [(None, 500)]
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (
+            {"scoped_limits-0-DELETE": "on"},
+            "This limit line does not exist (any more) on this account.",
+        ),
+        (
+            {"scoped_limits-0-blocked": ""},
+            "This line has no blocked threshold: an extension raises the blocked threshold, "
+            "so set one first.",
+        ),
+        (
+            {"limit_text_tokens_blocked": "", "limit_text_tokens_warning": ""},
+            "This line has no blocked threshold: an extension raises the blocked threshold, "
+            "so set one first.",
+        ),
+    ],
+)
+def test_a_page_that_removes_a_line_or_its_blocked_threshold_cannot_extend_it(
+    account, admin_client, change, error
+):
+    # given: the page changes the line it extends (the daily line, or the monthly one)
+    words = MONTH if "limit_text_tokens_blocked" in change else DAY
+    with time_machine.travel(NOW, tick=False):
+        page = admin_client.get(change_url(account))
+        data = page_data(page)
+        assert set(change) - {"scoped_limits-0-DELETE"} <= set(data)
+        data.update(change)
+        add_extension(data, page, words, 100, "Launch")
+        # when
+        response = admin_client.post(change_url(account), data)
+    # then: refused on the extension's row, nothing saved
+    assert response.status_code == 200
+    assert extension_errors(response) == [{"line": [error]}]
+    assert not Extension.objects.exists()
+    assert ScopedLimit.objects.filter(account=account).count() == 4
