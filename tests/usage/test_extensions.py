@@ -110,3 +110,24 @@ def test_an_extension_for_an_account_that_is_not_enterprise_is_refused():
     }
     assert refused.value.error_dict["account"][0].code == "not_enterprise"
     assert not account.extensions.exists()
+
+
+@pytest.mark.parametrize("blocked", [None, "no limit row"])
+def test_an_extension_of_a_line_without_blocked_threshold_is_refused(blocked):
+    # given: a warning threshold alone, or no limit at all
+    account = AccountFactory()
+    if blocked is None:
+        LimitFactory(account=account, metric="text_tokens", warning=10, blocked=None)
+
+    # when
+    with pytest.raises(ValidationError) as refused:
+        extension_grant(account=account, metric="text_tokens", amount=1, reason="x", actor=None)
+
+    # then
+    assert refused.value.message_dict == {
+        "line": [
+            "This line has no blocked threshold: an extension raises the blocked threshold, "
+            "so set one first."
+        ]
+    }
+    assert not account.extensions.exists()
