@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django import forms
@@ -13,15 +14,42 @@ from accounts.selectors import LimitsDocument
 from accounts.services import limits_document_validate
 
 from .models import Extension
-from .selectors import SCOPED_LINE_CHOICE, extension_line_choices
+from .selectors import CHOICE_PERIOD_SEPARATOR, SCOPED_LINE_CHOICE, extension_line_choices
 from .services import extension_validate
 
 
-def extension_line_parse(value: str) -> dict[str, Any]:
-    """The ``extension_grant`` arguments naming the line of a ``line`` choice."""
-    if value.startswith(SCOPED_LINE_CHOICE):
-        return {"metric": None, "scoped_limit_id": int(value.removeprefix(SCOPED_LINE_CHOICE))}
-    return {"metric": value, "scoped_limit_id": None}
+def extension_line_parse(value: str) -> dict[str, Any] | None:
+    """The ``extension_grant`` arguments naming the line (and for a scoped line, the
+    period) of a ``line`` choice; ``None`` when it is not one."""
+    if not value.startswith(SCOPED_LINE_CHOICE):
+        return {"metric": value, "scoped_limit_id": None}
+    line, _separator, start = value.removeprefix(SCOPED_LINE_CHOICE).partition(
+        CHOICE_PERIOD_SEPARATOR
+    )
+    try:
+        period_start = datetime.fromisoformat(start)
+    except ValueError:
+        return None
+    if not line.isdigit() or period_start.utcoffset() is None:
+        return None
+    return {"metric": None, "scoped_limit_id": int(line), "period_start": period_start}
+
+
+class LineChoiceField(forms.ChoiceField):
+    """The line of an extension. A scoped line offered in a period that has ended since is
+    still a valid choice: the service refuses it with its own message."""
+
+    def valid_value(self, value: Any) -> bool:
+        if super().valid_value(value):
+            return True
+        parsed = extension_line_parse(str(value))
+        if parsed is None or parsed["scoped_limit_id"] is None:
+            return False
+        offered = (extension_line_parse(str(key)) for key, _words in self.choices if key)
+        return any(
+            choice is not None and choice["scoped_limit_id"] == parsed["scoped_limit_id"]
+            for choice in offered
+        )
 
 
 class ExtensionInlineFormSet(forms.BaseInlineFormSet):
@@ -42,7 +70,7 @@ class ExtensionInlineForm(forms.ModelForm):
     (through ``grant_row``), which checks the same way.
     """
 
-    line = forms.ChoiceField(
+    line = LineChoiceField(
         label=_("limit line"),
         choices=(),
         help_text=_("The extension raises this line's blocked threshold in its current period."),
@@ -77,8 +105,10 @@ class ExtensionInlineForm(forms.ModelForm):
 
     def grant_row(self) -> dict[str, Any]:
         """The ``extension_grant`` arguments of this valid row, the actor aside."""
+        line = extension_line_parse(self.cleaned_data["line"])
+        assert line is not None  # ``LineChoiceField`` took it
         return {
-            **extension_line_parse(self.cleaned_data["line"]),
+            **line,
             "amount": self.cleaned_data["amount"],
             "reason": self.cleaned_data["reason"],
         }
@@ -98,12 +128,13 @@ class ExtensionInlineForm(forms.ModelForm):
         cleaned_data = super().clean()
         # The account being edited, as posted (the inline's foreign key field returns it).
         account = cleaned_data.get("account")
-        if account is None or account._state.adding or "line" not in cleaned_data:
+        line = extension_line_parse(cleaned_data.get("line") or "")
+        if account is None or account._state.adding or line is None:
             return cleaned_data
         try:
             extension_validate(
                 account=account,
-                **extension_line_parse(cleaned_data["line"]),
+                **line,
                 amount=cleaned_data.get("amount"),
                 reason=cleaned_data.get("reason") or "",
                 limits=self._limits_saved_with(account),

@@ -789,18 +789,23 @@ def line_period_data(line: LineUsage, account: Account) -> dict[str, object]:
     }
 
 
-# A choice of an extension's line: the metric's code for its whole-metric monthly line, this
-# prefix and the scoped limit's id for a scoped one.
+# A choice of an extension's line: the metric's code for its whole-metric monthly line; for a
+# scoped one, this prefix, the scoped limit's id, ``@`` and the start of the line's period
+# when the choice was offered (``line_period_start``, ISO 8601), so that a page shown before
+# the line's period moved on (an hour line at 15:59) cannot extend the next period.
 SCOPED_LINE_CHOICE = "line:"
+CHOICE_PERIOD_SEPARATOR = "@"
 
 
-def extension_line_choices(*, account: Account) -> list[tuple[str, str]]:
+def extension_line_choices(
+    *, account: Account, now: datetime | None = None
+) -> list[tuple[str, str]]:
     """The lines an extension may be granted on, by their words, in the order of
     ``limit_lines``, valued as ``SCOPED_LINE_CHOICE`` says. One query."""
-    return [
-        *((metric, monthly_line_text(metric)) for metric in METRICS),
-        *(
-            (f"{SCOPED_LINE_CHOICE}{row.pk}", row.line_text())
-            for row in ScopedLimit.objects.filter(account=account).order_by("position", "id")
-        ),
-    ]
+    now = now or timezone.now()
+    choices = [(metric, monthly_line_text(metric)) for metric in METRICS]
+    for row in ScopedLimit.objects.filter(account=account).order_by("position", "id"):
+        start = line_period_start(line_window(line=row, zone=account.zone, now=now))
+        value = f"{SCOPED_LINE_CHOICE}{row.pk}{CHOICE_PERIOD_SEPARATOR}{start.isoformat()}"
+        choices.append((value, row.line_text()))
+    return choices

@@ -406,3 +406,44 @@ def test_a_page_that_removes_a_line_or_its_blocked_threshold_cannot_extend_it(
     assert extension_errors(response) == [{"line": [error]}]
     assert not Extension.objects.exists()
     assert ScopedLimit.objects.filter(account=account).count() == 4
+
+
+def test_a_page_shown_before_the_line_s_period_moved_on_cannot_extend_the_next_one(
+    account, admin_client
+):
+    # given: the page shown in the last second of the 15:00 hour in Paris
+    with time_machine.travel(datetime(2026, 12, 2, 14, 59, 59, tzinfo=UTC), tick=False):
+        page = admin_client.get(change_url(account))
+    data = page_data(page)
+    add_extension(data, page, HOUR, 29500, "Lift the hour")
+    # when: posted in the next hour
+    with time_machine.travel(datetime(2026, 12, 2, 15, 0, tzinfo=UTC), tick=False):
+        response = admin_client.post(change_url(account), data)
+    # then
+    assert response.status_code == 200
+    assert extension_errors(response) == [{"__all__": NOT_CURRENT["period"]}]
+    assert not Extension.objects.exists()
+
+
+def test_a_line_choice_that_was_never_offered_is_refused(account, admin_client):
+    # given
+    with time_machine.travel(NOW, tick=False):
+        page = admin_client.get(change_url(account))
+        data = page_data(page)
+        add_extension(data, page, HOUR, 1, "Tampered")
+        index = int(data["extensions-TOTAL_FORMS"]) - 1
+        value = data[f"extensions-{index}-line"]
+        for tampered in (value.partition("@")[0] + "@soon", "line:999@" + value.partition("@")[2]):
+            data[f"extensions-{index}-line"] = tampered
+            # when
+            response = admin_client.post(change_url(account), data)
+            # then
+            assert response.status_code == 200
+            assert extension_errors(response) == [
+                {
+                    "line": [
+                        f"Select a valid choice. {tampered} is not one of the available choices."
+                    ]
+                }
+            ]
+    assert not Extension.objects.exists()
