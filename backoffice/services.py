@@ -206,13 +206,18 @@ def _account_write(
 def extensions_grant(
     *, account: Account, rows: Iterable[Mapping[str, Any]], actor: Any
 ) -> list[Extension]:
-    """Grant each of ``rows`` (``metric``, ``amount``, ``reason``) for the current period.
+    """Grant each of ``rows`` (``amount``, ``reason`` and the line: ``metric`` for a
+    whole-metric monthly line, or ``scoped_limit_id``), each for its line's current period.
 
     In one transaction with the evaluation of the account's thresholds, since a raised
-    effective blocked threshold may re-arm its notification (SPEC section 6). Refused with
-    ``ValidationError`` as ``usage.services.extension_validate`` says.
+    effective blocked threshold may re-arm its notification or lift a blocked line (SPEC
+    sections 6 and 12.2), on any line. Refused with ``ValidationError`` as
+    ``usage.services.extension_validate`` says.
     """
     with transaction.atomic():
+        # One writer of limits at a time per account (as ``limits_replace``): the line an
+        # extension names cannot be removed or changed between its check and its grant.
+        Account.objects.select_for_update(no_key=True).filter(pk=account.pk).first()
         granted = [extension_grant(account=account, actor=actor, **row) for row in rows]
         if granted:
             thresholds_evaluate(account_ids=[account.pk], after_limit_change=True)

@@ -132,6 +132,7 @@ class ExtensionAdmin(ReadOnlyAdmin):
     list_display = (
         "account",
         "metric",
+        "line_display",
         "period_display",
         "amount",
         "reason",
@@ -139,13 +140,26 @@ class ExtensionAdmin(ReadOnlyAdmin):
         "granted_at",
     )
     list_filter = ("metric", AccountFilter)
-    list_select_related = ("account", "granted_by")
-    fields = ("account", "metric", "period_display", "amount", "reason", "granted_by", "granted_at")
+    list_select_related = ("account", "granted_by", "scoped_limit")
+    fields = (
+        "account",
+        "metric",
+        "line_display",
+        "period_display",
+        "amount",
+        "reason",
+        "granted_by",
+        "granted_at",
+    )
     readonly_fields = fields
+
+    @admin.display(description=_("limit line"))
+    def line_display(self, obj: Extension) -> str:
+        return obj.line_text()
 
     @admin.display(description=_("period"), ordering="period")
     def period_display(self, obj: Extension) -> str:
-        return f"{obj.period:%Y-%m}"
+        return obj.period_key
 
 
 @admin.register(CounterRepair)

@@ -45,7 +45,8 @@ from django.utils.translation import gettext_lazy as _
 
 from accounts.labels import PAIR_SEPARATOR, labels_key
 from accounts.metrics import METRICS
-from accounts.models import Account
+from accounts.models import Account, Limit, ScopedLimit
+from accounts.selectors import LimitsDocument
 from accounts.services import MAX_THRESHOLD
 from accounts.windows import PeriodKind, window_containing
 from config.request_ids import current_correlation_id, current_request_id
@@ -68,6 +69,8 @@ from .selectors import (
     MetricUsage,
     current_period,
     earliest_current_day,
+    line_period_start,
+    line_window,
     purge_boundary,
 )
 
@@ -830,22 +833,83 @@ MSG_EXTENSION_NOT_ENTERPRISE = _("Extensions can only be granted to an Enterpris
 MSG_EXTENSION_CLOSED_PERIOD = _(
     "Extensions can only be granted for the current period or a later one."
 )
+MSG_EXTENSION_NOT_CURRENT = _(
+    "An extension of a scoped limit can only be granted for the line's current period."
+)
+MSG_EXTENSION_UNKNOWN_LINE = _("This limit line does not exist (any more) on this account.")
+MSG_EXTENSION_NO_BLOCKED = _(
+    "This line has no blocked threshold: an extension raises the blocked threshold, "
+    "so set one first."
+)
+
+
+@dataclass(frozen=True)
+class ExtensionTarget:
+    """What an extension raises: a line and one of its periods (see ``Extension``).
+
+    ``scoped_limit`` ``None`` is the whole-metric monthly line of ``metric``, ``period``
+    the first day of its month; else ``period_start`` starts the line's period (a rolling
+    window's: its last day) and ``period`` is that instant's local day.
+    """
+
+    metric: str
+    scoped_limit: ScopedLimit | None
+    period: date
+    period_start: datetime | None = None
+
+
+def _extension_line(
+    account: Account, scoped_limit_id: Any, errors: dict[str, list[ValidationError]]
+) -> ScopedLimit | None:
+    if isinstance(scoped_limit_id, bool) or not isinstance(scoped_limit_id, int):
+        line = None
+    else:
+        line = ScopedLimit.objects.filter(account=account, pk=scoped_limit_id).first()
+    if line is None:
+        errors["line"] = [ValidationError(MSG_EXTENSION_UNKNOWN_LINE, code="unknown_line")]
+    return line
 
 
 def extension_validate(
-    *, account: Account, metric: Any, amount: Any, reason: Any, period: Period | None = None
-) -> Period:
-    """Check an extension before it is granted; returns its period (the current by default).
+    *,
+    account: Account,
+    metric: Any = None,
+    amount: Any,
+    reason: Any,
+    period: Period | None = None,
+    scoped_limit_id: Any = None,
+    period_start: datetime | None = None,
+    now: datetime | None = None,
+    limits: LimitsDocument | None = None,
+) -> ExtensionTarget:
+    """Check an extension before it is granted; returns the line and period it raises.
 
-    Raises ``ValidationError`` keyed by field when the account is not Enterprise, the
-    metric unknown, the amount not a whole number > 0, the reason blank or the period closed.
+    Without ``scoped_limit_id``, the monthly line of ``metric`` for ``period`` (the current
+    month by default, or a later one). With it, that scoped limit of ``account`` for its
+    current period (``period_start``, when given, must start it: a page shown before the
+    period moved on is refused rather than applied to the next one). Raises
+    ``ValidationError`` keyed by field when the account is not Enterprise, the metric or
+    line unknown, the line without a blocked threshold, the amount not a whole number > 0,
+    the reason blank, the period closed or not the line's current one. ``limits``: the
+    account's limits as they will be when the extension is granted (a page that changes
+    them and grants at once), read instead of the stored ones for the line's blocked
+    threshold; a scoped limit it leaves out is unknown.
     """
     errors: dict[str, list[ValidationError]] = {}
     if not account.is_enterprise:
         errors["account"] = [ValidationError(MSG_EXTENSION_NOT_ENTERPRISE, code="not_enterprise")]
-    _metric, metric_error = parse_metric(metric)
-    if metric_error:
-        errors["metric"] = [ValidationError(metric_error, code="invalid")]
+    line: ScopedLimit | None = None
+    if scoped_limit_id is not None:
+        line = _extension_line(account, scoped_limit_id, errors)
+        metric_error = None if line is None or metric in (None, line.metric) else "mismatch"
+        if metric_error:
+            errors["metric"] = [
+                ValidationError(_("The line is of another metric."), code="invalid")
+            ]
+    else:
+        _metric, metric_error = parse_metric(metric)
+        if metric_error:
+            errors["metric"] = [ValidationError(metric_error, code="invalid")]
     if isinstance(amount, bool) or not isinstance(amount, int):
         errors["amount"] = [ValidationError(_("A whole number is required."), code="invalid")]
     elif amount <= 0:
@@ -862,21 +926,58 @@ def extension_validate(
         ]
     if not isinstance(reason, str) or not reason.strip():
         errors["reason"] = [ValidationError(_("This field is required."), code="required")]
-    current = current_period(account)
-    period = period or current
-    if period.first_day < current.first_day:
-        errors["period"] = [ValidationError(MSG_EXTENSION_CLOSED_PERIOD, code="closed")]
-    elif "amount" not in errors and not metric_error:
-        # Extensions add up in one sum per period (``usage.selectors``): bounded like a
-        # threshold, so that no number of them can overflow it.
-        granted = Extension.objects.filter(
-            account=account, metric=metric, period=period.first_day
-        ).aggregate(total=Sum("amount"))["total"]
+    if errors.keys() & {"line", "metric"}:
+        raise ValidationError(errors)
+
+    now = now or timezone.now()
+    zone = account.zone
+    if line is not None:
+        window = line_window(line=line, zone=zone, now=now)
+        anchor = line_period_start(window)
+        target = ExtensionTarget(
+            metric=line.metric,
+            scoped_limit=line,
+            period=anchor.astimezone(zone).date(),
+            period_start=anchor,
+        )
+        blocked = line.blocked
+        if limits is not None:
+            identity = (line.metric, line.period, line.window_days, line.labels_key)
+            kept = [spec for spec in limits.scoped_limits if spec.identity == identity]
+            if not kept:
+                errors["line"] = [ValidationError(MSG_EXTENSION_UNKNOWN_LINE, code="unknown_line")]
+                raise ValidationError(errors)
+            blocked = kept[0].blocked
+        if period is not None or (period_start is not None and period_start != anchor):
+            errors["period"] = [ValidationError(MSG_EXTENSION_NOT_CURRENT, code="not_current")]
+        granted_already = Extension.objects.filter(scoped_limit=line, period_start=anchor)
+    else:
+        current = current_period(account, now)
+        period = period or current
+        target = ExtensionTarget(metric=metric, scoped_limit=None, period=period.first_day)
+        blocked = (
+            Limit.objects.filter(account=account, metric=metric)
+            .values_list("blocked", flat=True)
+            .first()
+            if limits is None
+            else limits.limits[metric].blocked
+        )
+        if period.first_day < current.first_day:
+            errors["period"] = [ValidationError(MSG_EXTENSION_CLOSED_PERIOD, code="closed")]
+        granted_already = Extension.objects.filter(
+            account=account, metric=metric, period=period.first_day, scoped_limit__isnull=True
+        )
+    if blocked is None and "account" not in errors:
+        errors["line"] = [ValidationError(MSG_EXTENSION_NO_BLOCKED, code="no_blocked_threshold")]
+    if "amount" not in errors and "period" not in errors:
+        # Extensions add up in one sum per line and period (``usage.selectors``): bounded
+        # like a threshold, so that no number of them can overflow it.
+        granted = granted_already.aggregate(total=Sum("amount"))["total"]
         if (granted or 0) + amount > MAX_THRESHOLD:
             errors["amount"] = [
                 ValidationError(
                     _(
-                        "Ensure the extensions of this metric and period total at most "
+                        "Ensure the extensions of this line and period total at most "
                         "%(limit)s (%(granted)s granted already)."
                     ),
                     code="max_value",
@@ -885,30 +986,42 @@ def extension_validate(
             ]
     if errors:
         raise ValidationError(errors)
-    return period
+    return target
 
 
 def extension_grant(
     *,
     account: Account,
-    metric: str,
+    metric: Any = None,
     amount: int,
     reason: str,
     actor: Any,
     period: Period | None = None,
+    scoped_limit_id: Any = None,
+    period_start: datetime | None = None,
 ) -> Extension:
-    """Raise ``metric``'s blocked threshold by ``amount`` for ``period`` (by default the current).
+    """Raise a line's blocked threshold by ``amount`` for one period: the monthly line of
+    ``metric`` for ``period`` (by default the current), or the scoped limit
+    ``scoped_limit_id`` for its current period.
 
     Refused with ``ValidationError`` as ``extension_validate`` says.
     """
-    period = extension_validate(
-        account=account, metric=metric, amount=amount, reason=reason, period=period
+    target = extension_validate(
+        account=account,
+        metric=metric,
+        amount=amount,
+        reason=reason,
+        period=period,
+        scoped_limit_id=scoped_limit_id,
+        period_start=period_start,
     )
     granted_by = actor if getattr(actor, "is_authenticated", False) else None
     return Extension.objects.create(
         account=account,
-        metric=metric,
-        period=period.first_day,
+        metric=target.metric,
+        scoped_limit=target.scoped_limit,
+        period=target.period,
+        period_start=target.period_start,
         amount=amount,
         reason=reason.strip(),
         granted_by=granted_by,
