@@ -432,6 +432,9 @@ class WebhookEndpointForm(forms.ModelForm):
             )
         }
 
+    def validate_unique(self) -> None:
+        """The URL once per account is ``webhook_endpoint_validate``'s rule, with its message."""
+
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         account, url, levels = (cleaned.get(f) for f in ("account", "url", "levels"))
