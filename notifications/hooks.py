@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 # Every level a notification may have (SPEC 12.2, 12.3): an endpoint may ask for any.
 LEVELS = ("warning", "blocked", "restored", "forecast")
 MAX_ENDPOINTS = 10
+MAX_URL_LENGTH = 2000  # WebhookEndpoint.url
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
 LOOPBACK_NAMES = ("127.0.0.1", "localhost")
@@ -240,6 +241,8 @@ def webhook_endpoints_parse(data: object) -> list[EndpointInput]:
         url, levels, is_active = item.get("url"), item.get("levels"), item.get("is_active", True)
         if not isinstance(url, str):
             problems["url"] = [str(_("Expected the URL as a string."))]
+        elif len(url) > MAX_URL_LENGTH:
+            problems["url"] = [str(_("At most %(count)d characters.") % {"count": MAX_URL_LENGTH})]
         if not isinstance(levels, list) or not all(isinstance(v, str) for v in levels):
             problems["levels"] = [str(_("Expected a list of levels."))]
         if not isinstance(is_active, bool):

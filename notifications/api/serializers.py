@@ -10,7 +10,7 @@ from __future__ import annotations
 from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
-from notifications.hooks import LEVELS, SavedEndpoint
+from notifications.hooks import LEVELS, MAX_URL_LENGTH, SavedEndpoint
 from notifications.models import WebhookEndpoint
 
 URL_HELP = _(
@@ -21,7 +21,7 @@ LEVELS_HELP = _("The levels of the notifications posted to it; at least one, eac
 
 
 class WebhookEndpointInputSerializer(serializers.Serializer):
-    url = serializers.CharField(max_length=2000, help_text=URL_HELP)
+    url = serializers.CharField(max_length=MAX_URL_LENGTH, help_text=URL_HELP)
     levels = serializers.ListField(
         child=serializers.ChoiceField(choices=LEVELS),
         min_length=1,
