@@ -232,3 +232,18 @@ def test_a_usage_service_may_not_read_or_change_endpoints(service_client):
 
     assert service_client.get(url_of(account)).status_code == 403
     assert service_client.put(url_of(account), [], format="json").status_code == 403
+
+
+def test_a_url_longer_than_2000_characters_is_refused(manager_client):
+    account = AccountFactory()
+    url = "https://crm.example.com/" + "a" * 1977
+
+    response = manager_client.put(
+        url_of(account), [{"url": url, "levels": ["warning"]}], format="json"
+    )
+
+    assert (response.status_code, response.json()) == (
+        400,
+        {"0": {"url": ["At most 2000 characters."]}},
+    )
+    assert stored(account) == []
