@@ -8,6 +8,7 @@ from a script: ``answers = [503, 503]`` fails twice, then every request gets ``2
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ class Received:
 
 
 class Receiver:
-    def __init__(self, *, path: str = "/hooks/usage") -> None:
+    def __init__(self, *, path: str = "/hooks/usage", tls: ssl.SSLContext | None = None) -> None:
         self.secret: str | None = None
         self.answers: list[int] = []
         self.location = "http://127.0.0.1:1/elsewhere"
@@ -65,6 +66,8 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}{path}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -7,7 +7,10 @@ hosts are never called: their resolution is replaced (``hooks._resolve``).
 
 from __future__ import annotations
 
+import shutil
 import socket
+import ssl
+import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
@@ -486,3 +489,76 @@ def test_a_delivery_left_sending_by_a_dead_worker_is_sent_by_the_sweep(settings,
     assert recovered == [notification.pk]
     assert [r.headers["webhook-id"] for r in receiver.requests()] == [delivery.webhook_id]
     assert (delivery.status, delivery.attempts, delivery.endpoint) == ("sent", 2, endpoint)
+
+
+# --- HTTPS to the checked address ---
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[str, str]:
+    """A self-signed certificate for crm.example.com (made by the openssl command)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", "/CN=crm.example.com", "-addext", "subjectAltName=DNS:crm.example.com",
+            "-keyout", key, "-out", cert,
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture
+def tls_receiver(certificate) -> Iterator[Receiver]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    server = Receiver(tls=context)
+    server.secret = SECRET
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize(
+    ("host", "trusted", "error"),
+    [
+        ("crm.example.com", True, ""),
+        ("crm.example.com", False, "CERTIFICATE_VERIFY_FAILED"),
+        ("other.example.com", True, "hostname 'other.example.com' doesn't match"),
+    ],
+)
+def test_https_goes_to_the_checked_address_and_checks_the_certificate_against_the_name(
+    settings,
+    monkeypatch,
+    resolves_to,
+    reach_warning,
+    certificate,
+    tls_receiver,
+    host,
+    trusted,
+    error,
+):
+    # given: the name resolves to 127.0.0.1 (admitted in tests), where the receiver listens
+    settings.NOTIFICATIONS_MAX_ATTEMPTS = 1
+    resolves_to("127.0.0.1")
+    if trusted:  # as if its authority were in the system's store
+        monkeypatch.setenv("SSL_CERT_FILE", certificate[0])
+    account = account_past_its_warning()
+    endpoint_for(account, f"https://{host}:{tls_receiver.port}/hooks/usage")
+    # when
+    reach_warning(account)
+    # then
+    delivery = WebhookDelivery.objects.get()
+    if not error:
+        (request,) = tls_receiver.requests()
+        assert request.verified
+        assert request.headers["host"] == f"crm.example.com:{tls_receiver.port}"
+        assert (delivery.status, delivery.http_status) == ("sent", 200)
+    else:
+        assert tls_receiver.requests() == []
+        assert delivery.status == "failed"
+        assert error in delivery.last_error
