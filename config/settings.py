@@ -247,6 +247,10 @@ NOTIFICATIONS_CLOSED_PERIOD_GRACE = env.float("NOTIFICATIONS_CLOSED_PERIOD_GRACE
 # A delivery is sent under a lease that its worker renews every third of this delay; a
 # lease not renewed for this long belongs to a dead worker, and the sweep sends it again.
 NOTIFICATIONS_STUCK_AFTER = env.float("NOTIFICATIONS_STUCK_AFTER", default=600.0)
+# Outgoing webhooks (notifications/hooks.py): loopback targets (http://127.0.0.1:PORT,
+# http://localhost:PORT) only for local runs and tests; connect and read timeouts, seconds.
+WEBHOOKS_ALLOW_LOOPBACK = env.bool("WEBHOOKS_ALLOW_LOOPBACK", default=False)
+WEBHOOKS_TIMEOUT = env.float("WEBHOOKS_TIMEOUT", default=10.0)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Redis redelivers an unacknowledged task after this long: it must exceed the longest
     # countdown of a retry, or a waiting retry would be delivered twice.

@@ -280,3 +280,98 @@ class EarlyTrackingEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.esp_message_id}: {self.event_type}"
+
+
+class WebhookEndpoint(models.Model):
+    """An HTTPS address of the account's own systems that receives its notifications, signed.
+
+    ``levels`` lists the notification levels posted to it (``notifications.hooks.LEVELS``).
+    ``secret`` (``whsec_`` and base64) signs every request as the Standard Webhooks
+    specification says; it is shown once, when the endpoint is created, and never again.
+    The URL is unique per account: a list sent again keeps the endpoints it names.
+    """
+
+    account = models.ForeignKey(
+        Account,
+        on_delete=models.CASCADE,
+        related_name="webhook_endpoints",
+        verbose_name=_("account"),
+    )
+    url = models.CharField(_("URL"), max_length=2000)
+    levels = models.JSONField(_("levels"), default=list)
+    is_active = models.BooleanField(_("active"), default=True)
+    secret = models.CharField(_("signing secret"), max_length=100, editable=False)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("webhook endpoint")
+        verbose_name_plural = _("webhook endpoints")
+        ordering = ["account", "created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["account", "url"], name="webhook_endpoint_url_once"),
+        ]
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class WebhookDelivery(models.Model):
+    """One notification posted to one webhook endpoint, and what became of it.
+
+    ``webhook_id`` is drawn once, when the delivery is recorded, and sent on every attempt,
+    so that a receiver can recognise a message it already has. ``url`` is the address the
+    notification was for (the endpoint may be removed since: the delivery stays, unsendable).
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("Queued")
+        SENDING = "sending", _("Sending")
+        SENT = "sent", _("Sent")
+        FAILED = "failed", _("Failed")
+
+    channel = "webhook"
+
+    notification = models.ForeignKey(
+        Notification,
+        on_delete=models.CASCADE,
+        related_name="webhook_deliveries",
+        verbose_name=_("notification"),
+    )
+    endpoint = models.ForeignKey(
+        WebhookEndpoint,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="deliveries",
+        verbose_name=_("webhook endpoint"),
+    )
+    url = models.CharField(_("URL"), max_length=2000)
+    webhook_id = models.CharField(_("webhook id"), max_length=64, unique=True)
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.QUEUED
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    http_status = models.PositiveSmallIntegerField(_("HTTP status"), null=True, blank=True)
+    last_error = models.TextField(_("last error"), blank=True)
+    lease_token = models.UUIDField(_("lease token"), null=True, blank=True, editable=False)
+    claimed_at = models.DateTimeField(_("claimed at"), null=True, blank=True)
+    sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("webhook delivery")
+        verbose_name_plural = _("webhook deliveries")
+        ordering = ["-created_at", "url"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["notification", "endpoint"], name="webhook_delivery_once_per_endpoint"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "updated_at"], name="webhook_delivery_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.url}: {self.status}"

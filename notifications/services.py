@@ -54,6 +54,7 @@ from usage.selectors import (
 )
 
 from .emails import threshold_message
+from .hooks import webhook_deliveries_create, webhook_deliveries_recover, webhook_deliveries_send
 from .models import SUB_DAY_KINDS, Delivery, EarlyTrackingEvent, Notification
 from .outbox import publish_later
 
@@ -354,6 +355,7 @@ def _crossings_insert(crossings: list[Crossing], now: datetime) -> list[int]:
         for pk, crossing in created
         for r in recipients.get((crossing.account_id, crossing.level), [])
     )
+    webhook_deliveries_create(notification_ids=[pk for pk, _crossing in created])
     for pk, crossing in created + recorded:
         logger.info(
             "notification %s: account %s reached %s %s of %s, %s line%s%s (period %s)%s",
@@ -738,7 +740,8 @@ def _delivery_send(
 
 
 def notification_deliver(*, notification_id: int, final_attempt: bool = False) -> DeliveryOutcome:
-    """Send every queued delivery of a notification once; the caller retries ``retry`` ones.
+    """Send every queued delivery of a notification once, e-mails then webhooks
+    (``notifications.hooks``); the caller retries ``retry`` ones.
 
     Each delivery is claimed with a conditional update (queued -> sending) that draws a
     lease token; only the worker whose update changed the row sends it, and only while its
@@ -767,6 +770,8 @@ def notification_deliver(*, notification_id: int, final_attempt: bool = False) -
         )
         if outcome is not None:
             counts[outcome] += 1
+    for outcome in webhook_deliveries_send(notification=notification, final_attempt=final_attempt):
+        counts[outcome] += 1
     return DeliveryOutcome(**counts)
 
 
@@ -861,7 +866,8 @@ def deliveries_recover(*, now: datetime | None = None) -> list[int]:
     unpublished = Notification.objects.filter(
         published_at__isnull=True, deliveries__status=Delivery.Status.QUEUED
     ).values_list("pk", flat=True)
-    ids = sorted(recovered | set(lost) | set(unpublished))
+    webhooks = webhook_deliveries_recover(now=now)
+    ids = sorted(recovered | set(lost) | set(unpublished) | webhooks)
     notifications_enqueue(ids)
     return ids
 

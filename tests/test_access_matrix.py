@@ -63,7 +63,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import Account, Level
 from accounts.roles import ACCOUNT_MANAGERS, USAGE_SERVICES
-from notifications.models import Delivery, Notification
+from notifications.models import Delivery, Notification, WebhookDelivery, WebhookEndpoint
 from tests.factories import AccountFactory, LimitFactory, RecipientFactory, UserFactory
 from tests.notifications.factories import DeliveryFactory, usage_already_counted
 from usage.models import CounterRepair, EventPurge, Extension, UsageCounter, UsageEvent
@@ -112,6 +112,15 @@ POST    /api/v1/accounts/{account}/capacities/    401  405  405     401     405 
 PUT     /api/v1/accounts/{account}/capacities/    401  405  405     401     405   405     405
 PATCH   /api/v1/accounts/{account}/capacities/    401  405  405     401     405   405     405
 DELETE  /api/v1/accounts/{account}/capacities/    401  405  405     401     405   405     405
+GET     /api/v1/accounts/{account}/webhooks/      401  403  200     401     403   200     200
+GET     /api/v1/accounts/{unknown}/webhooks/      401  403  404     401     403   404     404
+PUT     /api/v1/accounts/{account}/webhooks/      401  403  200     401     403   200     200
+PUT     /api/v1/accounts/{unknown}/webhooks/      401  403  404     401     403   404     404
+HEAD    /api/v1/accounts/{account}/webhooks/      401  403  200     401     403   200     200
+OPTIONS /api/v1/accounts/{account}/webhooks/      401  403  200     401     403   200     200
+POST    /api/v1/accounts/{account}/webhooks/      401  405  405     401     405   405     405
+PATCH   /api/v1/accounts/{account}/webhooks/      401  405  405     401     405   405     405
+DELETE  /api/v1/accounts/{account}/webhooks/      401  405  405     401     405   405     405
 GET     /api/v1/accounts/{account}/usage/         401  200  200     401     403   200     200
 GET     /api/v1/accounts/{unknown}/usage/         401  404  404     401     403   404     404
 HEAD    /api/v1/accounts/{account}/usage/         401  200  200     401     403   200     200
@@ -240,6 +249,24 @@ GET   notifications.delivery delete              login  login  login   login   4
 POST  notifications.delivery delete              login  login  login   login   403   403     403
 GET   notifications.delivery history             login  login  login   login   403   200     200
 GET   notifications.delivery object              login  login  login   login   302   302     302
+GET   notifications.webhookendpoint changelist   login  login  login   login   403   200     200
+GET   notifications.webhookendpoint add          login  login  login   login   403   200     200
+POST  notifications.webhookendpoint add          login  login  login   login   403   200     200
+GET   notifications.webhookendpoint change       login  login  login   login   403   200     200
+POST  notifications.webhookendpoint change       login  login  login   login   403   200     200
+GET   notifications.webhookendpoint delete       login  login  login   login   403   200     200
+POST  notifications.webhookendpoint delete       login  login  login   login   403   302     302
+GET   notifications.webhookendpoint history      login  login  login   login   403   200     200
+GET   notifications.webhookendpoint object       login  login  login   login   302   302     302
+GET   notifications.webhookdelivery changelist   login  login  login   login   403   200     200
+GET   notifications.webhookdelivery add          login  login  login   login   403   403     403
+POST  notifications.webhookdelivery add          login  login  login   login   403   403     403
+GET   notifications.webhookdelivery change       login  login  login   login   403   200     200
+POST  notifications.webhookdelivery change       login  login  login   login   403   403     403
+GET   notifications.webhookdelivery delete       login  login  login   login   403   403     403
+POST  notifications.webhookdelivery delete       login  login  login   login   403   403     403
+GET   notifications.webhookdelivery history      login  login  login   login   403   200     200
+GET   notifications.webhookdelivery object       login  login  login   login   302   302     302
 GET   usage.usageevent changelist                 login  login  login   login   403   200     200
 GET   usage.usageevent add                        login  login  login   login   403   403     403
 POST  usage.usageevent add                        login  login  login   login   403   403     403
@@ -301,6 +328,9 @@ accounts.account send_test_notification                     login  login  login 
 accounts.account delete_selected                            login  login  login   login   403   none    done
 notifications.notification resend_failed_deliveries         login  login  login   login   403   done    done
 notifications.delivery resend_failed_deliveries             login  login  login   login   403   done    done
+notifications.webhookdelivery resend_failed_deliveries      login  login  login   login   403   done    done
+notifications.webhookendpoint delete_selected               login  login  login   login   403   done    done
+notifications.webhookdelivery delete_selected               login  login  login   login   403   none    none
 auth.group delete_selected                                  login  login  login   login   403   403     done
 auth.user delete_selected                                   login  login  login   login   403   403     done
 knox.authtoken delete_selected                              login  login  login   login   403   403     done
@@ -418,12 +448,14 @@ LIMITS = {
 }
 
 
-def api_body(method: str, template: str, account: Account) -> dict[str, Any] | None:
+def api_body(method: str, template: str, account: Account) -> dict[str, Any] | list | None:
     """A valid body for the operation, so that an allowed caller gets its success code."""
     if method in ("GET", "HEAD", "OPTIONS", "DELETE"):
         return None
     if template.endswith("/limits/"):
         return LIMITS
+    if template.endswith("/webhooks/"):
+        return []
     if template.endswith("/usage/check/"):
         return {"metric": "text_tokens", "quantity": 1}
     if template == "/api/v1/usage/events/":
@@ -513,6 +545,10 @@ def admin_object(label: str) -> Model:
         return failed_delivery(account).notification
     if label == "notifications.delivery":
         return failed_delivery(account)
+    if label == "notifications.webhookendpoint":
+        return webhook_endpoint(account)
+    if label == "notifications.webhookdelivery":
+        return failed_webhook_delivery(account)
     now = timezone.now()
     today = now.astimezone(account.zone).date()
     if label == "usage.usageevent":
@@ -556,6 +592,25 @@ def failed_delivery(account: Account) -> Delivery:
         status=Delivery.Status.FAILED,
         esp_message_id="",
         last_error="Connection reset",
+    )
+
+
+def webhook_endpoint(account: Account) -> WebhookEndpoint:
+    return WebhookEndpoint.objects.create(
+        account=account, url="https://crm.example.com/hooks", levels=["warning"], secret="whsec_x"
+    )
+
+
+def failed_webhook_delivery(account: Account) -> WebhookDelivery:
+    notification = failed_delivery(account).notification
+    return WebhookDelivery.objects.create(
+        notification=notification,
+        endpoint=webhook_endpoint(account),
+        url="https://crm.example.com/hooks",
+        webhook_id="msg_matrix",
+        status=WebhookDelivery.Status.FAILED,
+        attempts=8,
+        last_error="The endpoint answered HTTP 503.",
     )
 
 
@@ -681,6 +736,11 @@ ACTION_CASES: dict[str, ActionCase] = {
     "notifications.delivery resend_failed_deliveries": ActionCase(
         select=lambda: failed_delivery(AccountFactory()), extra={}, done=_resent
     ),
+    "notifications.webhookdelivery resend_failed_deliveries": ActionCase(
+        select=lambda: failed_webhook_delivery(AccountFactory()),
+        extra={},
+        done=lambda obj: not WebhookDelivery.objects.filter(status="failed").exists(),
+    ),
     "auth.group delete_selected": ActionCase(
         select=lambda: Group.objects.create(name="Billing"), extra={"post": "yes"}, done=_gone
     ),
@@ -699,6 +759,8 @@ ACTION_CASES: dict[str, ActionCase] = {
         for label in (
             "notifications.notification",
             "notifications.delivery",
+            "notifications.webhookendpoint",
+            "notifications.webhookdelivery",
             "usage.usageevent",
             "usage.usagecounter",
             "usage.extension",

@@ -33,4 +33,5 @@ def test_every_request_body_is_documented_as_required(client):
         "PATCH /api/v1/accounts/{id}/limits/": True,
         "POST /api/v1/accounts/{id}/usage/check/": True,
         "POST /api/v1/usage/events/": True,
+        "PUT /api/v1/accounts/{id}/webhooks/": True,
     }
