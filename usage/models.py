@@ -12,6 +12,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from accounts.metrics import Metric
 from accounts.models import Account
@@ -325,10 +326,10 @@ class Reservation(models.Model):
     """
 
     class Status(models.TextChoices):
-        ACTIVE = "active", _("active")
-        SETTLED = "settled", _("settled")
-        RELEASED = "released", _("released")
-        EXPIRED = "expired", _("expired")
+        ACTIVE = "active", pgettext_lazy("reservation", "active")
+        SETTLED = "settled", pgettext_lazy("reservation", "settled")
+        RELEASED = "released", pgettext_lazy("reservation", "released")
+        EXPIRED = "expired", pgettext_lazy("reservation", "expired")
 
     account = models.ForeignKey(
         Account,
