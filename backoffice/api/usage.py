@@ -419,6 +419,12 @@ class ReservationDetailView(AccountScopedView):
     }
     throttle_scope = "check"
 
+    def get_throttles(self) -> list[Any]:
+        # Reads are not throttled (README, "Throttling"); releasing shares the check bucket.
+        if self.request.method in ("GET", "HEAD", "OPTIONS"):
+            return []
+        return super().get_throttles()
+
     def get_reservation(self, account: Account, reservation_id: str) -> Reservation:
         reservation = reservation_get(account=account, reservation_id=reservation_id)
         if reservation is None:
