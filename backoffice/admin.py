@@ -62,7 +62,7 @@ from notifications.admin import (
     send_test_notification,
 )
 from usage.forms import ExtensionInlineForm, ExtensionInlineFormSet
-from usage.models import MILLI, Extension, UsageCounter, UsageEvent
+from usage.models import MILLI, Extension, Reservation, UsageCounter, UsageEvent
 from usage.quantities import quantity_text, threshold_text
 from usage.selectors import (
     HISTORY_LENGTH,
@@ -290,6 +290,7 @@ def current_usage_section(request: HttpRequest, account: Account) -> dict[str, A
         "rows": [_usage_row(usage) for usage in usages],
         "events_url": _changelist_link(request, UsageEvent, account),
         "counters_url": _changelist_link(request, UsageCounter, account),
+        "reservations_url": _changelist_link(request, Reservation, account),
     }
 
 

@@ -209,6 +209,9 @@ SPECTACULAR_SETTINGS = {
         "SecondsMetricEnum": "usage.api.serializers.SECONDS_METRICS",
         "TokensMetricEnum": "usage.api.serializers.TOKENS_METRICS",
         "PeriodEnum": "accounts.windows.PeriodKind.values",
+        "StatusEnum": "usage.api.serializers.STATUS_CHOICES",
+        "ReservationStatusEnum": "usage.api.serializers.RESERVATION_STATUS_CHOICES",
+        "ReservationRefusalCodeEnum": "usage.api.serializers.RESERVATION_REFUSAL_CODES",
     },
     # Swagger UI served from our own static files, not a CDN: the docs work offline.
     "SWAGGER_UI_DIST": "SIDECAR",
@@ -270,6 +273,12 @@ CELERY_BEAT_SCHEDULE: dict = {
         "schedule": 15 * 60,
         # A run that waited past the next one's start is dropped rather than piled up.
         "options": {"expires": 14 * 60},
+    },
+    # Writes "expired" on reservations past their expiry; reads never wait for it.
+    "expire-reservations": {
+        "task": "usage.tasks.expire_reservations",
+        "schedule": 5 * 60,
+        "options": {"expires": 4 * 60},
     },
 }
 

@@ -43,6 +43,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -66,86 +67,111 @@ from accounts.roles import ACCOUNT_MANAGERS, USAGE_SERVICES
 from notifications.models import Delivery, Notification, WebhookDelivery, WebhookEndpoint
 from tests.factories import AccountFactory, LimitFactory, RecipientFactory, UserFactory
 from tests.notifications.factories import DeliveryFactory, usage_already_counted
-from usage.models import CounterRepair, EventPurge, Extension, UsageCounter, UsageEvent
+from usage.models import (
+    CounterRepair,
+    EventPurge,
+    Extension,
+    Reservation,
+    UsageCounter,
+    UsageEvent,
+)
 from usage.periods import period_containing
 
 pytestmark = pytest.mark.django_db
 
 PRINCIPALS = ("anon", "svc", "mgr-tok", "revoked", "staff", "manager", "super")
+RESERVATION_ID = "job-1"
 
 # --- The API (every method of every path of the OpenAPI schema, and of the docs) ---
 # Unsupported methods answer 403 to an authenticated caller: the permission check, which
 # runs before DRF looks for a handler, finds no permission listed for them.
 
 API = """
-operation                                        anon  svc  mgr-tok revoked staff manager super
-GET     /api/v1/accounts/                         401  200  200     401     403   200     200
-HEAD    /api/v1/accounts/                         401  200  200     401     403   200     200
-OPTIONS /api/v1/accounts/                         401  200  200     401     403   200     200
-POST    /api/v1/accounts/                         401  405  405     401     405   405     405
-PUT     /api/v1/accounts/                         401  405  405     401     405   405     405
-PATCH   /api/v1/accounts/                         401  405  405     401     405   405     405
-DELETE  /api/v1/accounts/                         401  405  405     401     405   405     405
-GET     /api/v1/accounts/{account}/               401  200  200     401     403   200     200
-GET     /api/v1/accounts/{unknown}/               401  404  404     401     403   404     404
-HEAD    /api/v1/accounts/{account}/               401  200  200     401     403   200     200
-OPTIONS /api/v1/accounts/{account}/               401  200  200     401     403   200     200
-POST    /api/v1/accounts/{account}/               401  405  405     401     405   405     405
-PUT     /api/v1/accounts/{account}/               401  405  405     401     405   405     405
-PATCH   /api/v1/accounts/{account}/               401  405  405     401     405   405     405
-DELETE  /api/v1/accounts/{account}/               401  405  405     401     405   405     405
-GET     /api/v1/accounts/{account}/limits/        401  403  200     401     403   200     200
-GET     /api/v1/accounts/{unknown}/limits/        401  403  404     401     403   404     404
-PUT     /api/v1/accounts/{account}/limits/        401  403  200     401     403   200     200
-PUT     /api/v1/accounts/{unknown}/limits/        401  403  404     401     403   404     404
-PATCH   /api/v1/accounts/{account}/limits/        401  403  200     401     403   200     200
-PATCH   /api/v1/accounts/{unknown}/limits/        401  403  404     401     403   404     404
-HEAD    /api/v1/accounts/{account}/limits/        401  403  200     401     403   200     200
-OPTIONS /api/v1/accounts/{account}/limits/        401  403  200     401     403   200     200
-POST    /api/v1/accounts/{account}/limits/        401  405  405     401     405   405     405
-DELETE  /api/v1/accounts/{account}/limits/        401  405  405     401     405   405     405
-GET     /api/v1/accounts/{account}/capacities/    401  200  200     401     403   200     200
-GET     /api/v1/accounts/{unknown}/capacities/    401  404  404     401     403   404     404
-HEAD    /api/v1/accounts/{account}/capacities/    401  200  200     401     403   200     200
-OPTIONS /api/v1/accounts/{account}/capacities/    401  200  200     401     403   200     200
-POST    /api/v1/accounts/{account}/capacities/    401  405  405     401     405   405     405
-PUT     /api/v1/accounts/{account}/capacities/    401  405  405     401     405   405     405
-PATCH   /api/v1/accounts/{account}/capacities/    401  405  405     401     405   405     405
-DELETE  /api/v1/accounts/{account}/capacities/    401  405  405     401     405   405     405
-GET     /api/v1/accounts/{account}/webhooks/      401  403  200     401     403   200     200
-GET     /api/v1/accounts/{unknown}/webhooks/      401  403  404     401     403   404     404
-PUT     /api/v1/accounts/{account}/webhooks/      401  403  200     401     403   200     200
-PUT     /api/v1/accounts/{unknown}/webhooks/      401  403  404     401     403   404     404
-HEAD    /api/v1/accounts/{account}/webhooks/      401  403  200     401     403   200     200
-OPTIONS /api/v1/accounts/{account}/webhooks/      401  403  200     401     403   200     200
-POST    /api/v1/accounts/{account}/webhooks/      401  405  405     401     405   405     405
-PATCH   /api/v1/accounts/{account}/webhooks/      401  405  405     401     405   405     405
-DELETE  /api/v1/accounts/{account}/webhooks/      401  405  405     401     405   405     405
-GET     /api/v1/accounts/{account}/usage/         401  200  200     401     403   200     200
-GET     /api/v1/accounts/{unknown}/usage/         401  404  404     401     403   404     404
-HEAD    /api/v1/accounts/{account}/usage/         401  200  200     401     403   200     200
-OPTIONS /api/v1/accounts/{account}/usage/         401  200  200     401     403   200     200
-POST    /api/v1/accounts/{account}/usage/         401  405  405     401     405   405     405
-PUT     /api/v1/accounts/{account}/usage/         401  405  405     401     405   405     405
-PATCH   /api/v1/accounts/{account}/usage/         401  405  405     401     405   405     405
-DELETE  /api/v1/accounts/{account}/usage/         401  405  405     401     405   405     405
-POST    /api/v1/accounts/{account}/usage/check/   401  200  403     401     403   403     200
-POST    /api/v1/accounts/{unknown}/usage/check/   401  404  403     401     403   403     404
-GET     /api/v1/accounts/{account}/usage/check/   401  405  405     401     405   405     405
-HEAD    /api/v1/accounts/{account}/usage/check/   401  405  405     401     405   405     405
-OPTIONS /api/v1/accounts/{account}/usage/check/   401  200  403     401     403   403     200
-PUT     /api/v1/accounts/{account}/usage/check/   401  405  405     401     405   405     405
-PATCH   /api/v1/accounts/{account}/usage/check/   401  405  405     401     405   405     405
-DELETE  /api/v1/accounts/{account}/usage/check/   401  405  405     401     405   405     405
-POST    /api/v1/usage/events/                     401  201  403     401     403   403     201
-GET     /api/v1/usage/events/                     401  405  405     401     405   405     405
-HEAD    /api/v1/usage/events/                     401  405  405     401     405   405     405
-OPTIONS /api/v1/usage/events/                     401  200  403     401     403   403     200
-PUT     /api/v1/usage/events/                     401  405  405     401     405   405     405
-PATCH   /api/v1/usage/events/                     401  405  405     401     405   405     405
-DELETE  /api/v1/usage/events/                     401  405  405     401     405   405     405
-GET     /api/v1/schema/                           200  200  200     401     200   200     200
-GET     /api/v1/docs/                             200  200  200     401     200   200     200
+operation                                                                anon  svc  mgr-tok  revoked  staff  manager  super
+GET     /api/v1/accounts/                                                401   200  200      401      403    200      200
+HEAD    /api/v1/accounts/                                                401   200  200      401      403    200      200
+OPTIONS /api/v1/accounts/                                                401   200  200      401      403    200      200
+POST    /api/v1/accounts/                                                401   405  405      401      405    405      405
+PUT     /api/v1/accounts/                                                401   405  405      401      405    405      405
+PATCH   /api/v1/accounts/                                                401   405  405      401      405    405      405
+DELETE  /api/v1/accounts/                                                401   405  405      401      405    405      405
+GET     /api/v1/accounts/{account}/                                      401   200  200      401      403    200      200
+GET     /api/v1/accounts/{unknown}/                                      401   404  404      401      403    404      404
+HEAD    /api/v1/accounts/{account}/                                      401   200  200      401      403    200      200
+OPTIONS /api/v1/accounts/{account}/                                      401   200  200      401      403    200      200
+POST    /api/v1/accounts/{account}/                                      401   405  405      401      405    405      405
+PUT     /api/v1/accounts/{account}/                                      401   405  405      401      405    405      405
+PATCH   /api/v1/accounts/{account}/                                      401   405  405      401      405    405      405
+DELETE  /api/v1/accounts/{account}/                                      401   405  405      401      405    405      405
+GET     /api/v1/accounts/{account}/limits/                               401   403  200      401      403    200      200
+GET     /api/v1/accounts/{unknown}/limits/                               401   403  404      401      403    404      404
+PUT     /api/v1/accounts/{account}/limits/                               401   403  200      401      403    200      200
+PUT     /api/v1/accounts/{unknown}/limits/                               401   403  404      401      403    404      404
+PATCH   /api/v1/accounts/{account}/limits/                               401   403  200      401      403    200      200
+PATCH   /api/v1/accounts/{unknown}/limits/                               401   403  404      401      403    404      404
+HEAD    /api/v1/accounts/{account}/limits/                               401   403  200      401      403    200      200
+OPTIONS /api/v1/accounts/{account}/limits/                               401   403  200      401      403    200      200
+POST    /api/v1/accounts/{account}/limits/                               401   405  405      401      405    405      405
+DELETE  /api/v1/accounts/{account}/limits/                               401   405  405      401      405    405      405
+GET     /api/v1/accounts/{account}/capacities/                           401   200  200      401      403    200      200
+GET     /api/v1/accounts/{unknown}/capacities/                           401   404  404      401      403    404      404
+HEAD    /api/v1/accounts/{account}/capacities/                           401   200  200      401      403    200      200
+OPTIONS /api/v1/accounts/{account}/capacities/                           401   200  200      401      403    200      200
+POST    /api/v1/accounts/{account}/capacities/                           401   405  405      401      405    405      405
+PUT     /api/v1/accounts/{account}/capacities/                           401   405  405      401      405    405      405
+PATCH   /api/v1/accounts/{account}/capacities/                           401   405  405      401      405    405      405
+DELETE  /api/v1/accounts/{account}/capacities/                           401   405  405      401      405    405      405
+GET     /api/v1/accounts/{account}/webhooks/                             401   403  200      401      403    200      200
+GET     /api/v1/accounts/{unknown}/webhooks/                             401   403  404      401      403    404      404
+PUT     /api/v1/accounts/{account}/webhooks/                             401   403  200      401      403    200      200
+PUT     /api/v1/accounts/{unknown}/webhooks/                             401   403  404      401      403    404      404
+HEAD    /api/v1/accounts/{account}/webhooks/                             401   403  200      401      403    200      200
+OPTIONS /api/v1/accounts/{account}/webhooks/                             401   403  200      401      403    200      200
+POST    /api/v1/accounts/{account}/webhooks/                             401   405  405      401      405    405      405
+PATCH   /api/v1/accounts/{account}/webhooks/                             401   405  405      401      405    405      405
+DELETE  /api/v1/accounts/{account}/webhooks/                             401   405  405      401      405    405      405
+GET     /api/v1/accounts/{account}/usage/                                401   200  200      401      403    200      200
+GET     /api/v1/accounts/{unknown}/usage/                                401   404  404      401      403    404      404
+HEAD    /api/v1/accounts/{account}/usage/                                401   200  200      401      403    200      200
+OPTIONS /api/v1/accounts/{account}/usage/                                401   200  200      401      403    200      200
+POST    /api/v1/accounts/{account}/usage/                                401   405  405      401      405    405      405
+PUT     /api/v1/accounts/{account}/usage/                                401   405  405      401      405    405      405
+PATCH   /api/v1/accounts/{account}/usage/                                401   405  405      401      405    405      405
+DELETE  /api/v1/accounts/{account}/usage/                                401   405  405      401      405    405      405
+POST    /api/v1/accounts/{account}/usage/check/                          401   200  403      401      403    403      200
+POST    /api/v1/accounts/{unknown}/usage/check/                          401   404  403      401      403    403      404
+GET     /api/v1/accounts/{account}/usage/check/                          401   405  405      401      405    405      405
+HEAD    /api/v1/accounts/{account}/usage/check/                          401   405  405      401      405    405      405
+OPTIONS /api/v1/accounts/{account}/usage/check/                          401   200  403      401      403    403      200
+PUT     /api/v1/accounts/{account}/usage/check/                          401   405  405      401      405    405      405
+PATCH   /api/v1/accounts/{account}/usage/check/                          401   405  405      401      405    405      405
+DELETE  /api/v1/accounts/{account}/usage/check/                          401   405  405      401      405    405      405
+POST    /api/v1/accounts/{account}/usage/reservations/                   401   201  403      401      403    403      201
+POST    /api/v1/accounts/{unknown}/usage/reservations/                   401   404  403      401      403    403      404
+GET     /api/v1/accounts/{account}/usage/reservations/                   401   405  405      401      405    405      405
+HEAD    /api/v1/accounts/{account}/usage/reservations/                   401   405  405      401      405    405      405
+OPTIONS /api/v1/accounts/{account}/usage/reservations/                   401   200  403      401      403    403      200
+PUT     /api/v1/accounts/{account}/usage/reservations/                   401   405  405      401      405    405      405
+PATCH   /api/v1/accounts/{account}/usage/reservations/                   401   405  405      401      405    405      405
+DELETE  /api/v1/accounts/{account}/usage/reservations/                   401   405  405      401      405    405      405
+GET     /api/v1/accounts/{account}/usage/reservations/{reservation_id}/  401   200  200      401      403    200      200
+GET     /api/v1/accounts/{unknown}/usage/reservations/{reservation_id}/  401   404  404      401      403    404      404
+HEAD    /api/v1/accounts/{account}/usage/reservations/{reservation_id}/  401   200  200      401      403    200      200
+OPTIONS /api/v1/accounts/{account}/usage/reservations/{reservation_id}/  401   200  200      401      403    200      200
+DELETE  /api/v1/accounts/{account}/usage/reservations/{reservation_id}/  401   200  403      401      403    403      200
+DELETE  /api/v1/accounts/{unknown}/usage/reservations/{reservation_id}/  401   404  403      401      403    403      404
+POST    /api/v1/accounts/{account}/usage/reservations/{reservation_id}/  401   405  405      401      405    405      405
+PUT     /api/v1/accounts/{account}/usage/reservations/{reservation_id}/  401   405  405      401      405    405      405
+PATCH   /api/v1/accounts/{account}/usage/reservations/{reservation_id}/  401   405  405      401      405    405      405
+POST    /api/v1/usage/events/                                            401   201  403      401      403    403      201
+GET     /api/v1/usage/events/                                            401   405  405      401      405    405      405
+HEAD    /api/v1/usage/events/                                            401   405  405      401      405    405      405
+OPTIONS /api/v1/usage/events/                                            401   200  403      401      403    403      200
+PUT     /api/v1/usage/events/                                            401   405  405      401      405    405      405
+PATCH   /api/v1/usage/events/                                            401   405  405      401      405    405      405
+DELETE  /api/v1/usage/events/                                            401   405  405      401      405    405      405
+GET     /api/v1/schema/                                                  200   200  200      401      200    200      200
+GET     /api/v1/docs/                                                    200   200  200      401      200    200      200
 """
 
 # --- Other URLs: the language switch and the e-mail provider's tracking webhook ---
@@ -303,6 +329,15 @@ GET   usage.counterrepair delete                  login  login  login   login   
 POST  usage.counterrepair delete                  login  login  login   login   403   403     403
 GET   usage.counterrepair history                 login  login  login   login   403   200     200
 GET   usage.counterrepair object                  login  login  login   login   302   302     302
+GET   usage.reservation changelist               login  login  login   login   403   200     200
+GET   usage.reservation add                      login  login  login   login   403   403     403
+POST  usage.reservation add                      login  login  login   login   403   403     403
+GET   usage.reservation change                   login  login  login   login   403   200     200
+POST  usage.reservation change                   login  login  login   login   403   403     403
+GET   usage.reservation delete                   login  login  login   login   403   403     403
+POST  usage.reservation delete                   login  login  login   login   403   403     403
+GET   usage.reservation history                  login  login  login   login   403   200     200
+GET   usage.reservation object                   login  login  login   login   302   302     302
 GET   usage.eventpurge changelist                 login  login  login   login   403   200     200
 GET   usage.eventpurge add                        login  login  login   login   403   403     403
 POST  usage.eventpurge add                        login  login  login   login   403   403     403
@@ -341,6 +376,7 @@ usage.usagecounter delete_selected                          login  login  login 
 usage.extension delete_selected                             login  login  login   login   403   200     200
 usage.counterrepair delete_selected                         login  login  login   login   403   200     200
 usage.eventpurge delete_selected                            login  login  login   login   403   200     200
+usage.reservation delete_selected                           login  login  login   login   403   200     200
 """
 
 
@@ -458,6 +494,8 @@ def api_body(method: str, template: str, account: Account) -> dict[str, Any] | l
         return []
     if template.endswith("/usage/check/"):
         return {"metric": "text_tokens", "quantity": 1}
+    if template.endswith("/usage/reservations/"):
+        return {"reservation_id": "matrix-1", "metric": "text_tokens", "quantity": 1}
     if template == "/api/v1/usage/events/":
         return {
             "event_id": "matrix-1",
@@ -470,7 +508,9 @@ def api_body(method: str, template: str, account: Account) -> dict[str, Any] | l
 
 def api_request(client: APIClient, operation: str, account: Account):
     method, template = operation.split()
-    path = template.format(account=account.pk, unknown=uuid.UUID(int=1))
+    path = template.format(
+        account=account.pk, unknown=uuid.UUID(int=1), reservation_id=RESERVATION_ID
+    )
     body = api_body(method, template, account)
     send = getattr(client, method.lower())
     if body is None:
@@ -482,6 +522,8 @@ def api_request(client: APIClient, operation: str, account: Account):
 def test_api(operation: str, principal: str, outcome: str):
     # given
     account = AccountFactory()
+    if "{reservation_id}" in operation:
+        reservation_of(account)
     client = principal_client(principal)
     before = written()
     # when
@@ -583,7 +625,21 @@ def admin_object(label: str) -> Model:
         )
     if label == "usage.eventpurge":
         return EventPurge.objects.create(before=today, deleted=3)
+    if label == "usage.reservation":
+        return reservation_of(account)
     raise LookupError(f"no row to show for {label}: add one to admin_object()")
+
+
+def reservation_of(account: Account) -> Reservation:
+    now = timezone.now()
+    return Reservation.objects.create(
+        account=account,
+        reservation_id=RESERVATION_ID,
+        metric="text_tokens",
+        quantity_milli=1000,
+        created_at=now,
+        expires_at=now + timedelta(minutes=15),
+    )
 
 
 def failed_delivery(account: Account) -> Delivery:
@@ -766,6 +822,7 @@ ACTION_CASES: dict[str, ActionCase] = {
             "usage.extension",
             "usage.counterrepair",
             "usage.eventpurge",
+            "usage.reservation",
         )
     },
 }
@@ -907,7 +964,9 @@ def url_routes(patterns: list, prefix: str = "") -> Iterator[str]:
 def row_urls() -> Iterator[str]:
     """A URL of every row of every table (ids need not exist: only the route is read)."""
     for operation in (*API_TABLE, *OTHER_TABLE):
-        yield operation.split()[1].format(account=uuid.UUID(int=1), unknown=uuid.UUID(int=1))
+        yield operation.split()[1].format(
+            account=uuid.UUID(int=1), unknown=uuid.UUID(int=1), reservation_id=RESERVATION_ID
+        )
     for operation in SITE_TABLE:
         yield site_url(operation.split()[2])
     for operation in PAGES_TABLE:

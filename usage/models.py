@@ -6,11 +6,13 @@ exact on every database (SQLite keeps decimals as floating point) and cheap to a
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from accounts.metrics import METRICS, Metric
 from accounts.models import Account, ScopedLimit
@@ -374,3 +376,89 @@ class EventPurge(models.Model):
 
     def __str__(self) -> str:
         return f"< {self.before}: {self.deleted}"
+
+
+class Reservation(models.Model):
+    """Capacity held for usage about to be recorded (SPEC 12.1), unique per account by id.
+
+    ``status`` is what was last written: an ``active`` row past ``expires_at`` is expired
+    and holds nothing, whether or not the tidying task has written ``expired`` yet
+    (``state_at``). ``labels`` say which lines it holds capacity on, as an event's would.
+    """
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", pgettext_lazy("reservation", "active")
+        SETTLED = "settled", pgettext_lazy("reservation", "settled")
+        RELEASED = "released", pgettext_lazy("reservation", "released")
+        EXPIRED = "expired", pgettext_lazy("reservation", "expired")
+
+    account = models.ForeignKey(
+        Account,
+        on_delete=models.CASCADE,
+        related_name="reservations",
+        db_index=False,  # the unique (account, reservation_id) index serves lookups by account
+        verbose_name=_("account"),
+    )
+    reservation_id = models.CharField(_("reservation id"), max_length=128)
+    metric = models.CharField(_("metric"), max_length=64, choices=Metric.choices)
+    quantity_milli = models.BigIntegerField(_("quantity (thousandths)"))
+    labels = models.JSONField(_("labels"), default=dict, blank=True)
+    labels_key = models.CharField(
+        _("labels key"), max_length=LABELS_KEY_LENGTH, blank=True, default=""
+    )
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.ACTIVE
+    )
+    created_at = models.DateTimeField(_("created at"))
+    expires_at = models.DateTimeField(_("expires at"))
+    ended_at = models.DateTimeField(
+        _("ended at"),
+        null=True,
+        blank=True,
+        help_text=_("When it was settled, released or marked expired."),
+    )
+    settled_by = models.CharField(
+        _("settled by event"),
+        max_length=128,
+        blank=True,
+        default="",
+        help_text=_("The id of the usage event that settled it."),
+    )
+
+    class Meta:
+        verbose_name = _("reservation")
+        verbose_name_plural = _("reservations")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "reservation_id"], name="reservation_unique_id_per_account"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(quantity_milli__gt=0), name="reservation_quantity_positive"
+            ),
+        ]
+        indexes = [
+            # What every read of capacity scans: the account's active reservations of a metric.
+            models.Index(
+                fields=["account", "metric", "expires_at"],
+                condition=models.Q(status="active"),
+                name="reservation_active",
+            ),
+            models.Index(
+                fields=["expires_at"],
+                condition=models.Q(status="active"),
+                name="reservation_active_expiry",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.reservation_id
+
+    @property
+    def quantity(self) -> Decimal:
+        return from_milli(self.quantity_milli)
+
+    def state_at(self, now: datetime) -> str:
+        """The status at ``now``: an active reservation past ``expires_at`` is expired."""
+        if self.status == self.Status.ACTIVE and self.expires_at <= now:
+            return self.Status.EXPIRED.value
+        return str(self.status)

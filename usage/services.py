@@ -13,6 +13,7 @@ crossings it records in the same transaction; the steps it takes are here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections import defaultdict
@@ -27,9 +28,10 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import (
     BigIntegerField,
+    Case,
     Count,
     DateField,
     DateTimeField,
@@ -38,6 +40,7 @@ from django.db.models import (
     Sum,
     TextField,
     Value,
+    When,
 )
 from django.db.models.functions import Cast, Trunc
 from django.utils import timezone
@@ -51,13 +54,15 @@ from accounts.services import MAX_THRESHOLD
 from accounts.windows import PeriodKind, window_containing
 from config.request_ids import current_correlation_id, current_request_id
 
-from .ingest import Errors, EventIn, EventsInvalid, parse_metric
+from .ingest import Errors, EventIn, EventsInvalid, ReservationIn, parse_metric
+from .locks import usage_lock
 from .models import (
     DAILY_LIMIT,
     DAILY_LIMIT_MILLI,
     CounterRepair,
     EventPurge,
     Extension,
+    Reservation,
     UsageCounter,
     UsageEvent,
     UsageHourCounter,
@@ -66,7 +71,9 @@ from .models import (
 )
 from .periods import Period
 from .selectors import (
+    LineUsage,
     MetricUsage,
+    account_lines_with_reservations,
     current_period,
     earliest_current_day,
     line_period_start,
@@ -441,7 +448,8 @@ def usage_events_store(
     Call inside the recording transaction, under the (account, metric) lock of every event
     (``usage_lock``); ``zones`` holds each account's time zone. The first copy of an event
     id wins, in the request as across requests. Each new event adds to the day and hour
-    counters of every subset of its labels (``CounterDeltas``). Returns how many were new.
+    counters of every subset of its labels (``CounterDeltas``), and settles the reservation
+    it names, if active (``reservations_settle``). Returns how many were new.
 
     Raises ``EventsInvalid``, which rolls the transaction back, when a new event would add
     a label set past ``USAGE_MAX_LABEL_SETS`` for its account, metric and local day (keyed
@@ -460,8 +468,11 @@ def usage_events_store(
     # Summed per label set and hour first, then spread over the subsets of each set.
     groups: dict[tuple[uuid.UUID, str, str, date, datetime, date], int] = defaultdict(int)
     label_sets: dict[LabelSetKey, int] = {}
+    settling: list[EventIn] = []
     for account_hex, event_id in inserted:
         event = by_key[(account_hex.replace("-", ""), event_id)]
+        if event.reservation_id:
+            settling.append(event)
         zone = zones[event.account_id]
         hour, hour_day = hour_start(event.occurred_at, zone)
         day = event.occurred_at.astimezone(zone).date()
@@ -491,6 +502,9 @@ def usage_events_store(
         passed = sorted(key for key, total in totals.items() if total > DAILY_LIMIT_MILLI)
         if passed:
             raise EventsInvalid(_daily_limit_errors(passed, is_batch=is_batch))
+    if settling:
+        # In the same transaction as the usage: capacity moves from reserved to used at once.
+        reservations_settle(events=settling, now=now)
     return len(inserted)
 
 
@@ -1025,4 +1039,174 @@ def extension_grant(
         amount=amount,
         reason=reason.strip(),
         granted_by=granted_by,
+    )
+
+
+# --- Reservations (SPEC 12.1) ---
+
+
+class ReservationRefused(Exception):
+    """A reservation not held: ``code`` is ``insufficient_capacity`` (``lines`` say where
+    there is no room) or ``reservation_id_reused`` (the id names another request)."""
+
+    INSUFFICIENT_CAPACITY = "insufficient_capacity"
+    REUSED = "reservation_id_reused"
+
+    def __init__(
+        self, code: str, *, lines: list[LineUsage] | None = None, quantity_milli: int = 0
+    ) -> None:
+        self.code = code
+        self.lines = lines or []
+        self.quantity_milli = quantity_milli
+        if code == self.REUSED:
+            self.message = _(
+                "This reservation id is already used by a reservation of another metric, "
+                "quantity or labels."
+            )
+        else:
+            self.message = _("Not enough capacity left on a line to hold this reservation.")
+        super().__init__(str(self.message))
+
+
+@dataclass(frozen=True)
+class ReservationHeld:
+    """The answer of ``reservation_create``: the reservation, whether this call created it,
+    and the lines it applies to as they stand after the call."""
+
+    reservation: Reservation
+    created: bool
+    lines: list[LineUsage]
+
+
+def reservation_create(
+    *, account: Account, request: ReservationIn, now: datetime | None = None
+) -> ReservationHeld:
+    """Hold ``request.quantity_milli`` of ``request.metric`` on every line that applies.
+
+    Under the same (account, metric) lock as recording usage (``usage_lock``), so the usage
+    and reservations read here are all that any other writer committed, and nothing of
+    them changes until this transaction ends: concurrent reservations and events never
+    together pass a cap. An id already used answers that reservation (``created`` false)
+    when the request is the same, else raises ``ReservationRefused`` (``reused``); a
+    quantity that does not fit on a line beside used and reserved raises it
+    (``insufficient_capacity``), holding nothing.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        usage_lock(pairs=[(account.pk, request.metric)])
+        existing = Reservation.objects.filter(
+            account=account, reservation_id=request.reservation_id
+        ).first()
+        if existing is None:
+            lines = account_lines_with_reservations(
+                account=account, metric=request.metric, labels=request.labels, now=now
+            )
+            if not all(line.allows(request.quantity_milli) for line in lines):
+                raise ReservationRefused(
+                    ReservationRefused.INSUFFICIENT_CAPACITY,
+                    lines=lines,
+                    quantity_milli=request.quantity_milli,
+                )
+            try:
+                with transaction.atomic():
+                    reservation = Reservation.objects.create(
+                        account=account,
+                        reservation_id=request.reservation_id,
+                        metric=request.metric,
+                        quantity_milli=request.quantity_milli,
+                        labels=request.labels,
+                        labels_key=labels_key(request.labels),
+                        created_at=now,
+                        expires_at=now + timedelta(seconds=request.ttl_seconds),
+                    )
+            except IntegrityError:
+                # The same id, reserved at once for another metric (under another lock).
+                existing = Reservation.objects.get(
+                    account=account, reservation_id=request.reservation_id
+                )
+            else:
+                held = [
+                    dataclasses.replace(
+                        line, reserved_milli=line.reserved_milli + request.quantity_milli
+                    )
+                    for line in lines
+                ]
+                return ReservationHeld(reservation=reservation, created=True, lines=held)
+        same = (
+            existing.metric == request.metric
+            and existing.quantity_milli == request.quantity_milli
+            and existing.labels_key == labels_key(request.labels)
+        )
+        if not same:
+            raise ReservationRefused(ReservationRefused.REUSED)
+        lines = account_lines_with_reservations(
+            account=account, metric=existing.metric, labels=existing.labels, now=now
+        )
+        return ReservationHeld(reservation=existing, created=False, lines=lines)
+
+
+def reservation_release(
+    *, account: Account, reservation_id: str, now: datetime | None = None
+) -> Reservation | None:
+    """Release an active reservation (``released``); one no longer active is left as it is.
+
+    Returns the reservation, ``None`` when the account has none of that id. Freeing
+    capacity can never pass a cap, so no usage lock is needed: the conditional update
+    changes the row only while it is active and not past its expiry.
+    """
+    now = now or timezone.now()
+    Reservation.objects.filter(
+        account=account,
+        reservation_id=reservation_id,
+        status=Reservation.Status.ACTIVE,
+        expires_at__gt=now,
+    ).update(status=Reservation.Status.RELEASED, ended_at=now)
+    return Reservation.objects.filter(account=account, reservation_id=reservation_id).first()
+
+
+SETTLE_CHUNK = 200  # reservations per UPDATE (SQLite refuses very large expressions)
+
+
+def reservations_settle(*, events: list[EventIn], now: datetime) -> int:
+    """Mark ``settled`` the active reservations that the new ``events`` name; returns how many.
+
+    Call in the transaction that records the events, so that their usage and the end of the
+    reservations commit together. An event naming an unknown, released or expired
+    reservation settles nothing (its usage is recorded all the same); the first event of a
+    request naming a reservation settles it.
+    """
+    by_reservation: dict[tuple[uuid.UUID, str], str] = {}
+    for event in events:
+        by_reservation.setdefault((event.account_id, event.reservation_id), event.event_id)
+    by_account: dict[uuid.UUID, list[tuple[str, str]]] = defaultdict(list)
+    for (account_id, reservation_id), event_id in by_reservation.items():
+        by_account[account_id].append((reservation_id, event_id))
+    settled = 0
+    for account_id, pairs in by_account.items():
+        for start in range(0, len(pairs), SETTLE_CHUNK):
+            chunk = pairs[start : start + SETTLE_CHUNK]
+            settled += Reservation.objects.filter(
+                account_id=account_id,
+                reservation_id__in=[reservation_id for reservation_id, _event in chunk],
+                status=Reservation.Status.ACTIVE,
+                expires_at__gt=now,
+            ).update(
+                status=Reservation.Status.SETTLED,
+                ended_at=now,
+                settled_by=Case(
+                    *[When(reservation_id=r, then=Value(e)) for r, e in chunk],
+                    default=Value(""),
+                ),
+            )
+    return settled
+
+
+def reservations_expire(*, now: datetime | None = None) -> int:
+    """Write ``expired`` on the active reservations past their expiry; returns how many.
+
+    Tidying only: reads already take a reservation past ``expires_at`` as expired.
+    """
+    now = now or timezone.now()
+    return Reservation.objects.filter(status=Reservation.Status.ACTIVE, expires_at__lte=now).update(
+        status=Reservation.Status.EXPIRED, ended_at=F("expires_at")
     )

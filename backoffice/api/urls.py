@@ -29,4 +29,14 @@ urlpatterns = [
     path(
         "accounts/<str:id>/usage/check/", usage.UsageCheckView.as_view(), name="account-usage-check"
     ),
+    path(
+        "accounts/<str:id>/usage/reservations/",
+        usage.ReservationsView.as_view(),
+        name="account-reservations",
+    ),
+    path(
+        "accounts/<str:id>/usage/reservations/<str:reservation_id>/",
+        usage.ReservationDetailView.as_view(),
+        name="account-reservation",
+    ),
 ]
