@@ -350,11 +350,9 @@ def webhook_endpoint_save(
 
 
 def webhook_payload(notification: Notification) -> dict[str, Any]:
-    """The JSON posted for ``notification`` (SPEC 12.4); every field comes from the ledger row.
-
-    ``period_kind`` and ``labels`` name the notification's limit line; ``period`` is written
-    as ``X-Usage-Period`` is: ``YYYY-MM`` for a month, else the period's start (ISO 8601).
-    """
+    """The JSON posted for ``notification`` (SPEC 12.4); every field comes from the ledger row:
+    its line (``period_kind``, ``labels``), ``period`` as ``X-Usage-Period`` writes it
+    (``YYYY-MM`` for a month, else the period's start instant)."""
     account = notification.account
     data: dict[str, Any] = {
         "notification_id": notification.pk,

@@ -12,8 +12,9 @@ import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.utils import timezone
@@ -277,6 +278,30 @@ def test_the_payload_names_the_notification_and_its_account():
             "used": Decimal("72000.5"),
         },
     }
+
+
+def test_the_payload_of_a_scoped_line_names_its_period_and_labels():
+    # given: a daily line on one model, Paris time
+    account = AccountFactory(timezone="Europe/Paris")
+    start = datetime(2026, 12, 2, tzinfo=ZoneInfo("Europe/Paris"))
+    notification = NotificationFactory(
+        account=account,
+        period_kind="day",
+        labels_key="model=large",
+        period=start.date(),
+        period_start=start,
+        threshold=40000,
+        used_milli=40_000_000,
+    )
+    # when
+    data = webhook_payload(notification)["data"]
+    # then
+    assert (data["period_kind"], data["period"], data["labels"], data["used"]) == (
+        "day",
+        "2026-12-02T00:00:00+01:00",
+        {"model": "large"},
+        40000,
+    )
 
 
 # --- Sending ---
