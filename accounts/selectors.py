@@ -142,6 +142,15 @@ class LimitLine:
     blocked: int | None
     scoped_limit_id: int | None = None
 
+    def text(self) -> str:
+        """The line for people, as a scoped limit writes it: ``Text tokens, Day (Model: large)``."""
+        return ScopedLimit(
+            metric=self.metric,
+            period=self.period,
+            window_days=self.window_days,
+            labels=self.labels,
+        ).line_text()
+
 
 def limit_lines(*, account: Account) -> list[LimitLine]:
     """Every limit line of ``account``: the monthly line of each metric (always, in METRICS
