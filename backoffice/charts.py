@@ -27,10 +27,10 @@ from usage.quantities import quantity_text, threshold_text
 from usage.selectors import LineSteps, Status, account_lines_steps
 
 # The drawing's frame, in SVG user units (it scales to the page's width).
-WIDTH = 760
+WIDTH = 560
 HEIGHT = 232
 PLOT_LEFT = 84
-PLOT_RIGHT = 592
+PLOT_RIGHT = 548
 PLOT_TOP = 16
 PLOT_BOTTOM = 196
 # The frame as the template reads it.
@@ -47,7 +47,7 @@ FRAME = {
     "unit_label": PLOT_TOP + 18,
     "zero_label": PLOT_BOTTOM + 4,
     "x_labels": PLOT_BOTTOM + 20,
-    "threshold_labels": PLOT_RIGHT + 6,
+    "threshold_labels": PLOT_RIGHT - 4,
 }
 # Beyond this many steps (a long rolling window), no tick per step: they would merge.
 MAX_TICKS = 62
@@ -245,13 +245,14 @@ def line_chart(steps: LineSteps, *, key: str) -> Chart:
             AxisLabel(_number(PLOT_LEFT), _step_text(steps.steps[0], show_offset), "start"),
             AxisLabel(_number(PLOT_RIGHT), _step_text(steps.steps[-1], show_offset), "end"),
         ]
-    # Threshold labels sit above their line, or below it when another label is too close.
+    # Threshold labels sit above their line, at the right end of the plot, or below it when
+    # another label is too close or the line is at the top.
     placed: list[Threshold] = []
     for level, value, label in thresholds:
         y = y_of(value)
         label_y = y - 4
-        if placed and abs(float(placed[-1].label_y) - label_y) < 14:
-            label_y = y + 12
+        if label_y < PLOT_TOP + 12 or (placed and abs(float(placed[-1].label_y) - label_y) < 14):
+            label_y = y + 14
         placed.append(Threshold(level, _number(y), label, _number(label_y)))
     previous = 0
     rows = []

@@ -772,9 +772,9 @@ def _lines_filter(keys: set[tuple[str, str]]) -> Q:
 def account_lines_steps(*, account: Account, now: datetime | None = None) -> list[LineSteps]:
     """Every limit line of ``account`` (``account_lines_usage``) with its usage per step.
 
-    At most seven queries whatever the number of lines, days or events: the lines and
-    their figures (``account_lines_usage``, four), then the day counters of every line
-    charted per day, then the hour counters of every ``day`` line (one query each).
+    At most six queries whatever the number of lines, days or events: the lines and their
+    figures (``account_lines_usage``, four), then the day counters of every line charted
+    per day, and the hour counters of every ``day`` line (one query each).
     """
     now = now or timezone.now()
     zone = account.zone
