@@ -50,6 +50,8 @@ def test_a_scoped_limit_is_added_and_its_usage_shows(
     # the row fits the page at 1440 px: nothing to scroll sideways
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     screenshot(page, "added")
+    group.scroll_into_view_if_needed()
+    screenshot(page, "added-window", full_page=False)
     page.locator("input[name=_continue]").click()
 
     # then: saved, and its chart starts empty
@@ -83,5 +85,6 @@ def test_a_scoped_limit_is_added_and_its_usage_shows(
     expect(chart.locator(".usage-badge-warning")).to_have_text(STATUS[language][1])
     expect(chart.locator("svg line.usage-chart-threshold")).to_have_count(2)
     expect(chart.locator("svg polyline.usage-chart-used")).to_have_count(1)
-    chart.scroll_into_view_if_needed()
     screenshot(page, "usage")
+    page.locator("#usage-charts").evaluate("e => e.scrollIntoView()")
+    screenshot(page, "charts-window", full_page=False)
