@@ -18,6 +18,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from backoffice.charts import PLOT_BOTTOM, PLOT_LEFT, PLOT_RIGHT, PLOT_TOP
+from backoffice.services import extensions_grant
 from tests.factories import AccountFactory
 from usage.selectors import account_lines_steps
 
@@ -364,3 +365,28 @@ def test_the_chart_costs_the_same_queries_whatever_the_days_and_the_events(
         77_000,
         330_000,
     ]
+
+
+def test_an_extension_raises_the_blocked_line_of_the_monthly_chart(account, admin_user):
+    # given: 200,000 more tokens granted for December
+    with time_machine.travel(NOW, tick=False):
+        extensions_grant(
+            account=account,
+            rows=[{"metric": "text_tokens", "amount": 200000, "reason": "launch"}],
+            actor=admin_user,
+        )
+        # when
+        charts = charts_of(admin_user, account)
+    # then: the blocked line at 1,200,000 on a scale of 2,000,000, the warning one unmoved
+    figure = charts["Text tokens, Calendar month"]
+    assert (
+        "Used: 42,100 tokens. Warning threshold: 800,000 tokens. "
+        "Blocked threshold: 1,200,000 tokens (1,000,000 + extensions 200,000)."
+    ) in figure
+    svg = svg_of(figure)
+    assert thresholds(svg) == [
+        ("usage-chart-warning", "124.0", "124.0"),
+        ("usage-chart-blocked", "88.0", "88.0"),
+    ]
+    assert texts(svg, "usage-chart-threshold-label") == ["Warning: 800,000", "Blocked: 1,200,000"]
+    assert texts(svg, "usage-chart-y") == ["2,000,000", "0"]
