@@ -142,14 +142,18 @@ class LimitLine:
     blocked: int | None
     scoped_limit_id: int | None = None
 
+    def _as_scoped_limit(self) -> ScopedLimit:
+        return ScopedLimit(
+            metric=self.metric, period=self.period, window_days=self.window_days, labels=self.labels
+        )
+
     def text(self) -> str:
         """The line for people, as a scoped limit writes it: ``Text tokens, Day (Model: large)``."""
-        return ScopedLimit(
-            metric=self.metric,
-            period=self.period,
-            window_days=self.window_days,
-            labels=self.labels,
-        ).line_text()
+        return self._as_scoped_limit().line_text()
+
+    def period_text(self) -> str:
+        """The line's period for people: ``Calendar month``, ``Rolling window of 7 days``."""
+        return self._as_scoped_limit().period_text()
 
 
 def limit_lines(*, account: Account) -> list[LimitLine]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.utils import formats
-from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext
 
 from accounts.forms import UNIT_LABELS
 from accounts.metrics import METRICS
@@ -127,13 +127,7 @@ def _step_text(step: Window, show_offset: bool) -> str:
 
 def _period_text(steps: LineSteps) -> str:
     window = steps.line_usage.window
-    line = steps.line_usage.line
-    if line.period == PeriodKind.ROLLING:
-        kind = ngettext(
-            "Rolling window of %(days)s day", "Rolling window of %(days)s days", line.window_days
-        ) % {"days": line.window_days}
-    else:
-        kind = PeriodKind(line.period).label
+    kind = steps.line_usage.line.period_text()
     return gettext("%(kind)s from %(start)s to %(end)s (%(zone)s time)") % {
         "kind": kind,
         "start": formats.date_format(window.local_start, "DATETIME_FORMAT"),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
+import operator
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -763,10 +765,10 @@ class LineSteps:
 
 
 def _lines_filter(keys: set[tuple[str, str]]) -> Q:
-    condition = Q(pk__in=[])
-    for metric, key in sorted(keys):
-        condition |= Q(metric=metric, labels=key)
-    return condition
+    """Counters of any of the (metric, labels key) pairs ``keys`` (not empty)."""
+    return functools.reduce(
+        operator.or_, (Q(metric=metric, labels=key) for metric, key in sorted(keys))
+    )
 
 
 def account_lines_steps(*, account: Account, now: datetime | None = None) -> list[LineSteps]:
