@@ -146,7 +146,7 @@ class Sizes:
     batches: int  # batches of 1000 for part a, and as many for part b
     floor_requests: int  # per path and round of part c
     threads: int  # client threads of part c
-    read_requests: int  # per endpoint and per table size
+    read_requests: int  # per path, probe, round and table size (part d)
     table_events: int  # events stored when part d reads the second time
     lines: int = len(SCOPED_LIMITS)  # scoped limits per account
 
@@ -156,7 +156,7 @@ FULL = Sizes(
     batches=150,
     floor_requests=1000,
     threads=2,
-    read_requests=1000,
+    read_requests=500,
     table_events=1_000_000,
 )
 QUICK = Sizes(
@@ -164,7 +164,7 @@ QUICK = Sizes(
     batches=40,
     floor_requests=300,
     threads=2,
-    read_requests=300,
+    read_requests=150,
     table_events=100_000,
 )
 
