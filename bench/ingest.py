@@ -1,25 +1,30 @@
 """Ingestion, reads and memory of the API under gunicorn on PostgreSQL (SPEC section 10).
 
-Creates a fresh database ``bench_usage_limits``, migrates it, starts gunicorn (2 sync
-workers) on a free port of 127.0.0.1, then measures and prints:
+Creates a fresh database ``bench_usage_limits`` (or ``$BENCH_DATABASE``), migrates it,
+gives every account ten scoped limits of mixed shapes through the real service
+(``--lines``), starts gunicorn (2 sync workers) on a free port of 127.0.0.1, then
+measures and prints, with labels on the events:
 
 a. batch ingestion through HTTP (batches of 1000, 2 client threads): events/s;
-b. the ceiling: hand-written idempotent SQL for the same kind of rows through psycopg
-   (2 connections), rows/s, and the ratio HTTP / SQL; a and b take turns in 3 rounds;
+b. the ceiling: hand-written idempotent SQL writing the same rows (events, label sets, day
+   and hour counters of every label subset) through psycopg (2 connections), rows/s, and
+   the ratio HTTP / SQL; a and b take turns in 3 rounds;
 c. the floors (a plain Django view, and a DRF view behind the real token authentication
    and permissions doing nothing, served by ``bench/urls.py``) and the per-request paths
-   (``GET .../usage/``, the pre-flight check, single-event ``POST``), by the same client,
+   (``GET .../usage/``, capacities, the pre-flight check with labels, single-event
+   ``POST``), by the same client,
    interleaved in 3 rounds: the median requests/s with its spread, p50 and p99, and each
    path as a share of its floor;
-d. usage read and pre-flight: p99 latency at ~1,000 events of the account, then after
-   loading the table to 1,000,000 events (100,000 with ``--quick``), and the ratio;
+d. usage read, capacities and pre-flight: p50 and p99 at 1,000 events of the account,
+   then after loading the table to 1,000,000 events (100,000 with ``--quick``; or
+   ``--table-events``), an account with many events against one with 1,000, side by side;
 e. memory: peak RSS (``VmHWM``) of each gunicorn worker.
 
 Every figure is printed next to its target with PASS or FAIL. The database is left in
 place for inspection and dropped by the next run. Run from the project root:
 
     .venv/bin/python bench/ingest.py [--quick] [--strict] [--threads N] [--profile DIR]
-        [--cache-url URL] [--token-cache-seconds N]
+        [--cache-url URL] [--token-cache-seconds N] [--lines N] [--table-events N]
 """
 
 from __future__ import annotations
