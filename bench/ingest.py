@@ -1254,7 +1254,9 @@ def part_memory(report: Report, master: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes (3 to 4 min on an idle machine)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller sizes (3 to 4 min on an idle machine)"
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument(
         "--threads",
