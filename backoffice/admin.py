@@ -61,8 +61,8 @@ from notifications.admin import (
     evaluate_thresholds_now,
     send_test_notification,
 )
-from usage.forms import ExtensionInlineForm
-from usage.models import MILLI, Extension, UsageCounter, UsageEvent
+from usage.forms import ExtensionInlineForm, ExtensionInlineFormSet
+from usage.models import MILLI, Extension, Reservation, UsageCounter, UsageEvent
 from usage.quantities import quantity_text, threshold_text
 from usage.selectors import (
     HISTORY_LENGTH,
@@ -290,6 +290,7 @@ def current_usage_section(request: HttpRequest, account: Account) -> dict[str, A
         "rows": [_usage_row(usage) for usage in usages],
         "events_url": _changelist_link(request, UsageEvent, account),
         "counters_url": _changelist_link(request, UsageCounter, account),
+        "reservations_url": _changelist_link(request, Reservation, account),
     }
 
 
@@ -397,7 +398,8 @@ class ScopedLimitInline(admin.TabularInline):
 
 
 class ExtensionInline(admin.TabularInline):
-    """The account's extensions: granted ones read-only, new ones for the current period.
+    """The account's extensions: granted ones read-only, new ones on any line of the account
+    for the line's current period.
 
     A new row is judged by ``extension_grant`` (see ``ExtensionInlineForm``) and saved by
     ``AccountAdmin.save_related`` through the same service: extensions are never changed
@@ -406,18 +408,24 @@ class ExtensionInline(admin.TabularInline):
 
     model = Extension
     form = ExtensionInlineForm
-    fields = ("metric", "period_display", "amount", "reason", "granted_by", "granted_at")
+    formset = ExtensionInlineFormSet
+    fields = ("line", "period_display", "amount", "reason", "granted_by", "granted_at")
     readonly_fields = ("period_display", "granted_by", "granted_at")
     extra = 0
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Extension]:
-        return super().get_queryset(request).select_related("granted_by")
+        return super().get_queryset(request).select_related("granted_by", "scoped_limit")
+
+    @admin.display(description=_("limit line"))
+    def line(self, obj: Extension) -> str:
+        """A granted extension's line, in the words the new rows offer."""
+        return obj.line_text()
 
     @admin.display(description=_("period"))
     def period_display(self, obj: Extension) -> str:
         if obj.period is None:
-            return gettext("current")  # a new row: granted for the current period
-        return f"{obj.period:%Y-%m}"
+            return gettext("current")  # a new row: granted for the line's current period
+        return obj.period_key
 
     def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
@@ -599,11 +607,7 @@ class AccountAdmin(SimpleHistoryAdmin):
         """Grant the new rows of the extensions inline, already judged by the service."""
         granted = extensions_grant(
             account=formset.instance,
-            rows=[
-                {field: row.cleaned_data[field] for field in ("metric", "amount", "reason")}
-                for row in formset.extra_forms
-                if row.has_changed()
-            ],
+            rows=[row.grant_row() for row in formset.extra_forms if row.has_changed()],
             actor=request.user,
         )
         # What the admin's change message lists.

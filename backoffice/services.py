@@ -18,14 +18,16 @@ from zoneinfo import ZoneInfo
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from accounts.models import Account, Level, Plan, validate_timezone
+from accounts.labels import labels_from_key
+from accounts.models import Account, Level, Plan, ScopedLimit, validate_timezone
 from accounts.selectors import LimitsDocument, limits_document_get
 from accounts.services import _limits_write, limits_document_merge, limits_document_validate
-from notifications.services import crossings_record, thresholds_evaluate
-from usage.ingest import EventsInvalid, parse_events
+from notifications.services import crossings_record, scoped_lines_reached, thresholds_evaluate
+from usage.ingest import EventIn, EventsInvalid, parse_events
 from usage.locks import usage_lock
 from usage.models import Extension
 from usage.periods import period_containing
@@ -204,20 +206,35 @@ def _account_write(
 def extensions_grant(
     *, account: Account, rows: Iterable[Mapping[str, Any]], actor: Any
 ) -> list[Extension]:
-    """Grant each of ``rows`` (``metric``, ``amount``, ``reason``) for the current period.
+    """Grant each of ``rows`` (``amount``, ``reason`` and the line: ``metric`` for a
+    whole-metric monthly line, or ``scoped_limit_id``), each for its line's current period.
 
     In one transaction with the evaluation of the account's thresholds, since a raised
-    effective blocked threshold may re-arm its notification (SPEC section 6). Refused with
-    ``ValidationError`` as ``usage.services.extension_validate`` says.
+    effective blocked threshold may re-arm its notification or lift a blocked line (SPEC
+    sections 6 and 12.2), on any line. Refused with ``ValidationError`` as
+    ``usage.services.extension_validate`` says.
     """
     with transaction.atomic():
+        # One writer of limits at a time per account (as ``limits_replace``): the line an
+        # extension names cannot be removed or changed between its check and its grant.
+        Account.objects.select_for_update(no_key=True).filter(pk=account.pk).first()
         granted = [extension_grant(account=account, actor=actor, **row) for row in rows]
         if granted:
             thresholds_evaluate(account_ids=[account.pk], after_limit_change=True)
     return granted
 
 
-# --- Usage, with the crossings it causes (SPEC sections 5 and 6) ---
+# --- Usage, with the crossings it causes (SPEC sections 5, 6 and 11.5) ---
+
+
+def _labels_of(events: Iterable[EventIn]) -> dict[tuple[uuid.UUID, str], list[dict[str, str]]]:
+    """The distinct label sets of the events, per (account id, metric)."""
+    found: dict[tuple[uuid.UUID, str], dict[str, dict[str, str]]] = {}
+    for event in events:
+        sets = found.setdefault((event.account_id, event.metric), {})
+        if event.labels_key not in sets:
+            sets[event.labels_key] = labels_from_key(event.labels_key)
+    return {pair: list(sets.values()) for pair, sets in found.items()}
 
 
 def usage_events_record(
@@ -236,12 +253,20 @@ def usage_events_record(
     now = now or timezone.now()
     events, is_batch = parse_events(payload, now, bound=account_id)
 
-    zones: dict[uuid.UUID, ZoneInfo] = {
-        row["id"]: ZoneInfo(row["timezone"])
-        for row in Account.objects.filter(
-            pk__in={e.account_id for e in events}, is_active=True
-        ).values("id", "timezone")
-    }
+    # The accounts, each marked when it has a scoped limit on a metric of the request (in
+    # the same query): only those have scoped lines to look at for crossings.
+    metrics = {e.metric for e in events}
+    accounts = list(
+        Account.objects.filter(pk__in={e.account_id for e in events}, is_active=True)
+        .annotate(
+            has_scoped=Exists(
+                ScopedLimit.objects.filter(account_id=OuterRef("pk"), metric__in=metrics)
+            )
+        )
+        .order_by("pk")
+    )
+    zones: dict[uuid.UUID, ZoneInfo] = {account.pk: account.zone for account in accounts}
+    scoped = [account for account in accounts if account.has_scoped and account.is_enterprise]
     unknown = [i for i, e in enumerate(events) if e.account_id not in zones]
     if unknown:
         message = [_("Unknown or inactive account.")]
@@ -256,9 +281,13 @@ def usage_events_record(
         accepted = usage_events_store(events=events, zones=zones, now=now, is_batch=is_batch)
         periods = {account_id: period_containing(now, zone) for account_id, zone in zones.items()}
         usage = usage_for(periods=periods, pairs=touched)
-        # In the same transaction: a crossing is recorded exactly when its usage is.
+        # In the same transaction: a crossing is recorded exactly when its usage is, on the
+        # monthly lines and on the scoped lines that count these events.
         crossings_record(
-            usages=[u for u in usage.values() if u.status != Status.OK], zones=zones, now=now
+            usages=[u for u in usage.values() if u.status != Status.OK],
+            lines=scoped_lines_reached(accounts=scoped, now=now, labels=_labels_of(events)),
+            zones=zones,
+            now=now,
         )
 
     return IngestResult(

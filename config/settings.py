@@ -209,6 +209,9 @@ SPECTACULAR_SETTINGS = {
         "SecondsMetricEnum": "usage.api.serializers.SECONDS_METRICS",
         "TokensMetricEnum": "usage.api.serializers.TOKENS_METRICS",
         "PeriodEnum": "accounts.windows.PeriodKind.values",
+        "StatusEnum": "usage.api.serializers.STATUS_CHOICES",
+        "ReservationStatusEnum": "usage.api.serializers.RESERVATION_STATUS_CHOICES",
+        "ReservationRefusalCodeEnum": "usage.api.serializers.RESERVATION_REFUSAL_CODES",
     },
     # Swagger UI served from our own static files, not a CDN: the docs work offline.
     "SWAGGER_UI_DIST": "SIDECAR",
@@ -247,6 +250,10 @@ NOTIFICATIONS_CLOSED_PERIOD_GRACE = env.float("NOTIFICATIONS_CLOSED_PERIOD_GRACE
 # A delivery is sent under a lease that its worker renews every third of this delay; a
 # lease not renewed for this long belongs to a dead worker, and the sweep sends it again.
 NOTIFICATIONS_STUCK_AFTER = env.float("NOTIFICATIONS_STUCK_AFTER", default=600.0)
+# Outgoing webhooks (notifications/hooks.py): loopback targets (http://127.0.0.1:PORT,
+# http://localhost:PORT) only for local runs and tests; connect and read timeouts, seconds.
+WEBHOOKS_ALLOW_LOOPBACK = env.bool("WEBHOOKS_ALLOW_LOOPBACK", default=False)
+WEBHOOKS_TIMEOUT = env.float("WEBHOOKS_TIMEOUT", default=10.0)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Redis redelivers an unacknowledged task after this long: it must exceed the longest
     # countdown of a retry, or a waiting retry would be delivered twice.
@@ -266,6 +273,12 @@ CELERY_BEAT_SCHEDULE: dict = {
         "schedule": 15 * 60,
         # A run that waited past the next one's start is dropped rather than piled up.
         "options": {"expires": 14 * 60},
+    },
+    # Writes "expired" on reservations past their expiry; reads never wait for it.
+    "expire-reservations": {
+        "task": "usage.tasks.expire_reservations",
+        "schedule": 5 * 60,
+        "options": {"expires": 4 * 60},
     },
 }
 

@@ -1,12 +1,15 @@
-"""The admin of the notification ledger and its deliveries (SPEC sections 6 and 7).
+"""The admin of the notification ledger and its deliveries (SPEC sections 6, 7 and 12.4).
 
-Both are read-only: rows are written by the services only. People act through actions:
-resend failed deliveries here, and on the account admin (which imports them from here)
-evaluate thresholds now and send a test notification.
+The ledger and the deliveries (e-mail and webhook) are read-only: rows are written by the
+services only. People act through actions: resend failed deliveries here, and on the
+account admin (which imports them from here) evaluate thresholds now and send a test
+notification. Webhook endpoints are added, changed and removed here, through the same
+service rules as the API; a new endpoint's signing secret is shown once, in a message.
 """
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 from django import forms
@@ -30,7 +33,13 @@ from accounts.models import (
 from usage.admin import ReadOnlyAdmin
 from usage.quantities import quantity_text, threshold_text
 
-from .models import Delivery, Notification
+from .hooks import (
+    LEVELS,
+    webhook_deliveries_resend,
+    webhook_endpoint_save,
+    webhook_endpoint_validate,
+)
+from .models import Delivery, Notification, WebhookDelivery, WebhookEndpoint
 from .services import deliveries_resend, notification_send_test, thresholds_evaluate
 
 RECENT_NOTIFICATIONS = 20  # shown on the account page
@@ -54,9 +63,18 @@ def notifications_with_delivery_counts(queryset: QuerySet[Notification]) -> Quer
 class NotificationDisplay:
     """The columns a notification is shown with, in its admin and on the account page."""
 
-    @admin.display(description=_("period"), ordering="period")
+    @admin.display(description=_("limit"), ordering="period_kind")
+    def line_display(self, obj: Notification) -> str:
+        return obj.line_text()
+
+    @admin.display(description=_("period"), ordering="period_start")
     def period_display(self, obj: Notification) -> str:
-        return obj.period_code
+        return obj.period_text()
+
+    @admin.display(description=_("e-mailed"), boolean=True, ordering="recorded_only")
+    def emailed_display(self, obj: Notification) -> bool:
+        """False for a crossing recorded only: its line's e-mail of the day went out before."""
+        return not obj.recorded_only
 
     @admin.display(description=_("threshold"), ordering="threshold")
     def threshold_display(self, obj: Notification) -> str:
@@ -117,6 +135,11 @@ class ResendPermission:
         return request.user.has_perm("notifications.change_delivery")
 
 
+class WebhookResendPermission:
+    def has_resend_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("notifications.change_webhookdelivery")
+
+
 # --- Notifications ---
 
 
@@ -150,23 +173,49 @@ class DeliveryInline(ReadOnlyInline):
     show_change_link = True
 
 
+class WebhookDeliveryInline(ReadOnlyInline):
+    """The notification posted to each webhook endpoint, beside its e-mails."""
+
+    model = WebhookDelivery
+    fields = (
+        "channel_display",
+        "url",
+        "status",
+        "attempts",
+        "http_status",
+        "last_error",
+        "webhook_id",
+        "sent_at",
+        "updated_at",
+    )
+    readonly_fields = fields
+    extra = 0
+    show_change_link = True
+
+    @admin.display(description=_("channel"))
+    def channel_display(self, obj: WebhookDelivery) -> str:
+        return gettext("Webhook")
+
+
 class PeriodFilter(admin.SimpleListFilter):
-    """The periods that have notifications, newest first, as ``YYYY-MM``."""
+    """The months in which notified periods start, newest first, as ``YYYY-MM``."""
 
     title = _("period")
     parameter_name = "period"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
-        periods = (
-            Notification.objects.order_by("-period").values_list("period", flat=True).distinct()
-        )
-        return [(period.isoformat(), f"{period:%Y-%m}") for period in periods]
+        months = Notification.objects.dates("period", "month", order="DESC")
+        return [(month.isoformat(), f"{month:%Y-%m}") for month in months]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         value = self.value()
         if value is None:
             return queryset
-        return queryset.filter(period=value)
+        try:
+            month = date.fromisoformat(value)
+        except ValueError:
+            return queryset.none()
+        return queryset.filter(period__year=month.year, period__month=month.month)
 
 
 class DeliveryStatusFilter(admin.SimpleListFilter):
@@ -191,18 +240,29 @@ class DeliveryStatusFilter(admin.SimpleListFilter):
 @admin.register(Notification)
 class NotificationAdmin(NotificationDisplay, ResendPermission, ReadOnlyAdmin):
     list_display = (
+        "__str__",
         "account",
         "metric",
         "level",
+        "line_display",
         "period_display",
         "threshold_display",
         "used_display",
         "created_at",
+        "emailed_display",
         "is_test",
         "deliveries_total_display",
         "deliveries_summary",
     )
-    list_filter = ("level", "metric", PeriodFilter, "is_test", DeliveryStatusFilter)
+    list_filter = (
+        "level",
+        "metric",
+        "period_kind",
+        PeriodFilter,
+        "recorded_only",
+        "is_test",
+        DeliveryStatusFilter,
+    )
     list_select_related = ("account",)
     # A request or correlation id, as found on a usage event or in a log line, finds the
     # notifications it caused.
@@ -211,16 +271,18 @@ class NotificationAdmin(NotificationDisplay, ResendPermission, ReadOnlyAdmin):
         "account",
         "metric",
         "level",
+        "line_display",
         "period_display",
         "threshold_display",
         "used_display",
         "created_at",
+        "emailed_display",
         "is_test",
         "request_id",
         "correlation_id",
     )
     readonly_fields = fields
-    inlines = [DeliveryInline]
+    inlines = [DeliveryInline, WebhookDeliveryInline]
     actions = ["resend_failed_deliveries"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Notification]:
@@ -228,10 +290,18 @@ class NotificationAdmin(NotificationDisplay, ResendPermission, ReadOnlyAdmin):
 
     @admin.action(description=_("Resend failed deliveries"), permissions=["resend"])
     def resend_failed_deliveries(self, request: HttpRequest, queryset: QuerySet) -> None:
-        delivery_ids = Delivery.objects.filter(
-            notification_id__in=list(queryset.values_list("pk", flat=True))
-        ).values_list("pk", flat=True)
-        _message_resent(self, request, deliveries_resend(delivery_ids=delivery_ids))
+        notification_ids = list(queryset.values_list("pk", flat=True))
+        delivery_ids = Delivery.objects.filter(notification_id__in=notification_ids).values_list(
+            "pk", flat=True
+        )
+        count = deliveries_resend(delivery_ids=delivery_ids)
+        if request.user.has_perm("notifications.change_webhookdelivery"):
+            count += webhook_deliveries_resend(
+                delivery_ids=WebhookDelivery.objects.filter(
+                    notification_id__in=notification_ids
+                ).values_list("pk", flat=True)
+            )
+        _message_resent(self, request, count)
 
 
 # --- Deliveries ---
@@ -290,6 +360,157 @@ class DeliveryAdmin(ResendPermission, ReadOnlyAdmin):
         _message_resent(self, request, deliveries_resend(delivery_ids=delivery_ids))
 
 
+# --- Webhooks ---
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(WebhookResendPermission, ReadOnlyAdmin):
+    list_display = (
+        "url",
+        "channel_display",
+        "status",
+        "attempts",
+        "http_status",
+        "last_error_display",
+        "account_display",
+        "metric_display",
+        "level_display",
+        "updated_at",
+    )
+    list_filter = ("status",)
+    list_select_related = ("notification__account",)
+    search_fields = ("url", "=webhook_id", "notification__account__name")
+    fields = (
+        "notification",
+        "endpoint",
+        "url",
+        "webhook_id",
+        "status",
+        "attempts",
+        "http_status",
+        "last_error",
+        "claimed_at",
+        "sent_at",
+        "created_at",
+        "updated_at",
+    )
+    actions = ["resend_failed_deliveries"]
+
+    @admin.display(description=_("channel"))
+    def channel_display(self, obj: WebhookDelivery) -> str:
+        return gettext("Webhook")
+
+    @admin.display(description=_("last error"), ordering="last_error")
+    def last_error_display(self, obj: WebhookDelivery) -> str:
+        return obj.last_error if len(obj.last_error) <= 80 else f"{obj.last_error[:79]}…"
+
+    @admin.display(description=_("account"), ordering="notification__account__name")
+    def account_display(self, obj: WebhookDelivery) -> Account:
+        return obj.notification.account
+
+    @admin.display(description=_("metric"), ordering="notification__metric")
+    def metric_display(self, obj: WebhookDelivery) -> str:
+        return obj.notification.get_metric_display()
+
+    @admin.display(description=_("level"), ordering="notification__level")
+    def level_display(self, obj: WebhookDelivery) -> str:
+        return obj.notification.get_level_display()
+
+    @admin.action(description=_("Resend failed deliveries"), permissions=["resend"])
+    def resend_failed_deliveries(self, request: HttpRequest, queryset: QuerySet) -> None:
+        delivery_ids = list(queryset.values_list("pk", flat=True))
+        count = webhook_deliveries_resend(delivery_ids=delivery_ids)
+        if count:
+            _message_resent(self, request, count)
+        else:
+            self.message_user(
+                request,
+                gettext("Nothing to resend: none of the selected deliveries failed."),
+                messages.WARNING,
+            )
+
+
+LEVEL_LABELS = {
+    "warning": _("Warning"),
+    "blocked": _("Blocked"),
+    "restored": _("Restored"),
+    "forecast": _("Forecast"),
+}
+
+
+class WebhookEndpointForm(forms.ModelForm):
+    levels = forms.MultipleChoiceField(
+        label=_("levels"),
+        choices=[(level, LEVEL_LABELS[level]) for level in LEVELS],
+        widget=forms.CheckboxSelectMultiple,
+        help_text=_("The levels of the notifications posted to this endpoint."),
+    )
+
+    class Meta:
+        model = WebhookEndpoint
+        fields = ("account", "url", "levels", "is_active")
+        widgets = {"url": forms.URLInput(attrs={"size": 80})}
+        help_texts = {
+            "url": _(
+                "An https:// URL whose host resolves to public addresses only (no private, "
+                "loopback or link-local address)."
+            )
+        }
+
+    def validate_unique(self) -> None:
+        """The URL once per account is ``webhook_endpoint_validate``'s rule, with its message."""
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        account, url, levels = (cleaned.get(f) for f in ("account", "url", "levels"))
+        if account is not None and url and levels:
+            webhook_endpoint_validate(
+                account=account, url=url, levels=levels, endpoint=self.instance
+            )
+        return cleaned
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin):
+    form = WebhookEndpointForm
+    list_display = ("url", "account", "levels_display", "is_active", "created_at")
+    list_filter = ("is_active",)
+    list_select_related = ("account",)
+    search_fields = ("url", "account__name", "account__external_id")
+    autocomplete_fields = ("account",)
+    readonly_fields = ("created_at", "updated_at")
+
+    @admin.display(description=_("levels"))
+    def levels_display(self, obj: WebhookEndpoint) -> str:
+        return ", ".join(str(LEVEL_LABELS.get(level, level)) for level in obj.levels)
+
+    def save_model(
+        self, request: HttpRequest, obj: WebhookEndpoint, form: forms.ModelForm, change: bool
+    ) -> None:
+        cleaned = form.cleaned_data
+        previous = WebhookEndpoint.objects.filter(pk=obj.pk).first() if change else None
+        if previous is not None:
+            obj.url = previous.url  # the service compares the saved URL with the new one
+        saved = webhook_endpoint_save(
+            account=cleaned["account"],
+            url=cleaned["url"],
+            levels=cleaned["levels"],
+            is_active=cleaned["is_active"],
+            endpoint=obj if change else None,
+        )
+        obj.pk = saved.endpoint.pk
+        if saved.secret is not None:
+            self.message_user(
+                request,
+                gettext(
+                    "The signing secret of %(url)s is %(secret)s. Copy it now: it will not be "
+                    "shown again."
+                )
+                % {"url": saved.endpoint.url, "secret": saved.secret},
+                messages.WARNING,
+            )
+
+
 # --- For the account admin (wired into ``backoffice.admin.AccountAdmin``) ---
 
 
@@ -312,9 +533,11 @@ class NotificationInline(NotificationDisplay, ReadOnlyInline):
         "created_at",
         "metric",
         "level",
+        "line_display",
         "period_display",
         "threshold_display",
         "used_display",
+        "emailed_display",
         "is_test",
         "deliveries_summary",
     )
@@ -324,7 +547,9 @@ class NotificationInline(NotificationDisplay, ReadOnlyInline):
     show_change_link = True
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Notification]:
-        return notifications_with_delivery_counts(super().get_queryset(request))
+        # The account gives each row's time zone (the period's local time).
+        queryset = super().get_queryset(request).select_related("account")
+        return notifications_with_delivery_counts(queryset)
 
 
 @admin.action(description=_("Evaluate thresholds now"), permissions=["change"])

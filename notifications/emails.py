@@ -8,11 +8,12 @@ from __future__ import annotations
 from anymail.message import AnymailMessage
 from django.conf import settings
 from django.template.loader import render_to_string
-from django.utils import formats
 from django.utils.translation import override
 
+from accounts.labels import labels_text
 from accounts.metrics import METRICS
 from accounts.models import Account
+from accounts.windows import PeriodKind
 from usage.models import MILLI
 from usage.quantities import number_text, quantity_number, quantity_with_unit
 
@@ -32,7 +33,9 @@ def threshold_context(*, notification: Notification, account: Account) -> dict[s
     percent = (
         number_text(notification.used_milli * 100 // threshold_milli) if threshold_milli else None
     )
-    period = formats.date_format(notification.period, "YEAR_MONTH_FORMAT")
+    labels = labels_text(notification.labels)
+    period = notification.period_text()
+    whole_month = notification.period_kind == PeriodKind.MONTH and not labels
     return {
         "account_name": account.name,
         "external_id": account.external_id,
@@ -42,6 +45,11 @@ def threshold_context(*, notification: Notification, account: Account) -> dict[s
         "used": quantity_with_unit(notification.used_milli, notification.metric),
         "percent": percent,
         "period": period,
+        "line": notification.line_text(),
+        "labels": labels,
+        # The subject names the period and labels of any line but a whole-metric month's,
+        # whose subject stays as it was before lines existed.
+        "scope": "" if whole_month else ", ".join(part for part in (period, labels) if part),
         "is_test": notification.is_test,
     }
 
@@ -61,9 +69,13 @@ def threshold_message(*, notification: Notification, delivery: Delivery) -> Anym
         f"{HEADER_PREFIX}Metric": notification.metric,
         f"{HEADER_PREFIX}Level": notification.level,
         f"{HEADER_PREFIX}Period": notification.period_code,
+        f"{HEADER_PREFIX}Period-Kind": notification.period_kind,
         f"{HEADER_PREFIX}Threshold": str(notification.threshold),
         f"{HEADER_PREFIX}Used": str(used),
     }
+    if notification.labels_key:
+        # Label values are plain characters (``accounts.labels``): nothing to fold.
+        headers[f"{HEADER_PREFIX}Labels"] = notification.labels_key
     message = AnymailMessage(
         subject=subject,
         body=text,
@@ -77,6 +89,8 @@ def threshold_message(*, notification: Notification, delivery: Delivery) -> Anym
             "metric": notification.metric,
             "level": notification.level,
             "period": notification.period_code,
+            "period_kind": notification.period_kind,
+            "labels": notification.labels_key,
             "notification": str(notification.pk),
             "delivery": str(delivery.pk),
         },

@@ -3,21 +3,43 @@
 from __future__ import annotations
 
 from django.db import models
+from django.db.models.functions import Coalesce
 from django.utils import timezone
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
-from accounts.metrics import Metric
-from accounts.models import Account, Language, Level
+from accounts.labels import labels_from_key, labels_text
+from accounts.metrics import METRICS, Metric
+from accounts.models import LABELS_KEY_MAX_LENGTH, Account, Language, Level
+from accounts.windows import PeriodKind
 from config.request_ids import MAX_LENGTH, current_correlation_id, current_request_id
+from usage.models import MILLI
+from usage.quantities import quantity_with_unit
+
+from .lines import period_text
+
+# Lines shorter than a day: at most one e-mail per local day and level (SPEC 11.5).
+SUB_DAY_KINDS = (PeriodKind.HOUR, PeriodKind.MINUTE)
 
 
 class Notification(models.Model):
-    """A threshold reached: exactly one row per account, metric, level, period and threshold.
+    """A threshold of a limit line reached: exactly one row per line, level, period start and
+    threshold (SPEC sections 6 and 11.5).
 
-    The unique constraint is what makes "exactly once" hold across requests, workers and
-    sweeps: whoever inserts the row first owns the e-mails; everyone else inserts nothing.
-    For the blocked level, ``threshold`` is the effective blocked threshold (extensions
-    included), so a raised threshold or a new extension re-arms it. ``request_id`` and
+    The line is ``(account, metric, period_kind, window_days, labels_key)``: a whole-metric
+    monthly line is ``month``, no days, no labels. ``period_start`` is the instant the
+    line's period starts (for a ``rolling`` line, the local midnight of the day its window
+    reached the threshold, see ``notifications.services.rolling_period_start``), and
+    ``period`` its local day (the first day of a month, as before lines existed). The unique
+    constraint is what makes "exactly once" hold across requests, workers and sweeps:
+    whoever inserts the row first owns the e-mails; everyone else inserts nothing. For the
+    blocked level, ``threshold`` is the effective blocked threshold (extensions included),
+    so a raised threshold or a new extension re-arms it.
+
+    ``recorded_only``: a crossing of an ``hour`` or ``minute`` line on a local day whose
+    e-mail at that level went out already, through another notification of the line. It is
+    kept (the admin lists it) and has no delivery; a second unique constraint lets one
+    notification per line, level and local day be e-mailed. ``request_id`` and
     ``correlation_id`` are those of the request or task that recorded the crossing
     (``config.request_ids``), empty for the periodic sweep's.
     """
@@ -26,9 +48,44 @@ class Notification(models.Model):
         Account, on_delete=models.CASCADE, related_name="notifications", verbose_name=_("account")
     )
     metric = models.CharField(_("metric"), max_length=64, choices=Metric.choices)
+    period_kind = models.CharField(
+        _("period kind"),
+        max_length=16,
+        choices=PeriodKind.choices,
+        default=PeriodKind.MONTH,
+        db_default=PeriodKind.MONTH.value,
+    )
+    window_days = models.PositiveSmallIntegerField(
+        _("window days"), null=True, blank=True, help_text=_("Rolling lines only.")
+    )
+    labels_key = models.CharField(
+        _("labels"),
+        max_length=LABELS_KEY_MAX_LENGTH,
+        blank=True,
+        default="",
+        db_default="",
+        help_text=_("The line's labels, key=value pairs sorted and joined by “;”."),
+    )
     level = models.CharField(_("level"), max_length=16, choices=Level.choices)
-    period = models.DateField(_("period"), help_text=_("The first day of the period."))
+    period = models.DateField(
+        _("period"),
+        help_text=_(
+            "The local day the period starts: the first day of a month, the Monday of a week,"
+            " the day of a day, hour or minute; for a rolling window, the day it reached"
+            " the threshold."
+        ),
+    )
+    period_start = models.DateTimeField(_("period start"))
     threshold = models.BigIntegerField(_("threshold"))
+    recorded_only = models.BooleanField(
+        _("recorded only"),
+        default=False,
+        db_default=False,
+        help_text=_(
+            "A later crossing of an hour or minute line on a day whose e-mail for this level"
+            " was already sent: recorded, not e-mailed."
+        ),
+    )
     used_milli = models.BigIntegerField(_("usage when reached (thousandths)"))
     created_at = models.DateTimeField(_("reached at"), auto_now_add=True)
     is_test = models.BooleanField(_("test"), default=False)
@@ -58,10 +115,29 @@ class Notification(models.Model):
         verbose_name_plural = _("notifications")
         ordering = ["-created_at"]
         constraints = [
+            # NULL window days would be distinct from one another in a plain unique index.
             models.UniqueConstraint(
-                fields=["account", "metric", "level", "period", "threshold"],
+                "account",
+                "metric",
+                "period_kind",
+                Coalesce("window_days", models.Value(0)),
+                "labels_key",
+                "level",
+                "period_start",
+                "threshold",
                 condition=models.Q(is_test=False),
                 name="notification_once_per_crossing",
+            ),
+            models.UniqueConstraint(
+                fields=["account", "metric", "period_kind", "labels_key", "level", "period"],
+                condition=models.Q(
+                    is_test=False, recorded_only=False, period_kind__in=SUB_DAY_KINDS
+                ),
+                name="notification_one_email_per_day",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(recorded_only=False) | models.Q(period_kind__in=SUB_DAY_KINDS),
+                name="notification_recorded_only_sub_day",
             ),
         ]
         indexes = [
@@ -75,11 +151,57 @@ class Notification(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.metric} {self.level} {self.threshold} ({self.period:%Y-%m})"
+        """The line in words: ``Text tokens, warning at 40,000 tokens, day of 2 December
+        2026, Model: large`` (the metric's label, the level, the threshold with its unit, the
+        period, the labels)."""
+        text = gettext("%(metric)s, %(level)s at %(threshold)s, %(period)s") % {
+            "metric": METRICS[self.metric].label if self.metric in METRICS else self.metric,
+            "level": self.get_level_display().lower(),
+            "threshold": quantity_with_unit(self.threshold * MILLI, self.metric),
+            "period": self.period_text(),
+        }
+        labels = self.labels
+        return f"{text}, {labels_text(labels)}" if labels else text
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """The line's labels (``{}``: every event of the metric)."""
+        return labels_from_key(self.labels_key)
+
+    @property
+    def is_sub_day(self) -> bool:
+        return self.period_kind in SUB_DAY_KINDS
 
     @property
     def period_code(self) -> str:
-        return f"{self.period:%Y-%m}"
+        """``X-Usage-Period`` (SPEC 11.5): ``YYYY-MM`` for a month, else the period's start
+        instant in ISO 8601, with the account's offset."""
+        if self.period_kind == PeriodKind.MONTH:
+            return f"{self.period:%Y-%m}"
+        return self.period_start.astimezone(self.account.zone).isoformat()
+
+    def period_text(self) -> str:
+        """The period for people, in the active language (``notifications.lines``)."""
+        return period_text(
+            kind=self.period_kind,
+            window_days=self.window_days,
+            day=self.period,
+            start=self.period_start,
+            zone=self.account.zone,
+        )
+
+    def line_text(self) -> str:
+        """The line's shape for people: ``Day``, ``Rolling window of 7 days, Model: large``."""
+        if self.period_kind == PeriodKind.ROLLING:
+            text = ngettext(
+                "Rolling window of %(days)s day",
+                "Rolling window of %(days)s days",
+                self.window_days or 1,
+            ) % {"days": self.window_days}
+        else:
+            text = str(PeriodKind(self.period_kind).label)
+        labels = self.labels
+        return f"{text}, {labels_text(labels)}" if labels else text
 
 
 class Delivery(models.Model):
@@ -158,3 +280,98 @@ class EarlyTrackingEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.esp_message_id}: {self.event_type}"
+
+
+class WebhookEndpoint(models.Model):
+    """An HTTPS address of the account's own systems that receives its notifications, signed.
+
+    ``levels`` lists the notification levels posted to it (``notifications.hooks.LEVELS``).
+    ``secret`` (``whsec_`` and base64) signs every request as the Standard Webhooks
+    specification says; it is shown once, when the endpoint is created, and never again.
+    The URL is unique per account: a list sent again keeps the endpoints it names.
+    """
+
+    account = models.ForeignKey(
+        Account,
+        on_delete=models.CASCADE,
+        related_name="webhook_endpoints",
+        verbose_name=_("account"),
+    )
+    url = models.CharField(_("URL"), max_length=2000)
+    levels = models.JSONField(_("levels"), default=list)
+    is_active = models.BooleanField(_("active"), default=True)
+    secret = models.CharField(_("signing secret"), max_length=100, editable=False)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("webhook endpoint")
+        verbose_name_plural = _("webhook endpoints")
+        ordering = ["account", "created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["account", "url"], name="webhook_endpoint_url_once"),
+        ]
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class WebhookDelivery(models.Model):
+    """One notification posted to one webhook endpoint, and what became of it.
+
+    ``webhook_id`` is drawn once, when the delivery is recorded, and sent on every attempt,
+    so that a receiver can recognise a message it already has. ``url`` is the address the
+    notification was for (the endpoint may be removed since: the delivery stays, unsendable).
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("Queued")
+        SENDING = "sending", _("Sending")
+        SENT = "sent", _("Sent")
+        FAILED = "failed", _("Failed")
+
+    channel = "webhook"
+
+    notification = models.ForeignKey(
+        Notification,
+        on_delete=models.CASCADE,
+        related_name="webhook_deliveries",
+        verbose_name=_("notification"),
+    )
+    endpoint = models.ForeignKey(
+        WebhookEndpoint,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="deliveries",
+        verbose_name=_("webhook endpoint"),
+    )
+    url = models.CharField(_("URL"), max_length=2000)
+    webhook_id = models.CharField(_("webhook id"), max_length=64, unique=True)
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.QUEUED
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    http_status = models.PositiveSmallIntegerField(_("HTTP status"), null=True, blank=True)
+    last_error = models.TextField(_("last error"), blank=True)
+    lease_token = models.UUIDField(_("lease token"), null=True, blank=True, editable=False)
+    claimed_at = models.DateTimeField(_("claimed at"), null=True, blank=True)
+    sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("webhook delivery")
+        verbose_name_plural = _("webhook deliveries")
+        ordering = ["-created_at", "url"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["notification", "endpoint"], name="webhook_delivery_once_per_endpoint"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "updated_at"], name="webhook_delivery_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.url}: {self.status}"

@@ -14,9 +14,9 @@ import logging
 import smtplib
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from anymail.exceptions import AnymailError, AnymailRequestsAPIError
@@ -28,15 +28,34 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from kombu.exceptions import OperationalError
 
+from accounts.labels import labels_key, labels_match
 from accounts.metrics import METRICS
-from accounts.models import Account, Language, Level, Plan, Recipient, validate_recipient_email
+from accounts.models import (
+    Account,
+    Language,
+    Level,
+    Plan,
+    Recipient,
+    ScopedLimit,
+    validate_recipient_email,
+)
+from accounts.windows import PeriodKind, window_containing, window_from_key
 from config.request_ids import current_correlation_id, current_request_id
 from usage.locks import usage_lock
+from usage.models import UsageCounter
 from usage.periods import Period, period_containing
-from usage.selectors import MetricUsage, Status, usage_for, usage_received_before
+from usage.selectors import (
+    LineUsage,
+    MetricUsage,
+    Status,
+    account_lines_usage,
+    usage_for,
+    usage_received_before,
+)
 
 from .emails import threshold_message
-from .models import Delivery, EarlyTrackingEvent, Notification
+from .hooks import webhook_deliveries_create, webhook_deliveries_recover, webhook_deliveries_send
+from .models import SUB_DAY_KINDS, Delivery, EarlyTrackingEvent, Notification
 from .outbox import publish_later
 
 logger = logging.getLogger(__name__)
@@ -46,124 +65,315 @@ NOTIFICATION_TABLE = Notification._meta.db_table
 _MESSAGE_ID_LOCKS = 0x55534D47
 
 
+MONTH = PeriodKind.MONTH.value
+
+
 @dataclass(frozen=True)
 class Crossing:
+    """A threshold of one limit line reached in one period (SPEC 6 and 11.5).
+
+    The line is ``(account, metric, period_kind, window_days, labels_key)``; ``period`` is
+    the local day its period starts and ``period_start`` that instant (see ``Notification``).
+    """
+
     account_id: uuid.UUID
     metric: str
     level: str
     period: date
+    period_start: datetime
     threshold: int
     used_milli: int
+    period_kind: str = MONTH
+    window_days: int | None = None
+    labels_key: str = ""
+
+    @property
+    def key(self) -> tuple[str, str, str, int, str, str, str, int]:
+        """What the ledger keeps once: the line, the level, the period and the threshold."""
+        return (
+            self.account_id.hex,
+            self.metric,
+            self.period_kind,
+            self.window_days or 0,
+            self.labels_key,
+            self.level,
+            self.period.isoformat(),
+            self.threshold,
+        )
+
+    @property
+    def is_sub_day(self) -> bool:
+        return self.period_kind in SUB_DAY_KINDS
 
 
-def crossings_of(usage: MetricUsage, period: date) -> list[Crossing]:
-    """The thresholds ``usage`` has reached (``>=``, an exact hit included)."""
+def _reached(usage: MetricUsage) -> list[tuple[str, int]]:
+    """``(level, threshold)`` of each threshold ``usage`` has reached (an exact hit included)."""
+    thresholds = {Status.WARNING: usage.warning, Status.BLOCKED: usage.effective_blocked}
+    return [
+        (level, threshold)
+        for level, threshold in thresholds.items()
+        if threshold is not None and usage.reaches(threshold)
+    ]
+
+
+def _day_start(day: date, zone: ZoneInfo) -> datetime:
+    """The first instant of the local ``day`` (its noon lies in it, whatever DST does)."""
+    noon = datetime.combine(day, time(12), tzinfo=zone)
+    return window_containing(kind=PeriodKind.DAY, instant=noon, zone=zone).start
+
+
+def crossings_of(usage: MetricUsage, period: Period) -> list[Crossing]:
+    """The thresholds ``usage`` of a whole-metric monthly line has reached in ``period``."""
+    start = window_from_key(kind=MONTH, key=period.code, zone=period.zone).start
+    return [
+        Crossing(
+            usage.account_id,
+            usage.metric,
+            level,
+            period.first_day,
+            start,
+            threshold,
+            usage.used_milli,
+        )
+        for level, threshold in _reached(usage)
+    ]
+
+
+def rolling_period_start(
+    *,
+    account_id: uuid.UUID,
+    metric: str,
+    labels_key: str,
+    days: int,
+    level: str,
+    threshold: int,
+    today: date,
+) -> date:
+    """The "period start" of a rolling line of ``days`` days whose window has reached
+    ``threshold`` today (a local day): the first local day of the run of days, ending today,
+    whose windows all ended at or above the threshold (SPEC 11.5).
+
+    A day's window "ended" at the next local midnight: the sum of the line's day counters
+    (its label subset) over that day and the ``days`` - 1 before it. So the line notifies
+    on the day its window reaches the threshold, sends nothing more while the window stays
+    at or above it, and re-arms only after a local day whose window ended below it: the
+    next crossing then starts a new run, hence a new period start. Late events change past
+    days' counters, and the rule reads the counters as they are now.
+
+    The walk back reads at most 2 x ``days`` day counters: it stops at the last crossing of
+    the same line, level and threshold in the ledger (the run already notified), or
+    ``days`` days back, where a run with no earlier notification is taken to start.
+    """
+    earlier = (
+        Notification.objects.filter(
+            account_id=account_id,
+            metric=metric,
+            period_kind=PeriodKind.ROLLING,
+            window_days=days,
+            labels_key=labels_key,
+            level=level,
+            threshold=threshold,
+            is_test=False,
+            period__lte=today,
+        )
+        .order_by("-period")
+        .values_list("period", flat=True)
+        .first()
+    )
+    floor = today - timedelta(days=days)
+    if earlier is not None and earlier > floor:
+        floor = earlier
+    first = floor - timedelta(days=days - 1)
+    totals = dict(
+        UsageCounter.objects.filter(
+            account_id=account_id, metric=metric, labels=labels_key, day__gte=first, day__lt=today
+        ).values_list("day", "quantity_milli")
+    )
+    # ``ended[d]``: the window of day ``d`` at its end (the days from d - days + 1 to d).
+    window = sum(totals.get(floor - timedelta(days=k), 0) for k in range(days))
+    ended = {}
+    day = floor
+    while day < today:
+        ended[day] = window
+        day += timedelta(days=1)
+        window += totals.get(day, 0) - totals.get(day - timedelta(days=days), 0)
+    line = MetricUsage(account_id, metric, 0, threshold, None, 0)
+    start = today
+    while start > floor:
+        previous = start - timedelta(days=1)
+        if not replace(line, used_milli=ended[previous]).reaches(threshold):
+            return start
+        start = previous
+    return earlier if earlier is not None else floor
+
+
+def line_crossings(*, account: Account, lines: Iterable[LineUsage]) -> list[Crossing]:
+    """The thresholds ``account``'s ``lines`` (over their current windows) have reached.
+
+    A rolling line's period starts on the day its window reached the threshold
+    (``rolling_period_start``); any other line's period is its current window.
+    """
+    zone = account.zone
     found = []
-    reached = {Status.WARNING: usage.warning, Status.BLOCKED: usage.effective_blocked}
-    for level, threshold in reached.items():
-        if usage.reaches(threshold):
+    for line_usage in lines:
+        line, window, usage = line_usage.line, line_usage.window, line_usage.usage
+        labels = labels_key(line.labels)
+        for level, threshold in _reached(usage):
+            if line.period == PeriodKind.ROLLING:
+                assert line.window_days is not None
+                day = rolling_period_start(
+                    account_id=account.pk,
+                    metric=line.metric,
+                    labels_key=labels,
+                    days=line.window_days,
+                    level=level,
+                    threshold=threshold,
+                    today=window.last_day.local_start.date(),
+                )
+                start = _day_start(day, zone)
+            else:
+                day, start = window.local_start.date(), window.start
             found.append(
-                Crossing(usage.account_id, usage.metric, level, period, threshold, usage.used_milli)
+                Crossing(
+                    account_id=account.pk,
+                    metric=line.metric,
+                    level=level,
+                    period=day,
+                    period_start=start,
+                    threshold=threshold,
+                    used_milli=usage.used_milli,
+                    period_kind=PeriodKind(line.period).value,
+                    window_days=line.window_days,
+                    labels_key=labels,
+                )
             )
     return found
 
 
-def _insert_notifications(crossings: list[Crossing], now: datetime) -> list[tuple[int, Crossing]]:
+_INSERT_COLUMNS = (
+    "account_id, metric, period_kind, window_days, labels_key, level, period, period_start,"
+    " threshold, used_milli, created_at, is_test, recorded_only, request_id, correlation_id"
+)
+
+
+def _insert_notifications(
+    crossings: list[Crossing], now: datetime, *, recorded_only: bool = False
+) -> list[tuple[int, Crossing]]:
     """Insert the crossings not yet in the ledger; returns ``(id, crossing)`` of new ones.
 
-    Each row carries the current request and correlation ids (``config.request_ids``).
+    ``ON CONFLICT DO NOTHING`` names no index, so that both unique constraints of
+    ``Notification`` arbitrate: a crossing already recorded, and (unless ``recorded_only``)
+    an e-mail of the same hour or minute line, level and local day, insert nothing. Each row
+    carries the current request and correlation ids (``config.request_ids``).
     """
-    crossings = sorted(
-        crossings, key=lambda c: (c.account_id, c.metric, c.level, c.period, c.threshold)
-    )
+    if not crossings:
+        return []
     adapt_dt = connection.ops.adapt_datetimefield_value
     request_id, correlation_id = current_request_id(), current_correlation_id()
-    placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(crossings))
+    placeholders = ", ".join(["(" + ", ".join(["%s"] * 15) + ")"] * len(crossings))
     params: list[object] = []
     for c in crossings:
         account = c.account_id if connection.vendor == "postgresql" else c.account_id.hex
-        params += [account, c.metric, c.level, c.period, c.threshold, c.used_milli, adapt_dt(now)]
-        params += [False, request_id, correlation_id]
+        params += [account, c.metric, c.period_kind, c.window_days, c.labels_key, c.level]
+        params += [c.period, adapt_dt(c.period_start), c.threshold, c.used_milli, adapt_dt(now)]
+        params += [False, recorded_only, request_id, correlation_id]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {NOTIFICATION_TABLE} "
-            "(account_id, metric, level, period, threshold, used_milli, created_at, is_test,"
-            " request_id, correlation_id) "
-            f"VALUES {placeholders} "
-            "ON CONFLICT (account_id, metric, level, period, threshold) WHERE NOT is_test "
-            "DO NOTHING RETURNING id, account_id, metric, level",
+            f"INSERT INTO {NOTIFICATION_TABLE} ({_INSERT_COLUMNS}) VALUES {placeholders} "
+            "ON CONFLICT DO NOTHING RETURNING id, account_id, metric, period_kind, window_days,"
+            " labels_key, level, period, threshold",
             params,
         )
         rows = cursor.fetchall()
-    by_key = {(c.account_id.hex, c.metric, c.level): c for c in crossings}
-    return [
-        (pk, by_key[(uuid.UUID(str(account)).hex, metric, level)])
-        for pk, account, metric, level in rows
-    ]
+    by_key = {c.key: c for c in crossings}
+    created = []
+    for pk, account, metric, kind, days, labels, level, day, threshold in rows:
+        key = (uuid.UUID(str(account)).hex, metric, kind, days or 0, labels, level, str(day))
+        created.append((pk, by_key[(*key, threshold)]))
+    return created
 
 
 def crossings_record(
     *,
-    usages: Iterable[MetricUsage],
+    usages: Iterable[MetricUsage] = (),
+    lines: Mapping[Account, Iterable[LineUsage]] | None = None,
     zones: dict[uuid.UUID, ZoneInfo] | None = None,
     now: datetime | None = None,
 ) -> list[int]:
-    """Record the current-period crossings of ``usages``; returns the new notification ids.
+    """Record the current-period crossings of ``usages`` (whole-metric monthly lines) and of
+    ``lines`` (each account's scoped lines over their current windows); returns the new
+    notification ids.
 
     Call inside the transaction that changed usage or limits, after ``usage_lock``. Only
     the current period notifies: usages of another period must not be passed. Each new
-    notification gets a delivery per recipient of its level, and its sending task is
-    enqueued after commit. ``zones`` (account id to time zone) saves a query when the
-    caller has them.
+    notification gets a delivery per recipient of its level (none when it is recorded
+    only, see ``Notification.recorded_only``), and its sending task is enqueued after
+    commit. ``zones`` (account id to time zone) saves a query when the caller has them.
     """
     now = now or timezone.now()
     usages = list(usages)
-    if not usages:
-        return []
-    if zones is None:
-        zones = {
-            pk: ZoneInfo(name)
-            for pk, name in Account.objects.filter(
-                pk__in={u.account_id for u in usages}
-            ).values_list("id", "timezone")
-        }
-    crossings = []
-    for usage in usages:
-        period = period_containing(now, zones[usage.account_id]).first_day
-        crossings.extend(crossings_of(usage, period))
+    crossings: list[Crossing] = []
+    if usages:
+        if zones is None:
+            zones = {
+                pk: ZoneInfo(name)
+                for pk, name in Account.objects.filter(
+                    pk__in={u.account_id for u in usages}
+                ).values_list("id", "timezone")
+            }
+        for usage in usages:
+            crossings.extend(crossings_of(usage, period_containing(now, zones[usage.account_id])))
+    for account, account_lines in (lines or {}).items():
+        crossings.extend(line_crossings(account=account, lines=account_lines))
     return _crossings_insert(crossings, now)
 
 
 def _crossings_insert(crossings: list[Crossing], now: datetime) -> list[int]:
-    """Insert the crossings the ledger lacks, with their deliveries; enqueue after commit."""
+    """Insert the crossings the ledger lacks, with their deliveries; enqueue after commit.
+
+    An hour or minute line's crossing that finds the day's e-mail of its line and level
+    taken is inserted again as recorded only, without deliveries (SPEC 11.5).
+    """
     if not crossings:
         return []
+    # One row per key, in a stable order (the order in which the index entries are locked).
+    crossings = sorted({c.key: c for c in crossings}.values(), key=lambda c: c.key)
     created = _insert_notifications(crossings, now)
-    if not created:
+    taken = {crossing.key for _pk, crossing in created}
+    quiet = [c for c in crossings if c.is_sub_day and c.key not in taken]
+    recorded = _insert_notifications(quiet, now, recorded_only=True)
+    if not created and not recorded:
         return []
     recipients: dict[tuple[uuid.UUID, str], list[Recipient]] = {}
-    for recipient in Recipient.objects.filter(
-        account_id__in={crossing.account_id for _pk, crossing in created}
-    ).order_by("id"):
-        recipients.setdefault((recipient.account_id, recipient.level), []).append(recipient)
+    if created:
+        for recipient in Recipient.objects.filter(
+            account_id__in={crossing.account_id for _pk, crossing in created}
+        ).order_by("id"):
+            recipients.setdefault((recipient.account_id, recipient.level), []).append(recipient)
     Delivery.objects.bulk_create(
         Delivery(notification_id=pk, email=r.email, language=r.language)
         for pk, crossing in created
         for r in recipients.get((crossing.account_id, crossing.level), [])
     )
-    ids = [pk for pk, _crossing in created]
-    for pk, crossing in created:
+    webhook_deliveries_create(notification_ids=[pk for pk, _crossing in created])
+    for pk, crossing in created + recorded:
         logger.info(
-            "notification %s: account %s reached %s %s of %s (period %s)",
+            "notification %s: account %s reached %s %s of %s, %s line%s%s (period %s)%s",
             pk,
             crossing.account_id,
             crossing.level,
             crossing.threshold,
             crossing.metric,
-            crossing.period,
+            crossing.period_kind,
+            f" of {crossing.window_days} days" if crossing.window_days else "",
+            f" [{crossing.labels_key}]" if crossing.labels_key else "",
+            crossing.period_start.isoformat(),
+            ", recorded only" if (pk, crossing) in recorded else "",
         )
-    transaction.on_commit(lambda: notifications_publish(ids))
-    return ids
+    ids = [pk for pk, _crossing in created]
+    if ids:
+        transaction.on_commit(lambda: notifications_publish(ids))
+    return ids + [pk for pk, _crossing in recorded]
 
 
 def _closed_period_crossings(periods: dict[uuid.UUID, Period], now: datetime) -> list[Crossing]:
@@ -183,6 +393,8 @@ def _closed_period_crossings(periods: dict[uuid.UUID, Period], now: datetime) ->
     recorded = set(
         Notification.objects.filter(
             is_test=False,
+            period_kind=MONTH,
+            labels_key="",
             account_id__in={u.account_id for u in reached},
             period__in={closed[u.account_id].first_day for u in reached},
         ).values_list("account_id", "metric", "level", "period", "threshold")
@@ -191,7 +403,7 @@ def _closed_period_crossings(periods: dict[uuid.UUID, Period], now: datetime) ->
     def missing(usage: MetricUsage) -> list[Crossing]:
         return [
             c
-            for c in crossings_of(usage, closed[usage.account_id].first_day)
+            for c in crossings_of(usage, closed[usage.account_id])
             if (c.account_id, c.metric, c.level, c.period, c.threshold) not in recorded
         ]
 
@@ -249,6 +461,36 @@ def notifications_publish(notification_ids: list[int]) -> None:
         publish_later(notification_ids, notifications_enqueue)
 
 
+def scoped_lines_reached(
+    *,
+    accounts: Iterable[Account],
+    now: datetime,
+    labels: Mapping[tuple[uuid.UUID, str], Iterable[Mapping[str, str]]] | None = None,
+) -> dict[Account, list[LineUsage]]:
+    """The scoped lines of ``accounts`` that stand at or past a threshold over their current
+    windows (``usage.selectors.account_lines_usage``, extensions included).
+
+    ``labels`` keeps, per (account id, metric), the lines that apply to one of these label
+    sets (those that the events of a request count in); without it, every scoped line.
+    """
+    found = {}
+    for account in accounts:
+        reached = []
+        for line_usage in account_lines_usage(account=account, now=now):
+            line = line_usage.line
+            if line_usage.is_whole_metric_month or line_usage.usage.status == Status.OK:
+                continue
+            if labels is not None and not any(
+                labels_match(line=line.labels, event=event)
+                for event in labels.get((account.pk, line.metric), ())
+            ):
+                continue
+            reached.append(line_usage)
+        if reached:
+            found[account] = reached
+    return found
+
+
 def thresholds_evaluate(
     *,
     account_ids: Iterable[uuid.UUID] | None = None,
@@ -257,30 +499,36 @@ def thresholds_evaluate(
 ) -> list[int]:
     """Record every crossing not yet notified; returns the ids of the notifications created.
 
-    The sweep (and ``evaluate_thresholds``) looks at the current period, and at the period
-    that just closed during ``NOTIFICATIONS_CLOSED_PERIOD_GRACE`` (a crossing reached
-    before the end whose recording was lost). ``after_limit_change``: called inside the
-    transaction that changed limits or extensions; takes the usage locks first, so that
-    usage recorded concurrently is seen, and looks at the current period only.
-    Reads usage from counters in one query (``usage_for``), whatever the number of accounts.
+    Every line is looked at over its current window: the whole-metric monthly lines read in
+    one query (``usage_for``) whatever the number of accounts, then the scoped lines of
+    each account that has some (``account_lines_usage``). The sweep (and
+    ``evaluate_thresholds``) also looks at the whole-metric month that just closed, during
+    ``NOTIFICATIONS_CLOSED_PERIOD_GRACE`` (a crossing reached before the end whose
+    recording was lost); scoped lines whose window closed are not looked at again (see
+    ``docs/how-it-works.md``). ``after_limit_change``: called inside the transaction that
+    changed limits or extensions; takes the usage locks first, so that usage recorded
+    concurrently is seen, and looks at the current windows only.
     """
     now = now or timezone.now()
     # Only Enterprise accounts are limited: others keep their limits, inactive.
-    accounts = Account.objects.filter(is_active=True, plan=Plan.ENTERPRISE, limits__isnull=False)
+    accounts = Account.objects.filter(is_active=True, plan=Plan.ENTERPRISE)
     if account_ids is not None:
         accounts = accounts.filter(pk__in=list(account_ids))
     periods = {
         pk: period_containing(now, ZoneInfo(tz))
-        for pk, tz in accounts.values_list("id", "timezone").distinct()
+        for pk, tz in accounts.filter(limits__isnull=False).values_list("id", "timezone").distinct()
     }
-    if not periods:
+    scoped = list(accounts.filter(pk__in=ScopedLimit.objects.values("account_id")).order_by("pk"))
+    if not periods and not scoped:
         return []
     with transaction.atomic():
         if after_limit_change:
-            usage_lock(pairs=[(pk, metric) for pk in sorted(periods) for metric in METRICS])
+            locked = sorted(set(periods) | {account.pk for account in scoped})
+            usage_lock(pairs=[(pk, metric) for pk in locked for metric in METRICS])
         reached = [u for u in usage_for(periods=periods).values() if u.status != Status.OK]
-        created = crossings_record(usages=reached, now=now)
-        if not after_limit_change:
+        lines = scoped_lines_reached(accounts=scoped, now=now)
+        created = crossings_record(usages=reached, lines=lines, now=now)
+        if not after_limit_change and periods:
             created += _crossings_insert(_closed_period_crossings(periods, now), now)
     return created
 
@@ -492,7 +740,8 @@ def _delivery_send(
 
 
 def notification_deliver(*, notification_id: int, final_attempt: bool = False) -> DeliveryOutcome:
-    """Send every queued delivery of a notification once; the caller retries ``retry`` ones.
+    """Send every queued delivery of a notification once, e-mails then webhooks
+    (``notifications.hooks``); the caller retries ``retry`` ones.
 
     Each delivery is claimed with a conditional update (queued -> sending) that draws a
     lease token; only the worker whose update changed the row sends it, and only while its
@@ -521,6 +770,8 @@ def notification_deliver(*, notification_id: int, final_attempt: bool = False) -
         )
         if outcome is not None:
             counts[outcome] += 1
+    for outcome in webhook_deliveries_send(notification=notification, final_attempt=final_attempt):
+        counts[outcome] += 1
     return DeliveryOutcome(**counts)
 
 
@@ -615,7 +866,8 @@ def deliveries_recover(*, now: datetime | None = None) -> list[int]:
     unpublished = Notification.objects.filter(
         published_at__isnull=True, deliveries__status=Delivery.Status.QUEUED
     ).values_list("pk", flat=True)
-    ids = sorted(recovered | set(lost) | set(unpublished))
+    webhooks = webhook_deliveries_recover(now=now)
+    ids = sorted(recovered | set(lost) | set(unpublished) | webhooks)
     notifications_enqueue(ids)
     return ids
 
@@ -661,6 +913,7 @@ def notification_send_test(*, account: Account, level: str, language: str, to: s
             metric=metric,
             level=level,
             period=period.first_day,
+            period_start=window_from_key(kind=MONTH, key=period.code, zone=account.zone).start,
             threshold=threshold or 0,
             used_milli=used_milli,
             is_test=True,

@@ -43,6 +43,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -63,80 +64,114 @@ from rest_framework.test import APIClient
 
 from accounts.models import Account, Level
 from accounts.roles import ACCOUNT_MANAGERS, USAGE_SERVICES
-from notifications.models import Delivery, Notification
+from notifications.models import Delivery, Notification, WebhookDelivery, WebhookEndpoint
 from tests.factories import AccountFactory, LimitFactory, RecipientFactory, UserFactory
 from tests.notifications.factories import DeliveryFactory, usage_already_counted
-from usage.models import CounterRepair, EventPurge, Extension, UsageCounter, UsageEvent
+from usage.models import (
+    CounterRepair,
+    EventPurge,
+    Extension,
+    Reservation,
+    UsageCounter,
+    UsageEvent,
+)
 from usage.periods import period_containing
 
 pytestmark = pytest.mark.django_db
 
 PRINCIPALS = ("anon", "svc", "mgr-tok", "revoked", "staff", "manager", "super")
+RESERVATION_ID = "job-1"
 
 # --- The API (every method of every path of the OpenAPI schema, and of the docs) ---
 # Unsupported methods answer 403 to an authenticated caller: the permission check, which
 # runs before DRF looks for a handler, finds no permission listed for them.
 
 API = """
-operation                                        anon  svc  mgr-tok revoked staff manager super
-GET     /api/v1/accounts/                         401  200  200     401     403   200     200
-HEAD    /api/v1/accounts/                         401  200  200     401     403   200     200
-OPTIONS /api/v1/accounts/                         401  200  200     401     403   200     200
-POST    /api/v1/accounts/                         401  405  405     401     405   405     405
-PUT     /api/v1/accounts/                         401  405  405     401     405   405     405
-PATCH   /api/v1/accounts/                         401  405  405     401     405   405     405
-DELETE  /api/v1/accounts/                         401  405  405     401     405   405     405
-GET     /api/v1/accounts/{account}/               401  200  200     401     403   200     200
-GET     /api/v1/accounts/{unknown}/               401  404  404     401     403   404     404
-HEAD    /api/v1/accounts/{account}/               401  200  200     401     403   200     200
-OPTIONS /api/v1/accounts/{account}/               401  200  200     401     403   200     200
-POST    /api/v1/accounts/{account}/               401  405  405     401     405   405     405
-PUT     /api/v1/accounts/{account}/               401  405  405     401     405   405     405
-PATCH   /api/v1/accounts/{account}/               401  405  405     401     405   405     405
-DELETE  /api/v1/accounts/{account}/               401  405  405     401     405   405     405
-GET     /api/v1/accounts/{account}/limits/        401  403  200     401     403   200     200
-GET     /api/v1/accounts/{unknown}/limits/        401  403  404     401     403   404     404
-PUT     /api/v1/accounts/{account}/limits/        401  403  200     401     403   200     200
-PUT     /api/v1/accounts/{unknown}/limits/        401  403  404     401     403   404     404
-PATCH   /api/v1/accounts/{account}/limits/        401  403  200     401     403   200     200
-PATCH   /api/v1/accounts/{unknown}/limits/        401  403  404     401     403   404     404
-HEAD    /api/v1/accounts/{account}/limits/        401  403  200     401     403   200     200
-OPTIONS /api/v1/accounts/{account}/limits/        401  403  200     401     403   200     200
-POST    /api/v1/accounts/{account}/limits/        401  405  405     401     405   405     405
-DELETE  /api/v1/accounts/{account}/limits/        401  405  405     401     405   405     405
-GET     /api/v1/accounts/{account}/capacities/    401  200  200     401     403   200     200
-GET     /api/v1/accounts/{unknown}/capacities/    401  404  404     401     403   404     404
-HEAD    /api/v1/accounts/{account}/capacities/    401  200  200     401     403   200     200
-OPTIONS /api/v1/accounts/{account}/capacities/    401  200  200     401     403   200     200
-POST    /api/v1/accounts/{account}/capacities/    401  405  405     401     405   405     405
-PUT     /api/v1/accounts/{account}/capacities/    401  405  405     401     405   405     405
-PATCH   /api/v1/accounts/{account}/capacities/    401  405  405     401     405   405     405
-DELETE  /api/v1/accounts/{account}/capacities/    401  405  405     401     405   405     405
-GET     /api/v1/accounts/{account}/usage/         401  200  200     401     403   200     200
-GET     /api/v1/accounts/{unknown}/usage/         401  404  404     401     403   404     404
-HEAD    /api/v1/accounts/{account}/usage/         401  200  200     401     403   200     200
-OPTIONS /api/v1/accounts/{account}/usage/         401  200  200     401     403   200     200
-POST    /api/v1/accounts/{account}/usage/         401  405  405     401     405   405     405
-PUT     /api/v1/accounts/{account}/usage/         401  405  405     401     405   405     405
-PATCH   /api/v1/accounts/{account}/usage/         401  405  405     401     405   405     405
-DELETE  /api/v1/accounts/{account}/usage/         401  405  405     401     405   405     405
-POST    /api/v1/accounts/{account}/usage/check/   401  200  403     401     403   403     200
-POST    /api/v1/accounts/{unknown}/usage/check/   401  404  403     401     403   403     404
-GET     /api/v1/accounts/{account}/usage/check/   401  405  405     401     405   405     405
-HEAD    /api/v1/accounts/{account}/usage/check/   401  405  405     401     405   405     405
-OPTIONS /api/v1/accounts/{account}/usage/check/   401  200  403     401     403   403     200
-PUT     /api/v1/accounts/{account}/usage/check/   401  405  405     401     405   405     405
-PATCH   /api/v1/accounts/{account}/usage/check/   401  405  405     401     405   405     405
-DELETE  /api/v1/accounts/{account}/usage/check/   401  405  405     401     405   405     405
-POST    /api/v1/usage/events/                     401  201  403     401     403   403     201
-GET     /api/v1/usage/events/                     401  405  405     401     405   405     405
-HEAD    /api/v1/usage/events/                     401  405  405     401     405   405     405
-OPTIONS /api/v1/usage/events/                     401  200  403     401     403   403     200
-PUT     /api/v1/usage/events/                     401  405  405     401     405   405     405
-PATCH   /api/v1/usage/events/                     401  405  405     401     405   405     405
-DELETE  /api/v1/usage/events/                     401  405  405     401     405   405     405
-GET     /api/v1/schema/                           200  200  200     401     200   200     200
-GET     /api/v1/docs/                             200  200  200     401     200   200     200
+operation                                                                anon  svc  mgr-tok  revoked  staff  manager  super
+GET     /api/v1/accounts/                                                401   200  200      401      403    200      200
+HEAD    /api/v1/accounts/                                                401   200  200      401      403    200      200
+OPTIONS /api/v1/accounts/                                                401   200  200      401      403    200      200
+POST    /api/v1/accounts/                                                401   405  405      401      405    405      405
+PUT     /api/v1/accounts/                                                401   405  405      401      405    405      405
+PATCH   /api/v1/accounts/                                                401   405  405      401      405    405      405
+DELETE  /api/v1/accounts/                                                401   405  405      401      405    405      405
+GET     /api/v1/accounts/{account}/                                      401   200  200      401      403    200      200
+GET     /api/v1/accounts/{unknown}/                                      401   404  404      401      403    404      404
+HEAD    /api/v1/accounts/{account}/                                      401   200  200      401      403    200      200
+OPTIONS /api/v1/accounts/{account}/                                      401   200  200      401      403    200      200
+POST    /api/v1/accounts/{account}/                                      401   405  405      401      405    405      405
+PUT     /api/v1/accounts/{account}/                                      401   405  405      401      405    405      405
+PATCH   /api/v1/accounts/{account}/                                      401   405  405      401      405    405      405
+DELETE  /api/v1/accounts/{account}/                                      401   405  405      401      405    405      405
+GET     /api/v1/accounts/{account}/limits/                               401   403  200      401      403    200      200
+GET     /api/v1/accounts/{unknown}/limits/                               401   403  404      401      403    404      404
+PUT     /api/v1/accounts/{account}/limits/                               401   403  200      401      403    200      200
+PUT     /api/v1/accounts/{unknown}/limits/                               401   403  404      401      403    404      404
+PATCH   /api/v1/accounts/{account}/limits/                               401   403  200      401      403    200      200
+PATCH   /api/v1/accounts/{unknown}/limits/                               401   403  404      401      403    404      404
+HEAD    /api/v1/accounts/{account}/limits/                               401   403  200      401      403    200      200
+OPTIONS /api/v1/accounts/{account}/limits/                               401   403  200      401      403    200      200
+POST    /api/v1/accounts/{account}/limits/                               401   405  405      401      405    405      405
+DELETE  /api/v1/accounts/{account}/limits/                               401   405  405      401      405    405      405
+GET     /api/v1/accounts/{account}/capacities/                           401   200  200      401      403    200      200
+GET     /api/v1/accounts/{unknown}/capacities/                           401   404  404      401      403    404      404
+HEAD    /api/v1/accounts/{account}/capacities/                           401   200  200      401      403    200      200
+OPTIONS /api/v1/accounts/{account}/capacities/                           401   200  200      401      403    200      200
+POST    /api/v1/accounts/{account}/capacities/                           401   405  405      401      405    405      405
+PUT     /api/v1/accounts/{account}/capacities/                           401   405  405      401      405    405      405
+PATCH   /api/v1/accounts/{account}/capacities/                           401   405  405      401      405    405      405
+DELETE  /api/v1/accounts/{account}/capacities/                           401   405  405      401      405    405      405
+GET     /api/v1/accounts/{account}/webhooks/                             401   403  200      401      403    200      200
+GET     /api/v1/accounts/{unknown}/webhooks/                             401   403  404      401      403    404      404
+PUT     /api/v1/accounts/{account}/webhooks/                             401   403  200      401      403    200      200
+PUT     /api/v1/accounts/{unknown}/webhooks/                             401   403  404      401      403    404      404
+HEAD    /api/v1/accounts/{account}/webhooks/                             401   403  200      401      403    200      200
+OPTIONS /api/v1/accounts/{account}/webhooks/                             401   403  200      401      403    200      200
+POST    /api/v1/accounts/{account}/webhooks/                             401   405  405      401      405    405      405
+PATCH   /api/v1/accounts/{account}/webhooks/                             401   405  405      401      405    405      405
+DELETE  /api/v1/accounts/{account}/webhooks/                             401   405  405      401      405    405      405
+GET     /api/v1/accounts/{account}/usage/                                401   200  200      401      403    200      200
+GET     /api/v1/accounts/{unknown}/usage/                                401   404  404      401      403    404      404
+HEAD    /api/v1/accounts/{account}/usage/                                401   200  200      401      403    200      200
+OPTIONS /api/v1/accounts/{account}/usage/                                401   200  200      401      403    200      200
+POST    /api/v1/accounts/{account}/usage/                                401   405  405      401      405    405      405
+PUT     /api/v1/accounts/{account}/usage/                                401   405  405      401      405    405      405
+PATCH   /api/v1/accounts/{account}/usage/                                401   405  405      401      405    405      405
+DELETE  /api/v1/accounts/{account}/usage/                                401   405  405      401      405    405      405
+POST    /api/v1/accounts/{account}/usage/check/                          401   200  403      401      403    403      200
+POST    /api/v1/accounts/{unknown}/usage/check/                          401   404  403      401      403    403      404
+GET     /api/v1/accounts/{account}/usage/check/                          401   405  405      401      405    405      405
+HEAD    /api/v1/accounts/{account}/usage/check/                          401   405  405      401      405    405      405
+OPTIONS /api/v1/accounts/{account}/usage/check/                          401   200  403      401      403    403      200
+PUT     /api/v1/accounts/{account}/usage/check/                          401   405  405      401      405    405      405
+PATCH   /api/v1/accounts/{account}/usage/check/                          401   405  405      401      405    405      405
+DELETE  /api/v1/accounts/{account}/usage/check/                          401   405  405      401      405    405      405
+POST    /api/v1/accounts/{account}/usage/reservations/                   401   201  403      401      403    403      201
+POST    /api/v1/accounts/{unknown}/usage/reservations/                   401   404  403      401      403    403      404
+GET     /api/v1/accounts/{account}/usage/reservations/                   401   405  405      401      405    405      405
+HEAD    /api/v1/accounts/{account}/usage/reservations/                   401   405  405      401      405    405      405
+OPTIONS /api/v1/accounts/{account}/usage/reservations/                   401   200  403      401      403    403      200
+PUT     /api/v1/accounts/{account}/usage/reservations/                   401   405  405      401      405    405      405
+PATCH   /api/v1/accounts/{account}/usage/reservations/                   401   405  405      401      405    405      405
+DELETE  /api/v1/accounts/{account}/usage/reservations/                   401   405  405      401      405    405      405
+GET     /api/v1/accounts/{account}/usage/reservations/{reservation_id}/  401   200  200      401      403    200      200
+GET     /api/v1/accounts/{unknown}/usage/reservations/{reservation_id}/  401   404  404      401      403    404      404
+HEAD    /api/v1/accounts/{account}/usage/reservations/{reservation_id}/  401   200  200      401      403    200      200
+OPTIONS /api/v1/accounts/{account}/usage/reservations/{reservation_id}/  401   200  200      401      403    200      200
+DELETE  /api/v1/accounts/{account}/usage/reservations/{reservation_id}/  401   200  403      401      403    403      200
+DELETE  /api/v1/accounts/{unknown}/usage/reservations/{reservation_id}/  401   404  403      401      403    403      404
+POST    /api/v1/accounts/{account}/usage/reservations/{reservation_id}/  401   405  405      401      405    405      405
+PUT     /api/v1/accounts/{account}/usage/reservations/{reservation_id}/  401   405  405      401      405    405      405
+PATCH   /api/v1/accounts/{account}/usage/reservations/{reservation_id}/  401   405  405      401      405    405      405
+POST    /api/v1/usage/events/                                            401   201  403      401      403    403      201
+GET     /api/v1/usage/events/                                            401   405  405      401      405    405      405
+HEAD    /api/v1/usage/events/                                            401   405  405      401      405    405      405
+OPTIONS /api/v1/usage/events/                                            401   200  403      401      403    403      200
+PUT     /api/v1/usage/events/                                            401   405  405      401      405    405      405
+PATCH   /api/v1/usage/events/                                            401   405  405      401      405    405      405
+DELETE  /api/v1/usage/events/                                            401   405  405      401      405    405      405
+GET     /api/v1/schema/                                                  200   200  200      401      200    200      200
+GET     /api/v1/docs/                                                    200   200  200      401      200    200      200
 """
 
 # --- Other URLs: the language switch and the e-mail provider's tracking webhook ---
@@ -240,6 +275,24 @@ GET   notifications.delivery delete              login  login  login   login   4
 POST  notifications.delivery delete              login  login  login   login   403   403     403
 GET   notifications.delivery history             login  login  login   login   403   200     200
 GET   notifications.delivery object              login  login  login   login   302   302     302
+GET   notifications.webhookendpoint changelist   login  login  login   login   403   200     200
+GET   notifications.webhookendpoint add          login  login  login   login   403   200     200
+POST  notifications.webhookendpoint add          login  login  login   login   403   200     200
+GET   notifications.webhookendpoint change       login  login  login   login   403   200     200
+POST  notifications.webhookendpoint change       login  login  login   login   403   200     200
+GET   notifications.webhookendpoint delete       login  login  login   login   403   200     200
+POST  notifications.webhookendpoint delete       login  login  login   login   403   302     302
+GET   notifications.webhookendpoint history      login  login  login   login   403   200     200
+GET   notifications.webhookendpoint object       login  login  login   login   302   302     302
+GET   notifications.webhookdelivery changelist   login  login  login   login   403   200     200
+GET   notifications.webhookdelivery add          login  login  login   login   403   403     403
+POST  notifications.webhookdelivery add          login  login  login   login   403   403     403
+GET   notifications.webhookdelivery change       login  login  login   login   403   200     200
+POST  notifications.webhookdelivery change       login  login  login   login   403   403     403
+GET   notifications.webhookdelivery delete       login  login  login   login   403   403     403
+POST  notifications.webhookdelivery delete       login  login  login   login   403   403     403
+GET   notifications.webhookdelivery history      login  login  login   login   403   200     200
+GET   notifications.webhookdelivery object       login  login  login   login   302   302     302
 GET   usage.usageevent changelist                 login  login  login   login   403   200     200
 GET   usage.usageevent add                        login  login  login   login   403   403     403
 POST  usage.usageevent add                        login  login  login   login   403   403     403
@@ -276,6 +329,15 @@ GET   usage.counterrepair delete                  login  login  login   login   
 POST  usage.counterrepair delete                  login  login  login   login   403   403     403
 GET   usage.counterrepair history                 login  login  login   login   403   200     200
 GET   usage.counterrepair object                  login  login  login   login   302   302     302
+GET   usage.reservation changelist               login  login  login   login   403   200     200
+GET   usage.reservation add                      login  login  login   login   403   403     403
+POST  usage.reservation add                      login  login  login   login   403   403     403
+GET   usage.reservation change                   login  login  login   login   403   200     200
+POST  usage.reservation change                   login  login  login   login   403   403     403
+GET   usage.reservation delete                   login  login  login   login   403   403     403
+POST  usage.reservation delete                   login  login  login   login   403   403     403
+GET   usage.reservation history                  login  login  login   login   403   200     200
+GET   usage.reservation object                   login  login  login   login   302   302     302
 GET   usage.eventpurge changelist                 login  login  login   login   403   200     200
 GET   usage.eventpurge add                        login  login  login   login   403   403     403
 POST  usage.eventpurge add                        login  login  login   login   403   403     403
@@ -301,6 +363,9 @@ accounts.account send_test_notification                     login  login  login 
 accounts.account delete_selected                            login  login  login   login   403   none    done
 notifications.notification resend_failed_deliveries         login  login  login   login   403   done    done
 notifications.delivery resend_failed_deliveries             login  login  login   login   403   done    done
+notifications.webhookdelivery resend_failed_deliveries      login  login  login   login   403   done    done
+notifications.webhookendpoint delete_selected               login  login  login   login   403   done    done
+notifications.webhookdelivery delete_selected               login  login  login   login   403   none    none
 auth.group delete_selected                                  login  login  login   login   403   403     done
 auth.user delete_selected                                   login  login  login   login   403   403     done
 knox.authtoken delete_selected                              login  login  login   login   403   403     done
@@ -311,6 +376,7 @@ usage.usagecounter delete_selected                          login  login  login 
 usage.extension delete_selected                             login  login  login   login   403   200     200
 usage.counterrepair delete_selected                         login  login  login   login   403   200     200
 usage.eventpurge delete_selected                            login  login  login   login   403   200     200
+usage.reservation delete_selected                           login  login  login   login   403   200     200
 """
 
 
@@ -418,14 +484,18 @@ LIMITS = {
 }
 
 
-def api_body(method: str, template: str, account: Account) -> dict[str, Any] | None:
+def api_body(method: str, template: str, account: Account) -> dict[str, Any] | list | None:
     """A valid body for the operation, so that an allowed caller gets its success code."""
     if method in ("GET", "HEAD", "OPTIONS", "DELETE"):
         return None
     if template.endswith("/limits/"):
         return LIMITS
+    if template.endswith("/webhooks/"):
+        return []
     if template.endswith("/usage/check/"):
         return {"metric": "text_tokens", "quantity": 1}
+    if template.endswith("/usage/reservations/"):
+        return {"reservation_id": "matrix-1", "metric": "text_tokens", "quantity": 1}
     if template == "/api/v1/usage/events/":
         return {
             "event_id": "matrix-1",
@@ -438,7 +508,9 @@ def api_body(method: str, template: str, account: Account) -> dict[str, Any] | N
 
 def api_request(client: APIClient, operation: str, account: Account):
     method, template = operation.split()
-    path = template.format(account=account.pk, unknown=uuid.UUID(int=1))
+    path = template.format(
+        account=account.pk, unknown=uuid.UUID(int=1), reservation_id=RESERVATION_ID
+    )
     body = api_body(method, template, account)
     send = getattr(client, method.lower())
     if body is None:
@@ -450,6 +522,8 @@ def api_request(client: APIClient, operation: str, account: Account):
 def test_api(operation: str, principal: str, outcome: str):
     # given
     account = AccountFactory()
+    if "{reservation_id}" in operation:
+        reservation_of(account)
     client = principal_client(principal)
     before = written()
     # when
@@ -513,6 +587,10 @@ def admin_object(label: str) -> Model:
         return failed_delivery(account).notification
     if label == "notifications.delivery":
         return failed_delivery(account)
+    if label == "notifications.webhookendpoint":
+        return webhook_endpoint(account)
+    if label == "notifications.webhookdelivery":
+        return failed_webhook_delivery(account)
     now = timezone.now()
     today = now.astimezone(account.zone).date()
     if label == "usage.usageevent":
@@ -547,7 +625,21 @@ def admin_object(label: str) -> Model:
         )
     if label == "usage.eventpurge":
         return EventPurge.objects.create(before=today, deleted=3)
+    if label == "usage.reservation":
+        return reservation_of(account)
     raise LookupError(f"no row to show for {label}: add one to admin_object()")
+
+
+def reservation_of(account: Account) -> Reservation:
+    now = timezone.now()
+    return Reservation.objects.create(
+        account=account,
+        reservation_id=RESERVATION_ID,
+        metric="text_tokens",
+        quantity_milli=1000,
+        created_at=now,
+        expires_at=now + timedelta(minutes=15),
+    )
 
 
 def failed_delivery(account: Account) -> Delivery:
@@ -556,6 +648,25 @@ def failed_delivery(account: Account) -> Delivery:
         status=Delivery.Status.FAILED,
         esp_message_id="",
         last_error="Connection reset",
+    )
+
+
+def webhook_endpoint(account: Account) -> WebhookEndpoint:
+    return WebhookEndpoint.objects.create(
+        account=account, url="https://crm.example.com/hooks", levels=["warning"], secret="whsec_x"
+    )
+
+
+def failed_webhook_delivery(account: Account) -> WebhookDelivery:
+    notification = failed_delivery(account).notification
+    return WebhookDelivery.objects.create(
+        notification=notification,
+        endpoint=webhook_endpoint(account),
+        url="https://crm.example.com/hooks",
+        webhook_id="msg_matrix",
+        status=WebhookDelivery.Status.FAILED,
+        attempts=8,
+        last_error="The endpoint answered HTTP 503.",
     )
 
 
@@ -681,6 +792,11 @@ ACTION_CASES: dict[str, ActionCase] = {
     "notifications.delivery resend_failed_deliveries": ActionCase(
         select=lambda: failed_delivery(AccountFactory()), extra={}, done=_resent
     ),
+    "notifications.webhookdelivery resend_failed_deliveries": ActionCase(
+        select=lambda: failed_webhook_delivery(AccountFactory()),
+        extra={},
+        done=lambda obj: not WebhookDelivery.objects.filter(status="failed").exists(),
+    ),
     "auth.group delete_selected": ActionCase(
         select=lambda: Group.objects.create(name="Billing"), extra={"post": "yes"}, done=_gone
     ),
@@ -699,11 +815,14 @@ ACTION_CASES: dict[str, ActionCase] = {
         for label in (
             "notifications.notification",
             "notifications.delivery",
+            "notifications.webhookendpoint",
+            "notifications.webhookdelivery",
             "usage.usageevent",
             "usage.usagecounter",
             "usage.extension",
             "usage.counterrepair",
             "usage.eventpurge",
+            "usage.reservation",
         )
     },
 }
@@ -845,7 +964,9 @@ def url_routes(patterns: list, prefix: str = "") -> Iterator[str]:
 def row_urls() -> Iterator[str]:
     """A URL of every row of every table (ids need not exist: only the route is read)."""
     for operation in (*API_TABLE, *OTHER_TABLE):
-        yield operation.split()[1].format(account=uuid.UUID(int=1), unknown=uuid.UUID(int=1))
+        yield operation.split()[1].format(
+            account=uuid.UUID(int=1), unknown=uuid.UUID(int=1), reservation_id=RESERVATION_ID
+        )
     for operation in SITE_TABLE:
         yield site_url(operation.split()[2])
     for operation in PAGES_TABLE:

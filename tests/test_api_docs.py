@@ -32,5 +32,7 @@ def test_every_request_body_is_documented_as_required(client):
         "PUT /api/v1/accounts/{id}/limits/": True,
         "PATCH /api/v1/accounts/{id}/limits/": True,
         "POST /api/v1/accounts/{id}/usage/check/": True,
+        "POST /api/v1/accounts/{id}/usage/reservations/": True,
         "POST /api/v1/usage/events/": True,
+        "PUT /api/v1/accounts/{id}/webhooks/": True,
     }

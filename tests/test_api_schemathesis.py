@@ -35,6 +35,7 @@ from hypothesis import HealthCheck, settings
 from accounts.labels import VALUE as LABEL_VALUE
 from accounts.models import Plan
 from accounts.roles import ACCOUNT_MANAGERS
+from notifications import hooks
 from tests.factories import AccountFactory, UserFactory
 
 # Per operation and generation phase: the whole module runs in about a minute on SQLite.
@@ -162,6 +163,19 @@ def _event_keep_valid(event: Any) -> None:
             event["occurred_at"] = (datetime.now(UTC) - timedelta(days=1)).isoformat()
 
 
+def _webhooks_keep_valid(endpoints: list) -> list:
+    """At most 10 endpoints, each URL once and resolving (``api`` makes every name public),
+    each level once."""
+    endpoints = endpoints[:10]
+    for index, endpoint in enumerate(endpoints):
+        if not isinstance(endpoint, dict):
+            continue
+        endpoint["url"] = f"https://hooks-{index}.example.com/usage"
+        if isinstance(endpoint.get("levels"), list):
+            endpoint["levels"] = list(dict.fromkeys(endpoint["levels"]))
+    return endpoints
+
+
 def _storable(value: Any) -> Any:
     """``value`` without null characters or lone surrogates in its strings and keys.
 
@@ -187,6 +201,8 @@ def map_case(context: schemathesis.HookContext, case: schemathesis.Case) -> sche
         case.body = _storable(case.body)
     if case.operation.path.endswith("/limits/"):
         _limits_keep_valid(case.body)
+    elif case.operation.path.endswith("/webhooks/") and isinstance(case.body, list):
+        case.body = _webhooks_keep_valid(case.body)
     elif case.operation.path == "/api/v1/usage/events/" and isinstance(case.body, dict):
         events = case.body.get("events")
         for event in events if isinstance(events, list) else [case.body]:
@@ -205,13 +221,15 @@ def _token(command: str, name: str) -> str:
 
 
 @pytest.fixture(params=["service", "manager"])
-def api(request, live_server, settings) -> dict:
+def api(request, live_server, settings, monkeypatch) -> dict:
     """The live server's URL and the headers of a token of one kind, with two accounts.
 
     Valid events may carry any labels: the bound on label sets per day, which no schema
-    can state, is lifted so that it never refuses them.
+    can state, is lifted so that it never refuses them. Every host name of a webhook
+    endpoint resolves to a public address, without calling any resolver.
     """
     settings.USAGE_MAX_LABEL_SETS = 10**9
+    monkeypatch.setattr(hooks, "_resolve", lambda host, port: ["93.184.215.14"])
     if request.param == "service":
         key = _token("create_service_token", "llm-gateway")
     else:

@@ -1,6 +1,6 @@
 """The admin of usage rows (SPEC section 7): all read-only, they are facts.
 
-Events and counters are written by the services only, extensions are granted on the
+Events, counters and reservations are written by the services only, extensions are granted on the
 account page (``backoffice.admin.ExtensionInline``), repairs and purges by the commands.
 Lists that grow without bound never count the whole table and order by the primary key,
 and every list can be narrowed to one account with ``?account__id__exact=<id>`` (the
@@ -13,14 +13,22 @@ import uuid
 from typing import Any
 
 from django.contrib import admin
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from accounts.labels import labels_key
 from accounts.models import Account
 
-from .models import CounterRepair, EventPurge, Extension, UsageCounter, UsageEvent
+from .models import (
+    CounterRepair,
+    EventPurge,
+    Extension,
+    Reservation,
+    UsageCounter,
+    UsageEvent,
+)
 from .quantities import quantity_text
 
 
@@ -132,6 +140,7 @@ class ExtensionAdmin(ReadOnlyAdmin):
     list_display = (
         "account",
         "metric",
+        "line_display",
         "period_display",
         "amount",
         "reason",
@@ -139,13 +148,26 @@ class ExtensionAdmin(ReadOnlyAdmin):
         "granted_at",
     )
     list_filter = ("metric", AccountFilter)
-    list_select_related = ("account", "granted_by")
-    fields = ("account", "metric", "period_display", "amount", "reason", "granted_by", "granted_at")
+    list_select_related = ("account", "granted_by", "scoped_limit")
+    fields = (
+        "account",
+        "metric",
+        "line_display",
+        "period_display",
+        "amount",
+        "reason",
+        "granted_by",
+        "granted_at",
+    )
     readonly_fields = fields
+
+    @admin.display(description=_("limit line"))
+    def line_display(self, obj: Extension) -> str:
+        return obj.line_text()
 
     @admin.display(description=_("period"), ordering="period")
     def period_display(self, obj: Extension) -> str:
-        return f"{obj.period:%Y-%m}"
+        return obj.period_key
 
 
 @admin.register(CounterRepair)
@@ -180,3 +202,68 @@ class EventPurgeAdmin(ReadOnlyAdmin):
     list_display = ("before", "purged_at", "deleted")
     fields = list_display
     readonly_fields = fields
+
+
+class ReservationStateFilter(admin.SimpleListFilter):
+    """A reservation's state as the API answers it: an active one past its expiry is
+    expired, whether or not the tidying task has written so yet."""
+
+    title = _("state")
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        return list(Reservation.Status.choices)
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value, now = self.value(), timezone.now()
+        if value == Reservation.Status.ACTIVE:
+            return queryset.filter(status=value, expires_at__gt=now)
+        if value == Reservation.Status.EXPIRED:
+            return queryset.filter(
+                Q(status=value) | Q(status=Reservation.Status.ACTIVE, expires_at__lte=now)
+            )
+        if value in Reservation.Status.values:
+            return queryset.filter(status=value)
+        return queryset
+
+
+@admin.register(Reservation)
+class ReservationAdmin(QuantityColumn, LargeTableAdmin):
+    """Held, settled and released through the API only (SPEC 12.1): read-only here."""
+
+    list_display = (
+        "reservation_id",
+        "account",
+        "metric",
+        "quantity_display",
+        "labels_display",
+        "state_display",
+        "created_at",
+        "expires_at",
+        "ended_at",
+        "settled_by",
+    )
+    list_filter = (ReservationStateFilter, "metric", AccountFilter)
+    search_fields = ("reservation_id__exact",)
+    search_help_text = _("Search by exact reservation id.")
+    fields = (
+        "reservation_id",
+        "account",
+        "metric",
+        "quantity_display",
+        "labels",
+        "state_display",
+        "created_at",
+        "expires_at",
+        "ended_at",
+        "settled_by",
+    )
+    readonly_fields = fields
+
+    @admin.display(description=_("labels"))
+    def labels_display(self, obj: Reservation) -> str:
+        return labels_key(obj.labels)
+
+    @admin.display(description=_("state"))
+    def state_display(self, obj: Reservation) -> str:
+        return str(Reservation.Status(obj.state_at(timezone.now())).label)

@@ -23,6 +23,8 @@ from accounts.metrics import METRICS
 MAX_BATCH = 1000
 MAX_QUANTITY = 10**12
 MAX_EVENT_ID_LENGTH = 128
+MAX_RESERVATION_ID_LENGTH = 128
+MIN_TTL_SECONDS, MAX_TTL_SECONDS, DEFAULT_TTL_SECONDS = 1, 86400, 900
 MAX_SOURCE_LENGTH = 64
 MAX_METADATA_BYTES = 8192
 MAX_FUTURE = timedelta(minutes=5)
@@ -39,7 +41,17 @@ MSG_UNKNOWN_FIELD = _("Unknown field.")
 
 # The fields an event may have; any other is refused ("Unknown field."), as in the schema.
 EVENT_FIELDS = frozenset(
-    {"event_id", "account", "metric", "quantity", "occurred_at", "source", "metadata", "labels"}
+    {
+        "event_id",
+        "account",
+        "metric",
+        "quantity",
+        "occurred_at",
+        "source",
+        "metadata",
+        "labels",
+        "reservation_id",
+    }
 )
 BATCH_FIELDS = frozenset({"events"})
 
@@ -87,10 +99,24 @@ class EventIn:
     metadata: str  # JSON text
     labels: str = "{}"  # JSON text, keys sorted (SPEC 11.1)
     labels_key: str = ""  # ``accounts.labels.labels_key``: ``model=large;vendor=acme``
+    reservation_id: str = ""  # the reservation this event settles (SPEC 12.1); "" for none
 
 
 def _required() -> Any:
     return _("This field is required.")
+
+
+def _identifier_error(raw: Any, limit: int) -> Any | None:
+    """What is wrong with ``raw`` as a required id of 1 to ``limit`` characters, or ``None``."""
+    if raw is None:
+        return _required()
+    if raw == "":
+        return _("This field may not be blank.")
+    if not isinstance(raw, str):
+        return _("Not a valid string.")
+    if len(raw) > limit:
+        return _("Ensure this field has no more than %(limit)s characters.") % {"limit": limit}
+    return None
 
 
 def parse_quantity(raw: Any, decimal_places: int, *, allow_zero: bool = False) -> tuple[int, Any]:
@@ -184,17 +210,15 @@ def _parse_event(raw: Any, now: datetime, bound: uuid.UUID | None) -> tuple[Even
     errors: Errors = unknown_fields(raw, EVENT_FIELDS)
 
     event_id = raw.get("event_id")
-    if event_id is None:
-        errors["event_id"] = [_required()]
-    elif event_id == "":
-        errors["event_id"] = [_("This field may not be blank.")]
-    elif not isinstance(event_id, str):
-        errors["event_id"] = [_("Not a valid string.")]
-    elif len(event_id) > MAX_EVENT_ID_LENGTH:
-        errors["event_id"] = [
-            _("Ensure this field has no more than %(limit)s characters.")
-            % {"limit": MAX_EVENT_ID_LENGTH}
-        ]
+    error = _identifier_error(event_id, MAX_EVENT_ID_LENGTH)
+    if error:
+        errors["event_id"] = [error]
+
+    reservation_id = raw.get("reservation_id")
+    if reservation_id is not None:
+        error = _identifier_error(reservation_id, MAX_RESERVATION_ID_LENGTH)
+        if error:
+            errors["reservation_id"] = [error]
 
     account_id = None
     account = raw.get("account")
@@ -267,6 +291,7 @@ def _parse_event(raw: Any, now: datetime, bound: uuid.UUID | None) -> tuple[Even
             metadata=metadata_json,
             labels=json.dumps(labels, sort_keys=True, separators=(",", ":")) if labels else "{}",
             labels_key=labels_key(labels),
+            reservation_id=reservation_id or "",
         ),
         {},
     )
@@ -316,3 +341,66 @@ def parse_events(
         raise EventsInvalid(event_errors)
     assert event is not None
     return [event], False
+
+
+# --- Reservations (SPEC 12.1) ---
+
+RESERVATION_FIELDS = frozenset({"reservation_id", "metric", "quantity", "labels", "ttl_seconds"})
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationIn:
+    """A checked request for a reservation."""
+
+    reservation_id: str
+    metric: str
+    quantity_milli: int
+    labels: dict[str, str]
+    ttl_seconds: int
+
+
+def parse_reservation(raw: Any) -> ReservationIn:
+    """Check the body of ``POST .../usage/reservations/``; ``EventsInvalid`` keyed by field."""
+    if not isinstance(raw, dict):
+        raise EventsInvalid({"non_field_errors": [_("Expected an object.")]})
+    errors: Errors = unknown_fields(raw, RESERVATION_FIELDS)
+    reservation_id = raw.get("reservation_id")
+    error = _identifier_error(reservation_id, MAX_RESERVATION_ID_LENGTH)
+    if error:
+        errors["reservation_id"] = [error]
+    metric, error = parse_metric(raw.get("metric"))
+    if error:
+        errors["metric"] = [error]
+    quantity_milli = 0
+    if raw.get("quantity") is None:
+        errors["quantity"] = [_required()]
+    elif metric:
+        quantity_milli, error = parse_quantity(raw["quantity"], METRICS[metric].decimal_places)
+        if error:
+            errors["quantity"] = [error]
+    labels, label_errors = labels_parse(raw.get("labels"))
+    if label_errors:
+        errors["labels"] = label_errors
+    ttl = raw.get("ttl_seconds")
+    if ttl is None:
+        ttl = DEFAULT_TTL_SECONDS
+    elif (
+        isinstance(ttl, bool)
+        or not isinstance(ttl, int | Decimal)
+        or (isinstance(ttl, Decimal) and (not ttl.is_finite() or ttl != ttl.to_integral_value()))
+    ):
+        errors["ttl_seconds"] = [_("A valid integer is required.")]
+    elif not MIN_TTL_SECONDS <= ttl <= MAX_TTL_SECONDS:
+        errors["ttl_seconds"] = [
+            _("Ensure this value is between %(low)s and %(high)s.")
+            % {"low": MIN_TTL_SECONDS, "high": MAX_TTL_SECONDS}
+        ]
+    if errors:
+        raise EventsInvalid(errors)
+    return ReservationIn(
+        reservation_id=reservation_id,
+        metric=metric,
+        quantity_milli=quantity_milli,
+        labels=labels,
+        ttl_seconds=int(ttl),
+    )

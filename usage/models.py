@@ -6,14 +6,17 @@ exact on every database (SQLite keeps decimals as floating point) and cheap to a
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
-from accounts.metrics import Metric
-from accounts.models import Account
+from accounts.metrics import METRICS, Metric
+from accounts.models import Account, ScopedLimit
+from accounts.windows import PeriodKind
 from config.request_ids import MAX_LENGTH, current_correlation_id, current_request_id
 
 MILLI = 1000
@@ -223,15 +226,52 @@ class UsageLabelSet(models.Model):
         return f"{self.metric} {self.day}: {self.labels}"
 
 
+def monthly_line_text(metric: str) -> str:
+    """A whole-metric monthly line for people: ``Text tokens, Calendar month``."""
+    spec = METRICS.get(metric)
+    return f"{spec.label if spec else metric}, {PeriodKind.MONTH.label}"
+
+
 class Extension(models.Model):
-    """A one-off raise of a metric's blocked threshold for one period of one account."""
+    """A one-off raise of one limit line's blocked threshold for one period of that line.
+
+    ``scoped_limit`` is the line: ``None`` for the whole-metric monthly line of ``metric``,
+    whose period is the month starting on ``period`` (which may be a later month). For a
+    scoped line, ``period_start`` is the start of the line's period it raises (for a
+    ``rolling`` line, the start of the window's last day, the key of SPEC 11.5: the window
+    moves at the next local midnight and the extension no longer counts), and ``period`` the
+    local day that instant falls on. An extension goes with its line: removing a scoped
+    limit removes its extensions (``CASCADE``), since there is no cap left to raise and
+    ``SET_NULL`` would turn them into extensions of the monthly line; the grant stays in
+    the account's admin history and the line's removal in the scoped limit's history.
+    """
 
     account = models.ForeignKey(
         Account, on_delete=models.CASCADE, related_name="extensions", verbose_name=_("account")
     )
     metric = models.CharField(_("metric"), max_length=64, choices=Metric.choices)
+    scoped_limit = models.ForeignKey(
+        ScopedLimit,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="extensions",
+        db_index=False,  # the (scoped_limit, period_start) index serves lookups by line
+        verbose_name=_("scoped limit"),
+        help_text=_("Empty for the monthly limit of the whole metric."),
+    )
     period = models.DateField(
-        _("period"), help_text=_("The first day of the month the extension applies to.")
+        _("period"),
+        help_text=_(
+            "The first day of the month the extension applies to (monthly limit of the whole "
+            "metric), or the day the scoped limit's period starts."
+        ),
+    )
+    period_start = models.DateTimeField(
+        _("period start"),
+        null=True,
+        blank=True,
+        help_text=_("The start of the scoped limit's period the extension applies to."),
     )
     amount = models.PositiveBigIntegerField(
         _("amount"), help_text=_("Added to the blocked threshold for this period only.")
@@ -252,14 +292,37 @@ class Extension(models.Model):
         verbose_name_plural = _("extensions")
         ordering = ["-period", "metric", "-granted_at"]
         indexes = [
-            models.Index(fields=["account", "period", "metric"], name="extension_account_period")
+            models.Index(fields=["account", "period", "metric"], name="extension_account_period"),
+            models.Index(fields=["scoped_limit", "period_start"], name="extension_line_period"),
         ]
         constraints = [
             models.CheckConstraint(condition=models.Q(amount__gt=0), name="extension_positive"),
+            # ``isnull`` spelled out on both sides: a CHECK whose condition is NULL passes.
+            models.CheckConstraint(
+                condition=models.Q(scoped_limit__isnull=True, period_start__isnull=True)
+                | models.Q(scoped_limit__isnull=False, period_start__isnull=False),
+                name="extension_period_start_iff_scoped",
+            ),
         ]
 
     def __str__(self) -> str:
-        return f"+{self.amount} {self.metric} {self.period:%Y-%m}"
+        if self.scoped_limit_id is None:
+            return f"+{self.amount} {self.metric} {self.period_key}"
+        return f"+{self.amount} {self.line_text()} {self.period_key}"
+
+    def line_text(self) -> str:
+        """The line for people, as the admin offers it: ``Text tokens, Calendar month``."""
+        if self.scoped_limit_id is None:
+            return monthly_line_text(self.metric)
+        return self.scoped_limit.line_text()
+
+    @property
+    def period_key(self) -> str:
+        """The period as SPEC 11.5 names it: ``YYYY-MM`` for the monthly line, else the
+        start instant of the line's period with the account's local offset."""
+        if self.period_start is None:
+            return f"{self.period:%Y-%m}"
+        return self.period_start.astimezone(self.account.zone).isoformat()
 
 
 class CounterRepair(models.Model):
@@ -313,3 +376,89 @@ class EventPurge(models.Model):
 
     def __str__(self) -> str:
         return f"< {self.before}: {self.deleted}"
+
+
+class Reservation(models.Model):
+    """Capacity held for usage about to be recorded (SPEC 12.1), unique per account by id.
+
+    ``status`` is what was last written: an ``active`` row past ``expires_at`` is expired
+    and holds nothing, whether or not the tidying task has written ``expired`` yet
+    (``state_at``). ``labels`` say which lines it holds capacity on, as an event's would.
+    """
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", pgettext_lazy("reservation", "active")
+        SETTLED = "settled", pgettext_lazy("reservation", "settled")
+        RELEASED = "released", pgettext_lazy("reservation", "released")
+        EXPIRED = "expired", pgettext_lazy("reservation", "expired")
+
+    account = models.ForeignKey(
+        Account,
+        on_delete=models.CASCADE,
+        related_name="reservations",
+        db_index=False,  # the unique (account, reservation_id) index serves lookups by account
+        verbose_name=_("account"),
+    )
+    reservation_id = models.CharField(_("reservation id"), max_length=128)
+    metric = models.CharField(_("metric"), max_length=64, choices=Metric.choices)
+    quantity_milli = models.BigIntegerField(_("quantity (thousandths)"))
+    labels = models.JSONField(_("labels"), default=dict, blank=True)
+    labels_key = models.CharField(
+        _("labels key"), max_length=LABELS_KEY_LENGTH, blank=True, default=""
+    )
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.ACTIVE
+    )
+    created_at = models.DateTimeField(_("created at"))
+    expires_at = models.DateTimeField(_("expires at"))
+    ended_at = models.DateTimeField(
+        _("ended at"),
+        null=True,
+        blank=True,
+        help_text=_("When it was settled, released or marked expired."),
+    )
+    settled_by = models.CharField(
+        _("settled by event"),
+        max_length=128,
+        blank=True,
+        default="",
+        help_text=_("The id of the usage event that settled it."),
+    )
+
+    class Meta:
+        verbose_name = _("reservation")
+        verbose_name_plural = _("reservations")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "reservation_id"], name="reservation_unique_id_per_account"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(quantity_milli__gt=0), name="reservation_quantity_positive"
+            ),
+        ]
+        indexes = [
+            # What every read of capacity scans: the account's active reservations of a metric.
+            models.Index(
+                fields=["account", "metric", "expires_at"],
+                condition=models.Q(status="active"),
+                name="reservation_active",
+            ),
+            models.Index(
+                fields=["expires_at"],
+                condition=models.Q(status="active"),
+                name="reservation_active_expiry",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.reservation_id
+
+    @property
+    def quantity(self) -> Decimal:
+        return from_milli(self.quantity_milli)
+
+    def state_at(self, now: datetime) -> str:
+        """The status at ``now``: an active reservation past ``expires_at`` is expired."""
+        if self.status == self.Status.ACTIVE and self.expires_at <= now:
+            return self.Status.EXPIRED.value
+        return str(self.status)

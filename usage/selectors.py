@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import uuid
@@ -20,13 +21,22 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from accounts.forms import limit_label
-from accounts.labels import labels_key, labels_match
+from accounts.labels import labels_from_key, labels_key, labels_match
 from accounts.metrics import METRICS
 from accounts.models import Account, Language, Level, Limit, Plan, Recipient, ScopedLimit
 from accounts.selectors import LimitLine, limit_lines
 from accounts.windows import PeriodKind, Window, window_containing
 
-from .models import MILLI, EventPurge, Extension, UsageCounter, UsageEvent, UsageHourCounter
+from .models import (
+    MILLI,
+    EventPurge,
+    Extension,
+    Reservation,
+    UsageCounter,
+    UsageEvent,
+    UsageHourCounter,
+    monthly_line_text,
+)
 from .periods import Period, period_containing, period_from_code
 from .quantities import quantity_number, threshold_text
 
@@ -43,7 +53,9 @@ class MetricUsage:
 
     ``warning`` and ``blocked`` are the thresholds in force: ``None`` when not set, and
     always ``None`` for an account whose plan is not Enterprise (its stored limits are
-    kept but inactive). ``extension`` is what was granted, in force or not.
+    kept but inactive). ``extension`` is what was granted on this line for this period, in
+    force or not (for a monthly line, on the whole metric; for a scoped line, on that
+    scoped limit for its current window, ``account_lines_usage``).
     """
 
     account_id: uuid.UUID
@@ -55,7 +67,8 @@ class MetricUsage:
 
     @property
     def effective_blocked(self) -> int | None:
-        """The blocked threshold plus the period's extensions; ``None`` when not set."""
+        """The blocked threshold plus the line's extensions for the period; ``None`` when not
+        set (SPEC 4: the effective blocked threshold)."""
         return None if self.blocked is None else self.blocked + self.extension
 
     def reaches(self, threshold: int | None) -> bool:
@@ -145,7 +158,8 @@ SELECT w.a, w.m,
             WHERE c.account_id = w.a AND c.metric = w.m AND c.labels = ''
               AND c.day >= w.f AND c.day < w.e), 0),
   COALESCE((SELECT SUM(x.amount) FROM {Extension._meta.db_table} x
-            WHERE x.account_id = w.a AND x.metric = w.m AND x.period = w.f), 0),
+            WHERE x.account_id = w.a AND x.metric = w.m AND x.period = w.f
+              AND x.scoped_limit_id IS NULL), 0),
   l.warning, l.blocked
 FROM w
 LEFT JOIN {Account._meta.db_table} acc ON acc.id = w.a AND acc.plan = %s
@@ -206,7 +220,8 @@ def usage_received_before(
 
 
 class Line(Protocol):
-    """What ``lines_used_milli`` reads of a limit line (``accounts.selectors.LimitLine``)."""
+    """What ``lines_figures`` reads of a limit line (``accounts.selectors.LimitLine``); its
+    extensions are read when it also has a ``scoped_limit_id``."""
 
     metric: str
     period: str
@@ -215,19 +230,23 @@ class Line(Protocol):
 
 
 # Each line travels as one element of a JSON parameter: its index, what it reads (``d``: day
-# counters from ``f`` to ``e`` excluded; ``h``: the hour counter starting at ``h``), its
-# metric and labels key. Events of the current minute are read beside, in the same query,
-# summed per metric and label set, and matched to the minute lines here.
+# counters from ``f`` to ``e`` excluded; ``h``: the hour counter starting at ``h``; ``m``:
+# nothing, see below), its metric and labels key, and for a scoped limit its id ``s`` and
+# its period's start ``t``, under which its extensions are summed. Events of the current
+# minute are read beside, in the same query, summed per metric and label set, and matched
+# to the minute lines here.
 _LINES_WANTED = {
     "postgresql": (
         "SELECT * FROM jsonb_to_recordset(%s::jsonb)"
-        " AS w(i int, k text, m text, l text, f date, e date, h timestamptz)"
+        " AS w(i int, k text, m text, l text, f date, e date, h timestamptz, s bigint,"
+        " t timestamptz)"
     ),
     "sqlite": (
         "SELECT json_extract(value, '$.i') AS i, json_extract(value, '$.k') AS k,"
         " json_extract(value, '$.m') AS m, json_extract(value, '$.l') AS l,"
         " json_extract(value, '$.f') AS f, json_extract(value, '$.e') AS e,"
-        " json_extract(value, '$.h') AS h FROM json_each(%s)"
+        " json_extract(value, '$.h') AS h, json_extract(value, '$.s') AS s,"
+        " json_extract(value, '$.t') AS t FROM json_each(%s)"
     ),
 }
 _LINES_SQL = f"""
@@ -236,14 +255,17 @@ SELECT w.i, NULL, NULL, CASE w.k
   WHEN 'd' THEN (SELECT SUM(c.quantity_milli) FROM {UsageCounter._meta.db_table} c
                  WHERE c.account_id = %s AND c.metric = w.m AND c.labels = w.l
                    AND c.day >= w.f AND c.day < w.e)
-  ELSE (SELECT c.quantity_milli FROM {UsageHourCounter._meta.db_table} c
-        WHERE c.account_id = %s AND c.metric = w.m AND c.labels = w.l AND c.hour = w.h)
-  END
+  WHEN 'h' THEN (SELECT c.quantity_milli FROM {UsageHourCounter._meta.db_table} c
+                 WHERE c.account_id = %s AND c.metric = w.m AND c.labels = w.l AND c.hour = w.h)
+  END,
+  (SELECT SUM(x.amount) FROM {Extension._meta.db_table} x
+   WHERE x.scoped_limit_id = w.s AND x.period_start = w.t)
 FROM w
 """
 _MINUTE_SQL = f"""
 UNION ALL
-SELECT NULL, e.metric, {{labels}}, SUM(e.quantity_milli) FROM {UsageEvent._meta.db_table} e
+SELECT NULL, e.metric, {{labels}}, SUM(e.quantity_milli), NULL
+FROM {UsageEvent._meta.db_table} e
 WHERE e.account_id = %s AND e.occurred_at >= %s AND e.occurred_at < %s
 GROUP BY e.metric, e.labels
 """
@@ -254,36 +276,69 @@ def line_window(*, line: Line, zone: ZoneInfo, now: datetime) -> Window:
     return window_containing(kind=line.period, instant=now, zone=zone, days=line.window_days)
 
 
+def line_period_start(window: Window) -> datetime:
+    """The start of a line's period as extensions and SPEC 11.5 name it: the window's
+    start, or for a rolling window the start of its last day (its ``key``)."""
+    return window.last_day.start if window.kind == PeriodKind.ROLLING else window.start
+
+
+@dataclass(frozen=True)
+class LineFigures:
+    """What ``lines_figures`` reads of one line: usage in its current window (thousandths)
+    and the extensions granted on it for that window (whole units)."""
+
+    used_milli: int
+    extension: int
+
+
 def lines_used_milli(*, account: Account, lines: Sequence[Line], now: datetime) -> list[int]:
     """What each line of ``account`` has used in its current window, in thousandths, in order.
+
+    See ``lines_figures``, which also reads the extensions, in the same one query.
+    """
+    return [figures.used_milli for figures in lines_figures(account=account, lines=lines, now=now)]
+
+
+def lines_figures(*, account: Account, lines: Sequence[Line], now: datetime) -> list[LineFigures]:
+    """What each line of ``account`` has used in its current window, and its extensions for
+    that window, in order.
 
     One query whatever the number of lines or of stored events: ``month``, ``week``,
     ``day`` and ``rolling`` lines sum the day counters of their label subset (at most 366
     rows each), ``hour`` lines read one hour counter, and ``minute`` lines the events of the
     current minute (SPEC 11.2, 11.3). Since every event adds to the counters of each subset
     of its labels, a line created later counts what was recorded before in its window.
+    A line's extensions are those granted on its scoped limit (``scoped_limit_id``; a line
+    without one has none here) for the period its window starts (``line_period_start``):
+    once the window moves on, they no longer count (SPEC 4 and 11.5).
     """
     if not lines:
         return []
     zone = account.zone
     vendor = connection.vendor
     account_param = str(account.pk) if vendor == "postgresql" else account.pk.hex
+
+    def as_db(instant: datetime) -> Any:
+        if vendor == "postgresql":
+            return instant.isoformat()
+        return connection.ops.adapt_datetimefield_value(instant)
+
     wanted: list[dict[str, Any]] = []
     minute: Window | None = None
     for index, line in enumerate(lines):
         window = line_window(line=line, zone=zone, now=now)
-        item: dict[str, Any] = {"i": index, "m": line.metric, "l": labels_key(line.labels)}
+        item: dict[str, Any] = {
+            "i": index,
+            "m": line.metric,
+            "l": labels_key(line.labels),
+            "s": getattr(line, "scoped_limit_id", None),
+            "t": as_db(line_period_start(window)),
+        }
         if window.kind == PeriodKind.MINUTE:
             minute = window
-            continue
-        if window.kind == PeriodKind.HOUR:
-            hour = window.start
-            item.update(
-                k="h",
-                h=hour.isoformat()
-                if vendor == "postgresql"
-                else connection.ops.adapt_datetimefield_value(hour),
-            )
+            item["k"] = "m"
+        elif window.kind == PeriodKind.HOUR:
+            item.update(k="h", h=as_db(window.start))
         else:
             item.update(
                 k="d",
@@ -301,12 +356,14 @@ def lines_used_milli(*, account: Account, lines: Sequence[Line], now: datetime) 
             bounds = [connection.ops.adapt_datetimefield_value(bound) for bound in bounds]
         params += [account_param, *bounds]
     used = [0] * len(lines)
+    extension = [0] * len(lines)
     minute_sums: list[tuple[str, dict[str, str], int]] = []
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        for index, metric, labels, total in cursor.fetchall():
+        for index, metric, labels, total, granted in cursor.fetchall():
             if index is not None:
                 used[int(index)] = int(total or 0)
+                extension[int(index)] = int(granted or 0)
             else:
                 minute_sums.append((metric, json.loads(labels) if labels else {}, int(total)))
     for index, line in enumerate(lines):
@@ -316,7 +373,7 @@ def lines_used_milli(*, account: Account, lines: Sequence[Line], now: datetime) 
                 for metric, labels, total in minute_sums
                 if metric == line.metric and labels_match(line=line.labels, event=labels)
             )
-    return used
+    return [LineFigures(used_milli=u, extension=x) for u, x in zip(used, extension, strict=True)]
 
 
 def account_usage(*, account: Account, period: Period | None = None) -> list[MetricUsage]:
@@ -653,10 +710,11 @@ def _accounts_with_scoped_limits(accounts: list[Account]) -> set[uuid.UUID]:
 #
 # An account's lines are the three whole-metric monthly lines (``accounts.selectors
 # .limit_lines``, always, limited or not) and its scoped limits. Each is read over its own
-# current window in the account's time zone (``accounts.windows``), from counters only
-# (``lines_used_milli``), so a read costs the same at a thousand and at ten million stored
-# events. Status, remaining and the pre-flight answer follow the one rule of section 4,
-# ``MetricUsage``: a line is a ``MetricUsage`` over its window.
+# current window in the account's time zone (``accounts.windows``), from counters only, with
+# the extensions granted on the line for that window (``lines_figures``), so a read costs the
+# same at a thousand and at ten million stored events. Status, remaining and the pre-flight
+# answer follow the one rule of section 4, ``MetricUsage``: a line is a ``MetricUsage`` over
+# its window, whose ``effective_blocked`` is the line's blocked threshold plus its extensions.
 
 
 @dataclass(frozen=True)
@@ -666,10 +724,27 @@ class LineUsage:
     line: LimitLine
     window: Window
     usage: MetricUsage
+    # What active reservations hold on the line (SPEC 12.1); 0 unless read with
+    # ``account_lines_with_reservations``.
+    reserved_milli: int = 0
 
     @property
     def is_whole_metric_month(self) -> bool:
         return self.line.scoped_limit_id is None
+
+    @property
+    def remaining_milli(self) -> int | None:
+        """The effective blocked threshold minus used and reserved, never negative;
+        ``None`` when the line has no blocked threshold (SPEC 11.3 and 12.1)."""
+        remaining = self.usage.remaining_milli
+        return None if remaining is None else max(0, remaining - self.reserved_milli)
+
+    def allows(self, quantity_milli: int) -> bool:
+        """The pre-flight answer with reservations counted: ``quantity_milli`` more fits
+        beside what is used and reserved; 0 asks whether the line is blocked."""
+        if quantity_milli == 0:
+            return self.usage.allows(0)
+        return self.usage.allows(self.reserved_milli + quantity_milli)
 
     @property
     def is_extended(self) -> bool:
@@ -704,20 +779,21 @@ def account_lines_usage(
         and (labels is None or labels_match(line=line.labels, event=labels))
     ]
     scoped = [line for line in lines if line.scoped_limit_id is not None]
-    scoped_used = iter(lines_used_milli(account=account, lines=scoped, now=now))
+    scoped_figures = iter(lines_figures(account=account, lines=scoped, now=now))
     in_force = account.is_enterprise
     result = []
     for line in lines:
         if line.scoped_limit_id is None:
             usage = monthly[line.metric]
         else:
+            figures = next(scoped_figures)
             usage = MetricUsage(
                 account_id=account.pk,
                 metric=line.metric,
-                used_milli=next(scoped_used),
+                used_milli=figures.used_milli,
                 warning=line.warning if in_force else None,
                 blocked=line.blocked if in_force else None,
-                extension=0,
+                extension=figures.extension,
             )
         window = line_window(line=line, zone=account.zone, now=now)
         result.append(LineUsage(line=line, window=window, usage=usage))
@@ -733,3 +809,85 @@ def line_period_data(line: LineUsage, account: Account) -> dict[str, object]:
         "start_time": line.window.start.astimezone(zone).isoformat(),
         "end_time": line.window.end.astimezone(zone).isoformat(),
     }
+
+
+# A choice of an extension's line: the metric's code for its whole-metric monthly line; for a
+# scoped one, this prefix, the scoped limit's id, ``@`` and the start of the line's period
+# when the choice was offered (``line_period_start``, ISO 8601), so that a page shown before
+# the line's period moved on (an hour line at 15:59) cannot extend the next period.
+SCOPED_LINE_CHOICE = "line:"
+CHOICE_PERIOD_SEPARATOR = "@"
+
+
+def extension_line_choices(
+    *, account: Account, now: datetime | None = None
+) -> list[tuple[str, str]]:
+    """The lines an extension may be granted on, by their words, in the order of
+    ``limit_lines``, valued as ``SCOPED_LINE_CHOICE`` says. One query."""
+    now = now or timezone.now()
+    choices = [(metric, monthly_line_text(metric)) for metric in METRICS]
+    for row in ScopedLimit.objects.filter(account=account).order_by("position", "id"):
+        start = line_period_start(line_window(line=row, zone=account.zone, now=now))
+        value = f"{SCOPED_LINE_CHOICE}{row.pk}{CHOICE_PERIOD_SEPARATOR}{start.isoformat()}"
+        choices.append((value, row.line_text()))
+    return choices
+
+
+# --- Reservations (SPEC 12.1) ---
+#
+# A reservation holds capacity on every line its metric and labels apply to, exactly as an
+# event with those labels would count on them, while it is active: its status says so and
+# ``expires_at`` lies after the moment read. Comparing with the moment in the read itself
+# is what makes an expired reservation stop counting without any task having run.
+
+
+def reservations_active(*, account: Account, now: datetime) -> QuerySet[Reservation]:
+    """The reservations of ``account`` that hold capacity at ``now``."""
+    return Reservation.objects.filter(
+        account=account, status=Reservation.Status.ACTIVE, expires_at__gt=now
+    )
+
+
+def lines_reserved_milli(*, account: Account, lines: Sequence[Line], now: datetime) -> list[int]:
+    """What active reservations hold on each line, in thousandths, in order; one query."""
+    if not lines:
+        return []
+    held = (
+        reservations_active(account=account, now=now)
+        .filter(metric__in={line.metric for line in lines})
+        .values_list("metric", "labels_key")
+        .annotate(total=Sum("quantity_milli"))
+        .order_by()
+    )
+    groups = [(metric, labels_from_key(key), int(total)) for metric, key, total in held]
+    return [
+        sum(
+            total
+            for metric, labels, total in groups
+            if metric == line.metric and labels_match(line=line.labels, event=labels)
+        )
+        for line in lines
+    ]
+
+
+def account_lines_with_reservations(
+    *,
+    account: Account,
+    metric: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    now: datetime | None = None,
+) -> list[LineUsage]:
+    """``account_lines_usage``, each line with what active reservations hold on it at
+    ``now``: the lines that ``check``, ``capacities`` and reservations answer with."""
+    now = now or timezone.now()
+    lines = account_lines_usage(account=account, metric=metric, labels=labels, now=now)
+    reserved = lines_reserved_milli(account=account, lines=[line.line for line in lines], now=now)
+    return [
+        dataclasses.replace(line, reserved_milli=held)
+        for line, held in zip(lines, reserved, strict=True)
+    ]
+
+
+def reservation_get(*, account: Account, reservation_id: str) -> Reservation | None:
+    """The reservation ``reservation_id`` of ``account``, whatever its status; ``None``."""
+    return Reservation.objects.filter(account=account, reservation_id=reservation_id).first()

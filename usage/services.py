@@ -13,6 +13,7 @@ crossings it records in the same transaction; the steps it takes are here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections import defaultdict
@@ -27,9 +28,10 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import (
     BigIntegerField,
+    Case,
     Count,
     DateField,
     DateTimeField,
@@ -38,6 +40,7 @@ from django.db.models import (
     Sum,
     TextField,
     Value,
+    When,
 )
 from django.db.models.functions import Cast, Trunc
 from django.utils import timezone
@@ -45,18 +48,21 @@ from django.utils.translation import gettext_lazy as _
 
 from accounts.labels import PAIR_SEPARATOR, labels_key
 from accounts.metrics import METRICS
-from accounts.models import Account
+from accounts.models import Account, Limit, ScopedLimit
+from accounts.selectors import LimitsDocument
 from accounts.services import MAX_THRESHOLD
 from accounts.windows import PeriodKind, window_containing
 from config.request_ids import current_correlation_id, current_request_id
 
-from .ingest import Errors, EventIn, EventsInvalid, parse_metric
+from .ingest import Errors, EventIn, EventsInvalid, ReservationIn, parse_metric
+from .locks import usage_lock
 from .models import (
     DAILY_LIMIT,
     DAILY_LIMIT_MILLI,
     CounterRepair,
     EventPurge,
     Extension,
+    Reservation,
     UsageCounter,
     UsageEvent,
     UsageHourCounter,
@@ -65,9 +71,13 @@ from .models import (
 )
 from .periods import Period
 from .selectors import (
+    LineUsage,
     MetricUsage,
+    account_lines_with_reservations,
     current_period,
     earliest_current_day,
+    line_period_start,
+    line_window,
     purge_boundary,
 )
 
@@ -454,7 +464,8 @@ def usage_events_store(
     Call inside the recording transaction, under the (account, metric) lock of every event
     (``usage_lock``); ``zones`` holds each account's time zone. The first copy of an event
     id wins, in the request as across requests. Each new event adds to the day and hour
-    counters of every subset of its labels (``CounterDeltas``). Returns how many were new.
+    counters of every subset of its labels (``CounterDeltas``), and settles the reservation
+    it names, if active (``reservations_settle``). Returns how many were new.
 
     Raises ``EventsInvalid``, which rolls the transaction back, when a new event would add
     a label set past ``USAGE_MAX_LABEL_SETS`` for its account, metric and local day (keyed
@@ -473,8 +484,11 @@ def usage_events_store(
     # Summed per label set and hour first, then spread over the subsets of each set.
     groups: dict[tuple[uuid.UUID, str, str, date, datetime, date], int] = defaultdict(int)
     label_sets: dict[LabelSetKey, int] = {}
+    settling: list[EventIn] = []
     for account_hex, event_id in inserted:
         event = by_key[(account_hex.replace("-", ""), event_id)]
+        if event.reservation_id:
+            settling.append(event)
         zone = zones[event.account_id]
         hour, hour_day = hour_start(event.occurred_at, zone)
         day = event.occurred_at.astimezone(zone).date()
@@ -504,6 +518,9 @@ def usage_events_store(
         passed = sorted(key for key, total in totals.items() if total > DAILY_LIMIT_MILLI)
         if passed:
             raise EventsInvalid(_daily_limit_errors(passed, is_batch=is_batch))
+    if settling:
+        # In the same transaction as the usage: capacity moves from reserved to used at once.
+        reservations_settle(events=settling, now=now)
     return len(inserted)
 
 
@@ -846,22 +863,83 @@ MSG_EXTENSION_NOT_ENTERPRISE = _("Extensions can only be granted to an Enterpris
 MSG_EXTENSION_CLOSED_PERIOD = _(
     "Extensions can only be granted for the current period or a later one."
 )
+MSG_EXTENSION_NOT_CURRENT = _(
+    "An extension of a scoped limit can only be granted for the line's current period."
+)
+MSG_EXTENSION_UNKNOWN_LINE = _("This limit line does not exist (any more) on this account.")
+MSG_EXTENSION_NO_BLOCKED = _(
+    "This line has no blocked threshold: an extension raises the blocked threshold, "
+    "so set one first."
+)
+
+
+@dataclass(frozen=True)
+class ExtensionTarget:
+    """What an extension raises: a line and one of its periods (see ``Extension``).
+
+    ``scoped_limit`` ``None`` is the whole-metric monthly line of ``metric``, ``period``
+    the first day of its month; else ``period_start`` starts the line's period (a rolling
+    window's: its last day) and ``period`` is that instant's local day.
+    """
+
+    metric: str
+    scoped_limit: ScopedLimit | None
+    period: date
+    period_start: datetime | None = None
+
+
+def _extension_line(
+    account: Account, scoped_limit_id: Any, errors: dict[str, list[ValidationError]]
+) -> ScopedLimit | None:
+    if isinstance(scoped_limit_id, bool) or not isinstance(scoped_limit_id, int):
+        line = None
+    else:
+        line = ScopedLimit.objects.filter(account=account, pk=scoped_limit_id).first()
+    if line is None:
+        errors["line"] = [ValidationError(MSG_EXTENSION_UNKNOWN_LINE, code="unknown_line")]
+    return line
 
 
 def extension_validate(
-    *, account: Account, metric: Any, amount: Any, reason: Any, period: Period | None = None
-) -> Period:
-    """Check an extension before it is granted; returns its period (the current by default).
+    *,
+    account: Account,
+    metric: Any = None,
+    amount: Any,
+    reason: Any,
+    period: Period | None = None,
+    scoped_limit_id: Any = None,
+    period_start: datetime | None = None,
+    now: datetime | None = None,
+    limits: LimitsDocument | None = None,
+) -> ExtensionTarget:
+    """Check an extension before it is granted; returns the line and period it raises.
 
-    Raises ``ValidationError`` keyed by field when the account is not Enterprise, the
-    metric unknown, the amount not a whole number > 0, the reason blank or the period closed.
+    Without ``scoped_limit_id``, the monthly line of ``metric`` for ``period`` (the current
+    month by default, or a later one). With it, that scoped limit of ``account`` for its
+    current period (``period_start``, when given, must start it: a page shown before the
+    period moved on is refused rather than applied to the next one). Raises
+    ``ValidationError`` keyed by field when the account is not Enterprise, the metric or
+    line unknown, the line without a blocked threshold, the amount not a whole number > 0,
+    the reason blank, the period closed or not the line's current one. ``limits``: the
+    account's limits as they will be when the extension is granted (a page that changes
+    them and grants at once), read instead of the stored ones for the line's blocked
+    threshold; a scoped limit it leaves out is unknown.
     """
     errors: dict[str, list[ValidationError]] = {}
     if not account.is_enterprise:
         errors["account"] = [ValidationError(MSG_EXTENSION_NOT_ENTERPRISE, code="not_enterprise")]
-    _metric, metric_error = parse_metric(metric)
-    if metric_error:
-        errors["metric"] = [ValidationError(metric_error, code="invalid")]
+    line: ScopedLimit | None = None
+    if scoped_limit_id is not None:
+        line = _extension_line(account, scoped_limit_id, errors)
+        metric_error = None if line is None or metric in (None, line.metric) else "mismatch"
+        if metric_error:
+            errors["metric"] = [
+                ValidationError(_("The line is of another metric."), code="invalid")
+            ]
+    else:
+        _metric, metric_error = parse_metric(metric)
+        if metric_error:
+            errors["metric"] = [ValidationError(metric_error, code="invalid")]
     if isinstance(amount, bool) or not isinstance(amount, int):
         errors["amount"] = [ValidationError(_("A whole number is required."), code="invalid")]
     elif amount <= 0:
@@ -878,21 +956,58 @@ def extension_validate(
         ]
     if not isinstance(reason, str) or not reason.strip():
         errors["reason"] = [ValidationError(_("This field is required."), code="required")]
-    current = current_period(account)
-    period = period or current
-    if period.first_day < current.first_day:
-        errors["period"] = [ValidationError(MSG_EXTENSION_CLOSED_PERIOD, code="closed")]
-    elif "amount" not in errors and not metric_error:
-        # Extensions add up in one sum per period (``usage.selectors``): bounded like a
-        # threshold, so that no number of them can overflow it.
-        granted = Extension.objects.filter(
-            account=account, metric=metric, period=period.first_day
-        ).aggregate(total=Sum("amount"))["total"]
+    if errors.keys() & {"line", "metric"}:
+        raise ValidationError(errors)
+
+    now = now or timezone.now()
+    zone = account.zone
+    if line is not None:
+        window = line_window(line=line, zone=zone, now=now)
+        anchor = line_period_start(window)
+        target = ExtensionTarget(
+            metric=line.metric,
+            scoped_limit=line,
+            period=anchor.astimezone(zone).date(),
+            period_start=anchor,
+        )
+        blocked = line.blocked
+        if limits is not None:
+            identity = (line.metric, line.period, line.window_days, line.labels_key)
+            kept = [spec for spec in limits.scoped_limits if spec.identity == identity]
+            if not kept:
+                errors["line"] = [ValidationError(MSG_EXTENSION_UNKNOWN_LINE, code="unknown_line")]
+                raise ValidationError(errors)
+            blocked = kept[0].blocked
+        if period is not None or (period_start is not None and period_start != anchor):
+            errors["period"] = [ValidationError(MSG_EXTENSION_NOT_CURRENT, code="not_current")]
+        granted_already = Extension.objects.filter(scoped_limit=line, period_start=anchor)
+    else:
+        current = current_period(account, now)
+        period = period or current
+        target = ExtensionTarget(metric=metric, scoped_limit=None, period=period.first_day)
+        blocked = (
+            Limit.objects.filter(account=account, metric=metric)
+            .values_list("blocked", flat=True)
+            .first()
+            if limits is None
+            else limits.limits[metric].blocked
+        )
+        if period.first_day < current.first_day:
+            errors["period"] = [ValidationError(MSG_EXTENSION_CLOSED_PERIOD, code="closed")]
+        granted_already = Extension.objects.filter(
+            account=account, metric=metric, period=period.first_day, scoped_limit__isnull=True
+        )
+    if blocked is None and "account" not in errors:
+        errors["line"] = [ValidationError(MSG_EXTENSION_NO_BLOCKED, code="no_blocked_threshold")]
+    if "amount" not in errors and "period" not in errors:
+        # Extensions add up in one sum per line and period (``usage.selectors``): bounded
+        # like a threshold, so that no number of them can overflow it.
+        granted = granted_already.aggregate(total=Sum("amount"))["total"]
         if (granted or 0) + amount > MAX_THRESHOLD:
             errors["amount"] = [
                 ValidationError(
                     _(
-                        "Ensure the extensions of this metric and period total at most "
+                        "Ensure the extensions of this line and period total at most "
                         "%(limit)s (%(granted)s granted already)."
                     ),
                     code="max_value",
@@ -901,31 +1016,213 @@ def extension_validate(
             ]
     if errors:
         raise ValidationError(errors)
-    return period
+    return target
 
 
 def extension_grant(
     *,
     account: Account,
-    metric: str,
+    metric: Any = None,
     amount: int,
     reason: str,
     actor: Any,
     period: Period | None = None,
+    scoped_limit_id: Any = None,
+    period_start: datetime | None = None,
 ) -> Extension:
-    """Raise ``metric``'s blocked threshold by ``amount`` for ``period`` (by default the current).
+    """Raise a line's blocked threshold by ``amount`` for one period: the monthly line of
+    ``metric`` for ``period`` (by default the current), or the scoped limit
+    ``scoped_limit_id`` for its current period.
 
     Refused with ``ValidationError`` as ``extension_validate`` says.
     """
-    period = extension_validate(
-        account=account, metric=metric, amount=amount, reason=reason, period=period
+    target = extension_validate(
+        account=account,
+        metric=metric,
+        amount=amount,
+        reason=reason,
+        period=period,
+        scoped_limit_id=scoped_limit_id,
+        period_start=period_start,
     )
     granted_by = actor if getattr(actor, "is_authenticated", False) else None
     return Extension.objects.create(
         account=account,
-        metric=metric,
-        period=period.first_day,
+        metric=target.metric,
+        scoped_limit=target.scoped_limit,
+        period=target.period,
+        period_start=target.period_start,
         amount=amount,
         reason=reason.strip(),
         granted_by=granted_by,
+    )
+
+
+# --- Reservations (SPEC 12.1) ---
+
+
+class ReservationRefused(Exception):
+    """A reservation not held: ``code`` is ``insufficient_capacity`` (``lines`` say where
+    there is no room) or ``reservation_id_reused`` (the id names another request)."""
+
+    INSUFFICIENT_CAPACITY = "insufficient_capacity"
+    REUSED = "reservation_id_reused"
+
+    def __init__(
+        self, code: str, *, lines: list[LineUsage] | None = None, quantity_milli: int = 0
+    ) -> None:
+        self.code = code
+        self.lines = lines or []
+        self.quantity_milli = quantity_milli
+        if code == self.REUSED:
+            self.message = _(
+                "This reservation id is already used by a reservation of another metric, "
+                "quantity or labels."
+            )
+        else:
+            self.message = _("Not enough capacity left on a line to hold this reservation.")
+        super().__init__(str(self.message))
+
+
+@dataclass(frozen=True)
+class ReservationHeld:
+    """The answer of ``reservation_create``: the reservation, whether this call created it,
+    and the lines it applies to as they stand after the call."""
+
+    reservation: Reservation
+    created: bool
+    lines: list[LineUsage]
+
+
+def reservation_create(
+    *, account: Account, request: ReservationIn, now: datetime | None = None
+) -> ReservationHeld:
+    """Hold ``request.quantity_milli`` of ``request.metric`` on every line that applies.
+
+    Under the same (account, metric) lock as recording usage (``usage_lock``), so the usage
+    and reservations read here are all that any other writer committed, and nothing of
+    them changes until this transaction ends: concurrent reservations and events never
+    together pass a cap. An id already used answers that reservation (``created`` false)
+    when the request is the same, else raises ``ReservationRefused`` (``reused``); a
+    quantity that does not fit on a line beside used and reserved raises it
+    (``insufficient_capacity``), holding nothing.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        usage_lock(pairs=[(account.pk, request.metric)])
+        existing = Reservation.objects.filter(
+            account=account, reservation_id=request.reservation_id
+        ).first()
+        if existing is None:
+            lines = account_lines_with_reservations(
+                account=account, metric=request.metric, labels=request.labels, now=now
+            )
+            if not all(line.allows(request.quantity_milli) for line in lines):
+                raise ReservationRefused(
+                    ReservationRefused.INSUFFICIENT_CAPACITY,
+                    lines=lines,
+                    quantity_milli=request.quantity_milli,
+                )
+            try:
+                with transaction.atomic():
+                    reservation = Reservation.objects.create(
+                        account=account,
+                        reservation_id=request.reservation_id,
+                        metric=request.metric,
+                        quantity_milli=request.quantity_milli,
+                        labels=request.labels,
+                        labels_key=labels_key(request.labels),
+                        created_at=now,
+                        expires_at=now + timedelta(seconds=request.ttl_seconds),
+                    )
+            except IntegrityError:
+                # The same id, reserved at once for another metric (under another lock).
+                existing = Reservation.objects.get(
+                    account=account, reservation_id=request.reservation_id
+                )
+            else:
+                held = [
+                    dataclasses.replace(
+                        line, reserved_milli=line.reserved_milli + request.quantity_milli
+                    )
+                    for line in lines
+                ]
+                return ReservationHeld(reservation=reservation, created=True, lines=held)
+        same = (
+            existing.metric == request.metric
+            and existing.quantity_milli == request.quantity_milli
+            and existing.labels_key == labels_key(request.labels)
+        )
+        if not same:
+            raise ReservationRefused(ReservationRefused.REUSED)
+        lines = account_lines_with_reservations(
+            account=account, metric=existing.metric, labels=existing.labels, now=now
+        )
+        return ReservationHeld(reservation=existing, created=False, lines=lines)
+
+
+def reservation_release(
+    *, account: Account, reservation_id: str, now: datetime | None = None
+) -> Reservation | None:
+    """Release an active reservation (``released``); one no longer active is left as it is.
+
+    Returns the reservation, ``None`` when the account has none of that id. Freeing
+    capacity can never pass a cap, so no usage lock is needed: the conditional update
+    changes the row only while it is active and not past its expiry.
+    """
+    now = now or timezone.now()
+    Reservation.objects.filter(
+        account=account,
+        reservation_id=reservation_id,
+        status=Reservation.Status.ACTIVE,
+        expires_at__gt=now,
+    ).update(status=Reservation.Status.RELEASED, ended_at=now)
+    return Reservation.objects.filter(account=account, reservation_id=reservation_id).first()
+
+
+SETTLE_CHUNK = 200  # reservations per UPDATE (SQLite refuses very large expressions)
+
+
+def reservations_settle(*, events: list[EventIn], now: datetime) -> int:
+    """Mark ``settled`` the active reservations that the new ``events`` name; returns how many.
+
+    Call in the transaction that records the events, so that their usage and the end of the
+    reservations commit together. An event naming an unknown, released or expired
+    reservation settles nothing (its usage is recorded all the same); the first event of a
+    request naming a reservation settles it.
+    """
+    by_reservation: dict[tuple[uuid.UUID, str], str] = {}
+    for event in events:
+        by_reservation.setdefault((event.account_id, event.reservation_id), event.event_id)
+    by_account: dict[uuid.UUID, list[tuple[str, str]]] = defaultdict(list)
+    for (account_id, reservation_id), event_id in by_reservation.items():
+        by_account[account_id].append((reservation_id, event_id))
+    settled = 0
+    for account_id, pairs in by_account.items():
+        for start in range(0, len(pairs), SETTLE_CHUNK):
+            chunk = pairs[start : start + SETTLE_CHUNK]
+            settled += Reservation.objects.filter(
+                account_id=account_id,
+                reservation_id__in=[reservation_id for reservation_id, _event in chunk],
+                status=Reservation.Status.ACTIVE,
+                expires_at__gt=now,
+            ).update(
+                status=Reservation.Status.SETTLED,
+                ended_at=now,
+                settled_by=Case(
+                    *[When(reservation_id=r, then=Value(e)) for r, e in chunk],
+                    default=Value(""),
+                ),
+            )
+    return settled
+
+
+def reservations_expire(*, now: datetime | None = None) -> int:
+    """Write ``expired`` on the active reservations past their expiry; returns how many.
+
+    Tidying only: reads already take a reservation past ``expires_at`` as expired.
+    """
+    now = now or timezone.now()
+    return Reservation.objects.filter(status=Reservation.Status.ACTIVE, expires_at__lte=now).update(
+        status=Reservation.Status.EXPIRED, ended_at=F("expires_at")
     )

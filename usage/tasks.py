@@ -8,7 +8,7 @@ from datetime import timedelta
 from celery import shared_task
 from django.utils import timezone
 
-from .services import counters_rebuild
+from .services import counters_rebuild, reservations_expire
 
 logger = logging.getLogger(__name__)
 
@@ -39,3 +39,15 @@ def reconcile_recent_counters() -> int:
     else:
         logger.info("Usage counters checked since %s: no drift", since_day.isoformat())
     return len(drifts)
+
+
+@shared_task(ignore_result=True)
+def expire_reservations() -> int:
+    """Write ``expired`` on the reservations past their expiry; returns how many.
+
+    Periodic (``CELERY_BEAT_SCHEDULE``). Tidying only: every read already takes a
+    reservation past its expiry as expired, so a late or lost run changes no answer.
+    """
+    expired = reservations_expire()
+    logger.info("Reservations marked expired: %d", expired)
+    return expired

@@ -1,9 +1,11 @@
-"""Usage API: record events, read usage, pre-flight check (SPEC section 5)."""
+"""Usage API: record events, read usage, pre-flight check, reservations (SPEC 5, 11, 12)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -12,7 +14,7 @@ from drf_spectacular.utils import (
     extend_schema,
 )
 from rest_framework import status
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -33,9 +35,19 @@ from usage.api.serializers import (
     EventBatchSerializer,
     EventSerializer,
     IngestResultSerializer,
+    ReservationRefusedSerializer,
+    ReservationRequestSerializer,
+    ReservationSerializer,
     ValidationErrorSerializer,
 )
-from usage.ingest import EventsInvalid, parse_metric, parse_quantity, unknown_fields
+from usage.ingest import (
+    EventsInvalid,
+    parse_metric,
+    parse_quantity,
+    parse_reservation,
+    unknown_fields,
+)
+from usage.models import Reservation
 from usage.periods import (
     FIRST_PERIOD_CODE,
     LAST_PERIOD_CODE,
@@ -46,11 +58,17 @@ from usage.quantities import quantity_number
 from usage.selectors import (
     LineUsage,
     MetricUsage,
-    account_lines_usage,
+    account_lines_with_reservations,
     account_usage,
     current_period,
     line_period_data,
+    reservation_get,
     worst_status,
+)
+from usage.services import (
+    ReservationRefused,
+    reservation_create,
+    reservation_release,
 )
 
 # The fields a pre-flight check may have; any other is refused ("Unknown field.").
@@ -231,14 +249,12 @@ class UsageCheckView(AccountScopedView):
         labels, error = labels_parse(payload.get("labels"))
         if error:
             raise ValidationError({"labels": error})
-        lines = account_lines_usage(account=account, metric=metric, labels=labels)
+        lines = account_lines_with_reservations(account=account, metric=metric, labels=labels)
         monthly = next(line.usage for line in lines if line.is_whole_metric_month)
-        remaining = [
-            line.usage.remaining_milli for line in lines if line.usage.remaining_milli is not None
-        ]
+        remaining = [line.remaining_milli for line in lines if line.remaining_milli is not None]
         return Response(
             {
-                "allowed": all(line.usage.allows(quantity_milli) for line in lines),
+                "allowed": all(line.allows(quantity_milli) for line in lines),
                 "metric": metric,
                 "used": quantity_number(monthly.used_milli, metric),
                 "remaining": quantity_number(min(remaining, default=None), metric),
@@ -249,9 +265,9 @@ class UsageCheckView(AccountScopedView):
                         "window_days": line.line.window_days,
                         "labels": dict(sorted(line.line.labels.items())),
                         "used": quantity_number(line.usage.used_milli, metric),
-                        "remaining": quantity_number(line.usage.remaining_milli, metric),
+                        "remaining": quantity_number(line.remaining_milli, metric),
                         "status": line.usage.status,
-                        "allowed": line.usage.allows(quantity_milli),
+                        "allowed": line.allows(quantity_milli),
                     }
                     for line in lines
                 ],
@@ -271,8 +287,8 @@ def _capacity_entry(line: LineUsage, account: Account) -> dict[str, Any]:
         "blocked_threshold": usage.blocked,
         "extension": usage.extension,
         "is_extended": line.is_extended,
-        "reserved": 0,
-        "remaining": quantity_number(usage.remaining_milli, metric),
+        "reserved": quantity_number(line.reserved_milli, metric),
+        "remaining": quantity_number(line.remaining_milli, metric),
         "status": usage.status,
         "has_remaining_capacity": usage.is_within_budget,
         "valid_until": line.window.end.astimezone(account.zone).isoformat(),
@@ -290,7 +306,7 @@ class CapacitiesView(AccountScopedView):
     )
     def get(self, request: Request, id: str) -> Response:
         account = self.get_account(id)
-        lines = account_lines_usage(account=account)
+        lines = account_lines_with_reservations(account=account)
         return Response(
             {
                 "account": account.pk,
@@ -298,3 +314,154 @@ class CapacitiesView(AccountScopedView):
                 "items": [_capacity_entry(line, account) for line in lines],
             }
         )
+
+
+# --- Reservations (SPEC 12.1) ---
+
+
+def _reservation_line(line: LineUsage) -> dict[str, Any]:
+    metric = line.line.metric
+    return {
+        "period": PeriodKind(line.line.period).value,
+        "window_days": line.line.window_days,
+        "labels": dict(sorted(line.line.labels.items())),
+        "used": quantity_number(line.usage.used_milli, metric),
+        "reserved": quantity_number(line.reserved_milli, metric),
+        "remaining": quantity_number(line.remaining_milli, metric),
+        "status": line.usage.status,
+    }
+
+
+def _reservation_body(
+    reservation: Reservation, account: Account, lines: list[LineUsage], now: datetime
+) -> dict[str, Any]:
+    zone = account.zone
+    state = reservation.state_at(now)
+    ended_at = reservation.ended_at
+    if ended_at is None and state == Reservation.Status.EXPIRED:
+        ended_at = reservation.expires_at  # expired, not yet written so by the tidying task
+    return {
+        "reservation_id": reservation.reservation_id,
+        "status": state,
+        "metric": reservation.metric,
+        "quantity": quantity_number(reservation.quantity_milli, reservation.metric),
+        "labels": dict(sorted(reservation.labels.items())),
+        "created_at": reservation.created_at.astimezone(zone).isoformat(),
+        "expires_at": reservation.expires_at.astimezone(zone).isoformat(),
+        "ended_at": None if ended_at is None else ended_at.astimezone(zone).isoformat(),
+        "lines": [_reservation_line(line) for line in lines],
+    }
+
+
+RESERVATION_ERRORS = {**ACCOUNT_ERRORS, 415: ErrorSerializer, 429: ErrorSerializer}
+
+
+class ReservationsView(AccountScopedView):
+    """Hold capacity for usage about to be recorded (SPEC 12.1)."""
+
+    parser_classes = [ExactJSONParser]
+    required_permissions = {"POST": ["usage.add_reservation"]}
+    throttle_scope = "check"
+
+    @extend_schema(
+        operation_id="accounts_usage_reservations_create",
+        request=ReservationRequestSerializer,
+        responses={
+            201: ReservationSerializer,
+            200: OpenApiResponse(
+                ReservationSerializer,
+                description=_("The same request again: the reservation it made, as it is now."),
+            ),
+            409: OpenApiResponse(
+                ReservationRefusedSerializer,
+                description=_(
+                    "No room on a line that applies (`insufficient_capacity`), or the id is "
+                    "used by another request (`reservation_id_reused`). Nothing is held."
+                ),
+            ),
+            **RESERVATION_ERRORS,
+        },
+        description="Holds `quantity` on every line of the metric whose labels the request's "
+        "contain, when each has room for used + active reservations + quantity within its "
+        "effective blocked threshold (lines without one always have room). The hold ends when "
+        "a usage event names the reservation (`settled`), when it is released, or at "
+        "`expires_at`.",
+    )
+    def post(self, request: Request, id: str) -> Response:
+        account = self.get_account(id)
+        try:
+            wanted = parse_reservation(request.data)
+        except EventsInvalid as exc:
+            raise ValidationError(exc.errors) from exc
+        now = timezone.now()
+        try:
+            held = reservation_create(account=account, request=wanted, now=now)
+        except ReservationRefused as exc:
+            body: dict[str, Any] = {"code": exc.code, "detail": str(exc.message)}
+            if exc.code == ReservationRefused.INSUFFICIENT_CAPACITY:
+                body["lines"] = [
+                    {**_reservation_line(line), "allowed": line.allows(exc.quantity_milli)}
+                    for line in exc.lines
+                ]
+            return Response(body, status=status.HTTP_409_CONFLICT)
+        return Response(
+            _reservation_body(held.reservation, account, held.lines, now),
+            status=status.HTTP_201_CREATED if held.created else status.HTTP_200_OK,
+        )
+
+
+class ReservationDetailView(AccountScopedView):
+    """One reservation: read it, or release it (SPEC 12.1)."""
+
+    required_permissions = {
+        "GET": ["usage.view_reservation"],
+        "DELETE": ["usage.change_reservation"],
+    }
+    throttle_scope = "check"
+
+    def get_throttles(self) -> list[Any]:
+        # Reads are not throttled (README, "Throttling"); releasing shares the check bucket.
+        if self.request.method in ("GET", "HEAD", "OPTIONS"):
+            return []
+        return super().get_throttles()
+
+    def get_reservation(self, account: Account, reservation_id: str) -> Reservation:
+        reservation = reservation_get(account=account, reservation_id=reservation_id)
+        if reservation is None:
+            raise NotFound(_("Reservation not found."))
+        return reservation
+
+    def _answer(self, reservation: Reservation, account: Account, now: datetime) -> Response:
+        lines = account_lines_with_reservations(
+            account=account, metric=reservation.metric, labels=reservation.labels, now=now
+        )
+        return Response(_reservation_body(reservation, account, lines, now))
+
+    @extend_schema(
+        operation_id="accounts_usage_reservations_retrieve",
+        responses={200: ReservationSerializer, **ACCOUNT_ERRORS},
+    )
+    def get(self, request: Request, id: str, reservation_id: str) -> Response:
+        account = self.get_account(id)
+        reservation = self.get_reservation(account, reservation_id)
+        return self._answer(reservation, account, timezone.now())
+
+    @extend_schema(
+        operation_id="accounts_usage_reservations_destroy",
+        responses={
+            200: OpenApiResponse(
+                ReservationSerializer,
+                description=_(
+                    "Released; a reservation no longer active is answered as it is, unchanged."
+                ),
+            ),
+            **ACCOUNT_ERRORS,
+        },
+    )
+    def delete(self, request: Request, id: str, reservation_id: str) -> Response:
+        account = self.get_account(id)
+        now = timezone.now()
+        reservation = reservation_release(account=account, reservation_id=reservation_id, now=now)
+        if reservation is None:
+            raise NotFound(_("Reservation not found."))
+        return self._answer(reservation, account, now)

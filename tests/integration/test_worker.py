@@ -37,6 +37,8 @@ from notifications.models import Delivery, Notification
 from notifications.services import deliveries_recover
 from notifications.tasks import deliver_notification, sweep_notifications
 from tests.factories import AccountFactory
+from usage.models import Reservation
+from usage.tasks import expire_reservations
 
 pytestmark = [
     pytest.mark.postgres,
@@ -590,3 +592,55 @@ def test_one_event_is_followed_by_its_ids_from_the_request_to_the_providers_mess
         "fake-1",
         "fake-2",
     ]
+
+
+def test_racing_reservations_hold_exactly_what_is_left_and_the_worker_tidies_expired_ones(
+    worker, provider, service_user
+):
+    # given: 300 of 1000 tokens used, and a reservation whose expiry has passed
+    account = enterprise_account_with_limits()
+    key = token_for(service_user)
+    assert post_events(key, account, "used", 3, 100).status_code == 201
+    now = timezone.now()
+    stale = Reservation.objects.create(
+        account=account,
+        reservation_id="stale",
+        metric="text_tokens",
+        quantity_milli=500_000,
+        created_at=now - timedelta(minutes=20),
+        expires_at=now - timedelta(minutes=5),
+    )
+    start = threading.Barrier(20)
+    statuses: list[int] = []
+
+    def reserve(name: str) -> None:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+        start.wait()
+        try:
+            response = client.post(
+                f"/api/v1/accounts/{account.pk}/usage/reservations/",
+                {"reservation_id": name, "metric": "text_tokens", "quantity": 100},
+                format="json",
+            )
+            statuses.append(response.status_code)
+        finally:
+            connection.close()
+
+    # when: 20 services race for 100 each; the stale reservation holds nothing
+    threads = [threading.Thread(target=reserve, args=(f"job-{i}",)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=WAIT)
+    # then: exactly the seven that fit are held
+    assert sorted(statuses) == [201] * 7 + [409] * 13
+    held = Reservation.objects.filter(account=account, status="active").exclude(pk=stale.pk)
+    assert held.count() == 7
+    # and the beat task, run by the worker, writes what every read already said
+    expire_reservations.delay()
+    deadline = time.monotonic() + WAIT
+    while Reservation.objects.get(pk=stale.pk).status != "expired":
+        assert time.monotonic() < deadline, "the worker did not tidy the expired reservation"
+        time.sleep(0.1)
+    assert held.count() == 7

@@ -6,6 +6,7 @@ import factory
 from django.utils import timezone
 
 from accounts.models import Account, Language, Level
+from accounts.windows import window_from_key
 from notifications.models import Delivery, Notification
 from tests.factories import AccountFactory
 from usage.models import UsageCounter
@@ -21,6 +22,9 @@ class NotificationFactory(factory.django.DjangoModelFactory):
     level = Level.WARNING
     period = factory.LazyAttribute(
         lambda n: period_containing(timezone.now(), n.account.zone).first_day
+    )
+    period_start = factory.LazyAttribute(
+        lambda n: window_from_key(kind="month", key=f"{n.period:%Y-%m}", zone=n.account.zone).start
     )
     threshold = 800_000
     used_milli = 812_000_000

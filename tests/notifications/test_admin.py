@@ -10,6 +10,7 @@ from django.core import mail
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import formats
 
 from accounts.models import Account, Level
 from notifications.admin import (
@@ -95,7 +96,7 @@ def test_notification_list_shows_each_notification_with_its_delivery_counts(admi
     assert response.status_code == 200
     content = response.content.decode()
     assert "Acme (acme)" in content
-    assert f"{notification.period:%Y-%m}" in content
+    assert formats.date_format(notification.period, "YEAR_MONTH_FORMAT") in content
     assert "800,000" in content  # threshold
     assert "812,000" in content  # usage when reached
     assert '<td class="field-deliveries_total_display">3</td>' in content
@@ -110,7 +111,7 @@ def test_notification_list_shows_each_notification_with_its_delivery_counts(admi
         "is_test__exact=0",
         "delivery_status=failed",
         "q=acme",
-        "o=-9",  # by number of deliveries
+        "o=-12",  # by number of deliveries
     ],
 )
 def test_notification_list_filters_and_searches(admin_client, query):

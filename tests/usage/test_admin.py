@@ -311,11 +311,19 @@ def test_manager_sees_the_usage_section_and_lists(manager_admin_client):
 # --- Extensions on the account page ---
 
 
-def add_extension(data: dict[str, str], metric: str, amount, reason: str) -> None:
-    """Fill a new row of the extensions inline, as "Add another extension" does."""
+def line_choices(page) -> dict[str, str]:
+    """The lines a new extension row offers, by their words: words -> posted value."""
+    formsets = [i.formset for i in page.context["inline_admin_formsets"]]
+    formset = next(f for f in formsets if f.model is Extension)
+    return {str(words): value for value, words in formset.empty_form.fields["line"].choices}
+
+
+def add_extension(data: dict[str, str], page, line: str, amount, reason: str) -> None:
+    """Fill a new row of the extensions inline, as "Add another extension" does, choosing
+    the line by its words as shown on ``page``."""
     index = int(data["extensions-TOTAL_FORMS"])
     data["extensions-TOTAL_FORMS"] = str(index + 1)
-    data[f"extensions-{index}-metric"] = metric
+    data[f"extensions-{index}-line"] = line_choices(page)[line]
     data[f"extensions-{index}-amount"] = str(amount)
     data[f"extensions-{index}-reason"] = reason
 
@@ -337,8 +345,9 @@ def test_granting_an_extension_on_the_account_page_raises_the_threshold(admin_cl
         amount=7,
         reason="Old",
     )
-    data = page_data(admin_client.get(change_url(account)))
-    add_extension(data, "text_tokens", 100, "  Launch week ")
+    page = admin_client.get(change_url(account))
+    data = page_data(page)
+    add_extension(data, page, "Text tokens, Calendar month", 100, "  Launch week ")
 
     # when
     response = admin_client.post(change_url(account), data)
@@ -390,10 +399,11 @@ def test_an_invalid_extension_is_shown_on_its_row_and_saves_nothing(
     admin_client, plan, amount, reason, errors
 ):
     # given
-    account = AccountFactory(name="Acme", plan=plan)
-    data = page_data(admin_client.get(change_url(account)))
+    account = limited("Acme", plan=plan)
+    page = admin_client.get(change_url(account))
+    data = page_data(page)
     data["name"] = "Renamed"
-    add_extension(data, "text_tokens", amount, reason)
+    add_extension(data, page, "Text tokens, Calendar month", amount, reason)
 
     # when
     response = admin_client.post(change_url(account), data)
@@ -408,8 +418,9 @@ def test_an_invalid_extension_is_shown_on_its_row_and_saves_nothing(
 
 def test_manager_grants_an_extension(manager_admin_client, manager):
     account = limited("Acme")
-    data = page_data(manager_admin_client.get(change_url(account)))
-    add_extension(data, "text_tokens", 500, "Launch")
+    page = manager_admin_client.get(change_url(account))
+    data = page_data(page)
+    add_extension(data, page, "Text tokens, Calendar month", 500, "Launch")
     response = manager_admin_client.post(change_url(account), data)
     assert response.status_code == 302
     assert Extension.objects.get().granted_by == manager

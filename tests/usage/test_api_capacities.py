@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
@@ -18,7 +18,9 @@ from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from accounts.models import ScopedLimit
 from tests.factories import AccountFactory
+from usage.models import Extension
 
 pytestmark = pytest.mark.django_db
 
@@ -50,6 +52,11 @@ EVENTS = [
 
 @pytest.fixture
 def account(manager_client, service_client):
+    return account_with_lines(manager_client, service_client)
+
+
+def account_with_lines(manager_client, service_client):
+    """A Paris account with ``SCOPED`` beside a monthly token limit, and ``EVENTS``."""
     account = AccountFactory(timezone="Europe/Paris")
     with time_machine.travel(NOW, tick=False):
         response = manager_client.put(
@@ -78,7 +85,8 @@ def account(manager_client, service_client):
     return account
 
 
-def monthly(metric, unit, used=0, warning=None, blocked=None, remaining=None, status="ok"):
+def monthly(metric, unit, used=0, warning=None, blocked=None, remaining=None, status="ok",
+            extension=0):  # fmt: skip
     return {
         "metric": metric,
         "unit": unit,
@@ -92,8 +100,8 @@ def monthly(metric, unit, used=0, warning=None, blocked=None, remaining=None, st
         "used": used,
         "warning_threshold": warning,
         "blocked_threshold": blocked,
-        "extension": 0,
-        "is_extended": False,
+        "extension": extension,
+        "is_extended": extension > 0 and blocked is not None,
         "reserved": 0,
         "remaining": remaining,
         "status": status,
@@ -103,7 +111,7 @@ def monthly(metric, unit, used=0, warning=None, blocked=None, remaining=None, st
 
 
 def scoped(metric, unit, labels, period, window_days, start, end, used, warning, blocked,
-           remaining, status):  # fmt: skip
+           remaining, status, extension=0):  # fmt: skip
     return {
         "metric": metric,
         "unit": unit,
@@ -117,8 +125,8 @@ def scoped(metric, unit, labels, period, window_days, start, end, used, warning,
         "used": used,
         "warning_threshold": warning,
         "blocked_threshold": blocked,
-        "extension": 0,
-        "is_extended": False,
+        "extension": extension,
+        "is_extended": extension > 0,
         "reserved": 0,
         "remaining": remaining,
         "status": status,
@@ -370,7 +378,19 @@ def test_the_usage_report_of_a_past_month_lists_the_monthly_lines_only(account):
 def test_capacities_cost_the_same_queries_whatever_the_lines_and_events(
     account, manager_client, service_client
 ):
-    # given: one more account with one scoped limit and no usage
+    # given: extensions on every line of the account, of this period and of the one before
+    for scoped_limit in ScopedLimit.objects.filter(account=account):
+        for start in (NOW, NOW - timedelta(days=1)):
+            Extension.objects.create(
+                account=account,
+                metric=scoped_limit.metric,
+                scoped_limit=scoped_limit,
+                period=start.date(),
+                period_start=start,
+                amount=5,
+                reason="Load",
+            )
+    # and one more account with one scoped limit, no usage and no extension
     bare = AccountFactory(timezone="Europe/Paris")
     url = "/api/v1/accounts/{}/capacities/"
     with time_machine.travel(NOW, tick=False):
@@ -383,7 +403,7 @@ def test_capacities_cost_the_same_queries_whatever_the_lines_and_events(
             service_client.get(url.format(bare.pk))
         with CaptureQueriesContext(connection) as full_queries:
             response = service_client.get(url.format(account.pk))
-    # then: three lines more, seven events more, not one query more
+    # then: three lines more, seven events more, eight extensions more, not one query more
     assert response.status_code == 200
     assert len(response.json()["items"]) == 7
     assert len(full_queries) == len(bare_queries)

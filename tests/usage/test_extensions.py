@@ -41,6 +41,7 @@ def test_an_extension_raises_the_blocked_threshold_of_the_current_period():
 def test_an_extension_may_be_granted_ahead_for_a_later_period():
     # given
     account = AccountFactory()
+    LimitFactory(account=account, metric="text_tokens", warning=None, blocked=1000)
     later = current_period(account).next
 
     # when
@@ -83,6 +84,7 @@ def test_an_extension_may_be_granted_ahead_for_a_later_period():
 def test_a_bad_extension_is_refused_with_its_message(changes, errors):
     # given
     account = AccountFactory()
+    LimitFactory(account=account, metric="text_tokens", warning=None, blocked=1000)
     grant = {"metric": "text_tokens", "amount": 100, "reason": "Launch", "actor": None} | changes
 
     # when
@@ -107,4 +109,25 @@ def test_an_extension_for_an_account_that_is_not_enterprise_is_refused():
         "account": ["Extensions can only be granted to an Enterprise account."]
     }
     assert refused.value.error_dict["account"][0].code == "not_enterprise"
+    assert not account.extensions.exists()
+
+
+@pytest.mark.parametrize("blocked", [None, "no limit row"])
+def test_an_extension_of_a_line_without_blocked_threshold_is_refused(blocked):
+    # given: a warning threshold alone, or no limit at all
+    account = AccountFactory()
+    if blocked is None:
+        LimitFactory(account=account, metric="text_tokens", warning=10, blocked=None)
+
+    # when
+    with pytest.raises(ValidationError) as refused:
+        extension_grant(account=account, metric="text_tokens", amount=1, reason="x", actor=None)
+
+    # then
+    assert refused.value.message_dict == {
+        "line": [
+            "This line has no blocked threshold: an extension raises the blocked threshold, "
+            "so set one first."
+        ]
+    }
     assert not account.extensions.exists()

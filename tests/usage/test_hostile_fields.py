@@ -634,7 +634,7 @@ def test_extensions_of_a_period_total_at_most_the_largest_threshold(service_clie
         extension_grant(account=account, metric="text_tokens", amount=1, reason="two", actor=None)
     assert refused.value.message_dict == {
         "amount": [
-            "Ensure the extensions of this metric and period total at most "
+            "Ensure the extensions of this line and period total at most "
             "1000000000000000 (1000000000000000 granted already)."
         ]
     }

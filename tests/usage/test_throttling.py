@@ -193,3 +193,22 @@ def test_when_the_throttles_cache_is_down_usage_is_recorded_and_logged(
     assert warnings[0].getMessage() == (
         "throttle cache unavailable, request let through (scope ingest)"
     )
+
+
+def test_reservations_share_the_check_bucket_and_reading_one_is_not_throttled(rates, service_user):
+    # given: two checks use the rate
+    account = AccountFactory()
+    client = client_for(service_user)
+    for _ in range(2):
+        body = {"metric": "text_tokens", "quantity": 5}
+        assert client.post(check_url(account), body, format="json").status_code == 200
+    # when
+    url = f"/api/v1/accounts/{account.pk}/usage/reservations/"
+    body = {"reservation_id": "job-1", "metric": "text_tokens", "quantity": 5}
+    reserved = client.post(url, body, format="json")
+    released = client.delete(f"{url}job-1/")
+    # then: both refused, nothing held
+    assert (reserved.status_code, released.status_code) == (429, 429)
+    assert not account.reservations.exists()
+    # and reading one is never throttled
+    assert client.get(f"{url}job-1/").status_code == 404

@@ -14,12 +14,16 @@ from accounts.labels import LABEL_KEYS, MAX_LABELS, MAX_VALUE_LENGTH, VALUE
 from accounts.metrics import METRICS
 from accounts.windows import PeriodKind
 from usage.ingest import (
+    DEFAULT_TTL_SECONDS,
     EARLIEST_OCCURRED_YEAR,
     MAX_BATCH,
     MAX_EVENT_ID_LENGTH,
     MAX_METADATA_BYTES,
     MAX_QUANTITY,
+    MAX_RESERVATION_ID_LENGTH,
     MAX_SOURCE_LENGTH,
+    MAX_TTL_SECONDS,
+    MIN_TTL_SECONDS,
 )
 
 METRIC_CHOICES = list(METRICS)
@@ -157,6 +161,14 @@ def _event_variant(unit: str, metrics: list[str]) -> type[serializers.Serializer
             "left out. Part of the event: a later copy of its event_id with other labels is a "
             "duplicate.",
         ),
+        "reservation_id": serializers.CharField(
+            required=False,
+            allow_null=True,
+            min_length=1,
+            max_length=MAX_RESERVATION_ID_LENGTH,
+            help_text="The reservation this usage settles: an active one becomes `settled`. "
+            "The event is recorded whatever the reservation (unknown, released or expired).",
+        ),
     }
     name = f"{unit.title()}EventSerializer"
     doc = f"A usage event of a metric counted in {unit}."
@@ -196,6 +208,49 @@ def _check_variant(unit: str, metrics: list[str]) -> type[serializers.Serializer
     )
 
 
+def _reservation_variant(unit: str, metrics: list[str]) -> type[serializers.Serializer]:
+    places, _codes = UNITS[unit]
+    decimals = "a whole number" if places == 0 else f"at most {places} decimals"
+    fields = {
+        "reservation_id": serializers.CharField(
+            min_length=1,
+            max_length=MAX_RESERVATION_ID_LENGTH,
+            help_text="Unique per account: the same request again answers the same "
+            "reservation (200); the same id with another metric, quantity or labels is a 409.",
+        ),
+        "metric": serializers.ChoiceField(choices=metrics, help_text="The metric's code."),
+        "quantity": _schema_field(
+            f"{unit.title()}ReservationQuantityField",
+            serializers.DecimalField,
+            quantity_schema(unit, zero_allowed=False),
+        )(
+            max_digits=16,
+            decimal_places=places,
+            help_text=f"How much to hold, in {unit}: greater than 0, at most {MAX_QUANTITY:,}, "
+            f"{decimals}.",
+        ),
+        "labels": LABELS_FIELD(
+            required=False,
+            allow_null=True,
+            help_text="The labels the usage will carry, as on events: the reservation holds "
+            "capacity on the metric's lines whose labels these contain.",
+        ),
+        "ttl_seconds": serializers.IntegerField(
+            required=False,
+            allow_null=True,
+            min_value=MIN_TTL_SECONDS,
+            max_value=MAX_TTL_SECONDS,
+            help_text=f"Seconds the reservation is held unless settled or released, "
+            f"{MIN_TTL_SECONDS} to {MAX_TTL_SECONDS}; {DEFAULT_TTL_SECONDS} when null or left out.",
+        ),
+    }
+    name = f"{unit.title()}NewReservationSerializer"
+    doc = f"A reservation of a metric counted in {unit}."
+    return serializers.SerializerMetaclass(
+        name, (serializers.Serializer,), {"__doc__": doc, "__module__": __name__, **fields}
+    )
+
+
 EVENT_VARIANTS = {unit: _event_variant(unit, codes) for unit, (_places, codes) in UNITS.items()}
 CHECK_VARIANTS = {unit: _check_variant(unit, codes) for unit, (_places, codes) in UNITS.items()}
 # The metric says which variant applies (its unit's rule for quantities): the variants'
@@ -204,6 +259,14 @@ CHECK_VARIANTS = {unit: _check_variant(unit, codes) for unit, (_places, codes) i
 EventSerializer = PolymorphicProxySerializer(
     component_name="Event",
     serializers=list(EVENT_VARIANTS.values()),
+    resource_type_field_name=None,
+)
+RESERVATION_VARIANTS = {
+    unit: _reservation_variant(unit, codes) for unit, (_places, codes) in UNITS.items()
+}
+ReservationRequestSerializer = PolymorphicProxySerializer(
+    component_name="NewReservation",
+    serializers=list(RESERVATION_VARIANTS.values()),
     resource_type_field_name=None,
 )
 CheckRequestSerializer = PolymorphicProxySerializer(
@@ -345,6 +408,59 @@ class CapacitiesSerializer(serializers.Serializer):
     items = CapacitySerializer(
         many=True,
         help_text="The three whole-metric monthly lines, then each scoped limit in its order.",
+    )
+
+
+RESERVATION_STATUS_CHOICES = ["active", "settled", "released", "expired"]
+RESERVATION_REFUSAL_CODES = ["insufficient_capacity", "reservation_id_reused"]
+
+
+class ReservationLineSerializer(serializers.Serializer):
+    period = serializers.ChoiceField(choices=PeriodKind.values)
+    window_days = serializers.IntegerField(allow_null=True)
+    labels = LineLabelsSerializer()
+    used = serializers.FloatField(help_text="The line's usage over its current window.")
+    reserved = serializers.FloatField(
+        help_text="What active reservations hold on the line, this one included while active."
+    )
+    remaining = serializers.FloatField(
+        allow_null=True,
+        help_text="Effective blocked threshold minus used and reserved; null when unlimited.",
+    )
+    status = serializers.ChoiceField(choices=STATUS_CHOICES)
+
+
+class ReservationSerializer(serializers.Serializer):
+    reservation_id = serializers.CharField()
+    status = serializers.ChoiceField(
+        choices=RESERVATION_STATUS_CHOICES,
+        help_text="`expired` once past `expires_at` unless settled or released before.",
+    )
+    metric = serializers.ChoiceField(choices=METRIC_CHOICES)
+    quantity = serializers.FloatField(help_text="What it holds while active.")
+    labels = LineLabelsSerializer()
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField()
+    ended_at = serializers.DateTimeField(
+        allow_null=True, help_text="When it was settled, released or expired; null while active."
+    )
+    lines = ReservationLineSerializer(
+        many=True, help_text="Each line it applies to, as it stands now."
+    )
+
+
+class RefusedLineSerializer(ReservationLineSerializer):
+    allowed = serializers.BooleanField(help_text="Whether the line had room for the quantity.")
+
+
+class ReservationRefusedSerializer(serializers.Serializer):
+    code = serializers.ChoiceField(choices=RESERVATION_REFUSAL_CODES)
+    detail = serializers.CharField()
+    lines = RefusedLineSerializer(
+        many=True,
+        required=False,
+        help_text="With `insufficient_capacity`: each line that applies, without the refused "
+        "reservation.",
     )
 
 
