@@ -769,14 +769,17 @@ def account_lines_usage(
     monthly limits.
     """
     now = now or timezone.now()
+    period = current_period(account, now)
+    monthly = {usage.metric: usage for usage in account_usage(account=account, period=period)}
+    # The usage statement read the monthly thresholds with the usage (those in force: none
+    # for an account that is not Enterprise), so they are not read a second time.
+    thresholds = {name: (usage.warning, usage.blocked) for name, usage in monthly.items()}
     lines = [
         line
-        for line in limit_lines(account=account)
+        for line in limit_lines(account=account, monthly=thresholds)
         if (metric is None or line.metric == metric)
         and (labels is None or labels_match(line=line.labels, event=labels))
     ]
-    period = current_period(account, now)
-    monthly = {usage.metric: usage for usage in account_usage(account=account, period=period)}
     scoped = [line for line in lines if line.scoped_limit_id is not None]
     scoped_figures = iter(lines_figures(account=account, lines=scoped, now=now))
     in_force = account.is_enterprise
