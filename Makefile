@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MANAGE := $(BIN)/python manage.py
 MESSAGES := --locale fr --no-location --no-obsolete --ignore 'tests/*' --ignore 'bench/*' --ignore 'staticfiles/*'
 
-.PHONY: run test test-instants install install-test migrate lint format messages check-messages bench clean
+.PHONY: run test test-instants screenshots install install-test migrate lint format messages check-messages bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,26 @@ test-instants: install-test
 			$(BIN)/pytest -q -x -p no:cacheprovider -m "not browser" >"$$log" 2>&1; \
 		then echo "== suite at TEST_NOW={}: $$(tail -n 1 "$$log")"; \
 		else cat "$$log"; echo "the suite fails at TEST_NOW={}"; exit 255; fi'
+
+# The screenshots of docs/admin.md: artifact of a browser test -> image in docs/images/.
+DOC_SCREENSHOTS := \
+	test_usage_posted_through_the_api_shows_on_the_accounts_list-en-1440-list.png:accounts-list.png \
+	test_warning_threshold_needs_a_recipient_then_shows_in_the_history-en-refused-window.png:limits-refused.png \
+	test_warning_threshold_needs_a_recipient_then_shows_in_the_history-en-history-window.png:limits-history.png \
+	test_a_scoped_limit_is_added_and_its_usage_shows-en-added-window.png:scoped-limit.png \
+	test_a_scoped_limit_is_added_and_its_usage_shows-en-charts-window.png:usage-charts.png \
+	test_a_scoped_limit_is_added_and_its_usage_shows-fr-charts-window.png:usage-charts-fr.png \
+	test_failed_delivery_is_resent_and_its_new_status_shows-en-resent.png:delivery-resent.png
+
+## Run the browser tests, then copy the screenshots that docs/admin.md shows into docs/images/.
+screenshots: install-test
+	rm -rf artifacts/screenshots
+	$(BIN)/pytest -q -p no:cacheprovider -m browser tests/browser
+	@mkdir -p docs/images
+	@for pair in $(DOC_SCREENSHOTS); do \
+		cp "artifacts/screenshots/$${pair%%:*}" "docs/images/$${pair##*:}" || exit 1; \
+		echo "docs/images/$${pair##*:}"; \
+	done
 
 lint: install-test
 	$(BIN)/ruff check .

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -142,16 +143,39 @@ class LimitLine:
     blocked: int | None
     scoped_limit_id: int | None = None
 
-
-def limit_lines(*, account: Account) -> list[LimitLine]:
-    """Every limit line of ``account``: the monthly line of each metric (always, in METRICS
-    order, unlimited when not set), then each scoped limit in its order. Two queries."""
-    stored = {
-        metric: (warning, blocked)
-        for metric, warning, blocked in Limit.objects.filter(account=account).values_list(
-            "metric", "warning", "blocked"
+    def _as_scoped_limit(self) -> ScopedLimit:
+        return ScopedLimit(
+            metric=self.metric, period=self.period, window_days=self.window_days, labels=self.labels
         )
-    }
+
+    def text(self) -> str:
+        """The line for people, as a scoped limit writes it: ``Text tokens, Day (Model: large)``."""
+        return self._as_scoped_limit().line_text()
+
+    def period_text(self) -> str:
+        """The line's period for people: ``Calendar month``, ``Rolling window of 7 days``."""
+        return self._as_scoped_limit().period_text()
+
+
+def limit_lines(
+    *,
+    account: Account,
+    monthly: Mapping[str, tuple[int | None, int | None]] | None = None,
+) -> list[LimitLine]:
+    """Every limit line of ``account``: the monthly line of each metric (always, in METRICS
+    order, unlimited when not set), then each scoped limit in its order. Two queries; one
+    when the caller read the monthly thresholds already (``monthly``: metric to warning and
+    blocked, as ``usage.selectors.usage_for`` reads them with the usage)."""
+    stored = (
+        monthly
+        if monthly is not None
+        else {
+            metric: (warning, blocked)
+            for metric, warning, blocked in Limit.objects.filter(account=account).values_list(
+                "metric", "warning", "blocked"
+            )
+        }
+    )
     lines = [
         LimitLine(
             metric=metric,

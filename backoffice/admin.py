@@ -55,6 +55,7 @@ from accounts.labels import LABEL_KEYS, labels_text
 from accounts.metrics import METRICS
 from accounts.models import Account, Level, Recipient, ScopedLimit
 from accounts.selectors import limits_document_get
+from backoffice.charts import FRAME, account_charts
 from backoffice.services import extensions_grant, limits_reactivate, limits_replace
 from notifications.admin import (
     NotificationInline,
@@ -630,6 +631,11 @@ class AccountAdmin(SimpleHistoryAdmin):
             }
         if obj is not None:
             context["current_usage"] = current_usage_section(request, obj)
+            context["usage_charts"] = [
+                {"chart": chart, "badge": status_badge(chart.status)}
+                for chart in account_charts(account=obj)
+            ]
+            context["frame"] = FRAME
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def revert_disabled(self, request: HttpRequest, obj: Account | None = None) -> bool:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
+import operator
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,7 +27,7 @@ from accounts.labels import labels_from_key, labels_key, labels_match
 from accounts.metrics import METRICS
 from accounts.models import Account, Language, Level, Limit, Plan, Recipient, ScopedLimit
 from accounts.selectors import LimitLine, limit_lines
-from accounts.windows import PeriodKind, Window, window_containing
+from accounts.windows import PeriodKind, Window, cover, window_containing
 
 from .models import (
     MILLI,
@@ -767,14 +769,17 @@ def account_lines_usage(
     monthly limits.
     """
     now = now or timezone.now()
+    period = current_period(account, now)
+    monthly = {usage.metric: usage for usage in account_usage(account=account, period=period)}
+    # The usage statement read the monthly thresholds with the usage (those in force: none
+    # for an account that is not Enterprise), so they are not read a second time.
+    thresholds = {name: (usage.warning, usage.blocked) for name, usage in monthly.items()}
     lines = [
         line
-        for line in limit_lines(account=account)
+        for line in limit_lines(account=account, monthly=thresholds)
         if (metric is None or line.metric == metric)
         and (labels is None or labels_match(line=line.labels, event=labels))
     ]
-    period = current_period(account, now)
-    monthly = {usage.metric: usage for usage in account_usage(account=account, period=period)}
     scoped = [line for line in lines if line.scoped_limit_id is not None]
     scoped_figures = iter(lines_figures(account=account, lines=scoped, now=now))
     in_force = account.is_enterprise
@@ -806,6 +811,108 @@ def line_period_data(line: LineUsage, account: Account) -> dict[str, object]:
         "start_time": line.window.start.astimezone(zone).isoformat(),
         "end_time": line.window.end.astimezone(zone).isoformat(),
     }
+
+
+# --- Usage of each limit line over its current window, step by step (the account page) ---
+#
+# A line is charted over its current window, cumulative, one step per local day for the
+# lines whose window is made of days (``month``, ``week``, ``rolling``) and one step per
+# local hour for ``day`` lines, whose window is a single day. An ``hour`` or ``minute`` line
+# is too short for a useful curve: it has no steps and shows its current figure alone.
+
+_STEP_KINDS = {
+    PeriodKind.MONTH: PeriodKind.DAY,
+    PeriodKind.WEEK: PeriodKind.DAY,
+    PeriodKind.ROLLING: PeriodKind.DAY,
+    PeriodKind.DAY: PeriodKind.HOUR,
+}
+
+
+@dataclass(frozen=True)
+class LineSteps:
+    """One limit line over its current window, step by step.
+
+    ``steps`` tile the window (local days or hours, see above; empty for a line shown as
+    its current figure); ``used`` holds, for each step up to the one containing now, what
+    the line had used from the window's start to that step's end, in thousandths.
+    """
+
+    line_usage: LineUsage
+    step_kind: PeriodKind | None
+    steps: tuple[Window, ...]
+    used: tuple[int, ...]
+
+
+def _lines_filter(keys: set[tuple[str, str]]) -> Q:
+    """Counters of any of the (metric, labels key) pairs ``keys`` (not empty)."""
+    return functools.reduce(
+        operator.or_, (Q(metric=metric, labels=key) for metric, key in sorted(keys))
+    )
+
+
+def account_lines_steps(*, account: Account, now: datetime | None = None) -> list[LineSteps]:
+    """Every limit line of ``account`` (``account_lines_usage``) with its usage per step.
+
+    At most six queries whatever the number of lines, days or events: the lines and their
+    figures (``account_lines_usage``, four), then the day counters of every line charted
+    per day, and the hour counters of every ``day`` line (one query each).
+    """
+    now = now or timezone.now()
+    zone = account.zone
+    lines = account_lines_usage(account=account, now=now)
+    steps: list[tuple[Window, ...]] = []
+    for line in lines:
+        kind = _STEP_KINDS.get(line.window.kind)
+        steps.append(() if kind is None else tuple(cover(line.window, kind=kind)))
+    by_day: dict[tuple[str, str, date], int] = {}
+    by_hour: dict[tuple[str, str, datetime], int] = {}
+    for step_kind, found in ((PeriodKind.DAY, by_day), (PeriodKind.HOUR, by_hour)):
+        charted = [
+            (line, line_steps)
+            for line, line_steps in zip(lines, steps, strict=True)
+            if line_steps and line_steps[0].kind == step_kind
+        ]
+        if not charted:
+            continue
+        keys = {(line.line.metric, labels_key(line.line.labels)) for line, _steps in charted}
+        start = min(line.window.start for line, _steps in charted)
+        end = max(line.window.end for line, _steps in charted)
+        if step_kind == PeriodKind.DAY:
+            rows = UsageCounter.objects.filter(
+                account=account,
+                day__gte=start.astimezone(zone).date(),
+                day__lt=end.astimezone(zone).date(),
+            )
+            field = "day"
+        else:
+            rows = UsageHourCounter.objects.filter(account=account, hour__gte=start, hour__lt=end)
+            field = "hour"
+        for metric, key, when, quantity in rows.filter(_lines_filter(keys)).values_list(
+            "metric", "labels", field, "quantity_milli"
+        ):
+            found[(metric, key, when)] = quantity
+    result = []
+    for line, line_steps in zip(lines, steps, strict=True):
+        key = labels_key(line.line.labels)
+        used: list[int] = []
+        total = 0
+        for step in line_steps:
+            if step.start > now:
+                break
+            if step.kind == PeriodKind.DAY:
+                total += by_day.get((line.line.metric, key, step.local_start.date()), 0)
+            else:
+                total += by_hour.get((line.line.metric, key, step.start), 0)
+            used.append(total)
+        result.append(
+            LineSteps(
+                line_usage=line,
+                step_kind=line_steps[0].kind if line_steps else None,
+                steps=line_steps,
+                used=tuple(used),
+            )
+        )
+    return result
 
 
 # A choice of an extension's line: the metric's code for its whole-metric monthly line; for a

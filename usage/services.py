@@ -221,15 +221,25 @@ def hour_start(instant: datetime, zone: ZoneInfo) -> tuple[datetime, date]:
 
 
 def _as_text() -> Callable[[object], str]:
-    """``str`` of ids, ``isoformat`` of dates and times, cached: a batch repeats few of them."""
+    """``str`` of ids, ``isoformat`` of dates and of times in UTC, cached: a batch repeats
+    few of them.
+
+    Each spelling sorts as its value does (ids as their hex digits, dates and UTC times
+    as ISO 8601), so rows of these texts sort as their keys would, without comparing
+    ``UUID`` objects in Python.
+    """
     cache: dict[object, str] = {}
 
     def text(value: object) -> str:
         found = cache.get(value)
         if found is None:
-            found = cache[value] = (
-                value.isoformat() if isinstance(value, date | datetime) else str(value)
-            )
+            if isinstance(value, datetime):
+                found = value.astimezone(UTC).isoformat()
+            elif isinstance(value, date):
+                found = value.isoformat()
+            else:
+                found = str(value)
+            cache[value] = found
         return found
 
     return text
@@ -245,8 +255,6 @@ def counters_add(deltas: CounterDeltas, now: datetime) -> dict[tuple[uuid.UUID, 
     ``""``), as the upsert wrote it (``RETURNING``): within the caller's transaction, what
     concurrent writers committed before is included.
     """
-    days = sorted(deltas.days)  # a stable order: concurrent writers lock counter rows alike
-    hours = sorted(deltas.hours)
     totals: dict[tuple[uuid.UUID, str, date], int] = {}
     day_upsert = (
         "ON CONFLICT (account_id, metric, labels, day) DO UPDATE SET "
@@ -267,14 +275,20 @@ def counters_add(deltas: CounterDeltas, now: datetime) -> dict[tuple[uuid.UUID, 
             # before the day upsert (the same order in every writer). The rows travel as
             # two JSON texts, which Django's client-side binding escapes in one call each,
             # where arrays would be escaped element by element (a batch spread over many
-            # hours and label sets writes thousands of rows).
+            # hours and label sets writes thousands of rows). The rows are sorted as texts,
+            # in the order of their keys: a stable order, so concurrent writers lock
+            # counter rows alike.
             text = _as_text()
-            hour_rows = json.dumps(
-                [[text(k[0]), k[1], k[2], text(k[3]), text(k[4]), deltas.hours[k]] for k in hours]
-            )
-            day_rows = json.dumps(
-                [[text(k[0]), k[1], k[2], text(k[3]), deltas.days[k]] for k in days]
-            )
+            hour_list = [
+                [text(k[0]), k[1], k[2], text(k[3]), text(k[4]), delta]
+                for k, delta in deltas.hours.items()
+            ]
+            day_list = [
+                [text(k[0]), k[1], k[2], text(k[3]), delta] for k, delta in deltas.days.items()
+            ]
+            hour_list.sort()
+            day_list.sort()
+            hour_rows, day_rows = json.dumps(hour_list), json.dumps(day_list)
             cursor.execute(
                 f"WITH h AS (INSERT INTO {HOUR_COUNTER_TABLE} ({hour_columns})"
                 " SELECT (x->>0)::uuid, x->>1, x->>2, (x->>3)::timestamptz, (x->>4)::date,"
@@ -289,6 +303,8 @@ def counters_add(deltas: CounterDeltas, now: datetime) -> dict[tuple[uuid.UUID, 
             return {(a, m, d): int(q) for a, m, d, q, whole in cursor.fetchall() if whole}
         # SQLite: the same rows as one JSON text per table (any number of rows, one
         # parameter each), ids as SQLite keeps them (hex) and times as Django writes them.
+        days = sorted(deltas.days)  # a stable order, as on PostgreSQL
+        hours = sorted(deltas.hours)
         adapt = connection.ops.adapt_datetimefield_value
         updated = adapt(now)
         if days:

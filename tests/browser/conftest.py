@@ -178,13 +178,14 @@ def open_page(
 
 
 @pytest.fixture
-def screenshot(request: pytest.FixtureRequest, language: str) -> Callable[[Page, str], Path]:
-    """``screenshot(page, step)``: the whole page, saved as ``<test>-<step>.png``."""
+def screenshot(request: pytest.FixtureRequest, language: str) -> Callable[..., Path]:
+    """``screenshot(page, step)``: the whole page, saved as ``<test>-<step>.png``;
+    ``full_page=False``: what the window shows (the size ``docs/images/`` keeps)."""
 
-    def save(page: Page, step: str) -> Path:
+    def save(page: Page, step: str, *, full_page: bool = True) -> Path:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         path = SCREENSHOTS / f"{_name(request)}-{step}.png"
-        page.screenshot(path=str(path), full_page=True)
+        page.screenshot(path=str(path), full_page=full_page)
         return path
 
     return save

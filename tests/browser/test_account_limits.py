@@ -41,6 +41,7 @@ def test_warning_threshold_needs_a_recipient_then_shows_in_the_history(
     field = threshold_row.locator("#id_limit_text_tokens_warning").bounding_box()
     assert 0 <= field["y"] - (message["y"] + message["height"]) < 20, (message, field)
     screenshot(page, "refused")
+    screenshot(page, "refused-window", full_page=False)
     assert not Limit.objects.exists()
     assert not Recipient.objects.exists()
     assert not Limit.history.exists()
@@ -69,3 +70,5 @@ def test_warning_threshold_needs_a_recipient_then_shows_in_the_history(
     expect(page.locator("#limits-history")).to_contain_text("pm@acme.example")
     expect(page.locator("#limits-history")).to_contain_text("100")
     screenshot(page, "saved")
+    page.locator("#limits-history").scroll_into_view_if_needed()
+    screenshot(page, "history-window", full_page=False)

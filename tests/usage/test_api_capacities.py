@@ -407,3 +407,23 @@ def test_capacities_cost_the_same_queries_whatever_the_lines_and_events(
     assert response.status_code == 200
     assert len(response.json()["items"]) == 7
     assert len(full_queries) == len(bare_queries)
+
+
+def test_capacities_and_the_check_read_the_monthly_limits_once(account, service_client):
+    # given: an account with a monthly limit and scoped limits, a token already verified
+    url = f"/api/v1/accounts/{account.pk}/"
+    check = {"metric": "text_tokens", "quantity": 1, "labels": {"model": "large"}}
+    with time_machine.travel(NOW, tick=False):
+        service_client.get(url + "capacities/")  # warms the token's cache where there is one
+        # when
+        with CaptureQueriesContext(connection) as capacities_queries:
+            capacities = service_client.get(url + "capacities/")
+        with CaptureQueriesContext(connection) as check_queries:
+            checked = service_client.post(url + "usage/check/", check, format="json")
+    # then: the monthly thresholds come with the usage statement, not from a query of their own
+    assert (capacities.status_code, checked.status_code) == (200, 200)
+    assert capacities.json()["items"][2]["blocked_threshold"] == 1000000
+    for queries in (capacities_queries, check_queries):
+        reading_limits = [q["sql"] for q in queries if '"accounts_limit"' in q["sql"]]
+        reading_limits += [q["sql"] for q in queries if "accounts_limit l" in q["sql"]]
+        assert len(reading_limits) == 1, reading_limits
