@@ -13,29 +13,34 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import ValidationError
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
-from django.utils.translation import get_language, gettext, ngettext
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
+from accounts.metrics import Metric
 from accounts.models import (
     Account,
     Language,
     Level,
     validate_recipient_email,
 )
+from config.dates import datetime_text, month_text
 from usage.admin import ReadOnlyAdmin
-from usage.quantities import quantity_text, threshold_text
+from usage.quantities import amount_text, threshold_amount_text
 
 from .models import Delivery, Notification
 from .services import deliveries_resend, notification_send_test, thresholds_evaluate
 
 RECENT_NOTIFICATIONS = 20  # shown on the account page
-# The delivery statuses a summary shows in bold.
+# The delivery statuses that need a person's attention: highlighted wherever shown.
 _PROBLEMS = {Delivery.Status.FAILED, Delivery.Status.BOUNCED, Delivery.Status.COMPLAINED}
+# The longest error a list shows whole; longer ones end with "…" (the page has all).
+ERROR_LENGTH = 300
+MSG_REACHED_NOBODY = _("Reached nobody: no recipient at this level")
 
 
 def _count_field(status: str) -> str:
@@ -56,15 +61,25 @@ class NotificationDisplay:
 
     @admin.display(description=_("period"), ordering="period")
     def period_display(self, obj: Notification) -> str:
-        return obj.period_code
+        return month_text(obj.period)
 
     @admin.display(description=_("threshold"), ordering="threshold")
     def threshold_display(self, obj: Notification) -> str:
-        return threshold_text(obj.threshold, obj.metric)
+        return threshold_amount_text(obj.threshold, obj.metric)
 
     @admin.display(description=_("usage when reached"), ordering="used_milli")
     def used_display(self, obj: Notification) -> str:
-        return quantity_text(obj.used_milli, obj.metric)
+        return amount_text(obj.used_milli, obj.metric)
+
+    @admin.display(description=_("reached at"), ordering="created_at")
+    def created_at_display(self, obj: Notification) -> str:
+        return datetime_text(obj.created_at, obj.account.timezone)
+
+    @admin.display(description=_("kind"), ordering="is_test")
+    def kind_display(self, obj: Notification) -> str:
+        if obj.is_test:
+            return format_html('<span class="notification-test">{}</span>', gettext("Test"))
+        return gettext("Threshold reached")
 
     @admin.display(description=_("deliveries"), ordering="deliveries_total")
     def deliveries_total_display(self, obj: Notification) -> int:
@@ -78,12 +93,17 @@ class NotificationDisplay:
             if getattr(obj, _count_field(status.value))
         ]
         if not counts:
-            return "—"
+            # A notification whose level had no recipient: nobody was told, say so.
+            return format_html('<span class="notification-nobody">{}</span>', MSG_REACHED_NOBODY)
         parts = []
         for status, count in counts:
             text = gettext("%(status)s: %(count)s") % {"status": status.label, "count": count}
             # The statuses that need a person's attention stand out.
-            parts.append(format_html("<strong>{}</strong>", text) if status in _PROBLEMS else text)
+            parts.append(
+                format_html('<strong class="delivery-problem">{}</strong>', text)
+                if status in _PROBLEMS
+                else text
+            )
         return format_html_join(", ", "{}", ((part,) for part in parts))
 
 
@@ -133,21 +153,62 @@ class ReadOnlyInline(admin.TabularInline):
         return False
 
 
-class DeliveryInline(ReadOnlyInline):
+class DeliveryDisplay:
+    """The columns a delivery is shown with, in its list and on its notification's page."""
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_display(self, obj: Delivery) -> str:
+        problem = " delivery-problem" if obj.status in _PROBLEMS else ""
+        return format_html(
+            '<span class="delivery-status delivery-status-{}{}">{}</span>',
+            obj.status,
+            problem,
+            obj.get_status_display(),
+        )
+
+    @admin.display(description=_("last error"), ordering="last_error")
+    def last_error_display(self, obj: Delivery) -> str:
+        if not obj.last_error:
+            return "—"
+        error = " ".join(obj.last_error.split())
+        if len(error) > ERROR_LENGTH:
+            error = f"{error[: ERROR_LENGTH - 1]}…"
+        return format_html('<span class="delivery-error">{}</span>', error)
+
+    def _zone(self, obj: Delivery) -> str:
+        return obj.notification.account.timezone
+
+    @admin.display(description=_("created at"), ordering="created_at")
+    def created_at_display(self, obj: Delivery) -> str:
+        return datetime_text(obj.created_at, self._zone(obj))
+
+    @admin.display(description=_("sent at"), ordering="sent_at")
+    def sent_at_display(self, obj: Delivery) -> str:
+        return datetime_text(obj.sent_at, self._zone(obj))
+
+    @admin.display(description=_("updated at"), ordering="updated_at")
+    def updated_at_display(self, obj: Delivery) -> str:
+        return datetime_text(obj.updated_at, self._zone(obj))
+
+
+class DeliveryInline(DeliveryDisplay, ReadOnlyInline):
     model = Delivery
     fields = (
         "email",
         "language",
-        "status",
+        "status_display",
         "attempts",
         "esp_message_id",
-        "last_error",
-        "sent_at",
-        "updated_at",
+        "last_error_display",
+        "sent_at_display",
+        "updated_at_display",
     )
     readonly_fields = fields
     extra = 0
     show_change_link = True
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Delivery]:
+        return super().get_queryset(request).select_related("notification__account")
 
 
 class PeriodFilter(admin.SimpleListFilter):
@@ -170,16 +231,19 @@ class PeriodFilter(admin.SimpleListFilter):
 
 
 class DeliveryStatusFilter(admin.SimpleListFilter):
-    """Notifications with at least one delivery in the chosen status."""
+    """Notifications with at least one delivery in the chosen status, or with none."""
 
     title = _("delivery status")
     parameter_name = "delivery_status"
+    NOBODY = "nobody"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
-        return Delivery.Status.choices
+        return [*Delivery.Status.choices, (self.NOBODY, _("Reached nobody"))]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         value = self.value()
+        if value == self.NOBODY:
+            return queryset.filter(~Exists(Delivery.objects.filter(notification_id=OuterRef("pk"))))
         if value not in Delivery.Status.values:
             return queryset
         # A subquery, not a join: a join would multiply the annotated delivery counts.
@@ -188,8 +252,45 @@ class DeliveryStatusFilter(admin.SimpleListFilter):
         )
 
 
+class KindFilter(admin.SimpleListFilter):
+    """Real notifications by default; test ones (sent from the admin or the command) on
+    demand, so that a sample is never taken for a threshold reached."""
+
+    title = _("kind")
+    parameter_name = "kind"
+    TESTS = "test"
+    ALL = "all"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        return [(self.TESTS, _("Test notifications")), (self.ALL, _("All, tests included"))]
+
+    def choices(self, changelist: Any) -> Any:
+        yield {
+            "selected": self.value() is None,
+            "query_string": changelist.get_query_string(remove=[self.parameter_name]),
+            "display": _("Thresholds reached"),
+        }
+        for lookup, title in self.lookup_choices:
+            yield {
+                "selected": self.value() == lookup,
+                "query_string": changelist.get_query_string({self.parameter_name: lookup}),
+                "display": title,
+            }
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        if value == self.ALL:
+            return queryset
+        return queryset.filter(is_test=value == self.TESTS)
+
+
+class NotificationMedia:
+    class Media:
+        css = {"all": ["notifications/admin.css"]}
+
+
 @admin.register(Notification)
-class NotificationAdmin(NotificationDisplay, ResendPermission, ReadOnlyAdmin):
+class NotificationAdmin(NotificationDisplay, NotificationMedia, ResendPermission, ReadOnlyAdmin):
     list_display = (
         "account",
         "metric",
@@ -197,12 +298,12 @@ class NotificationAdmin(NotificationDisplay, ResendPermission, ReadOnlyAdmin):
         "period_display",
         "threshold_display",
         "used_display",
-        "created_at",
-        "is_test",
+        "created_at_display",
+        "kind_display",
         "deliveries_total_display",
         "deliveries_summary",
     )
-    list_filter = ("level", "metric", PeriodFilter, "is_test", DeliveryStatusFilter)
+    list_filter = ("level", "metric", PeriodFilter, KindFilter, DeliveryStatusFilter)
     list_select_related = ("account",)
     # A request or correlation id, as found on a usage event or in a log line, finds the
     # notifications it caused.
@@ -214,8 +315,9 @@ class NotificationAdmin(NotificationDisplay, ResendPermission, ReadOnlyAdmin):
         "period_display",
         "threshold_display",
         "used_display",
-        "created_at",
-        "is_test",
+        "created_at_display",
+        "kind_display",
+        "deliveries_summary",
         "request_id",
         "correlation_id",
     )
@@ -238,17 +340,18 @@ class NotificationAdmin(NotificationDisplay, ResendPermission, ReadOnlyAdmin):
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(ResendPermission, ReadOnlyAdmin):
+class DeliveryAdmin(DeliveryDisplay, NotificationMedia, ResendPermission, ReadOnlyAdmin):
     list_display = (
         "email",
-        "language",
-        "status",
+        "status_display",
         "attempts",
-        "esp_message_id",
         "last_error_display",
         "account_display",
         "metric_display",
         "level_display",
+        "language",
+        "created_at_display",
+        "updated_at_display",
     )
     list_filter = ("status", "language")
     list_select_related = ("notification__account",)
@@ -257,20 +360,21 @@ class DeliveryAdmin(ResendPermission, ReadOnlyAdmin):
         "notification",
         "email",
         "language",
-        "status",
+        "status_display",
         "attempts",
         "esp_message_id",
         "last_error",
-        "claimed_at",
-        "sent_at",
-        "created_at",
-        "updated_at",
+        "claimed_at_display",
+        "sent_at_display",
+        "created_at_display",
+        "updated_at_display",
     )
+    readonly_fields = fields
     actions = ["resend_failed_deliveries"]
 
-    @admin.display(description=_("last error"), ordering="last_error")
-    def last_error_display(self, obj: Delivery) -> str:
-        return obj.last_error if len(obj.last_error) <= 80 else f"{obj.last_error[:79]}…"
+    @admin.display(description=_("claimed at"), ordering="claimed_at")
+    def claimed_at_display(self, obj: Delivery) -> str:
+        return datetime_text(obj.claimed_at, self._zone(obj))
 
     @admin.display(description=_("account"), ordering="notification__account__name")
     def account_display(self, obj: Delivery) -> Account:
@@ -303,19 +407,19 @@ class RecentNotificationsFormSet(BaseInlineFormSet):
 
 
 class NotificationInline(NotificationDisplay, ReadOnlyInline):
-    """The account's most recent notifications, read-only, each linked to its page."""
+    """The account's most recent notifications of thresholds reached, read-only, each
+    linked to its page; test notifications are in the notifications list only."""
 
     model = Notification
     formset = RecentNotificationsFormSet
     verbose_name_plural = _("recent notifications")
     fields = (
-        "created_at",
+        "created_at_display",
         "metric",
         "level",
         "period_display",
         "threshold_display",
         "used_display",
-        "is_test",
         "deliveries_summary",
     )
     readonly_fields = fields
@@ -324,7 +428,8 @@ class NotificationInline(NotificationDisplay, ReadOnlyInline):
     show_change_link = True
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Notification]:
-        return notifications_with_delivery_counts(super().get_queryset(request))
+        queryset = super().get_queryset(request).filter(is_test=False).select_related("account")
+        return notifications_with_delivery_counts(queryset)
 
 
 @admin.action(description=_("Evaluate thresholds now"), permissions=["change"])
@@ -344,16 +449,35 @@ def evaluate_thresholds_now(
     modeladmin.message_user(request, message, messages.SUCCESS if created else messages.INFO)
 
 
+def _choose(choices: list) -> list:
+    """``choices`` after an empty one: the person picks, nothing is picked for them."""
+    return [("", "---------"), *choices]
+
+
 class TestNotificationForm(forms.Form):
+    """What a test notification is made of: every choice made by the person sending it."""
+
     # A CharField: validate_recipient_email is the whole check (an EmailField would add
     # Django's own and show its message twice).
     to = forms.CharField(
         label=_("Send to"),
-        widget=forms.EmailInput,
+        widget=forms.EmailInput(attrs={"class": "vTextField"}),
         validators=[validate_recipient_email],
     )
-    level = forms.ChoiceField(label=_("Level"), choices=Level.choices, initial=Level.WARNING)
-    language = forms.ChoiceField(label=_("Language"), choices=Language.choices)
+    metric = forms.ChoiceField(
+        label=_("Metric"),
+        choices=_choose(Metric.choices),
+        help_text=_(
+            "The sample uses this metric's current threshold and usage, or sample figures "
+            "when it has no threshold at the chosen level."
+        ),
+    )
+    level = forms.ChoiceField(label=_("Level"), choices=_choose(Level.choices))
+    language = forms.ChoiceField(
+        label=_("Language"),
+        choices=_choose(Language.choices),
+        help_text=_("The language of the e-mail."),
+    )
 
 
 SEND_TEST_TEMPLATE = "admin/notifications/send_test_notification.html"
@@ -391,14 +515,7 @@ def send_test_notification(
             )
             return None
     else:
-        languages = set(queryset.values_list("language", flat=True))
-        language = languages.pop() if len(languages) == 1 else (get_language() or "en")[:2]
-        form = TestNotificationForm(
-            initial={
-                "to": request.user.email,
-                "language": language if language in Language.values else Language.EN,
-            }
-        )
+        form = TestNotificationForm(initial={"to": request.user.email})
     opts = modeladmin.model._meta
     context = {
         **modeladmin.admin_site.each_context(request),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from accounts.metrics import Metric
@@ -131,7 +132,10 @@ class Delivery(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.email}: {self.status}"
+        return gettext("%(email)s: %(status)s") % {
+            "email": self.email,
+            "status": self.get_status_display(),
+        }
 
 
 class EarlyTrackingEvent(models.Model):

@@ -267,23 +267,23 @@ GET   usage.extension delete                      login  login  login   login   
 POST  usage.extension delete                      login  login  login   login   403   403     403
 GET   usage.extension history                     login  login  login   login   403   200     200
 GET   usage.extension object                      login  login  login   login   302   302     302
-GET   usage.counterrepair changelist              login  login  login   login   403   200     200
+GET   usage.counterrepair changelist              login  login  login   login   403   403     200
 GET   usage.counterrepair add                     login  login  login   login   403   403     403
 POST  usage.counterrepair add                     login  login  login   login   403   403     403
-GET   usage.counterrepair change                  login  login  login   login   403   200     200
+GET   usage.counterrepair change                  login  login  login   login   403   403     200
 POST  usage.counterrepair change                  login  login  login   login   403   403     403
 GET   usage.counterrepair delete                  login  login  login   login   403   403     403
 POST  usage.counterrepair delete                  login  login  login   login   403   403     403
-GET   usage.counterrepair history                 login  login  login   login   403   200     200
+GET   usage.counterrepair history                 login  login  login   login   403   403     200
 GET   usage.counterrepair object                  login  login  login   login   302   302     302
-GET   usage.eventpurge changelist                 login  login  login   login   403   200     200
+GET   usage.eventpurge changelist                 login  login  login   login   403   403     200
 GET   usage.eventpurge add                        login  login  login   login   403   403     403
 POST  usage.eventpurge add                        login  login  login   login   403   403     403
-GET   usage.eventpurge change                     login  login  login   login   403   200     200
+GET   usage.eventpurge change                     login  login  login   login   403   403     200
 POST  usage.eventpurge change                     login  login  login   login   403   403     403
 GET   usage.eventpurge delete                     login  login  login   login   403   403     403
 POST  usage.eventpurge delete                     login  login  login   login   403   403     403
-GET   usage.eventpurge history                    login  login  login   login   403   200     200
+GET   usage.eventpurge history                    login  login  login   login   403   403     200
 GET   usage.eventpurge object                     login  login  login   login   302   302     302
 """
 
@@ -309,8 +309,8 @@ notifications.delivery delete_selected                     login  login  login  
 usage.usageevent delete_selected                            login  login  login   login   403   200     200
 usage.usagecounter delete_selected                          login  login  login   login   403   200     200
 usage.extension delete_selected                             login  login  login   login   403   200     200
-usage.counterrepair delete_selected                         login  login  login   login   403   200     200
-usage.eventpurge delete_selected                            login  login  login   login   403   200     200
+usage.counterrepair delete_selected                         login  login  login   login   403   403     200
+usage.eventpurge delete_selected                            login  login  login   login   403   403     200
 """
 
 
@@ -669,7 +669,13 @@ ACTION_CASES: dict[str, ActionCase] = {
     ),
     "accounts.account send_test_notification": ActionCase(
         select=AccountFactory,
-        extra={"apply": "1", "to": "qa@example.com", "level": "warning", "language": "fr"},
+        extra={
+            "apply": "1",
+            "to": "qa@example.com",
+            "metric": "text_tokens",
+            "level": "warning",
+            "language": "fr",
+        },
         done=lambda account: Notification.objects.filter(account=account, is_test=True).exists(),
     ),
     "accounts.account delete_selected": ActionCase(

@@ -10,10 +10,13 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
-from accounts.metrics import Metric
+from accounts.labels import labels_from_key, labels_text
+from accounts.metrics import METRICS, Metric
 from accounts.models import Account
+from config.dates import date_text, datetime_text, month_text
 from config.request_ids import MAX_LENGTH, current_correlation_id, current_request_id
 
 MILLI = 1000
@@ -27,6 +30,30 @@ MILLI = 1000
 # (one local day overlaps at most three of the former ones).
 DAILY_LIMIT = 10**14
 DAILY_LIMIT_MILLI = DAILY_LIMIT * MILLI
+
+
+def _metric_label(metric: str) -> str:
+    spec = METRICS.get(metric)
+    return str(spec.label) if spec else metric
+
+
+def labels_key_text(key: str) -> str:
+    """A canonical label key (``accounts.labels.labels_key``) for people: ``Model: large``."""
+    try:
+        return labels_text(labels_from_key(key))
+    except ValueError:
+        return key
+
+
+def _counter_text(metric: str, labels: str, when: str, quantity_milli: int) -> str:
+    from .quantities import amount_text
+
+    text = gettext("%(metric)s, %(when)s: %(amount)s") % {
+        "metric": _metric_label(metric),
+        "when": when,
+        "amount": amount_text(quantity_milli, metric),
+    }
+    return f"{text} ({labels_key_text(labels)})" if labels else text
 
 
 def from_milli(value: int) -> Decimal:
@@ -144,7 +171,7 @@ class UsageCounter(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.metric} {self.labels} {self.day}: {self.quantity}"
+        return _counter_text(self.metric, self.labels, date_text(self.day), self.quantity_milli)
 
     @property
     def quantity(self) -> Decimal:
@@ -185,7 +212,9 @@ class UsageHourCounter(models.Model):
         indexes = [models.Index(fields=["account", "day"], name="usage_hour_counter_day")]
 
     def __str__(self) -> str:
-        return f"{self.metric} {self.labels} {self.hour:%Y-%m-%d %H:%M}Z: {self.quantity}"
+        # In UTC, as stored: naming the account's zone would cost a query per row.
+        when = datetime_text(self.hour, "UTC")
+        return _counter_text(self.metric, self.labels, when, self.quantity_milli)
 
     @property
     def quantity(self) -> Decimal:
@@ -220,7 +249,11 @@ class UsageLabelSet(models.Model):
         indexes = [models.Index(fields=["day"], name="usage_label_set_day")]
 
     def __str__(self) -> str:
-        return f"{self.metric} {self.day}: {self.labels}"
+        return gettext("%(metric)s, %(day)s: %(labels)s") % {
+            "metric": _metric_label(self.metric),
+            "day": date_text(self.day),
+            "labels": labels_key_text(self.labels) or gettext("no labels"),
+        }
 
 
 class Extension(models.Model):
@@ -259,7 +292,13 @@ class Extension(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"+{self.amount} {self.metric} {self.period:%Y-%m}"
+        from .quantities import threshold_amount_text
+
+        return gettext("%(metric)s: +%(amount)s (%(period)s)") % {
+            "metric": _metric_label(self.metric),
+            "amount": threshold_amount_text(self.amount, self.metric),
+            "period": month_text(self.period),
+        }
 
 
 class CounterRepair(models.Model):
@@ -289,7 +328,14 @@ class CounterRepair(models.Model):
         ordering = ["-repaired_at"]
 
     def __str__(self) -> str:
-        return f"{self.metric} {self.day}: {self.found_milli} → {self.expected_milli}"
+        from .quantities import amount_text
+
+        return gettext("%(metric)s, %(day)s: %(found)s → %(expected)s") % {
+            "metric": _metric_label(self.metric),
+            "day": date_text(self.day),
+            "found": amount_text(self.found_milli, self.metric),
+            "expected": amount_text(self.expected_milli, self.metric),
+        }
 
 
 class EventPurge(models.Model):
@@ -312,4 +358,8 @@ class EventPurge(models.Model):
         ordering = ["-purged_at"]
 
     def __str__(self) -> str:
-        return f"< {self.before}: {self.deleted}"
+        return ngettext(
+            "Events before %(day)s: %(count)s deleted",
+            "Events before %(day)s: %(count)s deleted",
+            self.deleted,
+        ) % {"day": date_text(self.before), "count": self.deleted}

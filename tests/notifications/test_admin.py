@@ -372,7 +372,7 @@ def test_evaluate_thresholds_action_twice_creates_nothing_more(
     assert len(mail.outbox) == 1
 
 
-def test_send_test_notification_action_asks_for_the_address_level_and_language(
+def test_send_test_notification_action_asks_for_the_address_metric_level_and_language(
     admin_client, account_admin
 ):
     # given
@@ -389,9 +389,74 @@ def test_send_test_notification_action_asks_for_the_address_level_and_language(
     assert f'name="{ACTION_CHECKBOX_NAME}" value="{account.pk}"' in content
     assert 'name="action" value="send_test_notification"' in content
     form = response.context["form"]
-    assert form.initial["language"] == "fr"
-    assert form.initial["to"] == "admin@example.com"  # the user's own address
+    # Nothing chosen for the person: the metric, the level and the language are theirs.
+    assert form.initial == {"to": "admin@example.com"}  # the user's own address
+    for name in ("metric", "level", "language"):
+        assert f'<select name="{name}" required' in content
+        assert '<option value="" selected>---------</option>' in content
+    assert '<option value="audio_transcribed_seconds">Audio transcribed</option>' in content
+    assert 'href="/static/admin/css/forms.css"' in content
+    assert '<div class="submit-row">' in content
     assert not Notification.objects.exists()
+
+
+def test_send_test_notification_action_refuses_a_form_without_metric_level_and_language(
+    admin_client, account_admin
+):
+    account = AccountFactory()
+
+    response = admin_client.post(
+        ACCOUNTS_URL,
+        {
+            "action": "send_test_notification",
+            ACTION_CHECKBOX_NAME: [account.pk],
+            "apply": "yes",
+            "to": "ops@example.com",
+        },
+    )
+
+    assert response.status_code == 200
+    required = ["This field is required."]
+    assert response.context["form"].errors == {
+        "metric": required,
+        "level": required,
+        "language": required,
+    }
+    assert "Please correct the errors below." in response.text
+    assert not Notification.objects.exists()
+
+
+def test_send_test_notification_uses_the_metric_chosen(
+    admin_client, account_admin, django_capture_on_commit_callbacks
+):
+    # given: text tokens come first, the metric chosen is audio
+    account = AccountFactory(name="Acme")
+    LimitFactory(account=account, metric="text_tokens", warning=100, blocked=200)
+    LimitFactory(account=account, metric="audio_analyzed_seconds", warning=36_000, blocked=72_000)
+    RecipientFactory(account=account, level="warning", email="pm@example.com")
+    # when
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(
+            ACCOUNTS_URL,
+            {
+                "action": "send_test_notification",
+                ACTION_CHECKBOX_NAME: [account.pk],
+                "apply": "yes",
+                "to": "ops@example.com",
+                "metric": "audio_analyzed_seconds",
+                "level": "warning",
+                "language": "fr",
+            },
+        )
+    # then
+    notification = Notification.objects.get()
+    assert (notification.metric, notification.level, notification.threshold) == (
+        "audio_analyzed_seconds",
+        "warning",
+        36_000,
+    )
+    assert notification.is_test
+    assert Delivery.objects.get().language == "fr"
 
 
 def test_send_test_notification_action_sends_one_sample_to_the_address_given(
@@ -407,6 +472,7 @@ def test_send_test_notification_action_sends_one_sample_to_the_address_given(
                 ACTION_CHECKBOX_NAME: [account.pk],
                 "apply": "yes",
                 "to": "ops@example.com",
+                "metric": "text_tokens",
                 "level": "blocked",
                 "language": "en",
             },
@@ -434,6 +500,7 @@ def test_send_test_notification_action_shows_the_form_again_with_a_bad_address(
             ACTION_CHECKBOX_NAME: [account.pk],
             "apply": "yes",
             "to": "not-an-address",
+            "metric": "text_tokens",
             "level": "warning",
             "language": "en",
         },
