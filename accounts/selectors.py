@@ -178,6 +178,11 @@ def limit_lines(*, account: Account) -> list[LimitLine]:
     return lines
 
 
+def account_get(*, account_id: uuid.UUID) -> Account | None:
+    """The account with this id, or ``None``."""
+    return Account.objects.filter(pk=account_id).first()
+
+
 def account_get_by_reference(*, reference: str) -> Account | None:
     """The account whose id or external id is ``reference`` (as commands take ``ACCOUNT``)."""
     try:

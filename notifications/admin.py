@@ -33,6 +33,7 @@ from usage.admin import ReadOnlyAdmin
 from usage.quantities import amount_text, threshold_amount_text
 
 from .models import Delivery, Notification
+from .selectors import notification_periods
 from .services import deliveries_resend, notification_send_test, thresholds_evaluate
 
 RECENT_NOTIFICATIONS = 20  # shown on the account page
@@ -218,10 +219,7 @@ class PeriodFilter(admin.SimpleListFilter):
     parameter_name = "period"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
-        periods = (
-            Notification.objects.order_by("-period").values_list("period", flat=True).distinct()
-        )
-        return [(period.isoformat(), f"{period:%Y-%m}") for period in periods]
+        return [(period.isoformat(), month_text(period)) for period in notification_periods()]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         value = self.value()

@@ -18,7 +18,7 @@ from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 
 from accounts.labels import labels_key
-from accounts.models import Account
+from accounts.selectors import account_get
 from config.dates import date_text, datetime_text, month_text
 
 from .models import (
@@ -55,7 +55,8 @@ class AccountFilter(admin.SimpleListFilter):
         value = self.value()
         if value is None:
             return []
-        account = Account.objects.filter(pk=self._account_id()).first()
+        account_id = self._account_id()
+        account = None if account_id is None else account_get(account_id=account_id)
         # An unknown or malformed id is still offered: the filter then shows no rows.
         return [(value, str(account) if account is not None else value)]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.utils import formats
-from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext, npgettext
 
 from accounts.metrics import METRICS
 
@@ -100,8 +100,8 @@ def unit_label(metric: str, value_milli: int = 2 * MILLI) -> str:
     # Plural forms take whole numbers: a fraction of a unit is written as many.
     count = value_milli // MILLI if value_milli % MILLI == 0 else 2
     if spec.unit == "seconds":
-        return ngettext("second", "seconds", count)
-    return ngettext("token", "tokens", count)
+        return npgettext("unit", "second", "seconds", count)
+    return npgettext("unit", "token", "tokens", count)
 
 
 def amount_text(value_milli: int, metric: str) -> str:
