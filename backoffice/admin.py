@@ -135,23 +135,36 @@ def _percent(part: float, whole: float) -> float:
 
 
 def _bar_figures(used_milli: int, scale: int | None, metric: str) -> str:
-    """The figures under a bar: ``120,000 / 360,000 tokens``; seconds also in hours and
-    minutes on a second line (``2,160 / 36,000 s`` then ``36 min / 10 h``)."""
+    """The figures under a bar, with the unit: ``850 / 1,000 tokens``, ``850 tokens /
+    unlimited``; seconds also in hours and minutes on a second line (``2,160 / 36,000 s``
+    then ``36 min / 10 h``)."""
     used = quantity_text(used_milli, metric)
-    whole = threshold_text(scale, metric)
-    if METRICS[metric].unit != "seconds":
-        return format_html(
-            "{} / {} {}",
-            used,
-            whole,
-            unit_label(metric, MILLI * 2 if scale is None else scale * MILLI),
-        )
-    text = format_html("{} / {} {}", used, whole, gettext("s"))
-    used_duration = duration_text(used_milli) or gettext("0 min")
-    whole_duration = whole if scale is None else duration_text(scale * MILLI) or gettext("0 min")
-    return format_html(
-        '{}<br><span class="usage-duration">{} / {}</span>', text, used_duration, whole_duration
+    seconds = METRICS[metric].unit == "seconds"
+    unit = (
+        gettext("s")
+        if seconds
+        else unit_label(metric, used_milli if scale is None else scale * MILLI)
     )
+    if scale is None:
+        text = gettext("%(used)s %(unit)s / unlimited") % {"used": used, "unit": unit}
+    else:
+        text = gettext("%(used)s / %(threshold)s %(unit)s") % {
+            "used": used,
+            "threshold": threshold_text(scale, metric),
+            "unit": unit,
+        }
+    if not seconds:
+        return text
+    if scale is None:
+        duration = duration_text(used_milli)
+    else:
+        duration = gettext("%(used)s / %(threshold)s") % {
+            "used": duration_text(used_milli) or gettext("0 min"),
+            "threshold": duration_text(scale * MILLI) or gettext("0 min"),
+        }
+    if not duration:
+        return text
+    return format_html('{}<br><span class="usage-duration">{}</span>', text, duration)
 
 
 def usage_bar(usage: MetricUsage) -> str:
