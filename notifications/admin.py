@@ -32,7 +32,7 @@ from config.dates import datetime_text, month_text
 from usage.admin import ReadOnlyAdmin
 from usage.quantities import amount_text, threshold_amount_text
 
-from .models import Delivery, Notification
+from .models import Delivery, EarlyTrackingEvent, Notification
 from .selectors import notification_periods
 from .services import deliveries_resend, notification_send_test, thresholds_evaluate
 
@@ -528,3 +528,21 @@ def send_test_notification(
     }
     request.current_app = modeladmin.admin_site.name
     return TemplateResponse(request, SEND_TEST_TEMPLATE, context)
+
+
+# --- Ops ---
+
+
+@admin.register(EarlyTrackingEvent)
+class EarlyTrackingEventAdmin(ReadOnlyAdmin):
+    """Tracking events waiting for their delivery (``delivery_track``): ops' to watch,
+    no permission of account managers gives them."""
+
+    list_display = ("esp_message_id", "event_type", "description", "received_at_display")
+    search_fields = ("=esp_message_id",)
+    fields = list_display
+    readonly_fields = fields
+
+    @admin.display(description=_("received at"), ordering="received_at")
+    def received_at_display(self, obj: EarlyTrackingEvent) -> str:
+        return datetime_text(obj.received_at, "UTC")

@@ -63,7 +63,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import Account, Level
 from accounts.roles import ACCOUNT_MANAGERS, USAGE_SERVICES
-from notifications.models import Delivery, Notification
+from notifications.models import Delivery, EarlyTrackingEvent, Notification
 from tests.factories import AccountFactory, LimitFactory, RecipientFactory, UserFactory
 from tests.notifications.factories import DeliveryFactory, usage_already_counted
 from usage.models import CounterRepair, EventPurge, Extension, UsageCounter, UsageEvent
@@ -240,6 +240,15 @@ GET   notifications.delivery delete              login  login  login   login   4
 POST  notifications.delivery delete              login  login  login   login   403   403     403
 GET   notifications.delivery history             login  login  login   login   403   200     200
 GET   notifications.delivery object              login  login  login   login   302   302     302
+GET   notifications.earlytrackingevent changelist login login login  login   403   403     200
+GET   notifications.earlytrackingevent add       login  login  login   login   403   403     403
+POST  notifications.earlytrackingevent add       login  login  login   login   403   403     403
+GET   notifications.earlytrackingevent change    login  login  login   login   403   403     200
+POST  notifications.earlytrackingevent change    login  login  login   login   403   403     403
+GET   notifications.earlytrackingevent delete    login  login  login   login   403   403     403
+POST  notifications.earlytrackingevent delete    login  login  login   login   403   403     403
+GET   notifications.earlytrackingevent history   login  login  login   login   403   403     200
+GET   notifications.earlytrackingevent object    login  login  login   login   302   302     302
 GET   usage.usageevent changelist                 login  login  login   login   403   200     200
 GET   usage.usageevent add                        login  login  login   login   403   403     403
 POST  usage.usageevent add                        login  login  login   login   403   403     403
@@ -306,6 +315,7 @@ auth.user delete_selected                                   login  login  login 
 knox.authtoken delete_selected                              login  login  login   login   403   403     done
 notifications.notification delete_selected                 login  login  login   login   403   none    none
 notifications.delivery delete_selected                     login  login  login   login   403   none    none
+notifications.earlytrackingevent delete_selected           login  login  login   login   403   403     200
 usage.usageevent delete_selected                            login  login  login   login   403   200     200
 usage.usagecounter delete_selected                          login  login  login   login   403   200     200
 usage.extension delete_selected                             login  login  login   login   403   200     200
@@ -513,6 +523,8 @@ def admin_object(label: str) -> Model:
         return failed_delivery(account).notification
     if label == "notifications.delivery":
         return failed_delivery(account)
+    if label == "notifications.earlytrackingevent":
+        return EarlyTrackingEvent.objects.create(esp_message_id="m-1", event_type="delivered")
     now = timezone.now()
     today = now.astimezone(account.zone).date()
     if label == "usage.usageevent":
@@ -705,6 +717,7 @@ ACTION_CASES: dict[str, ActionCase] = {
         for label in (
             "notifications.notification",
             "notifications.delivery",
+            "notifications.earlytrackingevent",
             "usage.usageevent",
             "usage.usagecounter",
             "usage.extension",

@@ -394,9 +394,7 @@ def test_granting_an_extension_on_the_account_page_raises_the_threshold(admin_cl
     assert 'name="extensions-0-amount"' not in inline
     # The admin's log says what was added.
     entry = LogEntry.objects.get(object_id=str(account.pk))
-    assert entry.get_change_message() == (
-        f"Added extension “Text tokens: +100 tokens ({month})”."
-    )
+    assert entry.get_change_message() == (f"Added extension “Text tokens: +100 tokens ({month})”.")
 
 
 @pytest.mark.parametrize(
