@@ -40,7 +40,7 @@ def test_failed_delivery_is_resent_and_its_new_status_shows(
     page = open_page(staff_manager)
     page.goto("/admin/notifications/delivery/")
     row = page.locator("#result_list tbody tr", has_text="pm@acme.example")
-    expect(row.locator("td.field-status")).to_have_text(failed_label)
+    expect(row.locator("td.field-status_display")).to_have_text(failed_label)
     screenshot(page, "failed")
 
     # when: the manager resends it from the list
@@ -51,7 +51,7 @@ def test_failed_delivery_is_resent_and_its_new_status_shows(
     # then: the list shows it sent, and it was sent once
     expect(page.locator(".messagelist .success")).to_be_visible()
     row = page.locator("#result_list tbody tr", has_text="pm@acme.example")
-    expect(row.locator("td.field-status")).to_have_text(sent_label)
+    expect(row.locator("td.field-status_display")).to_have_text(sent_label)
     screenshot(page, "resent")
     failed.refresh_from_db()
     assert failed.status == Delivery.Status.SENT
