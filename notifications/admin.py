@@ -455,6 +455,9 @@ def _choose(choices: list) -> list:
 class TestNotificationForm(forms.Form):
     """What a test notification is made of: every choice made by the person sending it."""
 
+    # As the admin's own forms: required fields' labels in bold.
+    required_css_class = "required"
+
     # A CharField: validate_recipient_email is the whole check (an EmailField would add
     # Django's own and show its message twice).
     to = forms.CharField(

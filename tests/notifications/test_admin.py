@@ -698,3 +698,48 @@ def test_delivery_list_highlights_failures_with_their_whole_error_and_dates(
     assert f"<h2>{name}</h2>" in page.text
     assert f"&rsaquo; {name}\n</div>" in page.text  # the breadcrumb
     assert "cfo@acme.example: failed" not in page.text
+
+
+@pytest.mark.parametrize(
+    ("language", "texts"),
+    [
+        (
+            "en",
+            [
+                "<h1>Send a test notification</h1>",
+                '<label for="id_metric" class="required">Metric:</label>',
+                '<label for="id_level" class="required">Level:</label>',
+                '<label for="id_language" class="required">Language:</label>',
+                "The language of the e-mail.",
+                '<input type="submit" class="default" value="Send">',
+            ],
+        ),
+        (
+            "fr",
+            [
+                "<h1>Envoyer une notification de test</h1>",
+                '<label for="id_metric" class="required">Métrique\xa0:</label>',
+                '<label for="id_level" class="required">Niveau\xa0:</label>',
+                '<label for="id_language" class="required">Langue\xa0:</label>',
+                "La langue de l’e-mail.",
+                '<option value="audio_transcribed_seconds">Audio transcrit</option>',
+                '<input type="submit" class="default" value="Envoyer">',
+            ],
+        ),
+    ],
+)
+def test_send_test_notification_form_is_an_admin_form_in_both_languages(
+    admin_client, account_admin, language, texts
+):
+    account = AccountFactory(name="Acme")
+
+    response = admin_client.post(
+        ACCOUNTS_URL,
+        {"action": "send_test_notification", ACTION_CHECKBOX_NAME: [account.pk]},
+        HTTP_ACCEPT_LANGUAGE=language,
+    )
+
+    assert response.status_code == 200
+    assert '<fieldset class="module aligned">' in response.text
+    for text in texts:
+        assert text in response.text, text
