@@ -344,12 +344,8 @@ class DeliveryAdmin(DeliveryDisplay, NotificationMedia, ResendPermission, ReadOn
         "status_display",
         "attempts",
         "last_error_display",
-        "account_display",
-        "metric_display",
-        "level_display",
-        "language",
-        "created_at_display",
-        "updated_at_display",
+        "notification_display",
+        "dates_display",
     )
     list_filter = ("status", "language")
     list_select_related = ("notification__account",)
@@ -374,17 +370,30 @@ class DeliveryAdmin(DeliveryDisplay, NotificationMedia, ResendPermission, ReadOn
     def claimed_at_display(self, obj: Delivery) -> str:
         return datetime_text(obj.claimed_at, self._zone(obj))
 
-    @admin.display(description=_("account"), ordering="notification__account__name")
-    def account_display(self, obj: Delivery) -> Account:
-        return obj.notification.account
+    @admin.display(description=_("dates"), ordering="updated_at")
+    def dates_display(self, obj: Delivery) -> str:
+        """When it was queued and last changed (sent, failed...), in the account's zone,
+        one under the other: the list fits a laptop."""
+        zone = self._zone(obj)
+        return format_html(
+            '<span class="delivery-dates">{}<br>{}<br>{}</span>',
+            gettext("queued %(when)s")
+            % {"when": datetime_text(obj.created_at, zone, with_zone=False)},
+            gettext("changed %(when)s")
+            % {"when": datetime_text(obj.updated_at, zone, with_zone=False)},
+            gettext("(%(zone)s)") % {"zone": zone},
+        )
 
-    @admin.display(description=_("metric"), ordering="notification__metric")
-    def metric_display(self, obj: Delivery) -> str:
-        return obj.notification.get_metric_display()
-
-    @admin.display(description=_("level"), ordering="notification__level")
-    def level_display(self, obj: Delivery) -> str:
-        return obj.notification.get_level_display()
+    @admin.display(description=_("notification"), ordering="notification__account__name")
+    def notification_display(self, obj: Delivery) -> str:
+        """The account, then the metric and level, in one column: the list fits a laptop."""
+        notification = obj.notification
+        return format_html(
+            '{}<br><span class="delivery-notification">{} · {}</span>',
+            notification.account,
+            notification.get_metric_display(),
+            notification.get_level_display(),
+        )
 
     @admin.action(description=_("Resend failed deliveries"), permissions=["resend"])
     def resend_failed_deliveries(self, request: HttpRequest, queryset: QuerySet) -> None:

@@ -42,6 +42,12 @@ def test_failed_delivery_is_resent_and_its_new_status_shows(
     row = page.locator("#result_list tbody tr", has_text="pm@acme.example")
     expect(row.locator("td.field-status_display")).to_have_text(failed_label)
     screenshot(page, "failed")
+    # every column within the list at 1440 px, the error and the dates included
+    expect(row.locator("td.field-last_error_display")).to_have_text(failed.last_error)
+    assert page.evaluate(
+        "() => { const r = document.querySelector('#changelist .results');"
+        " return r.scrollWidth <= r.clientWidth; }"
+    )
 
     # when: the manager resends it from the list
     row.locator("input.action-select").check()

@@ -659,8 +659,19 @@ def test_notification_page_shows_labels_units_and_the_local_time(
 @pytest.mark.parametrize(
     ("language", "title", "status", "when"),
     [
-        ("en", "View delivery", "Failed", "Dec. 1, 2026, 10:30 a.m. (Europe/Paris)"),
-        ("fr", "Affichage : envoi", "Échec", "1er décembre 2026 10:30 (Europe/Paris)"),
+        (
+            "en",
+            "View delivery",
+            "Failed",
+            "queued Dec. 1, 2026, 10:30 a.m.<br>changed Dec. 1, 2026, 10:30 a.m.<br>(Europe/Paris)",
+        ),
+        (
+            "fr",
+            "Affichage : envoi",
+            "Échec",
+            "en file le 1er décembre 2026 10:30<br>modifié le 1er décembre 2026 10:30<br>"
+            "(Europe/Paris)",
+        ),
     ],
 )
 def test_delivery_list_highlights_failures_with_their_whole_error_and_dates(
@@ -690,7 +701,9 @@ def test_delivery_list_highlights_failures_with_their_whole_error_and_dates(
     ) in listed.text
     assert listed.text.count("delivery-problem") == 1
     assert f'<span class="delivery-error">{escape(" ".join(error.split()))}</span>' in listed.text
-    assert f'<td class="field-created_at_display">{when}</td>' in listed.text
+    assert f'<td class="field-dates_display"><span class="delivery-dates">{when}</span></td>' in (
+        listed.text
+    )
     assert "notifications/admin.css" in listed.text
     # the page's title and breadcrumb: labels, no status code, no broken elision
     assert f"<h1>{title}</h1>" in page.text
