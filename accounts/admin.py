@@ -17,6 +17,8 @@ from django.utils.translation import gettext_lazy as _
 from knox.admin import AuthTokenAdmin
 from knox.models import AuthToken
 
+from config.dates import datetime_text
+
 from .selectors import token_bound_accounts
 
 
@@ -53,12 +55,25 @@ class BoundAuthTokenAdmin(AuthTokenAdmin):
     widen its reach.
     """
 
-    list_display = ("digest", "user", "bound_account", "created", "expiry")
+    list_display = ("digest_display", "user", "bound_account", "created_display", "expiry_display")
     list_filter = (BoundAccountFilter,)
     list_select_related = ("user", "account_binding__account")
 
     def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> Sequence:
         return ("bound_account",) if obj is not None else ()
+
+    # Knox's fields have names in no language: the columns say them in the admin's.
+    @admin.display(description=_("digest"), ordering="digest")
+    def digest_display(self, obj: AuthToken) -> str:
+        return obj.digest
+
+    @admin.display(description=_("created at"), ordering="created")
+    def created_display(self, obj: AuthToken) -> str:
+        return datetime_text(obj.created, "UTC")
+
+    @admin.display(description=_("expires at"), ordering="expiry", empty_value=_("never"))
+    def expiry_display(self, obj: AuthToken) -> str | None:
+        return None if obj.expiry is None else datetime_text(obj.expiry, "UTC")
 
     @admin.display(
         description=_("bound to account"),

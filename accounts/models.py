@@ -10,8 +10,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import EmailValidator, MaxLengthValidator
 from django.db import models
 from django.db.models.functions import Coalesce, Lower
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
 from simple_history.models import HistoricalRecords
 
 from .labels import labels_text
@@ -144,7 +144,8 @@ class Limit(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.metric}: warning={self.warning} blocked={self.blocked}"
+        spec = METRICS.get(self.metric)
+        return str(spec.label) if spec else self.metric
 
 
 # The longest ``labels_key``: four pairs of the longest key and value, with separators.
@@ -265,7 +266,11 @@ class Recipient(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.email} ({self.level}, {self.language})"
+        return gettext("%(email)s (%(level)s, %(language)s)") % {
+            "email": self.email,
+            "level": self.get_level_display(),
+            "language": self.get_language_display(),
+        }
 
 
 class TokenAccount(models.Model):

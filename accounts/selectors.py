@@ -202,6 +202,11 @@ def limit_lines(
     return lines
 
 
+def account_get(*, account_id: uuid.UUID) -> Account | None:
+    """The account with this id, or ``None``."""
+    return Account.objects.filter(pk=account_id).first()
+
+
 def account_get_by_reference(*, reference: str) -> Account | None:
     """The account whose id or external id is ``reference`` (as commands take ``ACCOUNT``)."""
     try:
@@ -233,3 +238,28 @@ def account_list(
 def token_bound_accounts() -> QuerySet[Account]:
     """The accounts that API tokens are bound to, by name (SPEC section 11.6)."""
     return Account.objects.filter(bound_tokens__isnull=False).distinct().order_by("name", "pk")
+
+
+def blocked_lines_without_recipient(*, account: Account) -> list[str]:
+    """The lines of ``account`` with a blocked threshold while it has no blocked recipient,
+    named for people (``Text tokens``, ``Text tokens, Day (Model: large)``): reaching
+    them blocks and tells nobody. Empty when there is a blocked recipient."""
+    document = limits_document_get(account=account)
+    if document.recipients[Level.BLOCKED]:
+        return []
+    names = [
+        str(METRICS[metric].label)
+        for metric, thresholds in document.limits.items()
+        if thresholds.blocked is not None
+    ]
+    names.extend(
+        ScopedLimit(
+            metric=spec.metric,
+            period=spec.period,
+            window_days=spec.window_days,
+            labels=spec.labels,
+        ).line_text()
+        for spec in document.scoped_limits
+        if spec.blocked is not None
+    )
+    return names

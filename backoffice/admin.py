@@ -31,7 +31,6 @@ from django.db import transaction
 from django.db.models import Case, Model, QuerySet, When
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
-from django.utils import formats
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
@@ -54,9 +53,10 @@ from accounts.forms import (
 from accounts.labels import LABEL_KEYS, labels_text
 from accounts.metrics import METRICS
 from accounts.models import Account, Level, Recipient, ScopedLimit
-from accounts.selectors import limits_document_get
+from accounts.selectors import blocked_lines_without_recipient, limits_document_get
 from backoffice.charts import FRAME, account_charts
 from backoffice.services import extensions_grant, limits_reactivate, limits_replace
+from config.dates import datetime_text, month_text
 from notifications.admin import (
     NotificationInline,
     evaluate_thresholds_now,
@@ -64,12 +64,20 @@ from notifications.admin import (
 )
 from usage.forms import ExtensionInlineForm, ExtensionInlineFormSet
 from usage.models import MILLI, Extension, Reservation, UsageCounter, UsageEvent
-from usage.quantities import quantity_text, threshold_text
+from usage.quantities import (
+    amount_text,
+    duration_text,
+    quantity_text,
+    threshold_amount_text,
+    threshold_text,
+    unit_label,
+)
 from usage.selectors import (
     HISTORY_LENGTH,
     STATUSES,
     MetricUsage,
     Status,
+    account_history_list,
     account_statuses_reached,
     current_period,
     current_usage_attach,
@@ -127,52 +135,86 @@ def _percent(part: float, whole: float) -> float:
     return 100.0 if whole <= 0 else max(0.0, min(100.0, 100.0 * part / whole))
 
 
+def _bar_figures(used_milli: int, scale: int | None, metric: str) -> str:
+    """The figures under a bar, with the unit: ``850 / 1,000 tokens``, ``850 tokens /
+    unlimited``; seconds also in hours and minutes on a second line (``2,160 / 36,000 s``
+    then ``36 min / 10 h``)."""
+    used = quantity_text(used_milli, metric)
+    seconds = METRICS[metric].unit == "seconds"
+    unit = (
+        gettext("s")
+        if seconds
+        else unit_label(metric, used_milli if scale is None else scale * MILLI)
+    )
+    if scale is None:
+        text = gettext("%(used)s %(unit)s / unlimited") % {"used": used, "unit": unit}
+    else:
+        text = gettext("%(used)s / %(threshold)s %(unit)s") % {
+            "used": used,
+            "threshold": threshold_text(scale, metric),
+            "unit": unit,
+        }
+    if not seconds:
+        return text
+    if scale is None:
+        duration = duration_text(used_milli)
+    else:
+        duration = gettext("%(used)s / %(threshold)s") % {
+            "used": duration_text(used_milli) or gettext("0 min"),
+            "threshold": duration_text(scale * MILLI) or gettext("0 min"),
+        }
+    if not duration:
+        return text
+    return format_html('{}<br><span class="usage-duration">{}</span>', text, duration)
+
+
 def usage_bar(usage: MetricUsage) -> str:
-    """``used / threshold`` over a bar filled up to the effective blocked threshold.
+    """``used / threshold`` with the unit over a bar filled up to the effective blocked
+    threshold.
 
     Without a blocked threshold the bar goes up to the warning threshold; a line marks the
     warning threshold on a bar that goes up to the blocked one. No threshold: "unlimited".
     """
     spec = METRICS[usage.metric]
-    unit = UNIT_LABELS.get(spec.unit, spec.unit)
-    used = quantity_text(usage.used_milli, usage.metric)
+    used = amount_text(usage.used_milli, usage.metric)
     scale = usage.effective_blocked if usage.effective_blocked is not None else usage.warning
     if scale is None:
-        title = gettext("%(metric)s: %(used)s %(unit)s used, no threshold.") % {
+        title = gettext("%(metric)s: %(used)s used, no threshold.") % {
             "metric": spec.label,
             "used": used,
-            "unit": unit,
         }
-        text = gettext("%(used)s / unlimited") % {"used": used}
-        return format_html('<span class="usage-unlimited" title="{}">{}</span>', title, text)
+        return format_html(
+            '<span class="usage-unlimited" title="{}">{}</span>',
+            title,
+            _bar_figures(usage.used_milli, None, usage.metric),
+        )
 
     percent = _percent(usage.used_milli, scale * MILLI)
     lines = [
-        gettext("%(metric)s: %(used)s of %(threshold)s %(unit)s used.")
+        gettext("%(metric)s: %(used)s used of %(threshold)s.")
         % {
             "metric": spec.label,
             "used": used,
-            "threshold": threshold_text(scale, usage.metric),
-            "unit": unit,
+            "threshold": threshold_amount_text(scale, usage.metric),
         }
     ]
     if usage.warning is not None:
         lines.append(
             gettext("Warning threshold: %(threshold)s.")
-            % {"threshold": threshold_text(usage.warning, usage.metric)}
+            % {"threshold": threshold_amount_text(usage.warning, usage.metric)}
         )
     if usage.blocked is not None:
         if usage.extension:
             line = gettext(
                 "Blocked threshold: %(threshold)s (%(blocked)s + extensions %(extension)s)."
             ) % {
-                "threshold": threshold_text(usage.effective_blocked, usage.metric),
-                "blocked": threshold_text(usage.blocked, usage.metric),
-                "extension": threshold_text(usage.extension, usage.metric),
+                "threshold": threshold_amount_text(usage.effective_blocked, usage.metric),
+                "blocked": threshold_amount_text(usage.blocked, usage.metric),
+                "extension": threshold_amount_text(usage.extension, usage.metric),
             }
         else:
             line = gettext("Blocked threshold: %(threshold)s.") % {
-                "threshold": threshold_text(usage.blocked, usage.metric)
+                "threshold": threshold_amount_text(usage.blocked, usage.metric)
             }
         lines.append(line)
     lines.append(gettext("Status: %(status)s.") % {"status": STATUS_LABELS[usage.status]})
@@ -185,13 +227,12 @@ def usage_bar(usage: MetricUsage) -> str:
     return format_html(
         '<div class="usage-bar usage-{}" title="{}">'
         '<div class="usage-bar-track"><div class="usage-bar-fill" style="width: {}%"></div>{}'
-        '</div><div class="usage-bar-text">{} / {}</div></div>',
+        '</div><div class="usage-bar-text">{}</div></div>',
         usage.status,
         "\n".join(lines),
         f"{percent:.1f}",
         marker,
-        used,
-        threshold_text(scale, usage.metric),
+        _bar_figures(usage.used_milli, scale, usage.metric),
     )
 
 
@@ -258,12 +299,12 @@ def _usage_row(usage: MetricUsage) -> UsageRow:
     return UsageRow(
         label=spec.label,
         unit=UNIT_LABELS.get(spec.unit, spec.unit),
-        used=quantity_text(usage.used_milli, usage.metric),
-        warning=threshold_text(usage.warning, usage.metric),
-        blocked=threshold_text(usage.blocked, usage.metric),
-        extension=threshold_text(usage.extension, usage.metric),
-        effective_blocked=threshold_text(usage.effective_blocked, usage.metric),
-        remaining="—" if remaining is None else quantity_text(remaining, usage.metric),
+        used=amount_text(usage.used_milli, usage.metric),
+        warning=threshold_amount_text(usage.warning, usage.metric),
+        blocked=threshold_amount_text(usage.blocked, usage.metric),
+        extension=threshold_amount_text(usage.extension, usage.metric),
+        effective_blocked=threshold_amount_text(usage.effective_blocked, usage.metric),
+        remaining="—" if remaining is None else amount_text(remaining, usage.metric),
         badge=status_badge(usage.status),
         bar=usage_bar(usage),
     )
@@ -283,9 +324,9 @@ def current_usage_section(request: HttpRequest, account: Account) -> dict[str, A
     period = current_period(account)
     usages = list(current_usage_of(account).values())
     return {
-        "period": period.code,
-        "start": formats.date_format(period.start, "DATETIME_FORMAT"),
-        "end": formats.date_format(period.end, "DATETIME_FORMAT"),
+        "period": month_text(period.first_day),
+        "start": datetime_text(period.start, account.timezone, with_zone=False),
+        "end": datetime_text(period.end, account.timezone, with_zone=False),
         "zone": account.timezone,
         "badge": status_badge(worst_status(usages)),
         "rows": [_usage_row(usage) for usage in usages],
@@ -372,10 +413,7 @@ class ScopedLimitInline(admin.TabularInline):
 
     @staticmethod
     def _threshold_with_unit(value: int | None, metric: str) -> str:
-        if value is None:
-            return gettext("unlimited")
-        spec = METRICS[metric]
-        return f"{threshold_text(value, metric)} {UNIT_LABELS.get(spec.unit, spec.unit)}"
+        return threshold_amount_text(value, metric)
 
     @admin.display(description=_("warning threshold"))
     def warning_display(self, obj: ScopedLimit) -> str:
@@ -410,12 +448,12 @@ class ExtensionInline(admin.TabularInline):
     model = Extension
     form = ExtensionInlineForm
     formset = ExtensionInlineFormSet
-    fields = ("line", "period_display", "amount", "reason", "granted_by", "granted_at")
-    readonly_fields = ("period_display", "granted_by", "granted_at")
+    fields = ("line", "period_display", "amount", "reason", "granted_by", "granted_at_display")
+    readonly_fields = ("period_display", "granted_by", "granted_at_display")
     extra = 0
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Extension]:
-        return super().get_queryset(request).select_related("granted_by", "scoped_limit")
+        return super().get_queryset(request).select_related("granted_by", "scoped_limit", "account")
 
     @admin.display(description=_("limit line"))
     def line(self, obj: Extension) -> str:
@@ -426,7 +464,15 @@ class ExtensionInline(admin.TabularInline):
     def period_display(self, obj: Extension) -> str:
         if obj.period is None:
             return gettext("current")  # a new row: granted for the line's current period
-        return obj.period_key
+        if obj.period_start is None:
+            return month_text(obj.period)
+        return datetime_text(obj.period_start, obj.account.timezone)
+
+    @admin.display(description=_("granted at"))
+    def granted_at_display(self, obj: Extension) -> str:
+        if obj.granted_at is None:
+            return "—"
+        return datetime_text(obj.granted_at, obj.account.timezone)
 
     def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
@@ -626,9 +672,14 @@ class AccountAdmin(SimpleHistoryAdmin):
     ) -> HttpResponse:
         if obj is not None and request.user.has_perm("accounts.view_limit"):
             context["limits_history"] = {
+                "heading": _("Change history of limits and recipients"),
                 "changes": limits_history_list(account=obj),
                 "length": HISTORY_LENGTH,
+                "account_pk": obj.pk,
             }
+            unheard = blocked_lines_without_recipient(account=obj)
+            if unheard and obj.is_enterprise:
+                context["blocked_without_recipient"] = unheard
         if obj is not None:
             context["current_usage"] = current_usage_section(request, obj)
             context["usage_charts"] = [
@@ -640,6 +691,30 @@ class AccountAdmin(SimpleHistoryAdmin):
 
     def revert_disabled(self, request: HttpRequest, obj: Account | None = None) -> bool:
         return super().revert_disabled(request, obj) or not can_change_account(request.user)
+
+    # The History page lists what really changed (``account_history_list``): the limits
+    # and recipients, with who, when and from where, and the account's own fields. A
+    # version of the account's own fields is offered only to those who may go back to it;
+    # limits have no version to go back to: they change through ``limits_replace`` only.
+    object_history_template = "admin/accounts/account/object_history.html"
+
+    def history_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        account = self.get_object(request, object_id)
+        context = dict(extra_context or {})
+        if account is not None:
+            context["limits_history"] = {
+                "heading": _("Change history of the account, its limits and recipients"),
+                "changes": account_history_list(account=account),
+                "length": HISTORY_LENGTH,
+                "account_pk": account.pk,
+                "versions": not self.revert_disabled(request, account),
+            }
+        return super().history_view(request, object_id, context)
+
+    def history_view_title(self, request: HttpRequest, obj: Account) -> str:
+        return gettext("History: %(account)s") % {"account": obj}
 
     def history_form_view(
         self,
@@ -669,8 +744,8 @@ class AccountAdmin(SimpleHistoryAdmin):
             (
                 (
                     METRICS[metric].label,
-                    threshold_text(thresholds.warning, metric),
-                    threshold_text(thresholds.blocked, metric),
+                    threshold_amount_text(thresholds.warning, metric),
+                    threshold_amount_text(thresholds.blocked, metric),
                 )
                 for metric, thresholds in document.limits.items()
             ),

@@ -16,22 +16,24 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import ValidationError
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
-from django.utils.translation import get_language, gettext, ngettext
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
+from accounts.metrics import Metric
 from accounts.models import (
     Account,
     Language,
     Level,
     validate_recipient_email,
 )
+from config.dates import datetime_text, month_text
 from usage.admin import ReadOnlyAdmin
-from usage.quantities import quantity_text, threshold_text
+from usage.quantities import amount_text, threshold_amount_text
 
 from .hooks import (
     LEVELS,
@@ -39,12 +41,16 @@ from .hooks import (
     webhook_endpoint_save,
     webhook_endpoint_validate,
 )
-from .models import Delivery, Notification, WebhookDelivery, WebhookEndpoint
+from .models import Delivery, EarlyTrackingEvent, Notification, WebhookDelivery, WebhookEndpoint
+from .selectors import notification_periods
 from .services import deliveries_resend, notification_send_test, thresholds_evaluate
 
 RECENT_NOTIFICATIONS = 20  # shown on the account page
-# The delivery statuses a summary shows in bold.
+# The delivery statuses that need a person's attention: highlighted wherever shown.
 _PROBLEMS = {Delivery.Status.FAILED, Delivery.Status.BOUNCED, Delivery.Status.COMPLAINED}
+# The longest error a list shows whole; longer ones end with "…" (the page has all).
+ERROR_LENGTH = 300
+MSG_REACHED_NOBODY = _("Reached nobody: no recipient at this level")
 
 
 def _count_field(status: str) -> str:
@@ -78,11 +84,21 @@ class NotificationDisplay:
 
     @admin.display(description=_("threshold"), ordering="threshold")
     def threshold_display(self, obj: Notification) -> str:
-        return threshold_text(obj.threshold, obj.metric)
+        return threshold_amount_text(obj.threshold, obj.metric)
 
     @admin.display(description=_("usage when reached"), ordering="used_milli")
     def used_display(self, obj: Notification) -> str:
-        return quantity_text(obj.used_milli, obj.metric)
+        return amount_text(obj.used_milli, obj.metric)
+
+    @admin.display(description=_("reached at"), ordering="created_at")
+    def created_at_display(self, obj: Notification) -> str:
+        return datetime_text(obj.created_at, obj.account.timezone)
+
+    @admin.display(description=_("kind"), ordering="is_test")
+    def kind_display(self, obj: Notification) -> str:
+        if obj.is_test:
+            return format_html('<span class="notification-test">{}</span>', gettext("Test"))
+        return gettext("Threshold reached")
 
     @admin.display(description=_("deliveries"), ordering="deliveries_total")
     def deliveries_total_display(self, obj: Notification) -> int:
@@ -96,12 +112,17 @@ class NotificationDisplay:
             if getattr(obj, _count_field(status.value))
         ]
         if not counts:
-            return "—"
+            # A notification whose level had no recipient: nobody was told, say so.
+            return format_html('<span class="notification-nobody">{}</span>', MSG_REACHED_NOBODY)
         parts = []
         for status, count in counts:
             text = gettext("%(status)s: %(count)s") % {"status": status.label, "count": count}
             # The statuses that need a person's attention stand out.
-            parts.append(format_html("<strong>{}</strong>", text) if status in _PROBLEMS else text)
+            parts.append(
+                format_html('<strong class="delivery-problem">{}</strong>', text)
+                if status in _PROBLEMS
+                else text
+            )
         return format_html_join(", ", "{}", ((part,) for part in parts))
 
 
@@ -156,21 +177,62 @@ class ReadOnlyInline(admin.TabularInline):
         return False
 
 
-class DeliveryInline(ReadOnlyInline):
+class DeliveryDisplay:
+    """The columns a delivery is shown with, in its list and on its notification's page."""
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_display(self, obj: Delivery) -> str:
+        problem = " delivery-problem" if obj.status in _PROBLEMS else ""
+        return format_html(
+            '<span class="delivery-status delivery-status-{}{}">{}</span>',
+            obj.status,
+            problem,
+            obj.get_status_display(),
+        )
+
+    @admin.display(description=_("last error"), ordering="last_error")
+    def last_error_display(self, obj: Delivery) -> str:
+        if not obj.last_error:
+            return "—"
+        error = " ".join(obj.last_error.split())
+        if len(error) > ERROR_LENGTH:
+            error = f"{error[: ERROR_LENGTH - 1]}…"
+        return format_html('<span class="delivery-error">{}</span>', error)
+
+    def _zone(self, obj: Delivery) -> str:
+        return obj.notification.account.timezone
+
+    @admin.display(description=_("created at"), ordering="created_at")
+    def created_at_display(self, obj: Delivery) -> str:
+        return datetime_text(obj.created_at, self._zone(obj))
+
+    @admin.display(description=_("sent at"), ordering="sent_at")
+    def sent_at_display(self, obj: Delivery) -> str:
+        return datetime_text(obj.sent_at, self._zone(obj))
+
+    @admin.display(description=_("updated at"), ordering="updated_at")
+    def updated_at_display(self, obj: Delivery) -> str:
+        return datetime_text(obj.updated_at, self._zone(obj))
+
+
+class DeliveryInline(DeliveryDisplay, ReadOnlyInline):
     model = Delivery
     fields = (
         "email",
         "language",
-        "status",
+        "status_display",
         "attempts",
         "esp_message_id",
-        "last_error",
-        "sent_at",
-        "updated_at",
+        "last_error_display",
+        "sent_at_display",
+        "updated_at_display",
     )
     readonly_fields = fields
     extra = 0
     show_change_link = True
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Delivery]:
+        return super().get_queryset(request).select_related("notification__account")
 
 
 class WebhookDeliveryInline(ReadOnlyInline):
@@ -204,8 +266,7 @@ class PeriodFilter(admin.SimpleListFilter):
     parameter_name = "period"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
-        months = Notification.objects.dates("period", "month", order="DESC")
-        return [(month.isoformat(), f"{month:%Y-%m}") for month in months]
+        return [(month.isoformat(), month_text(month)) for month in notification_periods()]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         value = self.value()
@@ -219,16 +280,19 @@ class PeriodFilter(admin.SimpleListFilter):
 
 
 class DeliveryStatusFilter(admin.SimpleListFilter):
-    """Notifications with at least one delivery in the chosen status."""
+    """Notifications with at least one delivery in the chosen status, or with none."""
 
     title = _("delivery status")
     parameter_name = "delivery_status"
+    NOBODY = "nobody"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
-        return Delivery.Status.choices
+        return [*Delivery.Status.choices, (self.NOBODY, _("Reached nobody"))]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         value = self.value()
+        if value == self.NOBODY:
+            return queryset.filter(~Exists(Delivery.objects.filter(notification_id=OuterRef("pk"))))
         if value not in Delivery.Status.values:
             return queryset
         # A subquery, not a join: a join would multiply the annotated delivery counts.
@@ -237,8 +301,45 @@ class DeliveryStatusFilter(admin.SimpleListFilter):
         )
 
 
+class KindFilter(admin.SimpleListFilter):
+    """Real notifications by default; test ones (sent from the admin or the command) on
+    demand, so that a sample is never taken for a threshold reached."""
+
+    title = _("kind")
+    parameter_name = "kind"
+    TESTS = "test"
+    ALL = "all"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        return [(self.TESTS, _("Test notifications")), (self.ALL, _("All, tests included"))]
+
+    def choices(self, changelist: Any) -> Any:
+        yield {
+            "selected": self.value() is None,
+            "query_string": changelist.get_query_string(remove=[self.parameter_name]),
+            "display": _("Thresholds reached"),
+        }
+        for lookup, title in self.lookup_choices:
+            yield {
+                "selected": self.value() == lookup,
+                "query_string": changelist.get_query_string({self.parameter_name: lookup}),
+                "display": title,
+            }
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        if value == self.ALL:
+            return queryset
+        return queryset.filter(is_test=value == self.TESTS)
+
+
+class NotificationMedia:
+    class Media:
+        css = {"all": ["notifications/admin.css"]}
+
+
 @admin.register(Notification)
-class NotificationAdmin(NotificationDisplay, ResendPermission, ReadOnlyAdmin):
+class NotificationAdmin(NotificationDisplay, NotificationMedia, ResendPermission, ReadOnlyAdmin):
     list_display = (
         "__str__",
         "account",
@@ -248,9 +349,9 @@ class NotificationAdmin(NotificationDisplay, ResendPermission, ReadOnlyAdmin):
         "period_display",
         "threshold_display",
         "used_display",
-        "created_at",
+        "created_at_display",
         "emailed_display",
-        "is_test",
+        "kind_display",
         "deliveries_total_display",
         "deliveries_summary",
     )
@@ -260,7 +361,7 @@ class NotificationAdmin(NotificationDisplay, ResendPermission, ReadOnlyAdmin):
         "period_kind",
         PeriodFilter,
         "recorded_only",
-        "is_test",
+        KindFilter,
         DeliveryStatusFilter,
     )
     list_select_related = ("account",)
@@ -275,9 +376,10 @@ class NotificationAdmin(NotificationDisplay, ResendPermission, ReadOnlyAdmin):
         "period_display",
         "threshold_display",
         "used_display",
-        "created_at",
+        "created_at_display",
         "emailed_display",
-        "is_test",
+        "kind_display",
+        "deliveries_summary",
         "request_id",
         "correlation_id",
     )
@@ -308,17 +410,14 @@ class NotificationAdmin(NotificationDisplay, ResendPermission, ReadOnlyAdmin):
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(ResendPermission, ReadOnlyAdmin):
+class DeliveryAdmin(DeliveryDisplay, NotificationMedia, ResendPermission, ReadOnlyAdmin):
     list_display = (
         "email",
-        "language",
-        "status",
+        "status_display",
         "attempts",
-        "esp_message_id",
         "last_error_display",
-        "account_display",
-        "metric_display",
-        "level_display",
+        "notification_display",
+        "dates_display",
     )
     list_filter = ("status", "language")
     list_select_related = ("notification__account",)
@@ -327,32 +426,46 @@ class DeliveryAdmin(ResendPermission, ReadOnlyAdmin):
         "notification",
         "email",
         "language",
-        "status",
+        "status_display",
         "attempts",
         "esp_message_id",
         "last_error",
-        "claimed_at",
-        "sent_at",
-        "created_at",
-        "updated_at",
+        "claimed_at_display",
+        "sent_at_display",
+        "created_at_display",
+        "updated_at_display",
     )
+    readonly_fields = fields
     actions = ["resend_failed_deliveries"]
 
-    @admin.display(description=_("last error"), ordering="last_error")
-    def last_error_display(self, obj: Delivery) -> str:
-        return obj.last_error if len(obj.last_error) <= 80 else f"{obj.last_error[:79]}…"
+    @admin.display(description=_("claimed at"), ordering="claimed_at")
+    def claimed_at_display(self, obj: Delivery) -> str:
+        return datetime_text(obj.claimed_at, self._zone(obj))
 
-    @admin.display(description=_("account"), ordering="notification__account__name")
-    def account_display(self, obj: Delivery) -> Account:
-        return obj.notification.account
+    @admin.display(description=_("dates"), ordering="updated_at")
+    def dates_display(self, obj: Delivery) -> str:
+        """When it was queued and last changed (sent, failed...), in the account's zone,
+        one under the other: the list fits a laptop."""
+        zone = self._zone(obj)
+        return format_html(
+            '<span class="delivery-dates">{}<br>{}<br>{}</span>',
+            gettext("queued %(when)s")
+            % {"when": datetime_text(obj.created_at, zone, with_zone=False)},
+            gettext("changed %(when)s")
+            % {"when": datetime_text(obj.updated_at, zone, with_zone=False)},
+            gettext("(%(zone)s)") % {"zone": zone},
+        )
 
-    @admin.display(description=_("metric"), ordering="notification__metric")
-    def metric_display(self, obj: Delivery) -> str:
-        return obj.notification.get_metric_display()
-
-    @admin.display(description=_("level"), ordering="notification__level")
-    def level_display(self, obj: Delivery) -> str:
-        return obj.notification.get_level_display()
+    @admin.display(description=_("notification"), ordering="notification__account__name")
+    def notification_display(self, obj: Delivery) -> str:
+        """The account, then the metric and level, in one column: the list fits a laptop."""
+        notification = obj.notification
+        return format_html(
+            '{}<br><span class="delivery-notification">{} · {}</span>',
+            notification.account,
+            notification.get_metric_display(),
+            notification.get_level_display(),
+        )
 
     @admin.action(description=_("Resend failed deliveries"), permissions=["resend"])
     def resend_failed_deliveries(self, request: HttpRequest, queryset: QuerySet) -> None:
@@ -524,13 +637,14 @@ class RecentNotificationsFormSet(BaseInlineFormSet):
 
 
 class NotificationInline(NotificationDisplay, ReadOnlyInline):
-    """The account's most recent notifications, read-only, each linked to its page."""
+    """The account's most recent notifications of thresholds reached, read-only, each
+    linked to its page; test notifications are in the notifications list only."""
 
     model = Notification
     formset = RecentNotificationsFormSet
     verbose_name_plural = _("recent notifications")
     fields = (
-        "created_at",
+        "created_at_display",
         "metric",
         "level",
         "line_display",
@@ -538,7 +652,6 @@ class NotificationInline(NotificationDisplay, ReadOnlyInline):
         "threshold_display",
         "used_display",
         "emailed_display",
-        "is_test",
         "deliveries_summary",
     )
     readonly_fields = fields
@@ -548,7 +661,7 @@ class NotificationInline(NotificationDisplay, ReadOnlyInline):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Notification]:
         # The account gives each row's time zone (the period's local time).
-        queryset = super().get_queryset(request).select_related("account")
+        queryset = super().get_queryset(request).filter(is_test=False).select_related("account")
         return notifications_with_delivery_counts(queryset)
 
 
@@ -569,16 +682,38 @@ def evaluate_thresholds_now(
     modeladmin.message_user(request, message, messages.SUCCESS if created else messages.INFO)
 
 
+def _choose(choices: list) -> list:
+    """``choices`` after an empty one: the person picks, nothing is picked for them."""
+    return [("", "---------"), *choices]
+
+
 class TestNotificationForm(forms.Form):
+    """What a test notification is made of: every choice made by the person sending it."""
+
+    # As the admin's own forms: required fields' labels in bold.
+    required_css_class = "required"
+
     # A CharField: validate_recipient_email is the whole check (an EmailField would add
     # Django's own and show its message twice).
     to = forms.CharField(
         label=_("Send to"),
-        widget=forms.EmailInput,
+        widget=forms.EmailInput(attrs={"class": "vTextField"}),
         validators=[validate_recipient_email],
     )
-    level = forms.ChoiceField(label=_("Level"), choices=Level.choices, initial=Level.WARNING)
-    language = forms.ChoiceField(label=_("Language"), choices=Language.choices)
+    metric = forms.ChoiceField(
+        label=_("Metric"),
+        choices=_choose(Metric.choices),
+        help_text=_(
+            "The sample uses this metric's current threshold and usage, or sample figures "
+            "when it has no threshold at the chosen level."
+        ),
+    )
+    level = forms.ChoiceField(label=_("Level"), choices=_choose(Level.choices))
+    language = forms.ChoiceField(
+        label=_("Language"),
+        choices=_choose(Language.choices),
+        help_text=_("The language of the e-mail."),
+    )
 
 
 SEND_TEST_TEMPLATE = "admin/notifications/send_test_notification.html"
@@ -616,14 +751,7 @@ def send_test_notification(
             )
             return None
     else:
-        languages = set(queryset.values_list("language", flat=True))
-        language = languages.pop() if len(languages) == 1 else (get_language() or "en")[:2]
-        form = TestNotificationForm(
-            initial={
-                "to": request.user.email,
-                "language": language if language in Language.values else Language.EN,
-            }
-        )
+        form = TestNotificationForm(initial={"to": request.user.email})
     opts = modeladmin.model._meta
     context = {
         **modeladmin.admin_site.each_context(request),
@@ -638,3 +766,21 @@ def send_test_notification(
     }
     request.current_app = modeladmin.admin_site.name
     return TemplateResponse(request, SEND_TEST_TEMPLATE, context)
+
+
+# --- Ops ---
+
+
+@admin.register(EarlyTrackingEvent)
+class EarlyTrackingEventAdmin(ReadOnlyAdmin):
+    """Tracking events waiting for their delivery (``delivery_track``): ops' to watch,
+    no permission of account managers gives them."""
+
+    list_display = ("esp_message_id", "event_type", "description", "received_at_display")
+    search_fields = ("=esp_message_id",)
+    fields = list_display
+    readonly_fields = fields
+
+    @admin.display(description=_("received at"), ordering="received_at")
+    def received_at_display(self, obj: EarlyTrackingEvent) -> str:
+        return datetime_text(obj.received_at, "UTC")

@@ -253,7 +253,10 @@ class Delivery(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.email}: {self.status}"
+        return gettext("%(email)s: %(status)s") % {
+            "email": self.email,
+            "status": self.get_status_display(),
+        }
 
 
 class EarlyTrackingEvent(models.Model):

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 from django.db.models import QuerySet
 
 from accounts.models import Account
 
-from .models import WebhookEndpoint
+from .models import Notification, WebhookEndpoint
+
+
+def notification_periods() -> list[date]:
+    """The months (their first day) in which notified periods start, newest first."""
+    return list(Notification.objects.dates("period", "month", order="DESC"))
 
 
 def webhook_endpoint_list(*, account: Account) -> QuerySet[WebhookEndpoint]:

@@ -872,13 +872,20 @@ def deliveries_recover(*, now: datetime | None = None) -> list[int]:
     return ids
 
 
-def notification_send_test(*, account: Account, level: str, language: str, to: str) -> Delivery:
+def notification_send_test(
+    *, account: Account, level: str, language: str, to: str, metric: str | None = None
+) -> Delivery:
     """Send a sample notification to ``to`` through the real path (task, provider, ledger).
 
-    The sample uses the account's current threshold and usage of its first limited metric
-    (or made-up figures when it has none); it is recorded as a test, outside the
+    The sample uses the account's current threshold and usage of ``metric`` (without
+    ``metric``, of its first metric limited at ``level``), or made-up figures when that
+    metric has no threshold at ``level``; it is recorded as a test, outside the
     exactly-once ledger.
     """
+    if metric is not None and metric not in METRICS:
+        raise ValidationError(
+            {"metric": _("Expected one of: %(choices)s.") % {"choices": ", ".join(METRICS)}}
+        )
     if level not in Level.values:
         raise ValidationError(
             {"level": _("Expected one of: %(choices)s.") % {"choices": ", ".join(Level.values)}}
@@ -898,6 +905,7 @@ def notification_send_test(*, account: Account, level: str, language: str, to: s
         u
         for u in usages.values()
         if (u.warning if level == Level.WARNING else u.effective_blocked) is not None
+        and (metric is None or u.metric == metric)
     ]
     if limited:
         sample = sorted(limited, key=lambda u: list(METRICS).index(u.metric))[0]
@@ -905,7 +913,9 @@ def notification_send_test(*, account: Account, level: str, language: str, to: s
         threshold = sample.warning if level == Level.WARNING else sample.effective_blocked
         used_milli = sample.used_milli
     else:
-        metric, threshold = "text_tokens", 1_000_000
+        metric = metric or "text_tokens"
+        # Ten hours of audio, a million tokens: figures nobody takes for real ones.
+        threshold = 36_000 if METRICS[metric].unit == "seconds" else 1_000_000
         used_milli = threshold * (800 if level == Level.WARNING else 1000)
     with transaction.atomic():
         notification = Notification.objects.create(

@@ -64,7 +64,13 @@ from rest_framework.test import APIClient
 
 from accounts.models import Account, Level
 from accounts.roles import ACCOUNT_MANAGERS, USAGE_SERVICES
-from notifications.models import Delivery, Notification, WebhookDelivery, WebhookEndpoint
+from notifications.models import (
+    Delivery,
+    EarlyTrackingEvent,
+    Notification,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from tests.factories import AccountFactory, LimitFactory, RecipientFactory, UserFactory
 from tests.notifications.factories import DeliveryFactory, usage_already_counted
 from usage.models import (
@@ -293,6 +299,15 @@ GET   notifications.webhookdelivery delete       login  login  login   login   4
 POST  notifications.webhookdelivery delete       login  login  login   login   403   403     403
 GET   notifications.webhookdelivery history      login  login  login   login   403   200     200
 GET   notifications.webhookdelivery object       login  login  login   login   302   302     302
+GET   notifications.earlytrackingevent changelist login login login  login   403   403     200
+GET   notifications.earlytrackingevent add       login  login  login   login   403   403     403
+POST  notifications.earlytrackingevent add       login  login  login   login   403   403     403
+GET   notifications.earlytrackingevent change    login  login  login   login   403   403     200
+POST  notifications.earlytrackingevent change    login  login  login   login   403   403     403
+GET   notifications.earlytrackingevent delete    login  login  login   login   403   403     403
+POST  notifications.earlytrackingevent delete    login  login  login   login   403   403     403
+GET   notifications.earlytrackingevent history   login  login  login   login   403   403     200
+GET   notifications.earlytrackingevent object    login  login  login   login   302   302     302
 GET   usage.usageevent changelist                 login  login  login   login   403   200     200
 GET   usage.usageevent add                        login  login  login   login   403   403     403
 POST  usage.usageevent add                        login  login  login   login   403   403     403
@@ -320,14 +335,14 @@ GET   usage.extension delete                      login  login  login   login   
 POST  usage.extension delete                      login  login  login   login   403   403     403
 GET   usage.extension history                     login  login  login   login   403   200     200
 GET   usage.extension object                      login  login  login   login   302   302     302
-GET   usage.counterrepair changelist              login  login  login   login   403   200     200
+GET   usage.counterrepair changelist              login  login  login   login   403   403     200
 GET   usage.counterrepair add                     login  login  login   login   403   403     403
 POST  usage.counterrepair add                     login  login  login   login   403   403     403
-GET   usage.counterrepair change                  login  login  login   login   403   200     200
+GET   usage.counterrepair change                  login  login  login   login   403   403     200
 POST  usage.counterrepair change                  login  login  login   login   403   403     403
 GET   usage.counterrepair delete                  login  login  login   login   403   403     403
 POST  usage.counterrepair delete                  login  login  login   login   403   403     403
-GET   usage.counterrepair history                 login  login  login   login   403   200     200
+GET   usage.counterrepair history                 login  login  login   login   403   403     200
 GET   usage.counterrepair object                  login  login  login   login   302   302     302
 GET   usage.reservation changelist               login  login  login   login   403   200     200
 GET   usage.reservation add                      login  login  login   login   403   403     403
@@ -338,14 +353,14 @@ GET   usage.reservation delete                   login  login  login   login   4
 POST  usage.reservation delete                   login  login  login   login   403   403     403
 GET   usage.reservation history                  login  login  login   login   403   200     200
 GET   usage.reservation object                   login  login  login   login   302   302     302
-GET   usage.eventpurge changelist                 login  login  login   login   403   200     200
+GET   usage.eventpurge changelist                 login  login  login   login   403   403     200
 GET   usage.eventpurge add                        login  login  login   login   403   403     403
 POST  usage.eventpurge add                        login  login  login   login   403   403     403
-GET   usage.eventpurge change                     login  login  login   login   403   200     200
+GET   usage.eventpurge change                     login  login  login   login   403   403     200
 POST  usage.eventpurge change                     login  login  login   login   403   403     403
 GET   usage.eventpurge delete                     login  login  login   login   403   403     403
 POST  usage.eventpurge delete                     login  login  login   login   403   403     403
-GET   usage.eventpurge history                    login  login  login   login   403   200     200
+GET   usage.eventpurge history                    login  login  login   login   403   403     200
 GET   usage.eventpurge object                     login  login  login   login   302   302     302
 """
 
@@ -371,11 +386,12 @@ auth.user delete_selected                                   login  login  login 
 knox.authtoken delete_selected                              login  login  login   login   403   403     done
 notifications.notification delete_selected                 login  login  login   login   403   none    none
 notifications.delivery delete_selected                     login  login  login   login   403   none    none
+notifications.earlytrackingevent delete_selected           login  login  login   login   403   403     200
 usage.usageevent delete_selected                            login  login  login   login   403   200     200
 usage.usagecounter delete_selected                          login  login  login   login   403   200     200
 usage.extension delete_selected                             login  login  login   login   403   200     200
-usage.counterrepair delete_selected                         login  login  login   login   403   200     200
-usage.eventpurge delete_selected                            login  login  login   login   403   200     200
+usage.counterrepair delete_selected                         login  login  login   login   403   403     200
+usage.eventpurge delete_selected                            login  login  login   login   403   403     200
 usage.reservation delete_selected                           login  login  login   login   403   200     200
 """
 
@@ -591,6 +607,8 @@ def admin_object(label: str) -> Model:
         return webhook_endpoint(account)
     if label == "notifications.webhookdelivery":
         return failed_webhook_delivery(account)
+    if label == "notifications.earlytrackingevent":
+        return EarlyTrackingEvent.objects.create(esp_message_id="m-1", event_type="delivered")
     now = timezone.now()
     today = now.astimezone(account.zone).date()
     if label == "usage.usageevent":
@@ -780,7 +798,13 @@ ACTION_CASES: dict[str, ActionCase] = {
     ),
     "accounts.account send_test_notification": ActionCase(
         select=AccountFactory,
-        extra={"apply": "1", "to": "qa@example.com", "level": "warning", "language": "fr"},
+        extra={
+            "apply": "1",
+            "to": "qa@example.com",
+            "metric": "text_tokens",
+            "level": "warning",
+            "language": "fr",
+        },
         done=lambda account: Notification.objects.filter(account=account, is_test=True).exists(),
     ),
     "accounts.account delete_selected": ActionCase(
@@ -817,6 +841,7 @@ ACTION_CASES: dict[str, ActionCase] = {
             "notifications.delivery",
             "notifications.webhookendpoint",
             "notifications.webhookdelivery",
+            "notifications.earlytrackingevent",
             "usage.usageevent",
             "usage.usagecounter",
             "usage.extension",

@@ -19,7 +19,8 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from accounts.labels import labels_key
-from accounts.models import Account
+from accounts.selectors import account_get
+from config.dates import date_text, datetime_text, month_text
 
 from .models import (
     CounterRepair,
@@ -28,8 +29,9 @@ from .models import (
     Reservation,
     UsageCounter,
     UsageEvent,
+    labels_key_text,
 )
-from .quantities import quantity_text
+from .quantities import amount_text, threshold_amount_text
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -55,7 +57,8 @@ class AccountFilter(admin.SimpleListFilter):
         value = self.value()
         if value is None:
             return []
-        account = Account.objects.filter(pk=self._account_id()).first()
+        account_id = self._account_id()
+        account = None if account_id is None else account_get(account_id=account_id)
         # An unknown or malformed id is still offered: the filter then shows no rows.
         return [(value, str(account) if account is not None else value)]
 
@@ -80,12 +83,34 @@ class LargeTableAdmin(ReadOnlyAdmin):
     list_select_related = ("account",)
 
 
+def local_time(field: str, description: Any) -> Any:
+    """A column showing the datetime ``field`` of a row in its account's time zone, named."""
+
+    @admin.display(description=description, ordering=field)
+    def column(self: admin.ModelAdmin, obj: Any) -> str:
+        return datetime_text(getattr(obj, field), obj.account.timezone)
+
+    column.__name__ = f"{field}_display"
+    return column
+
+
+def local_day(field: str, description: Any) -> Any:
+    """A column showing the date ``field`` (a local day of the account)."""
+
+    @admin.display(description=description, ordering=field)
+    def column(self: admin.ModelAdmin, obj: Any) -> str:
+        return date_text(getattr(obj, field))
+
+    column.__name__ = f"{field}_display"
+    return column
+
+
 class QuantityColumn:
     """The ``quantity_display`` column of rows with ``quantity_milli`` and ``metric``."""
 
     @admin.display(description=_("quantity"), ordering="quantity_milli")
     def quantity_display(self, obj: UsageEvent | UsageCounter) -> str:
-        return quantity_text(obj.quantity_milli, obj.metric, all_places=True)
+        return amount_text(obj.quantity_milli, obj.metric)
 
 
 @admin.register(UsageEvent)
@@ -95,8 +120,8 @@ class UsageEventAdmin(QuantityColumn, LargeTableAdmin):
         "account",
         "metric",
         "quantity_display",
-        "occurred_at",
-        "received_at",
+        "occurred_at_display",
+        "received_at_display",
         "source",
         "labels_display",
     )
@@ -109,28 +134,43 @@ class UsageEventAdmin(QuantityColumn, LargeTableAdmin):
         "account",
         "metric",
         "quantity_display",
-        "occurred_at",
-        "received_at",
+        "occurred_at_display",
+        "received_at_display",
         "source",
-        "labels",
+        "labels_display",
         "metadata",
         "request_id",
         "correlation_id",
     )
     readonly_fields = fields
+    occurred_at_display = local_time("occurred_at", _("occurred at"))
+    received_at_display = local_time("received_at", _("received at"))
 
     @admin.display(description=_("labels"))
     def labels_display(self, obj: UsageEvent) -> str:
-        return labels_key(obj.labels)
+        return labels_key_text(labels_key(obj.labels)) or "—"
 
 
 @admin.register(UsageCounter)
 class UsageCounterAdmin(QuantityColumn, LargeTableAdmin):
-    list_display = ("account", "metric", "labels", "day", "quantity_display", "updated_at")
+    list_display = (
+        "account",
+        "metric",
+        "labels_display",
+        "day_display",
+        "quantity_display",
+        "updated_at_display",
+    )
     list_filter = ("metric", AccountFilter)
     ordering = ("-day", "-pk")
-    fields = ("account", "metric", "labels", "day", "quantity_display", "updated_at")
+    fields = list_display
     readonly_fields = fields
+    day_display = local_day("day", _("day"))
+    updated_at_display = local_time("updated_at", _("updated at"))
+
+    @admin.display(description=_("labels"))
+    def labels_display(self, obj: UsageCounter) -> str:
+        return labels_key_text(obj.labels) or "—"
 
 
 @admin.register(Extension)
@@ -142,24 +182,16 @@ class ExtensionAdmin(ReadOnlyAdmin):
         "metric",
         "line_display",
         "period_display",
-        "amount",
+        "amount_display",
         "reason",
         "granted_by",
-        "granted_at",
+        "granted_at_display",
     )
     list_filter = ("metric", AccountFilter)
     list_select_related = ("account", "granted_by", "scoped_limit")
-    fields = (
-        "account",
-        "metric",
-        "line_display",
-        "period_display",
-        "amount",
-        "reason",
-        "granted_by",
-        "granted_at",
-    )
+    fields = list_display
     readonly_fields = fields
+    granted_at_display = local_time("granted_at", _("granted at"))
 
     @admin.display(description=_("limit line"))
     def line_display(self, obj: Extension) -> str:
@@ -167,7 +199,13 @@ class ExtensionAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("period"), ordering="period")
     def period_display(self, obj: Extension) -> str:
-        return obj.period_key
+        if obj.period_start is None:
+            return month_text(obj.period)
+        return datetime_text(obj.period_start, obj.account.timezone)
+
+    @admin.display(description=_("amount"), ordering="amount")
+    def amount_display(self, obj: Extension) -> str:
+        return threshold_amount_text(obj.amount, obj.metric)
 
 
 @admin.register(CounterRepair)
@@ -175,33 +213,52 @@ class CounterRepairAdmin(ReadOnlyAdmin):
     list_display = (
         "account",
         "metric",
-        "labels",
-        "day",
-        "hour",
+        "labels_display",
+        "day_display",
+        "hour_display",
         "found_display",
         "expected_display",
-        "repaired_at",
+        "repaired_at_display",
         "repaired_by",
     )
     list_filter = ("metric", "repaired_by", AccountFilter)
     list_select_related = ("account",)
     fields = list_display
     readonly_fields = fields
+    day_display = local_day("day", _("day"))
+    repaired_at_display = local_time("repaired_at", _("repaired at"))
+
+    @admin.display(description=_("labels"))
+    def labels_display(self, obj: CounterRepair) -> str:
+        return labels_key_text(obj.labels) or "—"
+
+    @admin.display(description=_("hour"), ordering="hour")
+    def hour_display(self, obj: CounterRepair) -> str:
+        return "—" if obj.hour is None else datetime_text(obj.hour, obj.account.timezone)
 
     @admin.display(description=_("counter found"))
     def found_display(self, obj: CounterRepair) -> str:
-        return quantity_text(obj.found_milli, obj.metric, all_places=True)
+        return amount_text(obj.found_milli, obj.metric)
 
     @admin.display(description=_("sum of events"))
     def expected_display(self, obj: CounterRepair) -> str:
-        return quantity_text(obj.expected_milli, obj.metric, all_places=True)
+        return amount_text(obj.expected_milli, obj.metric)
 
 
 @admin.register(EventPurge)
 class EventPurgeAdmin(ReadOnlyAdmin):
-    list_display = ("before", "purged_at", "deleted")
+    list_display = ("before_display", "purged_at_display", "deleted")
     fields = list_display
     readonly_fields = fields
+
+    @admin.display(description=_("before"), ordering="before")
+    def before_display(self, obj: EventPurge) -> str:
+        return date_text(obj.before)
+
+    @admin.display(description=_("purged at"), ordering="purged_at")
+    def purged_at_display(self, obj: EventPurge) -> str:
+        # A purge spans every account, each in its own zone: shown in UTC, named.
+        return datetime_text(obj.purged_at, "UTC")
 
 
 class ReservationStateFilter(admin.SimpleListFilter):
@@ -238,9 +295,9 @@ class ReservationAdmin(QuantityColumn, LargeTableAdmin):
         "quantity_display",
         "labels_display",
         "state_display",
-        "created_at",
-        "expires_at",
-        "ended_at",
+        "created_at_display",
+        "expires_at_display",
+        "ended_at_display",
         "settled_by",
     )
     list_filter = (ReservationStateFilter, "metric", AccountFilter)
@@ -253,16 +310,19 @@ class ReservationAdmin(QuantityColumn, LargeTableAdmin):
         "quantity_display",
         "labels",
         "state_display",
-        "created_at",
-        "expires_at",
-        "ended_at",
+        "created_at_display",
+        "expires_at_display",
+        "ended_at_display",
         "settled_by",
     )
     readonly_fields = fields
+    created_at_display = local_time("created_at", _("created at"))
+    expires_at_display = local_time("expires_at", _("expires at"))
+    ended_at_display = local_time("ended_at", _("ended at"))
 
     @admin.display(description=_("labels"))
     def labels_display(self, obj: Reservation) -> str:
-        return labels_key(obj.labels)
+        return labels_key_text(labels_key(obj.labels)) or "—"
 
     @admin.display(description=_("state"))
     def state_display(self, obj: Reservation) -> str:

@@ -11,12 +11,14 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
+from django.utils.translation import gettext, ngettext, pgettext_lazy
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import pgettext_lazy
 
+from accounts.labels import labels_from_key, labels_text
 from accounts.metrics import METRICS, Metric
 from accounts.models import Account, ScopedLimit
 from accounts.windows import PeriodKind
+from config.dates import date_text, datetime_text, month_text
 from config.request_ids import MAX_LENGTH, current_correlation_id, current_request_id
 
 MILLI = 1000
@@ -30,6 +32,30 @@ MILLI = 1000
 # (one local day overlaps at most three of the former ones).
 DAILY_LIMIT = 10**14
 DAILY_LIMIT_MILLI = DAILY_LIMIT * MILLI
+
+
+def _metric_label(metric: str) -> str:
+    spec = METRICS.get(metric)
+    return str(spec.label) if spec else metric
+
+
+def labels_key_text(key: str) -> str:
+    """A canonical label key (``accounts.labels.labels_key``) for people: ``Model: large``."""
+    try:
+        return labels_text(labels_from_key(key))
+    except ValueError:
+        return key
+
+
+def _counter_text(metric: str, labels: str, when: str, quantity_milli: int) -> str:
+    from .quantities import amount_text
+
+    text = gettext("%(metric)s, %(when)s: %(amount)s") % {
+        "metric": _metric_label(metric),
+        "when": when,
+        "amount": amount_text(quantity_milli, metric),
+    }
+    return f"{text} ({labels_key_text(labels)})" if labels else text
 
 
 def from_milli(value: int) -> Decimal:
@@ -147,7 +173,7 @@ class UsageCounter(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.metric} {self.labels} {self.day}: {self.quantity}"
+        return _counter_text(self.metric, self.labels, date_text(self.day), self.quantity_milli)
 
     @property
     def quantity(self) -> Decimal:
@@ -188,7 +214,9 @@ class UsageHourCounter(models.Model):
         indexes = [models.Index(fields=["account", "day"], name="usage_hour_counter_day")]
 
     def __str__(self) -> str:
-        return f"{self.metric} {self.labels} {self.hour:%Y-%m-%d %H:%M}Z: {self.quantity}"
+        # In UTC, as stored: naming the account's zone would cost a query per row.
+        when = datetime_text(self.hour, "UTC")
+        return _counter_text(self.metric, self.labels, when, self.quantity_milli)
 
     @property
     def quantity(self) -> Decimal:
@@ -223,7 +251,11 @@ class UsageLabelSet(models.Model):
         indexes = [models.Index(fields=["day"], name="usage_label_set_day")]
 
     def __str__(self) -> str:
-        return f"{self.metric} {self.day}: {self.labels}"
+        return gettext("%(metric)s, %(day)s: %(labels)s") % {
+            "metric": _metric_label(self.metric),
+            "day": date_text(self.day),
+            "labels": labels_key_text(self.labels) or gettext("no labels"),
+        }
 
 
 def monthly_line_text(metric: str) -> str:
@@ -306,15 +338,26 @@ class Extension(models.Model):
         ]
 
     def __str__(self) -> str:
-        if self.scoped_limit_id is None:
-            return f"+{self.amount} {self.metric} {self.period_key}"
-        return f"+{self.amount} {self.line_text()} {self.period_key}"
+        from .quantities import threshold_amount_text
+
+        return gettext("%(line)s: +%(amount)s (%(period)s)") % {
+            "line": self.line_text(),
+            "amount": threshold_amount_text(self.amount, self.metric),
+            "period": self.period_text(),
+        }
 
     def line_text(self) -> str:
         """The line for people, as the admin offers it: ``Text tokens, Calendar month``."""
         if self.scoped_limit_id is None:
             return monthly_line_text(self.metric)
         return self.scoped_limit.line_text()
+
+    def period_text(self) -> str:
+        """The period for people: the month, or the start of the line's period in the
+        account's time zone, named."""
+        if self.period_start is None:
+            return month_text(self.period)
+        return datetime_text(self.period_start, self.account.timezone)
 
     @property
     def period_key(self) -> str:
@@ -352,7 +395,14 @@ class CounterRepair(models.Model):
         ordering = ["-repaired_at"]
 
     def __str__(self) -> str:
-        return f"{self.metric} {self.day}: {self.found_milli} → {self.expected_milli}"
+        from .quantities import amount_text
+
+        return gettext("%(metric)s, %(day)s: %(found)s → %(expected)s") % {
+            "metric": _metric_label(self.metric),
+            "day": date_text(self.day),
+            "found": amount_text(self.found_milli, self.metric),
+            "expected": amount_text(self.expected_milli, self.metric),
+        }
 
 
 class EventPurge(models.Model):
@@ -375,7 +425,11 @@ class EventPurge(models.Model):
         ordering = ["-purged_at"]
 
     def __str__(self) -> str:
-        return f"< {self.before}: {self.deleted}"
+        return ngettext(
+            "Events before %(day)s: %(count)s deleted",
+            "Events before %(day)s: %(count)s deleted",
+            self.deleted,
+        ) % {"day": date_text(self.before), "count": self.deleted}
 
 
 class Reservation(models.Model):

@@ -4,8 +4,9 @@ Quantities are stored in thousandths of their metric's unit (``usage.models.MILL
 the functions here are the only places that turn them into something shown, so the API,
 the reports, the admin and the e-mails cannot write the same quantity differently: a
 number (``quantity_number``), text (``quantity_text``), a threshold or an extension, a
-whole number of units (``threshold_text``), and the e-mails' text with its unit
-(``quantity_with_unit``).
+whole number of units (``threshold_text``), the e-mails' text with its unit
+(``quantity_with_unit``), and the text with its unit, seconds also as hours and minutes,
+that the admin and every title show (``amount_text``, ``threshold_amount_text``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.utils import formats
-from django.utils.translation import gettext
+from django.utils.translation import gettext, npgettext
 
 from accounts.metrics import METRICS
 
@@ -73,3 +74,55 @@ def quantity_with_unit(value_milli: int, metric: str) -> str:
             "minutes": total_minutes % 60,
         }
     return gettext("%(amount)s tokens") % {"amount": amount}
+
+
+def duration_text(value_milli: int) -> str:
+    """Seconds as hours and minutes, rounded down to the minute: ``10 h``, ``1 h 5 min``,
+    ``36 min``; ``""`` under a minute (the seconds say it all)."""
+    total_minutes = value_milli // (60 * MILLI)
+    hours, minutes = divmod(total_minutes, 60)
+    if not hours:
+        return gettext("%(minutes)s min") % {"minutes": minutes} if minutes else ""
+    if not minutes:
+        return gettext("%(hours)s h") % {"hours": number_text(hours)}
+    return gettext("%(hours)s h %(minutes)s min") % {
+        "hours": number_text(hours),
+        "minutes": minutes,
+    }
+
+
+def unit_label(metric: str, value_milli: int = 2 * MILLI) -> str:
+    """The unit of ``metric`` for people, agreeing with ``value_milli`` (``token``,
+    ``tokens``, ``seconds``); a metric no longer listed is written by its code."""
+    spec = METRICS.get(metric)
+    if spec is None:
+        return ""
+    # Plural forms take whole numbers: a fraction of a unit is written as many.
+    count = value_milli // MILLI if value_milli % MILLI == 0 else 2
+    if spec.unit == "seconds":
+        return npgettext("unit", "second", "seconds", count)
+    return npgettext("unit", "token", "tokens", count)
+
+
+def amount_text(value_milli: int, metric: str) -> str:
+    """A quantity with its unit, seconds also as hours and minutes, for the admin and
+    every title a person reads: ``800,000 tokens``, ``2,160 seconds (36 min)``,
+    ``2 160 secondes (36 min)``."""
+    text = gettext("%(quantity)s %(unit)s") % {
+        "quantity": quantity_text(value_milli, metric),
+        "unit": unit_label(metric, value_milli),
+    }
+    spec = METRICS.get(metric)
+    if spec is not None and spec.unit == "seconds":
+        duration = duration_text(value_milli)
+        if duration:
+            text = gettext("%(amount)s (%(duration)s)") % {"amount": text, "duration": duration}
+    return text
+
+
+def threshold_amount_text(value: int | None, metric: str) -> str:
+    """A threshold or an extension in whole units, with ``amount_text``'s unit;
+    ``None`` is unlimited."""
+    if value is None:
+        return gettext("unlimited")
+    return amount_text(value * MILLI, metric)

@@ -28,6 +28,7 @@ from accounts.metrics import METRICS
 from accounts.models import Account, Language, Level, Limit, Plan, Recipient, ScopedLimit
 from accounts.selectors import LimitLine, limit_lines
 from accounts.windows import PeriodKind, Window, cover, window_containing
+from config.dates import datetime_text
 
 from .models import (
     MILLI,
@@ -40,7 +41,7 @@ from .models import (
     monthly_line_text,
 )
 from .periods import Period, period_containing, period_from_code
-from .quantities import quantity_number, threshold_text
+from .quantities import quantity_number, threshold_amount_text
 
 
 class Status:
@@ -576,9 +577,25 @@ _LINE_LEVEL_LABELS = {
 }
 
 
+# Where a change of limits came from (``limits_replace``'s ``reason``), for people.
+REASON_LABELS = {
+    "admin": _("admin"),
+    "api": _("API"),
+    "command": _("command"),
+    "seed_demo": _("demo data"),
+}
+# The account's own fields (synced from the CRM) whose changes its history shows.
+ACCOUNT_HISTORY_FIELDS = ("name", "external_id", "plan", "language", "timezone", "is_active")
+
+
 @dataclass(frozen=True)
 class LimitsChange:
-    """One changed value of an account's limits or recipients."""
+    """One changed value of an account's limits or recipients, or of its own fields.
+
+    ``who`` is ``—`` for a change made outside a person's session (a command, the CRM
+    sync); ``version_id`` is the past version of the account a change of its own fields
+    made (``None`` for limits and recipients, which have no version to go back to).
+    """
 
     when: datetime
     who: str
@@ -586,6 +603,16 @@ class LimitsChange:
     old: str
     new: str
     reason: str
+    zone: str = "UTC"
+    version_id: int | None = None
+
+    @property
+    def when_text(self) -> str:
+        return datetime_text(self.when, self.zone)
+
+    @property
+    def reason_text(self) -> str:
+        return str(REASON_LABELS.get(self.reason, self.reason)) or "—"
 
 
 def _recipient_display(record: Any) -> str:
@@ -628,8 +655,8 @@ def _limit_changes(record: Any, previous: Any) -> list[tuple[str, str, str]]:
     return [
         (
             str(limit_label(spec, level)) if spec else f"{record.metric}: {level}",
-            threshold_text(old, record.metric),
-            threshold_text(new, record.metric),
+            threshold_amount_text(old, record.metric),
+            threshold_amount_text(new, record.metric),
         )
         for level, old, new in sorted(values, key=lambda value: levels.index(value[0]))
         if old != new
@@ -646,8 +673,8 @@ def _recipient_changes(record: Any, previous: Any) -> list[tuple[str, str, str]]
 
 def _scoped_thresholds_display(record: Any) -> str:
     return gettext("warning %(warning)s, blocked %(blocked)s") % {
-        "warning": threshold_text(record.warning, record.metric),
-        "blocked": threshold_text(record.blocked, record.metric),
+        "warning": threshold_amount_text(record.warning, record.metric),
+        "blocked": threshold_amount_text(record.blocked, record.metric),
     }
 
 
@@ -665,8 +692,8 @@ def _scoped_limit_changes(record: Any, previous: Any) -> list[tuple[str, str, st
     return [
         (
             str(format_lazy(_LINE_LEVEL_LABELS[Level(change.field)], line=line)),
-            threshold_text(change.old, record.metric),
-            threshold_text(change.new, record.metric),
+            threshold_amount_text(change.old, record.metric),
+            threshold_amount_text(change.new, record.metric),
         )
         for change in sorted(delta.changes, key=lambda change: Level.values.index(change.field))
         if change.old != change.new
@@ -696,10 +723,64 @@ def limits_history_list(*, account: Account, limit: int = HISTORY_LENGTH) -> lis
                     old=old,
                     new=new,
                     reason=record.history_change_reason or "",
+                    zone=account.timezone,
                 )
                 found.append(((record.history_date, record.history_id), change))
     found.sort(key=lambda item: item[0], reverse=True)
     return [change for _key, change in found[:limit]]
+
+
+def _account_value(field_name: str, value: Any) -> str:
+    field = Account._meta.get_field(field_name)
+    if value is None or value == "":
+        return "—"
+    if field.choices:
+        return str(dict(field.flatchoices).get(value, value))
+    if isinstance(value, bool):
+        return gettext("Yes") if value else gettext("No")
+    return str(value)
+
+
+def account_history_list(*, account: Account, limit: int = HISTORY_LENGTH) -> list[LimitsChange]:
+    """The ``limit`` most recent changes of the account: of its own fields (each with the
+    version it made) and of its limits, scoped limits and recipients, newest first, one
+    entry per changed value, values written for people (labels, units)."""
+    records = list(
+        Account.history.filter(id=account.pk)
+        .select_related("history_user")
+        .order_by("-history_date", "-history_id")[: limit + 1]
+    )
+    found = list(limits_history_list(account=account, limit=limit))
+    for record, previous in itertools.zip_longest(records[:limit], records[1:]):
+        user = record.history_user
+        who = user.get_username() if user is not None else "—"
+        common = {
+            "when": record.history_date,
+            "who": who,
+            "reason": record.history_change_reason or "",
+            "zone": account.timezone,
+            "version_id": record.history_id,
+        }
+        if record.history_type == "+" or previous is None:
+            found.append(
+                LimitsChange(
+                    what=gettext("Account created"), old="—", new=str(record.name), **common
+                )
+            )
+            continue
+        delta = record.diff_against(previous, included_fields=list(ACCOUNT_HISTORY_FIELDS))
+        for change in delta.changes:
+            label = Account._meta.get_field(change.field).verbose_name
+            found.append(
+                LimitsChange(
+                    what=str(label)[:1].upper() + str(label)[1:],
+                    old=_account_value(change.field, change.old),
+                    new=_account_value(change.field, change.new),
+                    **common,
+                )
+            )
+    found.sort(key=lambda change: change.when, reverse=True)
+    return found[:limit]
 
 
 def _accounts_with_scoped_limits(accounts: list[Account]) -> set[uuid.UUID]:

@@ -443,7 +443,7 @@ def test_user_who_may_only_view_sees_limits_read_only(client):
     # then
     assert response.status_code == 200
     assert "limit_text_tokens_warning" not in response.context["adminform"].form.fields
-    assert "<td>Text tokens</td><td>100</td><td>200</td>" in response.text
+    assert "<td>Text tokens</td><td>100 tokens</td><td>200 tokens</td>" in response.text
     assert "pm@example.com" in response.text
     assert client.post(change_url(account), {}).status_code == 403
 
@@ -470,13 +470,13 @@ def test_change_history_shows_old_and_new_values_newest_first(admin_client):
         for c in response.context["limits_history"]["changes"]
     ]
     assert changes == [
-        ("admin", "Text tokens: warning threshold", "100", "150", "admin"),
+        ("admin", "Text tokens: warning threshold", "100 tokens", "150 tokens", "admin"),
         ("admin", "Warning recipient", "—", "pm@example.com (English)", "admin"),
-        ("admin", "Text tokens: warning threshold", "unlimited", "100", "admin"),
-        ("admin", "Text tokens: blocked threshold", "unlimited", "200", "admin"),
+        ("admin", "Text tokens: warning threshold", "unlimited", "100 tokens", "admin"),
+        ("admin", "Text tokens: blocked threshold", "unlimited", "200 tokens", "admin"),
     ]
     assert "Change history of limits and recipients" in response.text
-    assert "100 → 150" in response.text
+    assert "100 tokens → 150 tokens" in response.text
 
 
 def test_change_history_is_bounded(admin_client):
@@ -488,7 +488,11 @@ def test_change_history_is_bounded(admin_client):
         limit.blocked = blocked
         limit.save()
     changes = limits_history_list(account=account, limit=3)
-    assert [(c.old, c.new) for c in changes] == [("6", "7"), ("5", "6"), ("4", "5")]
+    assert [(c.old, c.new) for c in changes] == [
+        ("6 tokens", "7 tokens"),
+        ("5 tokens", "6 tokens"),
+        ("4 tokens", "5 tokens"),
+    ]
 
 
 def test_account_history_page_works(admin_client):

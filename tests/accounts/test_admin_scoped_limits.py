@@ -306,11 +306,11 @@ def test_the_change_history_shows_scoped_limit_changes(admin_client, account):
     ][:3]
     line = "Text tokens, Day (Model: large)"
     assert changes == [
-        ("admin", line, "warning unlimited, blocked 60,000", "—", "admin"),
-        ("admin", f"{line}: blocked threshold", "50,000", "60,000", "admin"),
-        ("admin", line, "—", "warning unlimited, blocked 50,000", "admin"),
+        ("admin", line, "warning unlimited, blocked 60,000 tokens", "—", "admin"),
+        ("admin", f"{line}: blocked threshold", "50,000 tokens", "60,000 tokens", "admin"),
+        ("admin", line, "—", "warning unlimited, blocked 50,000 tokens", "admin"),
     ]
-    assert "50,000 → 60,000" in response.text
+    assert "50,000 tokens → 60,000 tokens" in response.text
 
 
 def test_a_user_who_may_only_view_limits_sees_scoped_limits_read_only(client, account):

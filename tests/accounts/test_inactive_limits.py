@@ -347,7 +347,7 @@ def test_the_list_shows_an_account_that_left_enterprise_ok_and_unlimited(admin_c
     row = html[start : html.index("</tr>", start)]
     assert "usage-badge-ok" in row
     assert "usage-badge-blocked" not in row
-    assert "1,200 / unlimited" in row
+    assert "1,200 tokens / unlimited" in row
     assert "usage-bar-fill" not in row
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from django.utils import formats, timezone, translation
+from django.utils import translation
 from playwright.sync_api import expect
 
 from accounts.models import Limit, Recipient
 from accounts.services import MSG_WARNING_NEEDS_RECIPIENT
+from config.dates import datetime_text
 from tests.factories import AccountFactory
 
 pytestmark = [
@@ -61,7 +62,7 @@ def test_warning_threshold_needs_a_recipient_then_shows_in_the_history(
     record = Limit.history.get()
     assert record.history_user == staff_manager
     with translation.override(language):
-        when = formats.date_format(timezone.localtime(record.history_date), "DATETIME_FORMAT")
+        when = datetime_text(record.history_date, account.timezone)
     history = page.locator("#limits-history tbody tr")
     expect(history).to_have_count(2)  # the threshold and the recipient
     for change in (history.nth(0), history.nth(1)):

@@ -26,9 +26,18 @@ USAGE = {
 }
 STATUS = {"en": ("Warning", "OK"), "fr": ("Avertissement", "OK")}
 # What each bar reads, used / scale (the blocked threshold), in METRICS order.
+# With their unit; seconds also in hours and minutes, on a second line.
 FIGURES = {
-    "en": ["1,200 / 36,000", "30,000 / 72,000", "150,000 / 360,000"],
-    "fr": [r"1\s200 / 36\s000", r"30\s000 / 72\s000", r"150\s000 / 360\s000"],
+    "en": [
+        r"1,200 / 36,000 s\s*20 min / 10 h",
+        r"30,000 / 72,000 s\s*8 h 20 min / 20 h",
+        "150,000 / 360,000 tokens",
+    ],
+    "fr": [
+        r"1\s200 / 36\s000 s\s*20 min / 10 h",
+        r"30\s000 / 72\s000 s\s*8 h 20 min / 20 h",
+        r"150\s000 / 360\s000 jetons",
+    ],
 }
 
 

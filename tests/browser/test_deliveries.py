@@ -40,8 +40,14 @@ def test_failed_delivery_is_resent_and_its_new_status_shows(
     page = open_page(staff_manager)
     page.goto("/admin/notifications/delivery/")
     row = page.locator("#result_list tbody tr", has_text="pm@acme.example")
-    expect(row.locator("td.field-status")).to_have_text(failed_label)
+    expect(row.locator("td.field-status_display")).to_have_text(failed_label)
     screenshot(page, "failed")
+    # every column within the list at 1440 px, the error and the dates included
+    expect(row.locator("td.field-last_error_display")).to_have_text(failed.last_error)
+    assert page.evaluate(
+        "() => { const r = document.querySelector('#changelist .results');"
+        " return r.scrollWidth <= r.clientWidth; }"
+    )
 
     # when: the manager resends it from the list
     row.locator("input.action-select").check()
@@ -51,7 +57,7 @@ def test_failed_delivery_is_resent_and_its_new_status_shows(
     # then: the list shows it sent, and it was sent once
     expect(page.locator(".messagelist .success")).to_be_visible()
     row = page.locator("#result_list tbody tr", has_text="pm@acme.example")
-    expect(row.locator("td.field-status")).to_have_text(sent_label)
+    expect(row.locator("td.field-status_display")).to_have_text(sent_label)
     screenshot(page, "resent")
     failed.refresh_from_db()
     assert failed.status == Delivery.Status.SENT

@@ -12,6 +12,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.formats import date_format
 
 from accounts.metrics import METRICS, MetricSpec
 from accounts.models import Account, Plan
@@ -93,20 +94,22 @@ def test_list_shows_the_status_and_a_usage_bar_per_metric(admin_client):
     assert '<div class="usage-bar usage-warning"' in warned_row
     assert 'style="width: 85.0%"' in warned_row
     assert 'class="usage-bar-marker" style="left: 80.0%"' in warned_row
-    assert '<div class="usage-bar-text">850 / 1,000</div>' in warned_row
-    assert "12.5 / unlimited" in warned_row
-    assert "Text tokens: 850 of 1,000 tokens used." in warned_row  # the tooltip
+    assert '<div class="usage-bar-text">850 / 1,000 tokens</div>' in warned_row
+    assert "12.5 s / unlimited" in warned_row
+    assert "Text tokens: 850 tokens used of 1,000 tokens." in warned_row  # the tooltip
     blocked_row = row_html(response, blocked)
     assert "usage-badge-blocked" in blocked_row
     assert 'style="width: 100.0%"' in blocked_row
-    assert "1,000 / 1,000" in blocked_row
+    assert "1,000 / 1,000 tokens" in blocked_row
     calm_row = row_html(response, calm)
     assert "usage-badge-ok" in calm_row
     assert "usage-bar-marker" not in calm_row  # no warning threshold to mark
-    assert "10 / 1,000" in calm_row
+    assert "10 / 1,000 tokens" in calm_row
     free_row = row_html(response, free)
     assert "usage-badge-ok" in free_row
-    assert free_row.count("0 / unlimited") == len(METRICS)
+    assert free_row.count(" / unlimited") == len(METRICS)
+    assert "0 tokens / unlimited" in free_row
+    assert "0 s / unlimited" in free_row
 
 
 def test_a_bar_with_only_a_warning_threshold_goes_up_to_it(admin_client):
@@ -149,7 +152,7 @@ def test_a_fourth_metric_gets_its_column_without_admin_change(admin_client, monk
     account = AccountFactory()
     response = admin_client.get(ACCOUNTS_URL)
     assert 'class="column-usage_video_seconds"' in response.text
-    assert row_html(response, account).count("0 / unlimited") == 4
+    assert row_html(response, account).count(" / unlimited") == 4
 
 
 @pytest.mark.parametrize(
@@ -263,21 +266,40 @@ def test_account_page_shows_the_current_usage_and_links_to_events(admin_client):
     # then
     assert response.status_code == 200
     section = response.context["current_usage"]
-    assert section["period"] == period.code
+    month = date_format(period.first_day, "YEAR_MONTH_FORMAT")
+    assert section["period"] == month
     assert section["zone"] == "Europe/Paris"
     assert [
         (r.label, r.used, r.warning, r.blocked, r.extension, r.effective_blocked, r.remaining)
         for r in section["rows"]
     ] == [
-        ("Audio transcribed", "3,600.5", "unlimited", "unlimited", "0", "unlimited", "—"),
-        ("Audio analyzed", "0", "unlimited", "unlimited", "0", "unlimited", "—"),
-        ("Text tokens", "850", "800", "1,000", "0", "1,000", "150"),
+        (
+            "Audio transcribed",
+            "3,600.5 seconds (1 h)",
+            "unlimited",
+            "unlimited",
+            "0 seconds",
+            "unlimited",
+            "—",
+        ),
+        ("Audio analyzed", "0 seconds", "unlimited", "unlimited", "0 seconds", "unlimited", "—"),
+        (
+            "Text tokens",
+            "850 tokens",
+            "800 tokens",
+            "1,000 tokens",
+            "0 tokens",
+            "1,000 tokens",
+            "150 tokens",
+        ),
     ]
     html = response.text
     assert "Current period usage" in html
-    assert f"Period {period.code}: from " in html
+    assert f"Period {month}: from " in html
     assert "(Europe/Paris time)" in html
-    assert '<div class="usage-bar-text">850 / 1,000</div>' in html
+    assert '<div class="usage-bar-text">850 / 1,000 tokens</div>' in html
+    assert "3,600.5 s / unlimited<br>" in html
+    assert '<span class="usage-duration">1 h</span>' in html
     assert f'href="{EVENTS_URL}?account__id__exact={account.pk}"' in html
     assert "View usage events" in html
     counters_url = reverse("admin:usage_usagecounter_changelist")
@@ -303,7 +325,7 @@ def test_manager_sees_the_usage_section_and_lists(manager_admin_client):
     assert "Current period usage" in response.text
     assert f"{EVENTS_URL}?account__id__exact={account.pk}" in response.text
     assert "usage-badge-warning" in row_html(manager_admin_client.get(ACCOUNTS_URL), account)
-    for model in ("usageevent", "usagecounter", "extension", "counterrepair", "eventpurge"):
+    for model in ("usageevent", "usagecounter", "extension"):
         url = reverse(f"admin:usage_{model}_changelist")
         assert manager_admin_client.get(url).status_code == 200, model
 
@@ -363,7 +385,11 @@ def test_granting_an_extension_on_the_account_page_raises_the_threshold(admin_cl
     )
     page = admin_client.get(change_url(account))
     tokens = page.context["current_usage"]["rows"][-1]
-    assert (tokens.extension, tokens.effective_blocked, tokens.remaining) == ("100", "1,100", "0")
+    assert (tokens.extension, tokens.effective_blocked, tokens.remaining) == (
+        "100 tokens",
+        "1,100 tokens",
+        "0 tokens",
+    )
     # Still past the raised threshold: notified again, at the new threshold.
     blocked = Notification.objects.filter(account=account, level="blocked")
     assert sorted(blocked.values_list("threshold", flat=True)) == [1000, 1100]
@@ -371,13 +397,13 @@ def test_granting_an_extension_on_the_account_page_raises_the_threshold(admin_cl
     inline = page.text[page.text.index('id="extensions-group"') :]
     inline = inline[: inline.index('id="extensions-empty"')]  # the template of a new row
     periods = re.findall(r'class="field-period_display">\s*<p>([^<]*)</p>', inline)
-    assert periods == [current_period(account).code, current_period(account).previous.code]
+    current, previous = current_period(account), current_period(account).previous
+    month = date_format(current.first_day, "YEAR_MONTH_FORMAT")
+    assert periods == [month, date_format(previous.first_day, "YEAR_MONTH_FORMAT")]
     assert 'name="extensions-0-amount"' not in inline
     # The admin's log says what was added.
     entry = LogEntry.objects.get(object_id=str(account.pk))
-    assert entry.get_change_message() == (
-        f"Added extension “+100 text_tokens {current_period(account).code}”."
-    )
+    assert entry.get_change_message() == (f"Added extension “Text tokens: +100 tokens ({month})”.")
 
 
 @pytest.mark.parametrize(
@@ -454,8 +480,9 @@ def test_event_list_shows_quantities_and_filters_by_account(admin_client):
     # then
     assert listed.status_code == 200
     assert [e.event_id for e in listed.context["cl"].result_list] == ["tok-2", "sec-1", "tok-1"]
-    assert '<td class="field-quantity_display">1,234</td>' in listed.text
-    assert '<td class="field-quantity_display">12.500</td>' in listed.text
+    assert '<td class="field-quantity_display">1,234 tokens</td>' in listed.text
+    assert '<td class="field-quantity_display">12.5 seconds</td>' in listed.text
+    assert ".500" not in listed.text
     assert [e.event_id for e in filtered.context["cl"].result_list] == ["sec-1", "tok-1"]
     assert "Acme (crm-acme)" in filtered.text  # the filter says which account
     assert [e.event_id for e in by_metric.context["cl"].result_list] == ["sec-1"]
@@ -515,10 +542,16 @@ def test_the_other_usage_lists_render_read_only(admin_client):
 
     # when / then
     expected = {
-        "usagecounter": "2.500",
-        "extension": f"{day:%Y-%m}",
-        "counterrepair": "2.500",
-        "eventpurge": "42",
+        "usagecounter": '<td class="field-quantity_display">2.5 seconds</td>',
+        "extension": (
+            f'<td class="field-period_display">{date_format(day, "YEAR_MONTH_FORMAT")}</td>'
+            '<td class="field-amount_display">5 tokens</td>'
+        ),
+        "counterrepair": (
+            '<td class="field-found_display">1 second</td>'
+            '<td class="field-expected_display">2.5 seconds</td>'
+        ),
+        "eventpurge": '<td class="field-deleted">42</td>',
     }
     for model, text in expected.items():
         response = admin_client.get(reverse(f"admin:usage_{model}_changelist"))
@@ -531,5 +564,6 @@ def test_the_other_usage_lists_render_read_only(admin_client):
     assert len(filtered.context["cl"].result_list) == 1
 
 
-def test_account_managers_may_see_event_purges(manager):
-    assert manager.has_perm("usage.view_eventpurge")
+def test_ops_tables_are_for_superusers_not_account_managers(manager):
+    for permission in ("usage.view_eventpurge", "usage.view_counterrepair"):
+        assert not manager.has_perm(permission), permission

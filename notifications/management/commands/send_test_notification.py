@@ -1,4 +1,5 @@
-"""``manage.py send_test_notification ACCOUNT --level L --language LANG --to EMAIL``."""
+"""``manage.py send_test_notification ACCOUNT --level L --language LANG --to EMAIL
+[--metric M]``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from accounts.management.base import OpsCommand
+from accounts.metrics import METRICS
 from accounts.models import Language, Level
 from notifications.models import Delivery
 from notifications.services import notification_send_test
@@ -28,7 +30,8 @@ class Command(OpsCommand):
         "Send a sample threshold notification of ACCOUNT (its id or external id) to EMAIL "
         "through the real mail path: a test notification and its delivery are recorded, "
         "and the e-mail goes through the task and the provider like any other. The sample "
-        "uses the account's current threshold and usage of its first limited metric. "
+        "uses the account's current threshold and usage of --metric (by default its first "
+        "metric limited at that level). "
         "Prints the delivery's id, then its status once the task has run (queued when a "
         "broker is configured: the worker sends it). Exits non-zero if the sending failed."
     )
@@ -52,6 +55,11 @@ class Command(OpsCommand):
         parser.add_argument(
             "--to", required=True, metavar="EMAIL", help=gettext("The address to send to.")
         )
+        parser.add_argument(
+            "--metric",
+            choices=list(METRICS),
+            help=gettext("The metric of the sample (default: the first limited at --level)."),
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         account = self.get_account(options["account"])
@@ -61,6 +69,7 @@ class Command(OpsCommand):
                 level=options["level"],
                 language=options["language"],
                 to=options["to"],
+                metric=options["metric"],
             )
         except ValidationError as refused:
             raise CommandError(_one_line(refused)) from refused

@@ -1,0 +1,47 @@
+"""Dates and times for people: in the account's time zone, named, "1er" in French."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pytest
+from django.utils.translation import override
+
+from config.dates import date_text, datetime_text, month_text
+
+
+@pytest.mark.parametrize(
+    ("instant", "zone", "english", "french"),
+    [
+        # 23:30 UTC on 30 November is already 1 December in Paris.
+        (
+            datetime(2026, 11, 30, 23, 30, tzinfo=UTC),
+            "Europe/Paris",
+            "Dec. 1, 2026, 12:30 a.m. (Europe/Paris)",
+            "1er décembre 2026 00:30 (Europe/Paris)",
+        ),
+        (
+            datetime(2026, 12, 11, 9, 0, tzinfo=UTC),
+            "America/New_York",
+            "Dec. 11, 2026, 4 a.m. (America/New_York)",
+            "11 décembre 2026 04:00 (America/New_York)",
+        ),
+        (None, "UTC", "—", "—"),
+    ],
+)
+def test_instants_are_written_in_the_zone_named(instant, zone, english, french):
+    with override("en"):
+        assert datetime_text(instant, zone) == english
+    with override("fr"):
+        assert datetime_text(instant, zone) == french
+
+
+def test_the_first_of_a_month_is_1er_in_french_only_on_the_first():
+    with override("fr"):
+        assert date_text(date(2027, 1, 1)) == "1er janvier 2027"
+        assert date_text(date(2027, 1, 11)) == "11 janvier 2027"
+        assert date_text(date(2027, 1, 21)) == "21 janvier 2027"
+        assert month_text(date(2027, 1, 1)) == "janvier 2027"
+    with override("en"):
+        assert date_text(date(2027, 1, 1)) == "Jan. 1, 2027"
+        assert month_text(date(2027, 1, 1)) == "January 2027"
