@@ -341,7 +341,8 @@ class Extension(models.Model):
         from .quantities import threshold_amount_text
 
         return gettext("%(line)s: +%(amount)s (%(period)s)") % {
-            "line": self.line_text(),
+            # The month names a monthly line's period: its metric names the line.
+            "line": self.line_text() if self.scoped_limit_id else _metric_label(self.metric),
             "amount": threshold_amount_text(self.amount, self.metric),
             "period": self.period_text(),
         }

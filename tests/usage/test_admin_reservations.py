@@ -71,8 +71,8 @@ def test_the_list_of_one_account_shows_each_reservation_with_its_state(
         ("past-expiry", "expired"),
         ("held", "active"),
     ]
-    assert '<td class="field-quantity_display">1,500</td>' in response.text
-    assert "model=large" in response.text
+    assert '<td class="field-quantity_display">1,500 tokens</td>' in response.text
+    assert "Model: large" in response.text
 
 
 @pytest.mark.parametrize(

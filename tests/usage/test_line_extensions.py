@@ -279,12 +279,12 @@ def test_a_grant_on_the_account_page_is_stored_for_the_line_s_current_period(
         )
     ]
     assert LogEntry.objects.get(object_id=str(account.pk)).get_change_message() == (
-        f"Added extension “+3000 {ROLLING} 2026-12-02T00:00:00+01:00”."
+        f"Added extension “{ROLLING}: +3000 tokens (Dec. 2, 2026, midnight (Europe/Paris))”."
     )
     inline = page.text[page.text.index('id="extensions-group"') :]
     inline = inline[: inline.index('id="extensions-empty"')]
     cells = re.findall(r'<td class="field-(line|period_display)">\s*<p>([^<]*)</p>', inline)
-    assert cells == [("line", ROLLING), ("period_display", "2026-12-02T00:00:00+01:00")]
+    assert cells == [("line", ROLLING), ("period_display", "Dec. 2, 2026, midnight (Europe/Paris)")]
 
 
 def test_a_line_without_blocked_threshold_is_refused_on_its_row(account, admin_client):
