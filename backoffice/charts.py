@@ -22,6 +22,7 @@ from accounts.forms import UNIT_LABELS
 from accounts.metrics import METRICS
 from accounts.models import Account
 from accounts.windows import PeriodKind, Window
+from config.dates import date_text, datetime_text
 from usage.models import MILLI
 from usage.quantities import quantity_text, threshold_text
 from usage.selectors import LineSteps, Status, account_lines_steps
@@ -117,7 +118,7 @@ def _number(value: float) -> str:
 def _step_text(step: Window, show_offset: bool) -> str:
     local = step.local_start
     if step.kind == PeriodKind.DAY:
-        return formats.date_format(local, "DATE_FORMAT")
+        return date_text(local.date())
     text = formats.time_format(local, "H:i")
     if not show_offset:
         return text
@@ -130,8 +131,8 @@ def _period_text(steps: LineSteps) -> str:
     kind = steps.line_usage.line.period_text()
     return gettext("%(kind)s from %(start)s to %(end)s (%(zone)s time)") % {
         "kind": kind,
-        "start": formats.date_format(window.local_start, "DATETIME_FORMAT"),
-        "end": formats.date_format(window.local_end, "DATETIME_FORMAT"),
+        "start": datetime_text(window.local_start, window.zone.key, with_zone=False),
+        "end": datetime_text(window.local_end, window.zone.key, with_zone=False),
         "zone": window.zone.key,
     }
 

@@ -25,6 +25,12 @@ def date_text(value: datetime.date) -> str:
     return _french_first(formats.date_format(value, "DATE_FORMAT"), value)
 
 
+def day_text(value: datetime.date) -> str:
+    """A day with its month written out in every language: ``2 December 2026`` /
+    ``1er décembre 2026`` (English's ``DATE_FORMAT`` abbreviates some months)."""
+    return _french_first(formats.date_format(value, "j F Y"), value)
+
+
 def datetime_text(value: datetime.datetime | None, zone: str, *, with_zone: bool = True) -> str:
     """An instant in the time zone ``zone`` (an IANA name), with the zone named:
     ``Dec. 1, 2026, midnight (Europe/Paris)`` / ``1er décembre 2026 00:00 (Europe/Paris)``.

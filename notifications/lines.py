@@ -10,12 +10,12 @@ from django.utils import formats
 from django.utils.translation import gettext, ngettext
 
 from accounts.windows import PeriodKind
+from config.dates import day_text
 
 
 def _day(value: date) -> str:
-    # Day, month name and year in every language ("2 December 2026", "2 décembre 2026"):
-    # English's DATE_FORMAT would abbreviate some months ("Dec. 2, 2026").
-    return formats.date_format(value, "j F Y")
+    # Day, month name and year in every language ("2 December 2026", "1er décembre 2026").
+    return day_text(value)
 
 
 def period_text(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.utils.translation import override
 
-from config.dates import date_text, datetime_text, month_text
+from config.dates import date_text, datetime_text, day_text, month_text
+from notifications.lines import period_text
 
 
 @pytest.mark.parametrize(
@@ -45,3 +47,29 @@ def test_the_first_of_a_month_is_1er_in_french_only_on_the_first():
     with override("en"):
         assert date_text(date(2027, 1, 1)) == "Jan. 1, 2027"
         assert month_text(date(2027, 1, 1)) == "January 2027"
+
+
+def test_a_day_written_out_names_its_month_whole_and_the_first_as_1er():
+    with override("fr"):
+        assert day_text(date(2027, 3, 1)) == "1er mars 2027"
+        assert day_text(date(2027, 3, 21)) == "21 mars 2027"
+    with override("en"):
+        assert day_text(date(2027, 3, 1)) == "1 March 2027"
+
+
+def test_a_notice_names_a_period_starting_on_the_first_of_a_month_with_1er():
+    # given: a week line whose week starts on Monday 1 March 2027 in Paris
+    start = datetime(2027, 2, 28, 23, 0, tzinfo=UTC)
+    zone = ZoneInfo("Europe/Paris")
+    # when
+    with override("fr"):
+        french = period_text(
+            kind="week", window_days=None, day=date(2027, 3, 1), start=start, zone=zone
+        )
+    with override("en"):
+        english = period_text(
+            kind="week", window_days=None, day=date(2027, 3, 1), start=start, zone=zone
+        )
+    # then
+    assert french == "semaine du 1er mars 2027"
+    assert english == "week of 1 March 2027"
