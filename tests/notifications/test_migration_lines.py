@@ -12,22 +12,14 @@ from datetime import UTC, date, datetime
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 
 from accounts.models import Account
 from notifications.models import Notification
 from notifications.services import Crossing, _crossings_insert
+from tests.migrations import migrate
 
 BEFORE = [("notifications", "0005_notification_published_at")]
 AFTER = [("notifications", "0006_notification_lines")]
-
-
-def migrate(targets):
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return executor.loader.project_state(targets).apps
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)

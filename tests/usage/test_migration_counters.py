@@ -12,10 +12,9 @@ from datetime import UTC, date, datetime
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 
 from accounts.models import Account as Current
+from tests.migrations import migrate
 from usage.models import UsageCounter as Counter
 from usage.models import UsageHourCounter
 from usage.periods import Period
@@ -24,13 +23,6 @@ from usage.services import counters_rebuild
 
 BEFORE = [("usage", "0006_usageevent_labels")]
 AFTER = [("usage", "0007_counters_per_label_subset_and_hour")]
-
-
-def migrate(targets):
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return executor.loader.project_state(targets).apps
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)

@@ -7,23 +7,15 @@ from datetime import date
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 
 from accounts.models import Account as Current
+from tests.migrations import migrate
 from usage.models import Extension as CurrentExtension
 from usage.periods import Period
 from usage.selectors import usage_for
 
 BEFORE = [("usage", "0008_usagelabelset"), ("accounts", "0006_scoped_limits")]
 AFTER = [("usage", "0009_extension_per_line")]
-
-
-def migrate(targets):
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return executor.loader.project_state(targets).apps
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
