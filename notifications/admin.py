@@ -41,7 +41,14 @@ from .hooks import (
     webhook_endpoint_save,
     webhook_endpoint_validate,
 )
-from .models import Delivery, EarlyTrackingEvent, Notification, WebhookDelivery, WebhookEndpoint
+from .models import (
+    Delivery,
+    EarlyTrackingEvent,
+    NoticeLevel,
+    Notification,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from .selectors import notification_periods
 from .services import deliveries_resend, notification_send_test, thresholds_evaluate
 
@@ -543,12 +550,7 @@ class WebhookDeliveryAdmin(WebhookResendPermission, ReadOnlyAdmin):
             )
 
 
-LEVEL_LABELS = {
-    "warning": _("Warning"),
-    "blocked": _("Blocked"),
-    "restored": _("Restored"),
-    "forecast": _("Forecast"),
-}
+LEVEL_LABELS = dict(NoticeLevel.choices)
 
 
 class WebhookEndpointForm(forms.ModelForm):

@@ -46,12 +46,12 @@ from standardwebhooks.webhooks import Webhook
 from accounts.models import Account
 from usage.quantities import quantity_number
 
-from .models import Notification, WebhookDelivery, WebhookEndpoint
+from .models import NoticeLevel, Notification, WebhookDelivery, WebhookEndpoint
 
 logger = logging.getLogger(__name__)
 
 # Every level a notification may have (SPEC 12.2, 12.3): an endpoint may ask for any.
-LEVELS = ("warning", "blocked", "restored", "forecast")
+LEVELS = tuple(NoticeLevel.values)
 MAX_ENDPOINTS = 10
 MAX_URL_LENGTH = 2000  # WebhookEndpoint.url
 SECRET_PREFIX = "whsec_"
@@ -369,8 +369,8 @@ def webhook_payload(notification: Notification) -> dict[str, Any]:
         "threshold": notification.threshold,
         "used": quantity_number(notification.used_milli, notification.metric),
     }
-    if notification.level == "forecast":
-        projected_at = getattr(notification, "projected_at", None)
+    if notification.level == NoticeLevel.FORECAST:
+        projected_at = notification.projected_at
         data["projected_at"] = projected_at.isoformat() if projected_at else None
     return {
         "type": f"usage.{notification.level}",

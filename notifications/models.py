@@ -22,6 +22,18 @@ from .lines import period_text
 SUB_DAY_KINDS = (PeriodKind.HOUR, PeriodKind.MINUTE)
 
 
+class NoticeLevel(models.TextChoices):
+    """What a notification says: a threshold reached (``warning``, ``blocked``, the levels of
+    a limit, ``accounts.models.Level``), capacity given back to a blocked line (``restored``,
+    SPEC 12.2) or a blocked threshold foreseen before the period ends (``forecast``, 12.3).
+    The webhook endpoints subscribe to these levels (``notifications.hooks.LEVELS``)."""
+
+    WARNING = Level.WARNING.value, Level.WARNING.label
+    BLOCKED = Level.BLOCKED.value, Level.BLOCKED.label
+    RESTORED = "restored", _("Restored")
+    FORECAST = "forecast", _("Forecast")
+
+
 class Notification(models.Model):
     """A threshold of a limit line reached: exactly one row per line, level, period start and
     threshold (SPEC sections 6 and 11.5).
@@ -66,7 +78,7 @@ class Notification(models.Model):
         db_default="",
         help_text=_("The line's labels, key=value pairs sorted and joined by “;”."),
     )
-    level = models.CharField(_("level"), max_length=16, choices=Level.choices)
+    level = models.CharField(_("level"), max_length=16, choices=NoticeLevel.choices)
     period = models.DateField(
         _("period"),
         help_text=_(
@@ -87,6 +99,21 @@ class Notification(models.Model):
         ),
     )
     used_milli = models.BigIntegerField(_("usage when reached (thousandths)"))
+    restores = models.OneToOneField(
+        "self",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="restored_by",
+        verbose_name=_("restores"),
+        help_text=_("Restored notices: the blocked notification this notice answers."),
+    )
+    projected_at = models.DateTimeField(
+        _("projected at"),
+        null=True,
+        blank=True,
+        help_text=_("Forecast notices: when the usage, at its rate so far, reaches the threshold."),
+    )
     created_at = models.DateTimeField(_("reached at"), auto_now_add=True)
     is_test = models.BooleanField(_("test"), default=False)
     published_at = models.DateTimeField(
@@ -138,6 +165,29 @@ class Notification(models.Model):
             models.CheckConstraint(
                 condition=models.Q(recorded_only=False) | models.Q(period_kind__in=SUB_DAY_KINDS),
                 name="notification_recorded_only_sub_day",
+            ),
+            # One forecast per line and period, whatever the threshold (SPEC 12.3); one
+            # restored notice per blocked notification is the one-to-one ``restores``.
+            models.UniqueConstraint(
+                "account",
+                "metric",
+                "period_kind",
+                Coalesce("window_days", models.Value(0)),
+                "labels_key",
+                "period_start",
+                condition=models.Q(is_test=False, level="forecast"),
+                name="notification_forecast_once_per_period",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(
+                    restores__isnull=True, level__in=["warning", "blocked", "forecast"]
+                )
+                | models.Q(restores__isnull=False, level="restored"),
+                name="notification_restored_answers_blocked",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(projected_at__isnull=True) | models.Q(level="forecast"),
+                name="notification_projected_at_only_forecast",
             ),
         ]
         indexes = [
