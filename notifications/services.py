@@ -509,6 +509,8 @@ def thresholds_evaluate(
     changed limits or extensions; takes the usage locks first, so that usage recorded
     concurrently is seen, and looks at the current windows only.
     """
+    from .restored import restored_notices_record  # it builds on this module
+
     now = now or timezone.now()
     # Only Enterprise accounts are limited: others keep their limits, inactive.
     accounts = Account.objects.filter(is_active=True, plan=Plan.ENTERPRISE)
@@ -520,7 +522,9 @@ def thresholds_evaluate(
     }
     scoped = list(accounts.filter(pk__in=ScopedLimit.objects.values("account_id")).order_by("pk"))
     if not periods and not scoped:
-        return []
+        # No line is left to cross, but a line removed or cleared may restore (SPEC 12.2).
+        with transaction.atomic():
+            return restored_notices_record(accounts=accounts, now=now)
     with transaction.atomic():
         if after_limit_change:
             locked = sorted(set(periods) | {account.pk for account in scoped})
@@ -530,6 +534,8 @@ def thresholds_evaluate(
         created = crossings_record(usages=reached, lines=lines, now=now)
         if not after_limit_change and periods:
             created += _crossings_insert(_closed_period_crossings(periods, now), now)
+        # Blocked lines no longer blocked, after the crossings (SPEC 12.2).
+        created += restored_notices_record(accounts=accounts, now=now)
     return created
 
 
