@@ -507,3 +507,47 @@ def test_deliveries_go_to_those_the_blocked_notice_reached():
     assert sorted(
         Delivery.objects.filter(notification=notice).values_list("email", "language")
     ) == (EVERY_BLOCKED)
+
+
+# --- Admin ---
+
+
+def test_the_admin_lists_a_restored_notice_with_its_label_and_a_link_to_what_it_answers(
+    admin_client,
+):
+    with at("2027-01-13 10:00") as now:
+        account = monthly_account(blocked=100)
+        record(account, "a", 120, now)
+        limits_patch(account=account, data={"limits": {TOKENS: {"blocked": 500}}})
+    notice = Notification.objects.get(level="restored")
+    blocked_url = f"/admin/notifications/notification/{notice.restores_id}/change/"
+    for page in (
+        "/admin/notifications/notification/",
+        f"/admin/notifications/notification/{notice.pk}/change/",
+        f"/admin/accounts/account/{account.pk}/change/",
+    ):
+        response = admin_client.get(page)
+        assert response.status_code == 200
+        html = response.content.decode()
+        assert '<span class="notification-level notification-level-restored">Restored</span>' in (
+            html
+        )
+        if "change" not in page or "account" in page:
+            assert (
+                '<span class="notification-level notification-level-blocked">Blocked</span>' in html
+            )
+        assert (
+            f'<a class="notification-restores" href="{blocked_url}">'
+            f"answers blocked notification #{notice.restores_id}</a>" in html
+        )
+        assert "Blocked threshold raised" in html
+        if "change" not in page:
+            assert "Capacity restored" in html
+    # and in French
+    response = admin_client.get(
+        "/admin/notifications/notification/?level=restored", HTTP_ACCEPT_LANGUAGE="fr"
+    )
+    html = response.content.decode()
+    assert "notification-level-restored" in html
+    assert "notification-level-blocked" not in html
+    assert f"répond à la notification de blocage n° {notice.restores_id}" in html
