@@ -27,6 +27,7 @@ from backoffice.services import (
 from notifications.hooks import webhook_payload
 from notifications.models import Delivery, Notification, WebhookDelivery, WebhookEndpoint
 from notifications.services import thresholds_evaluate
+from tests.accounts.test_admin import page_errors, post_account_page
 from tests.factories import AccountFactory
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
@@ -551,3 +552,16 @@ def test_the_admin_lists_a_restored_notice_with_its_label_and_a_link_to_what_it_
     assert "notification-level-restored" in html
     assert "notification-level-blocked" not in html
     assert f"répond à la notification de blocage n° {notice.restores_id}" in html
+
+
+def test_raising_the_threshold_on_the_admin_account_page_restores_once(client, admin_user):
+    with at("2027-01-13 10:00") as now:
+        client.force_login(admin_user)  # a session of that day
+        admin_client = client
+        account = monthly_account(blocked=100)
+        record(account, "a", 120, now)
+        # when: the page is posted back with a higher blocked threshold, twice
+        for blocked in (500, 600):
+            response = post_account_page(admin_client, account, limit_text_tokens_blocked=blocked)
+            assert response.status_code == 302, page_errors(response)
+    assert restored(account) == [("raised", 100, 500, 120, "blocked", EVERY_BLOCKED)]
