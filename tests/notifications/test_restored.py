@@ -316,6 +316,17 @@ def test_a_blocked_notification_of_an_earlier_period_is_not_answered_by_a_change
     assert restored(account) == []
 
 
+def test_a_weekly_line_blocked_two_weeks_ago_is_not_answered_by_a_change():
+    with at("2027-01-05 10:00") as now:
+        account = line_account(period="week", blocked=50)
+        record(account, "a", 70, now)
+    # the week after it ended blocked, the sweep did not run; a week later the cap is raised
+    with at("2027-01-20 10:00"):
+        scoped_limit_set(account=account, metric=TOKENS, period="week", blocked=500)
+        thresholds_evaluate()
+    assert restored(account) == []
+
+
 def test_without_blocked_recipients_the_notice_is_recorded_and_e_mails_nobody():
     with at("2027-01-13 10:00") as now:
         account = AccountFactory(timezone="Europe/Paris")
