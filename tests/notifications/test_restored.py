@@ -7,6 +7,7 @@ knows which period it is in; usage is recorded through the service at those inst
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -400,7 +401,9 @@ def test_the_whole_metric_month_is_restored_when_the_next_month_begins():
         account = monthly_account(blocked=100)
         record(account, "a", 100, now)
     with at("2027-02-01 00:00"):
-        thresholds_evaluate()
+        out = io.StringIO()
+        call_command("evaluate_thresholds", stdout=out)
+    assert out.getvalue() == "acme-7  text_tokens  restored  100\n1 notification(s) created.\n"
     assert restored(account) == [("new_period", 100, 100, 0, "blocked", EVERY_BLOCKED)]
     english = next(m for m in restored_mail() if m.to == ["ops@example.com"])
     assert "What changed: The period January 2027 has ended and a new period has started." in (
