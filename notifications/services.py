@@ -507,7 +507,9 @@ def thresholds_evaluate(
     recording was lost); scoped lines whose window closed are not looked at again (see
     ``docs/how-it-works.md``). ``after_limit_change``: called inside the transaction that
     changed limits or extensions; takes the usage locks first, so that usage recorded
-    concurrently is seen, and looks at the current windows only.
+    concurrently is seen, and looks at the current windows only. Then, in the same
+    transaction, the blocked lines no longer blocked get their restored notice
+    (``notifications.restored``, SPEC 12.2).
     """
     from .restored import restored_notices_record  # it builds on this module
 
