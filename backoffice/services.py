@@ -32,7 +32,12 @@ from usage.locks import usage_lock
 from usage.models import Extension
 from usage.periods import period_containing
 from usage.selectors import Status, usage_for
-from usage.services import IngestResult, extension_grant, usage_events_store
+from usage.services import (
+    IngestResult,
+    counter_keys_sync,
+    extension_grant,
+    usage_events_store,
+)
 
 # --- Limits and accounts, with the crossings a change causes (SPEC sections 3 and 6) ---
 
@@ -52,6 +57,9 @@ def limits_replace(
         document = limits_document_validate(account=account, data=data)
         if _limits_write(account=account, document=document, actor=actor, reason=reason):
             Account.objects.filter(pk=account.pk).update(limits_updated_at=timezone.now())
+            # Under the usage locks: a new line's label key counts from the start of its
+            # current period, what was recorded before included (SPEC 11.2).
+            counter_keys_sync(account=account)
             # A new or lowered threshold that usage already passed notifies now (rule 7).
             thresholds_evaluate(account_ids=[account.pk], after_limit_change=True)
     return limits_document_get(account=account)

@@ -23,7 +23,8 @@ e. memory: peak RSS (``VmHWM``) of each gunicorn worker.
 Every figure is printed next to its target with PASS or FAIL. The database is left in
 place for inspection and dropped by the next run. Run from the project root:
 
-    .venv/bin/python bench/ingest.py [--quick] [--strict] [--threads N] [--profile DIR]
+    .venv/bin/python bench/ingest.py [--quick] [--strict] [--parts abcde] [--threads N]
+        [--profile DIR]
         [--cache-url URL] [--token-cache-seconds N] [--lines N] [--table-events N]
 """
 
@@ -1259,6 +1260,13 @@ def main() -> int:
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument(
+        "--parts",
+        default="abcde",
+        metavar="PARTS",
+        help="the parts to run, e.g. 'ab' for batch ingestion and its ceiling alone "
+        "(default abcde: all)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         choices=range(1, 9),
@@ -1348,16 +1356,20 @@ def main() -> int:
         def spy(part: str) -> AbstractContextManager[None]:
             return profiled(args.profile, part, server.pid)
 
-        print("a. batch ingestion through HTTP, b. the ceiling: hand-written SQL, in turns")
-        with spy("a"):
-            part_batches(report, port, token, posting, sizes, now)
-        print("c. the floors and the per-request paths, interleaved")
-        with spy("c"):
-            part_floors(report, port, token, posting, probes[0], sizes, now)
-        print("d. usage read, capacities and pre-flight at 1,000 and at many events")
-        part_reads(report, port, token, posting, probes, sizes, now, spy)
-        print("e. memory")
-        part_memory(report, server.pid)
+        if "a" in args.parts or "b" in args.parts:
+            print("a. batch ingestion through HTTP, b. the ceiling: hand-written SQL, in turns")
+            with spy("a"):
+                part_batches(report, port, token, posting, sizes, now)
+        if "c" in args.parts:
+            print("c. the floors and the per-request paths, interleaved")
+            with spy("c"):
+                part_floors(report, port, token, posting, probes[0], sizes, now)
+        if "d" in args.parts:
+            print("d. usage read, capacities and pre-flight at 1,000 and at many events")
+            part_reads(report, port, token, posting, probes, sizes, now, spy)
+        if "e" in args.parts:
+            print("e. memory")
+            part_memory(report, server.pid)
 
     mismatches, counters = counters_mismatches()
     report.add(

@@ -11,6 +11,7 @@ from django.utils import timezone
 from accounts.models import Plan
 from tests.factories import AccountFactory, LimitFactory
 from tests.usage.factories import event_body as event
+from tests.usage.factories import keys_counted
 from usage.models import UsageCounter, UsageEvent
 
 pytestmark = pytest.mark.django_db
@@ -269,6 +270,9 @@ def test_a_batch_costs_the_same_queries_whatever_its_size(
 ):
     # given: the token and permission lookups are warmed by a first request
     accounts = [AccountFactory() for _ in range(3)]
+    for account in accounts:  # label keys counted, as the accounts' scoped limits would
+        for metric in ("text_tokens", "audio_analyzed_seconds"):
+            keys_counted(account, "vendor=acme", "model=m1;vendor=acme", metric=metric)
     service_client.post(URL, event(accounts[0], "warm-up"), format="json")
     batch = [
         event(
@@ -280,12 +284,15 @@ def test_a_batch_costs_the_same_queries_whatever_its_size(
         for i in range(size)
     ]
     # when / then: token + permissions + accounts + insert + label sets and their count +
-    # day and hour counters (one statement on PostgreSQL, two on SQLite) + usage read,
-    # plus the savepoint pair of the test's transaction, plus the (account, metric) locks on
-    # PostgreSQL: the same for 1 and for 1000 events
-    with django_assert_num_queries(11):
+    # the counted label keys + day and hour counters (one statement on PostgreSQL, two on
+    # SQLite) + usage read, plus the savepoint pair of the test's transaction, plus the
+    # (account, metric) locks on PostgreSQL: the same for 1 and for 1000 events
+    with django_assert_num_queries(12):
         response = service_client.post(URL, {"events": batch}, format="json")
     assert response.status_code == 201
+    # each event added to its metric's counters and to those of the keys its labels hold
+    expected = {"", "vendor=acme"} | ({"model=m1;vendor=acme"} if size > 1 else set())
+    assert set(UsageCounter.objects.values_list("labels", flat=True)) == expected
 
 
 def test_metadata_numbers_are_stored_as_json_numbers(service_client):
