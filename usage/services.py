@@ -31,7 +31,6 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import (
     BigIntegerField,
     Case,
-    Count,
     DateField,
     DateTimeField,
     F,
@@ -236,6 +235,39 @@ def hour_start(instant: datetime, zone: ZoneInfo) -> tuple[datetime, date]:
     return start, start.astimezone(zone).date()
 
 
+QUARTER = timedelta(minutes=15)
+
+
+def _place(instant: datetime, zone: ZoneInfo) -> tuple[datetime, date, date]:
+    hour, hour_day = hour_start(instant, zone)
+    return hour, hour_day, instant.astimezone(zone).date()
+
+
+@lru_cache(maxsize=16384)
+def _quarter_place(zone: ZoneInfo, quarter: datetime) -> tuple[datetime, date, date] | None:
+    """The place (``event_place``) of every instant of the UTC quarter hour from
+    ``quarter``, or ``None`` when a window or a local day starts inside it."""
+    first = _place(quarter, zone)
+    last = _place(quarter + QUARTER - timedelta(microseconds=1), zone)
+    return first if first == last else None
+
+
+def event_place(instant: datetime, zone: ZoneInfo) -> tuple[datetime, date, date]:
+    """The ``hour`` window (start in UTC, and its local day) and the local day of ``instant``.
+
+    Windows and days are intervals: when the first and the last instant of a UTC quarter
+    hour share a place, every instant between does, so it is computed once per zone and
+    quarter. A quarter in which one starts (offsets and their changes fall on quarters in
+    every zone today; some did on other minutes, e.g. America/Goose_Bay until 2011) is
+    computed per instant.
+    """
+    utc = instant.astimezone(UTC)
+    quarter = utc - timedelta(
+        minutes=utc.minute % 15, seconds=utc.second, microseconds=utc.microsecond
+    )
+    return _quarter_place(zone, quarter) or _place(utc, zone)
+
+
 def _as_text() -> Callable[[object], str]:
     """``str`` of ids, ``isoformat`` of dates and of times in UTC, cached: a batch repeats
     few of them.
@@ -399,16 +431,30 @@ def label_sets_count(
     days: set[tuple[uuid.UUID, str, date]],
 ) -> dict[tuple[uuid.UUID, str, date], int]:
     """How many label sets each (account, metric, local day) of ``days`` has, in one query."""
-    condition = Q()
-    for account_id, metric, day in sorted(days):
-        condition |= Q(account_id=account_id, metric=metric, day=day)
-    return {
-        (row["account_id"], row["metric"], row["day"]): row["sets"]
-        for row in UsageLabelSet.objects.filter(condition)
-        .values("account_id", "metric", "day")
-        .annotate(sets=Count("pk"))
-        .order_by()
-    }
+    if not days:
+        return {}
+    ordered = sorted(days)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"SELECT account_id, metric, day, count(*) FROM {LABEL_SET_TABLE}"
+                " WHERE (account_id, metric, day) IN"
+                " (SELECT * FROM unnest(%s::uuid[], %s::text[], %s::date[]))"
+                " GROUP BY account_id, metric, day",
+                [[k[0] for k in ordered], [k[1] for k in ordered], [k[2] for k in ordered]],
+            )
+            return {(a, m, d): int(count) for a, m, d, count in cursor.fetchall()}
+        rows = json.dumps([[k[0].hex, k[1], k[2].isoformat()] for k in ordered])
+        cursor.execute(
+            f"SELECT account_id, metric, day, count(*) FROM {LABEL_SET_TABLE}"
+            f" WHERE (account_id, metric, day) IN (SELECT {_json_columns(3)} FROM json_each(%s))"
+            " GROUP BY account_id, metric, day",
+            [rows],
+        )
+        return {
+            (uuid.UUID(a), m, d if isinstance(d, date) else date.fromisoformat(d)): int(count)
+            for a, m, d, count in cursor.fetchall()
+        }
 
 
 MSG_TOO_MANY_LABEL_SETS = _(
@@ -506,9 +552,7 @@ def usage_events_store(
         event = by_key[(account_hex.replace("-", ""), event_id)]
         if event.reservation_id:
             settling.append(event)
-        zone = zones[event.account_id]
-        hour, hour_day = hour_start(event.occurred_at, zone)
-        day = event.occurred_at.astimezone(zone).date()
+        hour, hour_day, day = event_place(event.occurred_at, zones[event.account_id])
         key = (event.account_id, event.metric, event.labels_key, day, hour, hour_day)
         groups[key] += event.quantity_milli
         if event.labels_key:

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.db import connection
 from django.utils import timezone
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from backoffice.services import scoped_limit_set
 from tests.factories import AccountFactory
@@ -18,7 +21,7 @@ from tests.usage.factories import event_record
 from usage import services
 from usage.models import UsageCounter, UsageCounterKey, UsageHourCounter
 from usage.selectors import account_lines_usage
-from usage.services import counters_rebuild
+from usage.services import counters_rebuild, event_place, hour_start
 
 pytestmark = pytest.mark.django_db
 
@@ -286,3 +289,56 @@ def test_lines_saved_and_removed_while_batches_race_keep_every_line_exact():
         total
     )
     assert counters_rebuild(repair=False, repaired_by="test") == []
+
+
+# --- Where an event falls, computed once per quarter hour ------------------------------------
+
+ZONES = [
+    "Europe/Paris",
+    "Asia/Kathmandu",
+    "America/St_Johns",
+    "America/Goose_Bay",  # changed its offset at 00:01 local until 2011
+    "Australia/Lord_Howe",  # a change of 30 minutes
+    "Pacific/Chatham",
+    "Pacific/Kiritimati",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    zone=st.sampled_from(ZONES),
+    instant=st.datetimes(
+        min_value=datetime(2000, 1, 1), max_value=datetime(2030, 12, 31), timezones=st.just(UTC)
+    ),
+    near=st.integers(min_value=-120, max_value=120),
+)
+def test_an_events_hour_and_day_are_those_of_its_own_instant(zone, instant, near):
+    # given: an instant, often a minute or two from a change of offset
+    zone = ZoneInfo(zone)
+    changes = [c for c in _changes(zone, instant.year) if c.year == instant.year]
+    if changes and near % 2:
+        instant = changes[near % len(changes)] + timedelta(seconds=near * 7)
+    # when / then
+    hour, hour_day = hour_start(instant, zone)
+    assert event_place(instant, zone) == (hour, hour_day, instant.astimezone(zone).date())
+
+
+def _changes(zone: ZoneInfo, year: int) -> list[datetime]:
+    """The instants of ``year`` at which ``zone`` changes its offset (to the minute)."""
+    found = []
+    moment = datetime(year, 1, 1, tzinfo=UTC)
+    offset = moment.astimezone(zone).utcoffset()
+    while moment.year == year:
+        after = moment + timedelta(days=1)
+        if after.astimezone(zone).utcoffset() != offset:
+            low, high = moment, after
+            while high - low > timedelta(minutes=1):
+                middle = low + (high - low) / 2
+                if middle.astimezone(zone).utcoffset() == offset:
+                    low = middle
+                else:
+                    high = middle
+            found.append(high.replace(second=0, microsecond=0))
+            offset = after.astimezone(zone).utcoffset()
+        moment = after
+    return found
