@@ -324,13 +324,32 @@ def lines_figures(*, account: Account, lines: Sequence[Line], now: datetime) -> 
     return accounts_lines_figures(items=[(account, line) for line in lines], now=now)
 
 
+def _lines_windows(items: Sequence[tuple[Account, Line]], now: datetime) -> list[Window]:
+    """The current window of each ``(account, line)``, computed once per zone and shape."""
+    found: dict[tuple[str, str, int | None], Window] = {}
+    windows = []
+    for account, line in items:
+        shape = (account.timezone, line.period, line.window_days)
+        window = found.get(shape)
+        if window is None:
+            window = found[shape] = line_window(line=line, zone=account.zone, now=now)
+        windows.append(window)
+    return windows
+
+
 def accounts_lines_figures(
-    *, items: Sequence[tuple[Account, Line]], now: datetime
+    *,
+    items: Sequence[tuple[Account, Line]],
+    now: datetime,
+    windows: Sequence[Window] | None = None,
 ) -> list[LineFigures]:
     """``lines_figures`` of lines of several accounts, each ``(account, line)``, in order: one
-    query whatever the number of accounts and lines."""
+    query whatever the number of accounts and lines. ``windows``: their current windows,
+    when the caller has them (``_lines_windows``)."""
     if not items:
         return []
+    if windows is None:
+        windows = _lines_windows(items, now)
     vendor = connection.vendor
 
     def as_db(instant: datetime) -> Any:
@@ -346,7 +365,7 @@ def accounts_lines_figures(
     minute_accounts: dict[str, Account] = {}
     for index, (account, line) in enumerate(items):
         zone = account.zone
-        window = line_window(line=line, zone=zone, now=now)
+        window = windows[index]
         item: dict[str, Any] = {
             "i": index,
             "a": account_db(account),
@@ -945,9 +964,10 @@ def accounts_scoped_lines_usage(
         )
         if keep is None or keep(account, line):
             items.append((account, line))
-    figures = accounts_lines_figures(items=items, now=now)
+    windows = _lines_windows(items, now)
+    figures = accounts_lines_figures(items=items, now=now, windows=windows)
     found: dict[Account, list[LineUsage]] = {}
-    for (account, line), figure in zip(items, figures, strict=True):
+    for (account, line), figure, window in zip(items, figures, windows, strict=True):
         in_force = account.is_enterprise
         usage = MetricUsage(
             account_id=account.pk,
@@ -957,7 +977,6 @@ def accounts_scoped_lines_usage(
             blocked=line.blocked if in_force else None,
             extension=figure.extension,
         )
-        window = line_window(line=line, zone=account.zone, now=now)
         found.setdefault(account, []).append(LineUsage(line=line, window=window, usage=usage))
     return found
 
