@@ -11,6 +11,7 @@ lower apps' writes that would skip the notifications.
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -237,12 +238,11 @@ def extensions_grant(
 
 def _labels_of(events: Iterable[EventIn]) -> dict[tuple[uuid.UUID, str], list[dict[str, str]]]:
     """The distinct label sets of the events, per (account id, metric)."""
-    found: dict[tuple[uuid.UUID, str], dict[str, dict[str, str]]] = {}
+    found: dict[tuple[uuid.UUID, str], set[str]] = defaultdict(set)
     for event in events:
-        sets = found.setdefault((event.account_id, event.metric), {})
-        if event.labels_key not in sets:
-            sets[event.labels_key] = labels_from_key(event.labels_key)
-    return {pair: list(sets.values()) for pair, sets in found.items()}
+        found[(event.account_id, event.metric)].add(event.labels_key)
+    parsed = {key: labels_from_key(key) for keys in found.values() for key in keys}
+    return {pair: [parsed[key] for key in sorted(keys)] for pair, keys in found.items()}
 
 
 def usage_events_record(

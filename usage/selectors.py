@@ -949,18 +949,21 @@ def accounts_scoped_lines_usage(
         ScopedLimit.objects.filter(account_id__in=by_id)
         .filter(Q(warning__isnull=False) | Q(blocked__isnull=False))
         .order_by("account_id", "position", "id")
+        .values_list(
+            "account_id", "pk", "metric", "period", "window_days", "labels", "warning", "blocked"
+        )
     )
     items: list[tuple[Account, LimitLine]] = []
-    for row in rows:
-        account = by_id[row.account_id]
+    for account_id, pk, metric, period, window_days, labels, warning, blocked in rows:
+        account = by_id[account_id]
         line = LimitLine(
-            metric=row.metric,
-            period=PeriodKind(row.period),
-            window_days=row.window_days,
-            labels=dict(row.labels),
-            warning=row.warning,
-            blocked=row.blocked,
-            scoped_limit_id=row.pk,
+            metric=metric,
+            period=PeriodKind(period),
+            window_days=window_days,
+            labels=dict(labels),
+            warning=warning,
+            blocked=blocked,
+            scoped_limit_id=pk,
         )
         if keep is None or keep(account, line):
             items.append((account, line))
