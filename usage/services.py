@@ -3,8 +3,9 @@
 Recording costs a constant number of queries whatever the batch size: one to read the
 accounts, on PostgreSQL one to take the (account, metric) locks (``usage_lock``), one
 ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` for the events, with labels one to record
-their label sets and, when some are new, one to count them, one counter upsert (two on
-SQLite: days and hours), then the reads of the answer. Rows are written in a stable order
+their label sets and, when some are new, one to count them, and one to read the label keys
+counted for the accounts (``UsageCounterKey``), one counter upsert (two on SQLite: days
+and hours), then the reads of the answer. Rows are written in a stable order
 (events by account and event id, label sets and counters by account, metric, labels and
 day or hour) so that concurrent batches wait for each other instead of deadlocking.
 Recording itself (``backoffice.services.usage_events_record``) is above, beside the

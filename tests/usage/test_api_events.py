@@ -9,6 +9,7 @@ import pytest
 from django.utils import timezone
 
 from accounts.models import Plan
+from backoffice.services import scoped_limit_set
 from tests.factories import AccountFactory, LimitFactory
 from tests.usage.factories import event_body as event
 from tests.usage.factories import keys_counted
@@ -304,3 +305,41 @@ def test_metadata_numbers_are_stored_as_json_numbers(service_client):
     # then
     assert response.status_code == 201
     assert UsageEvent.objects.get().metadata == metadata
+
+
+@pytest.mark.parametrize("accounts_count", [1, 12])
+def test_a_batch_costs_the_same_queries_whatever_its_accounts_scoped_limits(
+    service_client, django_assert_num_queries, accounts_count
+):
+    # given: accounts with scoped limits of every kind (thresholds far away), labelled events
+    accounts = [AccountFactory() for _ in range(accounts_count)]
+    for account in accounts:
+        for period, days, labels in (
+            ("day", None, {"vendor": "acme"}),
+            ("rolling", 7, {}),
+            ("minute", None, {"model": "m1"}),
+            ("hour", None, {"model": "m2", "vendor": "acme"}),
+        ):
+            scoped_limit_set(
+                account=account,
+                metric="text_tokens",
+                period=period,
+                window_days=days,
+                labels=labels,
+                blocked=10**9,
+            )
+    service_client.post(URL, event(accounts[0], "warm-up"), format="json")
+    batch = [
+        event(
+            accounts[i % accounts_count],
+            f"e{i}",
+            labels={"model": f"m{i % 3}", "vendor": "acme"},
+        )
+        for i in range(1000)
+    ]
+    # when / then: as above, plus the scoped limits of the accounts and their figures (two
+    # queries for every account): the same for 1 account and for 12
+    with django_assert_num_queries(14):
+        response = service_client.post(URL, {"events": batch}, format="json")
+    assert response.status_code == 201
+    assert response.json()["accepted"] == 1000
