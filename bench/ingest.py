@@ -7,7 +7,8 @@ measures and prints, with labels on the events:
 
 a. batch ingestion through HTTP (batches of 1000, 2 client threads): events/s;
 b. the ceiling: hand-written idempotent SQL writing the same rows (events, label sets, day
-   and hour counters of every label subset) through psycopg (2 connections), rows/s, and
+   and hour counters of each event's metric and of the label keys of the scoped limits its
+   labels contain) through psycopg (2 connections), rows/s, and
    the ratio HTTP / SQL; a and b take turns in 3 rounds;
 c. the floors (a plain Django view, and a DRF view behind the real token authentication
    and permissions doing nothing, served by ``bench/urls.py``) and the per-request paths
@@ -23,7 +24,8 @@ e. memory: peak RSS (``VmHWM``) of each gunicorn worker.
 Every figure is printed next to its target with PASS or FAIL. The database is left in
 place for inspection and dropped by the next run. Run from the project root:
 
-    .venv/bin/python bench/ingest.py [--quick] [--strict] [--threads N] [--profile DIR]
+    .venv/bin/python bench/ingest.py [--quick] [--strict] [--parts abcde] [--threads N]
+        [--profile DIR]
         [--cache-url URL] [--token-cache-seconds N] [--lines N] [--table-events N]
 """
 
@@ -48,7 +50,6 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -70,8 +71,8 @@ ZONES = ("UTC", "Europe/Paris", "America/New_York", "Asia/Tokyo")
 SOURCE = "bench"
 METADATA = {"model": "large"}
 # Labels as clients send them (SPEC 11.1): a few values per key, and one event in seven
-# without any. Each labelled event adds to the day and hour counters of the 4 or 8 subsets
-# of its set.
+# without any. Each event adds to the day and hour counters of its metric and of the label
+# keys of the account's scoped limits that its labels contain (0 to 2 here).
 LABEL_CHOICES = (
     {},
     {"technology": "llm", "vendor": "acme", "operation": "chat"},
@@ -597,7 +598,7 @@ LABEL_SETS_COUNT_SQL = (
     "WHERE (account_id, metric, day) IN (SELECT * FROM unnest(%b::uuid[], %b::text[], %b::date[]))"
     " GROUP BY 1, 2, 3"
 )
-# Day and hour counters of every subset of each event's labels, in one statement.
+# Day and hour counters of each event's metric and counted label keys, in one statement.
 COUNTERS_SQL = (
     "WITH h AS (INSERT INTO usage_usagehourcounter"
     " (account_id, metric, labels, hour, day, quantity_milli, updated_at)"
@@ -615,12 +616,22 @@ COUNTERS_SQL = (
 )
 
 
-def subsets(key: str) -> list[str]:
-    """The canonical keys of every subset of a label set's key, ``""`` included."""
-    pairs = key.split(";") if key else []
-    return [
-        ";".join(chosen) for size in range(len(pairs) + 1) for chosen in combinations(pairs, size)
-    ]
+def counted_keys(lines: int) -> dict[str, tuple[str, ...]]:
+    """Per metric, the label keys whose counters the service keeps for the first ``lines``
+    scoped limits (``usage.models.UsageCounterKey``): those of the lines with labels, but
+    ``minute`` lines, which read their events."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for line in SCOPED_LIMITS[:lines]:
+        if line["labels"] and line["period"] != "minute":
+            labels = line["labels"]
+            found[line["metric"]].add(";".join(f"{k}={labels[k]}" for k in sorted(labels)))
+    return {metric: tuple(sorted(keys)) for metric, keys in found.items()}
+
+
+def counters_of(labels: str, counted: tuple[str, ...]) -> tuple[str, ...]:
+    """The counters an event adds to: ``""``, and each counted key its labels contain."""
+    pairs = set(labels.split(";")) if labels else set()
+    return ("", *(key for key in counted if pairs.issuperset(key.split(";"))))
 
 
 @dataclass(frozen=True)
@@ -662,8 +673,16 @@ def sql_connect(*, autocommit: bool = False) -> psycopg.Connection[Any]:
     return psycopg.connect(f"dbname={DB_NAME} host={HOST} user=postgres", autocommit=autocommit)
 
 
+# Per metric, the label keys counted for every bench account (``main`` sets it from --lines).
+COUNTED: dict[str, tuple[str, ...]] = counted_keys(len(SCOPED_LIMITS))
+
+
 def sql_ingest(conn: psycopg.Connection[Any], batch: SqlBatch) -> int:
-    """One transaction: insert the new events, add them to their counters; returns how many."""
+    """One transaction: insert the new events, add them to their counters; returns how many.
+
+    The same rows as the service writes: the events, their label sets, and the day and hour
+    counters of each event's metric and of the counted label keys its labels contain.
+    """
     now = datetime.now(UTC)
     with conn.cursor() as cursor:
         cursor.execute(EVENTS_SQL, [now, *batch.columns])
@@ -685,9 +704,9 @@ def sql_ingest(conn: psycopg.Connection[Any], batch: SqlBatch) -> int:
         days: dict[tuple[uuid.UUID, str, str, date], int] = defaultdict(int)
         hours: dict[tuple[uuid.UUID, str, str, datetime, date], int] = defaultdict(int)
         for (account_id, metric, labels, day, hour), quantity_milli in groups.items():
-            for subset in subsets(labels):
-                days[(account_id, metric, subset, day)] += quantity_milli
-                hours[(account_id, metric, subset, hour, day)] += quantity_milli
+            for key in counters_of(labels, COUNTED.get(metric, ())):
+                days[(account_id, metric, key, day)] += quantity_milli
+                hours[(account_id, metric, key, hour, day)] += quantity_milli
         day_keys, hour_keys = sorted(days), sorted(hours)  # a stable order: never deadlocks
         if day_keys:
             cursor.execute(
@@ -745,20 +764,29 @@ def events_count(account: Account | None = None) -> int:
 def counters_mismatches() -> tuple[int, int]:
     """Counters that differ from what they should hold; and how many counters were compared.
 
-    Each whole-metric day counter against the sum of its events (by local day), and each day
-    counter of every label subset against the sum of its hour counters: both paths, HTTP and
-    SQL, must have written the same rows.
+    Each day counter, of the whole metric or of a label key, against the sum of its events
+    (by local day; for a key, the events whose labels contain its pairs), each day counter
+    against the sum of its hour counters, and no counter of a key that no scoped limit of
+    the account reads: both paths, HTTP and SQL, must have written the same rows.
     """
     with sql_connect() as conn:
         row = conn.execute(
-            "WITH sums AS ("
-            " SELECT e.account_id, e.metric, (e.occurred_at AT TIME ZONE a.timezone)::date AS day,"
-            " sum(e.quantity_milli) AS total"
+            "WITH keys AS ("
+            " SELECT account_id, metric, labels,"
+            " jsonb_object_agg(split_part(pair, '=', 1), split_part(pair, '=', 2)) AS pairs"
+            " FROM usage_usagecounterkey, unnest(string_to_array(labels, ';')) AS pair"
+            " GROUP BY 1, 2, 3"
+            " UNION ALL SELECT DISTINCT account_id, metric, '', '{}'::jsonb"
+            " FROM usage_usageevent),"
+            " sums AS ("
+            " SELECT e.account_id, e.metric, k.labels,"
+            " (e.occurred_at AT TIME ZONE a.timezone)::date AS day, sum(e.quantity_milli) AS total"
             " FROM usage_usageevent e JOIN accounts_account a ON a.id = e.account_id"
-            " GROUP BY 1, 2, 3)"
+            " JOIN keys k ON k.account_id = e.account_id AND k.metric = e.metric"
+            "  AND e.labels @> k.pairs"
+            " GROUP BY 1, 2, 3, 4)"
             " SELECT count(*) FILTER (WHERE s.total IS DISTINCT FROM c.quantity_milli), count(*)"
-            " FROM sums s FULL JOIN (SELECT * FROM usage_usagecounter WHERE labels = '') c"
-            " USING (account_id, metric, day)"
+            " FROM sums s FULL JOIN usage_usagecounter c USING (account_id, metric, labels, day)"
         ).fetchone()
         hours = conn.execute(
             "WITH sums AS (SELECT account_id, metric, labels, day, sum(quantity_milli) AS total"
@@ -1259,6 +1287,13 @@ def main() -> int:
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument(
+        "--parts",
+        default="abcde",
+        metavar="PARTS",
+        help="the parts to run, e.g. 'ab' for batch ingestion and its ceiling alone "
+        "(default abcde: all)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         choices=range(1, 9),
@@ -1312,6 +1347,8 @@ def main() -> int:
     if args.table_events:
         sizes = replace(sizes, table_events=args.table_events)
     sizes = replace(sizes, lines=args.lines)
+    COUNTED.clear()
+    COUNTED.update(counted_keys(args.lines))
     served = {"DJANGO_SETTINGS_MODULE": "bench.settings", "CACHE_URL": args.cache_url}
     if args.token_cache_seconds is not None:
         served["TOKEN_CACHE_SECONDS"] = str(args.token_cache_seconds)
@@ -1348,16 +1385,20 @@ def main() -> int:
         def spy(part: str) -> AbstractContextManager[None]:
             return profiled(args.profile, part, server.pid)
 
-        print("a. batch ingestion through HTTP, b. the ceiling: hand-written SQL, in turns")
-        with spy("a"):
-            part_batches(report, port, token, posting, sizes, now)
-        print("c. the floors and the per-request paths, interleaved")
-        with spy("c"):
-            part_floors(report, port, token, posting, probes[0], sizes, now)
-        print("d. usage read, capacities and pre-flight at 1,000 and at many events")
-        part_reads(report, port, token, posting, probes, sizes, now, spy)
-        print("e. memory")
-        part_memory(report, server.pid)
+        if "a" in args.parts or "b" in args.parts:
+            print("a. batch ingestion through HTTP, b. the ceiling: hand-written SQL, in turns")
+            with spy("a"):
+                part_batches(report, port, token, posting, sizes, now)
+        if "c" in args.parts:
+            print("c. the floors and the per-request paths, interleaved")
+            with spy("c"):
+                part_floors(report, port, token, posting, probes[0], sizes, now)
+        if "d" in args.parts:
+            print("d. usage read, capacities and pre-flight at 1,000 and at many events")
+            part_reads(report, port, token, posting, probes, sizes, now, spy)
+        if "e" in args.parts:
+            print("e. memory")
+            part_memory(report, server.pid)
 
     mismatches, counters = counters_mismatches()
     report.add(
