@@ -1103,21 +1103,21 @@ def median(values: list[float]) -> float:
 
 
 def floors_measure(
-    port: int, token: str, paths: list[Endpoint], sizes: Sizes
+    port: int, token: str, paths: list[Endpoint], sizes: Sizes, tag: str
 ) -> tuple[dict[str, Round], dict[str, list[Round]]]:
     """Measure ``paths`` by the same client, interleaved in ``ROUNDS`` rounds.
 
     Each round sends ``sizes.floor_requests`` requests to each path from ``sizes.threads``
     threads, the paths in a rotated order. Returns the medians of the rounds per path, and
-    every round.
+    every round. ``tag`` starts the ids of new events, unique to each call.
     """
     for endpoint in paths:  # warm-up: connections, caches, the token's verification
-        load(port, token, endpoint, endpoint.bodies(f"warm-{endpoint.name}", 50), sizes.threads)
+        load(port, token, endpoint, endpoint.bodies(f"{tag}-warm", 50), sizes.threads)
     rounds: dict[str, list[Round]] = {e.name: [] for e in paths}
     for number in range(ROUNDS):
         order = paths[number % len(paths) :] + paths[: number % len(paths)]
         for endpoint in order:
-            bodies = endpoint.bodies(f"round{number}", sizes.floor_requests)
+            bodies = endpoint.bodies(f"{tag}-round{number}", sizes.floor_requests)
             rounds[endpoint.name].append(load(port, token, endpoint, bodies, sizes.threads))
     figures = {
         name: Round(
@@ -1173,7 +1173,7 @@ def part_floors(
     (lowest-highest).
     """
     paths = endpoints(accounts, probe, reserve, now)
-    figures, rounds = floors_measure(port, token, paths, sizes)
+    figures, rounds = floors_measure(port, token, paths, sizes, "c")
     print(
         f"  {sizes.floor_requests} requests per path and round, {sizes.threads} threads, "
         f"{ROUNDS} rounds; median (spread of the rate)"
@@ -1671,9 +1671,14 @@ def part_servers(
     table = [["server", *(f"{name} req/s (p99 ms)" for name in COMPARED), "peak RSS per worker"]]
     for server in servers:
         port = free_port()
-        with gunicorn(port, token, env, server) as master:
-            figures, _rounds = floors_measure(port, token, paths, sizes)
-            peaks = [memory_kb(pid, "VmHWM") / 1024 for pid in worker_pids(master.pid)]
+        try:
+            with gunicorn(port, token, env, server) as master:
+                figures, _rounds = floors_measure(port, token, paths, sizes, f"g-{server}")
+                peaks = [memory_kb(pid, "VmHWM") / 1024 for pid in worker_pids(master.pid)]
+        except (RuntimeError, OSError, http.client.HTTPException) as error:
+            print(f"  {server}: {error}")
+            report.add(f"g. {server}", "failed", "answers", False)
+            continue
         row = [str(server)]
         row += [f"{figures[name].rate:,.0f} ({figures[name].p99:.0f})" for name in COMPARED]
         row.append(f"{max(peaks):.0f} MB")

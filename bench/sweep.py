@@ -393,6 +393,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     busy = cpu_busy()
+    load_at_start = load_average()
     speed = python_speed()
     print(
         f"bench/sweep.py: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
@@ -465,6 +466,7 @@ def main() -> int:
         figures=figures,
         facts={
             "busy_at_start": f"{busy:.0%}",
+            "load_average_at_start": load_at_start,
             "python_speed": f"{speed:.1f}",
             "load_average_at_end": load_average(),
             "versions": versions(f"postgresql://postgres@{HOST}:5432/{DB_NAME}"),
