@@ -30,7 +30,7 @@ def cell(text: str) -> str:
 
 def figure_rows(figures: list[Figure]) -> list[list[str]]:
     """One row per figure; an indented name (a detail of the figure above) is prefixed with
-    the name of its parent, so that every row reads on its own."""
+    the name of its parent (up to a parenthesis), so that every row reads on its own."""
     rows = []
     parent = ""
     for figure in figures:
@@ -38,7 +38,7 @@ def figure_rows(figures: list[Figure]) -> list[list[str]]:
         if name.startswith(" "):
             name = f"{parent}: {name.strip()}" if parent else name.strip()
         else:
-            parent = name
+            parent = name.split(" (")[0]  # its short name
         rows.append([name, figure.value, figure.target, figure.verdict])
     return rows
 
@@ -111,7 +111,7 @@ def doc_replace(text: str, generated: str) -> str:
     """``text`` with the block between the markers replaced by ``generated`` (markers
     included); without markers, ``generated`` is added at the end."""
     start = text.find(BEGIN.split(" (")[0])
-    end = text.find(END)
+    end = text.find(END, max(start, 0))
     if start == -1 or end == -1 or end < start:
         return text.rstrip("\n") + "\n\n" + generated + "\n"
     return text[:start] + generated + text[end + len(END) :]
