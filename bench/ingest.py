@@ -18,13 +18,24 @@ c. the floors (a plain Django view, and a DRF view behind the real token authent
 d. usage read, capacities and pre-flight: p50 and p99 at 1,000 events of the account,
    then after loading the table to 1,000,000 events (100,000 with ``--quick``; or
    ``--table-events``), an account with many events against one with 1,000, side by side;
-e. memory: peak RSS (``VmHWM``) of each gunicorn worker.
+e. memory: peak RSS (``VmHWM``) of each gunicorn worker;
+f. crossing to e-mail handed to the provider: gunicorn and a Celery worker on Redis, events
+   through HTTP that each cross a threshold, from the request to ``Delivery.sent_at``;
+   the worker's peak RSS;
+g. with ``--compare-servers``, the floors and the main paths again under each gunicorn
+   configuration (worker class and count).
 
-Every figure is printed next to its target with PASS or FAIL. The database is left in
-place for inspection and dropped by the next run. Run from the project root:
+Part c also posts reservations against the authenticated floor, and has 20 clients race
+for the last capacity of one account (exact or not).
+
+Every figure is printed next to its target with PASS or FAIL (and with ``--results``
+written as JSON for ``performance.py``). The database is left in place for inspection
+and dropped by the next run. Run from the project root:
 
     .venv/bin/python bench/ingest.py [--quick] [--strict] [--threads N] [--profile DIR]
         [--cache-url URL] [--token-cache-seconds N] [--lines N] [--table-events N]
+        [--server KIND] [--compare-servers LIST] [--compare-threads N] [--crossings N]
+        [--broker-url URL] [--results FILE]
 """
 
 from __future__ import annotations
@@ -1684,8 +1695,6 @@ def part_servers(
         row.append(f"{max(peaks):.0f} MB")
         table.append(row)
         print(f"  {' | '.join(row)}")
-        for name in COMPARED:
-            report.add(f"g. {server}: {name}", f"{figures[name].rate:,.0f} req/s")
     report.tables["g"] = table
 
 

@@ -11,6 +11,7 @@ and verdict. Everything outside the markers is written by hand and kept as it is
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ def cell(text: str) -> str:
 
 def figure_rows(figures: list[Figure]) -> list[list[str]]:
     """One row per figure; an indented name (a detail of the figure above) is prefixed with
-    the name of its parent (up to a parenthesis), so that every row reads on its own."""
+    the short name of its parent (up to a parenthesis, a comma or its p50), so that every row reads on its own."""
     rows = []
     parent = ""
     for figure in figures:
@@ -38,7 +39,7 @@ def figure_rows(figures: list[Figure]) -> list[list[str]]:
         if name.startswith(" "):
             name = f"{parent}: {name.strip()}" if parent else name.strip()
         else:
-            parent = name.split(" (")[0]  # its short name
+            parent = re.split(r" \(|,| p50", name)[0]  # its short name
         rows.append([name, figure.value, figure.target, figure.verdict])
     return rows
 
