@@ -88,6 +88,10 @@ def _limits_keep_valid(body: Any) -> None:
             thresholds["warning"] = blocked - 1 if blocked > 0 else None
         any_warning = any_warning or thresholds["warning"] is not None
     recipients = body.get("recipients")
+    if "recipients" in body and recipients is None:
+        # null clears every list (a JSON merge patch), which may leave a stored warning
+        # threshold without a recipient: the same, with the warning list given instead.
+        recipients = body["recipients"] = {"warning": [], "blocked": []}
     if not isinstance(recipients, dict):
         recipients = None
     for level, entries in (recipients or {}).items():
