@@ -76,6 +76,21 @@ def notifications_with_delivery_counts(queryset: QuerySet[Notification]) -> Quer
 class NotificationDisplay:
     """The columns a notification is shown with, in its admin and on the account page."""
 
+    @admin.display(description=_("level"), ordering="level")
+    def level_display(self, obj: Notification) -> str:
+        """The level's label in its own colour (``notifications/admin.css``)."""
+        return format_html(
+            '<span class="notification-level notification-level-{}">{}</span>',
+            obj.level,
+            obj.get_level_display(),
+        )
+
+    @admin.display(description=_("projected at"), ordering="projected_at")
+    def projected_at_display(self, obj: Notification) -> str:
+        """Forecasts: when the line is projected to reach its blocked threshold, in the
+        account's time zone; ``—`` for any other notice."""
+        return datetime_text(obj.projected_at, obj.account.timezone)
+
     @admin.display(description=_("limit"), ordering="period_kind")
     def line_display(self, obj: Notification) -> str:
         return obj.line_text()
@@ -105,6 +120,8 @@ class NotificationDisplay:
     def kind_display(self, obj: Notification) -> str:
         if obj.is_test:
             return format_html('<span class="notification-test">{}</span>', gettext("Test"))
+        if obj.level == NoticeLevel.FORECAST:
+            return gettext("Blocked threshold foreseen")
         return gettext("Threshold reached")
 
     @admin.display(description=_("deliveries"), ordering="deliveries_total")
@@ -351,11 +368,12 @@ class NotificationAdmin(NotificationDisplay, NotificationMedia, ResendPermission
         "__str__",
         "account",
         "metric",
-        "level",
+        "level_display",
         "line_display",
         "period_display",
         "threshold_display",
         "used_display",
+        "projected_at_display",
         "created_at_display",
         "emailed_display",
         "kind_display",
@@ -378,11 +396,12 @@ class NotificationAdmin(NotificationDisplay, NotificationMedia, ResendPermission
     fields = (
         "account",
         "metric",
-        "level",
+        "level_display",
         "line_display",
         "period_display",
         "threshold_display",
         "used_display",
+        "projected_at_display",
         "created_at_display",
         "emailed_display",
         "kind_display",

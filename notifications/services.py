@@ -54,6 +54,7 @@ from usage.selectors import (
 )
 
 from .emails import threshold_message
+from .forecasts import Forecast, forecasts_insert, forecasts_of
 from .hooks import webhook_deliveries_create, webhook_deliveries_recover, webhook_deliveries_send
 from .models import SUB_DAY_KINDS, Delivery, EarlyTrackingEvent, Notification
 from .outbox import publish_later
@@ -466,17 +467,22 @@ def scoped_lines_reached(
     accounts: Iterable[Account],
     now: datetime,
     labels: Mapping[tuple[uuid.UUID, str], Iterable[Mapping[str, str]]] | None = None,
+    read: Mapping[Account, Iterable[LineUsage]] | None = None,
 ) -> dict[Account, list[LineUsage]]:
     """The scoped lines of ``accounts`` that stand at or past a threshold over their current
     windows (``usage.selectors.account_lines_usage``, extensions included).
 
     ``labels`` keeps, per (account id, metric), the lines that apply to one of these label
     sets (those that the events of a request count in); without it, every scoped line.
+    ``read``: each account's lines, when the caller has already read them.
     """
     found = {}
     for account in accounts:
         reached = []
-        for line_usage in account_lines_usage(account=account, now=now):
+        account_lines = (
+            read[account] if read is not None else account_lines_usage(account=account, now=now)
+        )
+        for line_usage in account_lines:
             line = line_usage.line
             if line_usage.is_whole_metric_month or line_usage.usage.status == Status.OK:
                 continue
@@ -525,12 +531,60 @@ def thresholds_evaluate(
         if after_limit_change:
             locked = sorted(set(periods) | {account.pk for account in scoped})
             usage_lock(pairs=[(pk, metric) for pk in locked for metric in METRICS])
-        reached = [u for u in usage_for(periods=periods).values() if u.status != Status.OK]
-        lines = scoped_lines_reached(accounts=scoped, now=now)
+        usages = usage_for(periods=periods)
+        reached = [u for u in usages.values() if u.status != Status.OK]
+        read = {account: account_lines_usage(account=account, now=now) for account in scoped}
+        lines = scoped_lines_reached(accounts=scoped, now=now, read=read)
         created = crossings_record(usages=reached, lines=lines, now=now)
+        if not after_limit_change:
+            # From the figures just read: a forecast costs the sweep no query per account.
+            created += forecasts_record(
+                forecasts=forecasts_of(
+                    usages=usages.values(), periods=periods, lines=read, now=now
+                ),
+                now=now,
+            )
         if not after_limit_change and periods:
             created += _crossings_insert(_closed_period_crossings(periods, now), now)
     return created
+
+
+def forecasts_record(*, forecasts: list[Forecast], now: datetime) -> list[int]:
+    """Record the forecasts the ledger lacks (one per line and period, SPEC 12.3), each with a
+    delivery per warning recipient (per blocked recipient when the account has no warning
+    recipient) and a webhook delivery per endpoint subscribed to ``forecast``; enqueued
+    after commit. Returns the new notification ids. Call inside a transaction."""
+    created = forecasts_insert(forecasts, now)
+    if not created:
+        return []
+    recipients: dict[tuple[uuid.UUID, str], list[Recipient]] = {}
+    for recipient in Recipient.objects.filter(
+        account_id__in={forecast.account_id for _pk, forecast in created}
+    ).order_by("id"):
+        recipients.setdefault((recipient.account_id, recipient.level), []).append(recipient)
+    Delivery.objects.bulk_create(
+        Delivery(notification_id=pk, email=r.email, language=r.language)
+        for pk, forecast in created
+        for r in recipients.get((forecast.account_id, Level.WARNING), [])
+        or recipients.get((forecast.account_id, Level.BLOCKED), [])
+    )
+    ids = [pk for pk, _forecast in created]
+    webhook_deliveries_create(notification_ids=ids)
+    for pk, forecast in created:
+        logger.info(
+            "notification %s: account %s projected to reach blocked %s of %s at %s, %s line%s"
+            " (period %s)",
+            pk,
+            forecast.account_id,
+            forecast.threshold,
+            forecast.metric,
+            forecast.projected_at.isoformat(),
+            forecast.period_kind,
+            f" [{forecast.labels_key}]" if forecast.labels_key else "",
+            forecast.period_start.isoformat(),
+        )
+    transaction.on_commit(lambda: notifications_publish(ids))
+    return ids
 
 
 def _is_transient(error: Exception) -> bool:
