@@ -24,6 +24,7 @@ from notifications.models import Delivery, Notification, WebhookDelivery, Webhoo
 from notifications.services import thresholds_evaluate
 from notifications.tasks import sweep_notifications
 from tests.factories import AccountFactory
+from tests.notifications.receiver import Receiver
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -37,6 +38,15 @@ RECIPIENTS = {
     ],
     "blocked": [{"email": "ops@example.com", "language": "en"}],
 }
+
+
+@pytest.fixture
+def receiver_url():
+    """A receiver on 127.0.0.1 verifying signatures; yields its URL and what it received."""
+    server = Receiver()
+    server.secret = SECRET
+    yield server.url, server.requests
+    server.close()
 
 
 @pytest.fixture(autouse=True)
@@ -298,3 +308,236 @@ def test_concurrent_sweeps_record_one_forecast():
         assert len(forecasts(account)) == 1
     assert Notification.objects.filter(level="forecast").count() == 8
     assert Delivery.objects.count() == 16
+
+
+# --- Across DST changes, and a week line ---
+
+
+def test_a_month_with_a_dst_change_is_projected_over_its_real_hours():
+    # given: March 2027 in Paris lasts 743 hours (the clock skips 02:00 on the 28th); at
+    # 29 March 10:00 (+02:00), 681 hours in, 1,000,000 of 1,091,000 tokens are used
+    account = monthly_account(blocked=1_091_000)
+    record(account, "a", 1_000_000, paris("2027-03-02 10:00"))
+    # when
+    sweep_at(paris("2027-03-29 10:00"))
+    # then: 681 h x 1.091 = 742 h 58 min 16 s, 1 min 44 s before the period ends (counted
+    # on the wall clock, 682 h x 1.091 would fall after its 744 wall-clock hours)
+    [(kind, _labels, day, threshold, used, projected_at)] = forecasts(account)
+    assert (kind, day, threshold, used) == ("month", date(2027, 3, 1), 1_091_000, 1_000_000_000)
+    assert projected_at == datetime(2027, 3, 31, 21, 58, 16, tzinfo=UTC)
+    (message, _other) = sorted(mail.outbox, key=lambda m: m.to)
+    assert message.extra_headers["X-Usage-Projected-At"] == "2027-03-31T23:58:16+02:00"
+    assert (
+        message.subject
+        == "Prévision : Acme pourrait atteindre sa limite « Jetons texte » le 31 mars 2027"
+    )
+
+
+def test_a_month_with_a_dst_change_projected_past_its_end_sends_nothing():
+    # given: as above, with a threshold 1 second of rate higher: 742 h 59 min 59 s...
+    account = monthly_account(blocked=1_091_200)
+    record(account, "a", 1_000_000, paris("2027-03-02 10:00"))
+    # when: 681 h x 1.0912 = 743 h 6 min, after the period's 743 hours
+    sweep_at(paris("2027-03-29 10:00"))
+    # then
+    assert forecasts(account) == []
+
+
+def test_a_week_line_across_the_october_dst_change():
+    # given: the week of Monday 25 October 2027 lasts 169 hours in Paris (the clock goes
+    # back on the 31st); a line of 1000 tokens with the label model=large
+    account = weekly_account()
+    record(account, "a", 930, paris("2027-10-26 10:00"), labels={"model": "large"})
+    record(account, "b", 5000, paris("2027-10-26 10:00"), labels={"model": "small"})
+    # when: Sunday 12:00 (+01:00), 157 hours in: 930 tokens reach 1000 at 168 h 49 min 2 s
+    sweep_at(datetime(2027, 10, 31, 11, tzinfo=UTC))
+    # then: counted on the wall clock (158 of 168 hours) it would fall after the week
+    assert forecasts(account) == [
+        (
+            "week",
+            "model=large",
+            date(2027, 10, 25),
+            1000,
+            930_000,
+            datetime(2027, 10, 31, 22, 49, 2, tzinfo=UTC),
+        )
+    ]
+    message = next(m for m in mail.outbox if m.to == ["pm@example.com"])
+    assert message.subject == (
+        "Forecast: Acme may reach its Text tokens limit on 31 October 2027"
+        " (week of 25 October 2027, Model: large)"
+    )
+    headers = message.extra_headers
+    assert headers["X-Usage-Level"] == "forecast"
+    assert headers["X-Usage-Period-Kind"] == "week"
+    assert headers["X-Usage-Period"] == "2027-10-25T00:00:00+02:00"
+    assert headers["X-Usage-Labels"] == "model=large"
+    assert headers["X-Usage-Projected-At"] == "2027-10-31T23:49:02+01:00"
+    assert "Limit line: Week, Model: large" in message.body
+
+
+def test_a_week_line_before_a_tenth_of_its_week_gets_nothing():
+    # given: 900 tokens on Monday morning
+    account = weekly_account()
+    record(account, "a", 900, paris("2027-10-25 08:00"), labels={"model": "large"})
+    # when: Monday 16:00, 16 hours in (9.5 % of 169 hours)
+    sweep_at(paris("2027-10-25 16:00"))
+    # then
+    assert forecasts(account) == []
+    # and 17 hours in, it is made (900 tokens reach 1000 at 18 h 53 min 20 s)
+    sweep_at(paris("2027-10-25 17:00"))
+    assert [row[5] for row in forecasts(account)] == [
+        datetime(2027, 10, 25, 16, 53, 20, tzinfo=UTC)
+    ]
+
+
+# --- What recipients get ---
+
+
+def test_the_forecast_e_mail_in_english():
+    # given
+    account = monthly_account()
+    record(account, "a", 900, paris("2027-01-02 10:00"))
+    # when
+    sweep_at(paris("2027-01-04 12:00"))
+    # then
+    message = next(m for m in mail.outbox if m.to == ["pm@example.com"])
+    notice = Notification.objects.get()
+    assert message.subject == "Forecast: Acme may reach its Text tokens limit on 4 January 2027"
+    assert message.body.splitlines()[:7] == [
+        "At its rate since the period began, the account Acme (acme) will reach its blocked"
+        " threshold for Text tokens on Jan. 4, 2027, 9:20 p.m. (Europe/Paris), before the"
+        " period ends.",
+        "",
+        "Period: January 2027",
+        "Blocked threshold: 1,000 tokens",
+        "Current usage: 900 tokens (90% of the threshold)",
+        "Projected to reach it: Jan. 4, 2027, 9:20 p.m. (Europe/Paris)",
+        "",
+    ]
+    assert (
+        "What happens next: nothing changes yet. If usage goes on at this rate, processing will"
+        " be refused once the blocked threshold is reached; raising the limit or granting an"
+        " extension avoids it."
+    ) in message.body
+    [(html, mimetype)] = message.alternatives
+    assert mimetype == "text/html"
+    assert '<html lang="en">' in html
+    assert "<title>Blocked threshold foreseen</title>" in html
+    assert (
+        "the account <strong>Acme</strong> (acme) will reach its blocked threshold for Text"
+        " tokens on <strong>Jan. 4, 2027, 9:20 p.m. (Europe/Paris)</strong>"
+    ) in html
+    assert (
+        '<th style="text-align: left; padding: 4px 12px 4px 0;">Projected to reach it</th><td>Jan. 4, 2027, 9:20 p.m. (Europe/Paris)</td>'
+        in html
+    )
+    assert message.extra_headers == {
+        "X-Usage-Account": str(account.pk),
+        "X-Usage-Account-External-Id": "acme",
+        "X-Usage-Metric": "text_tokens",
+        "X-Usage-Level": "forecast",
+        "X-Usage-Period": "2027-01",
+        "X-Usage-Period-Kind": "month",
+        "X-Usage-Threshold": "1000",
+        "X-Usage-Used": "900",
+        "X-Usage-Projected-At": "2027-01-04T21:20:00+01:00",
+    }
+    assert message.tags == ["usage-forecast"]
+    assert message.metadata["notification"] == str(notice.pk)
+
+
+def test_the_forecast_e_mail_in_french():
+    # given
+    account = monthly_account()
+    record(account, "a", 400, paris("2027-01-01 10:00"))
+    # when: 3 days 12 hours in, 400 tokens reach 1000 at 8 days 18 hours
+    sweep_at(paris("2027-01-04 12:00"))
+    # then
+    message = next(m for m in mail.outbox if m.to == ["dg@example.com"])
+    assert message.subject == (
+        "Prévision : Acme pourrait atteindre sa limite « Jetons texte » le 9 janvier 2027"
+    )
+    assert message.body.splitlines()[:7] == [
+        "Au rythme suivi depuis le début de la période, le compte Acme (acme) atteindra son"
+        " seuil de blocage pour « Jetons texte » le 9 janvier 2027 18:00 (Europe/Paris), avant"
+        " la fin de la période.",
+        "",
+        "Période : janvier 2027",
+        "Seuil de blocage : 1\u00a0000 jetons",
+        "Consommation actuelle : 400 jetons (40 % du seuil)",
+        "Date prévue du blocage : 9 janvier 2027 18:00 (Europe/Paris)",
+        "",
+    ]
+    assert (
+        "Et maintenant : rien ne change pour l’instant. Si la consommation garde ce rythme, les"
+        " traitements seront refusés une fois le seuil de blocage atteint ; relever la limite ou"
+        " accorder une extension l’évite."
+    ) in message.body
+    [(html, _mimetype)] = message.alternatives
+    assert '<html lang="fr">' in html
+    assert "<title>Seuil de blocage prévu</title>" in html
+    assert (
+        "le compte <strong>Acme</strong> (acme) atteindra son seuil de blocage pour « Jetons"
+        " texte » le <strong>9 janvier 2027 18:00 (Europe/Paris)</strong>"
+    ) in html
+    assert "<td>9 janvier 2027 18:00 (Europe/Paris)</td>" in html
+    assert message.extra_headers["X-Usage-Projected-At"] == "2027-01-09T18:00:00+01:00"
+    assert message.extra_headers["X-Usage-Account"] == str(account.pk)
+
+
+def test_the_projected_day_of_the_first_is_1er_in_french():
+    # given: the week of Monday 29 November 2027 runs into December
+    account = weekly_account()
+    record(account, "a", 600, paris("2027-11-29 08:00"), labels={"model": "large"})
+    # when: Tuesday 12:00, 36 hours in: 600 tokens reach 1000 at 60 hours, Wednesday 12:00
+    sweep_at(paris("2027-11-30 12:00"))
+    # then
+    message = next(m for m in mail.outbox if m.to == ["dg@example.com"])
+    assert message.extra_headers["X-Usage-Projected-At"] == "2027-12-01T12:00:00+01:00"
+    assert message.subject == (
+        "Prévision : Acme pourrait atteindre sa limite « Jetons texte » le 1er décembre 2027"
+        " (semaine du 29 novembre 2027, Modèle : large)"
+    )
+    assert "le 1er décembre 2027 12:00 (Europe/Paris)" in message.body
+
+
+# --- Webhooks ---
+
+
+def test_an_endpoint_subscribed_to_forecasts_gets_usage_forecast(receiver_url):
+    # given: one endpoint subscribed to forecasts, one to the thresholds only
+    url, received = receiver_url
+    account = monthly_account()
+    WebhookEndpoint.objects.create(account=account, url=url, secret=SECRET, levels=["forecast"])
+    WebhookEndpoint.objects.create(
+        account=account, url=url + "/thresholds", secret=SECRET, levels=["warning", "blocked"]
+    )
+    record(account, "a", 900, paris("2027-01-02 10:00"))
+    # when
+    sweep_at(paris("2027-01-04 12:00"))
+    # then
+    notice = Notification.objects.get()
+    (request,) = received()
+    assert request.verified, request.error
+    assert request.path == "/hooks/usage"
+    assert request.payload == {
+        "type": "usage.forecast",
+        "timestamp": notice.created_at.isoformat(),
+        "data": {
+            "notification_id": notice.pk,
+            "account": {"id": str(account.pk), "external_id": "acme", "name": "Acme"},
+            "metric": "text_tokens",
+            "level": "forecast",
+            "period_kind": "month",
+            "period": "2027-01",
+            "labels": {},
+            "threshold": 1000,
+            "used": 900,
+            "projected_at": notice.projected_at.isoformat(),
+        },
+    }
+    assert notice.projected_at == datetime(2027, 1, 4, 20, 20, tzinfo=UTC)
+    assert list(WebhookDelivery.objects.values_list("url", "status", "http_status")) == [
+        (url, "sent", 200)
+    ]
