@@ -9,8 +9,8 @@ commit to Anymail's test backend.
 from __future__ import annotations
 
 import threading
-from io import StringIO
 from datetime import UTC, date, datetime
+from io import StringIO
 from zoneinfo import ZoneInfo
 
 import pytest
