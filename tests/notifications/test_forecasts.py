@@ -237,6 +237,13 @@ def test_repeated_sweeps_send_one_forecast_per_line_and_period():
     sweep_at(paris("2027-01-06 12:00"))
     with time_machine.travel(paris("2027-01-06 12:00"), tick=False):
         call_command("evaluate_thresholds", stdout=StringIO())
+        # and with another threshold (an extension granted), still projected before the end
+        extensions_grant(
+            account=account,
+            rows=[{"metric": TOKENS, "amount": 500, "reason": "Launch"}],
+            actor=None,
+        )
+    sweep_at(paris("2027-01-06 12:05"))
     # then: still the first forecast and its two e-mails
     assert len(forecasts(account)) == 1
     assert forecasts(account)[0][5] == datetime(2027, 1, 4, 20, 20, tzinfo=UTC)
