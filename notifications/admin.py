@@ -667,11 +667,12 @@ class NotificationInline(NotificationDisplay, ReadOnlyInline):
     fields = (
         "created_at_display",
         "metric",
-        "level",
+        "level_display",
         "line_display",
         "period_display",
         "threshold_display",
         "used_display",
+        "projected_at_display",
         "emailed_display",
         "deliveries_summary",
     )
