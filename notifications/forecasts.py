@@ -152,12 +152,30 @@ _COLUMNS = (
 )
 
 
+def _recorded(forecasts: list[Forecast]) -> set[tuple[str, str, str, str, datetime]]:
+    """The lines and periods among ``forecasts`` whose forecast is in the ledger already, in
+    one query (through the forecasts' own unique index, which holds forecasts only)."""
+    if not forecasts:
+        return set()
+    rows = Notification.objects.filter(
+        level=NoticeLevel.FORECAST,
+        is_test=False,
+        period_start__gte=min(f.period_start for f in forecasts),
+    ).values_list("account_id", "metric", "period_kind", "labels_key", "period_start")
+    return {(account.hex, *rest) for account, *rest in rows}
+
+
 def forecasts_insert(forecasts: list[Forecast], now: datetime) -> list[tuple[int, Forecast]]:
     """Insert the forecasts the ledger lacks; returns ``(id, forecast)`` of the new ones.
 
-    ``ON CONFLICT DO NOTHING``: a line's forecast of a period already recorded (by this
-    sweep's predecessor or a concurrent one) inserts nothing, whatever its projection.
+    ``ON CONFLICT DO NOTHING`` is the guarantee: a line's forecast of a period already
+    recorded (by an earlier sweep or a concurrent one) inserts nothing, whatever its
+    projection. The forecasts already recorded before this sweep are left out first, so
+    that a sweep does not send again, every minute, the inserts of every line projected
+    to reach its threshold all period long; one read replaces them.
     """
+    recorded = _recorded(forecasts)
+    forecasts = [f for f in forecasts if (*f.key, f.period_start) not in recorded]
     # One row per key, in a stable order (the order in which the index entries are locked).
     forecasts = sorted({f.key: f for f in forecasts}.values(), key=lambda f: f.key)
     adapt = connection.ops.adapt_datetimefield_value

@@ -18,6 +18,7 @@ import time_machine
 from django.core import mail
 from django.core.management import call_command
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from backoffice.services import extensions_grant, limits_replace, usage_events_record
 from notifications.models import Delivery, Notification, WebhookDelivery, WebhookEndpoint
@@ -231,7 +232,11 @@ def test_repeated_sweeps_send_one_forecast_per_line_and_period():
     record(account, "a", 900, paris("2027-01-02 10:00"))
     sweep_at(paris("2027-01-04 12:00"))
     # when: the sweep runs again, the same minute and days later with a nearer projection
-    sweep_at(paris("2027-01-04 12:00"))
+    with CaptureQueriesContext(connection) as queries:
+        sweep_at(paris("2027-01-04 12:00"))
+    # (a forecast already recorded is not even offered to the ledger again)
+    inserts = [q["sql"] for q in queries if q["sql"].startswith("INSERT INTO")]
+    assert not [sql for sql in inserts if "notifications_notification" in sql.split("(")[0]]
     sweep_at(paris("2027-01-04 12:01"))
     record(account, "b", 50, paris("2027-01-05 10:00"))
     sweep_at(paris("2027-01-06 12:00"))
