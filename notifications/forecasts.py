@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 
 from django.db import connection
 
@@ -29,7 +30,7 @@ from accounts.windows import PeriodKind, Window, window_from_key
 from config.request_ids import current_correlation_id, current_request_id
 from usage.models import MILLI
 from usage.periods import Period
-from usage.selectors import LineUsage, MetricUsage, Status
+from usage.selectors import LineUsage, MetricUsage
 
 from .models import NoticeLevel, Notification
 
@@ -77,20 +78,28 @@ def projected_at(*, usage: MetricUsage, window: Window, now: datetime) -> dateti
     it by the end of that second.
     """
     threshold = usage.effective_blocked
-    if threshold is None or usage.used_milli <= 0 or usage.status == Status.BLOCKED:
+    used = usage.used_milli
+    # Blocked at evaluation: the one rule of "reached" (``MetricUsage.reaches``).
+    if threshold is None or used <= 0 or usage.reaches(threshold):
         return None
-    elapsed = (now - window.start) // _MICROSECOND
-    total = (window.end - window.start) // _MICROSECOND
+    elapsed, total = _elapsed_and_total(window, now)
     if elapsed * 100 < total * FORECAST_AFTER_SHARE:
         return None
     # Ceiling of elapsed x threshold / used, in microseconds since the window began.
-    needed = -(-elapsed * threshold * MILLI // usage.used_milli)
+    needed = -(-elapsed * threshold * MILLI // used)
     if needed >= total:
         return None
     at = window.start + needed * _MICROSECOND
     if at.microsecond:
         at = at.replace(microsecond=0) + timedelta(seconds=1)
     return at if at < window.end else None
+
+
+@lru_cache(maxsize=64)
+def _elapsed_and_total(window: Window, now: datetime) -> tuple[int, int]:
+    """Microseconds since ``window`` began, and its length (the sweep asks for thousands of
+    lines of the same few windows)."""
+    return (now - window.start) // _MICROSECOND, (window.end - window.start) // _MICROSECOND
 
 
 def forecasts_of(
@@ -104,9 +113,16 @@ def forecasts_of(
     ``periods``) and of the scoped ``month`` and ``week`` ``lines`` over their current
     windows. Reads nothing."""
     found = []
+    # One window per month and zone, not per account: the sweep reads thousands of lines.
+    windows: dict[tuple[str, str], Window] = {}
     for usage in usages:
+        if usage.effective_blocked is None:
+            continue
         period = periods[usage.account_id]
-        window = window_from_key(kind=PeriodKind.MONTH, key=period.code, zone=period.zone)
+        window = windows.get((period.code, period.zone.key))
+        if window is None:
+            window = window_from_key(kind=PeriodKind.MONTH, key=period.code, zone=period.zone)
+            windows[(period.code, period.zone.key)] = window
         at = projected_at(usage=usage, window=window, now=now)
         if at is not None:
             found.append(
