@@ -20,6 +20,7 @@ from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
@@ -78,11 +79,23 @@ class NotificationDisplay:
 
     @admin.display(description=_("level"), ordering="level")
     def level_display(self, obj: Notification) -> str:
-        """The level's label in its own colour (``notifications/admin.css``)."""
-        return format_html(
+        """The level as a coloured label; a restored notice links to the blocked
+        notification it answers, and says what changed."""
+        badge = format_html(
             '<span class="notification-level notification-level-{}">{}</span>',
             obj.level,
             obj.get_level_display(),
+        )
+        if obj.restores_id is None:
+            return badge
+        url = reverse("admin:notifications_notification_change", args=[obj.restores_id])
+        return format_html(
+            '{}<br><a class="notification-restores" href="{}">{}</a><br>'
+            '<span class="delivery-notification">{}</span>',
+            badge,
+            url,
+            gettext("answers blocked notification #%(id)s") % {"id": obj.restores_id},
+            obj.get_restored_reason_display(),
         )
 
     @admin.display(description=_("projected at"), ordering="projected_at")
@@ -122,6 +135,8 @@ class NotificationDisplay:
             return format_html('<span class="notification-test">{}</span>', gettext("Test"))
         if obj.level == NoticeLevel.FORECAST:
             return gettext("Blocked threshold foreseen")
+        if obj.level == NoticeLevel.RESTORED:
+            return gettext("Capacity restored")
         return gettext("Threshold reached")
 
     @admin.display(description=_("deliveries"), ordering="deliveries_total")
