@@ -4,10 +4,11 @@ Creates a fresh database ``bench_sweep``, migrates it, then stores 10,000 Enterp
 accounts (in 4 time zones), each with a warning and a blocked threshold on every metric,
 a warning and a blocked recipient, and daily counters for every metric and every day of
 the previous and the current month. 10 % of the accounts are past the warning threshold
-of ``text_tokens``, 2 % past its blocked threshold too. Each account also has ten scoped
-limits of mixed shapes (``--lines``, the shapes of ``ingest.py``), with the day counters
-of their label subsets over both months and the hour counters of the current hour; their
-thresholds are far above that usage.
+of ``text_tokens``, 2 % past its blocked threshold too; the 8 % in between are projected
+to reach it and get a forecast (SPEC 12.3) while the month is from 10 to 90 % gone. Each
+account also has ten scoped limits of mixed shapes (``--lines``, the shapes of
+``ingest.py``), with the day counters of their label subsets over both months and the hour
+counters of the current hour; their thresholds are far above that usage.
 
 Times ``notifications.services.thresholds_evaluate()`` (what the periodic sweep runs)
 twice: the first run records the crossings and, Celery being eager here, also renders and
@@ -89,15 +90,42 @@ def month_days(today: date) -> list[date]:
     return [previous + timedelta(days=n) for n in range((today - previous).days + 1)]
 
 
-def usage_total(index: int, metric: str) -> int:
-    """The period's usage of account ``index`` for ``metric``, in the metric's unit."""
+def usage_total(index: int, metric: str, today: date) -> int:
+    """The period's usage of account ``index`` for ``metric``, in the metric's unit.
+
+    Other accounts and metrics are on course to end the month at 30-69 % of the warning
+    threshold (that share of it times the share of the month's days so far), so that no
+    forecast is due for them (SPEC 12.3); those past the warning threshold of
+    ``text_tokens`` are projected past the blocked one while the month is from 10 to 90 %
+    gone, and get a forecast then.
+    """
     warning, blocked = THRESHOLDS[metric]
     if metric == "text_tokens":
         if index % 100 < BLOCKED_SHARE:
             return blocked + blocked // 10
         if index % 100 < WARNING_SHARE:
             return (warning + blocked) // 2
-    return warning * (30 + index % 40) // 100  # 30-69 % of the warning threshold
+    days = calendar.monthrange(today.year, today.month)[1]
+    return warning * (30 + index % 40) * today.day // (100 * days)
+
+
+def forecasts_expected(accounts: int, now: datetime) -> int:
+    """How many accounts past the warning threshold of ``text_tokens`` (not blocked) get a
+    forecast now: those whose month, in their time zone, is from 10 to 90 % gone (used
+    is 90 % of the blocked threshold, spread over the days so far)."""
+    from zoneinfo import ZoneInfo
+
+    count = 0
+    for i in range(accounts):
+        if not BLOCKED_SHARE <= i % 100 < WARNING_SHARE:
+            continue
+        zone = ZoneInfo(ZONES[i % len(ZONES)])
+        local = now.astimezone(zone)
+        start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        end = (start + timedelta(days=32)).replace(day=1)
+        share = (now - start.astimezone(UTC)) / (end.astimezone(UTC) - start.astimezone(UTC))
+        count += 0.1 <= share < 0.9
+    return count
 
 
 # Scoped thresholds, in the metric's unit: far above what ``scoped_usage_milli`` stores.
@@ -117,9 +145,9 @@ def scoped_counter_keys(lines: int) -> list[tuple[str, str]]:
     return sorted(key for key in keys if key[1])
 
 
-def scoped_usage_milli(index: int, metric: str) -> int:
+def scoped_usage_milli(index: int, metric: str, today: date) -> int:
     """A day's usage of a labelled subset: a small share of the metric's (never reached)."""
-    return (usage_total(index, metric) * 1000) // 200
+    return (usage_total(index, metric, today) * 1000) // 200
 
 
 def data_create(accounts: int, today: date, lines: int) -> tuple[int, int]:
@@ -195,7 +223,7 @@ def data_create(accounts: int, today: date, lines: int) -> tuple[int, int]:
     ):
         for i, account in enumerate(rows):
             for metric in THRESHOLDS:
-                total_milli = usage_total(i, metric) * 1000
+                total_milli = usage_total(i, metric, today) * 1000
                 per_day, rest = divmod(total_milli, len(current))
                 for day in days:
                     # The previous month: some usage; the current one adds up to the total.
@@ -217,7 +245,7 @@ def data_create(accounts: int, today: date, lines: int) -> tuple[int, int]:
         ):
             for i, account in enumerate(rows):
                 for metric, labels in labelled:
-                    milli = scoped_usage_milli(i, metric)
+                    milli = scoped_usage_milli(i, metric, today)
                     for day in days:
                         copy.write_row((account.pk, metric, labels, day, milli, now))
                         count += 1
@@ -242,7 +270,7 @@ def data_create(accounts: int, today: date, lines: int) -> tuple[int, int]:
             for i, account in enumerate(rows):
                 local_day = hour.astimezone(account.zone).date()
                 for metric, labels in hour_keys:
-                    milli = scoped_usage_milli(i, metric) // 24
+                    milli = scoped_usage_milli(i, metric, today) // 24
                     copy.write_row((account.pk, metric, labels, hour, local_day, milli, now))
                     count += 1
     with connection.cursor() as cursor:
@@ -413,7 +441,10 @@ def main() -> int:
     # One warning notification per account past the warning threshold, one more per account
     # past the blocked one. (On the first day of a month, accounts west of UTC are still in
     # the previous period, whose counters hold more: the count then differs.)
+    # And one forecast per account past the warning threshold, not blocked, whose month is
+    # from 10 to 90 % gone (SPEC 12.3).
     expected = accounts * WARNING_SHARE // 100 + accounts * BLOCKED_SHARE // 100
+    expected += forecasts_expected(accounts, datetime.now(UTC))
 
     first = sweep_run()
     second = sweep_run()

@@ -98,6 +98,12 @@ class NotificationDisplay:
             obj.get_restored_reason_display(),
         )
 
+    @admin.display(description=_("projected at"), ordering="projected_at")
+    def projected_at_display(self, obj: Notification) -> str:
+        """Forecasts: when the line is projected to reach its blocked threshold, in the
+        account's time zone; ``—`` for any other notice."""
+        return datetime_text(obj.projected_at, obj.account.timezone)
+
     @admin.display(description=_("limit"), ordering="period_kind")
     def line_display(self, obj: Notification) -> str:
         return obj.line_text()
@@ -127,6 +133,8 @@ class NotificationDisplay:
     def kind_display(self, obj: Notification) -> str:
         if obj.is_test:
             return format_html('<span class="notification-test">{}</span>', gettext("Test"))
+        if obj.level == NoticeLevel.FORECAST:
+            return gettext("Blocked threshold foreseen")
         if obj.level == NoticeLevel.RESTORED:
             return gettext("Capacity restored")
         return gettext("Threshold reached")
@@ -380,6 +388,7 @@ class NotificationAdmin(NotificationDisplay, NotificationMedia, ResendPermission
         "period_display",
         "threshold_display",
         "used_display",
+        "projected_at_display",
         "created_at_display",
         "emailed_display",
         "kind_display",
@@ -407,6 +416,7 @@ class NotificationAdmin(NotificationDisplay, NotificationMedia, ResendPermission
         "period_display",
         "threshold_display",
         "used_display",
+        "projected_at_display",
         "created_at_display",
         "emailed_display",
         "kind_display",
@@ -677,6 +687,7 @@ class NotificationInline(NotificationDisplay, ReadOnlyInline):
         "period_display",
         "threshold_display",
         "used_display",
+        "projected_at_display",
         "emailed_display",
         "deliveries_summary",
     )

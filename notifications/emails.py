@@ -1,5 +1,6 @@
-"""The notices e-mailed: a threshold reached (``templates/emails/threshold_reached.*``) and
-capacity restored (``templates/emails/restored.*``), each a subject, text and HTML.
+"""The notices e-mailed: a threshold reached (``templates/emails/threshold_reached.*``),
+capacity restored (``templates/emails/restored.*``) and a forecast
+(``templates/emails/forecast.*``, SPEC 12.3), each a subject, text and HTML.
 
 One function per e-mail; each message is rendered in its recipient's language.
 """
@@ -15,6 +16,7 @@ from accounts.labels import labels_text
 from accounts.metrics import METRICS
 from accounts.models import Account
 from accounts.windows import PeriodKind
+from config.dates import datetime_text, day_text
 from usage.models import MILLI
 from usage.quantities import number_text, quantity_number, quantity_with_unit
 
@@ -55,17 +57,36 @@ def threshold_context(*, notification: Notification, account: Account) -> dict[s
     }
 
 
+def forecast_context(*, notification: Notification, account: Account) -> dict[str, object]:
+    """What the forecast e-mail adds: the projected instant in the account's time zone."""
+    projected = notification.projected_at
+    assert projected is not None
+    return {
+        "projected_day": day_text(projected.astimezone(account.zone).date()),
+        "projected_at": datetime_text(projected, account.timezone),
+    }
+
+
+# The templates of each notice level, ``templates/emails/<name>.*``; a threshold reached
+# (warning or blocked) is the default.
+_TEMPLATES = {NoticeLevel.FORECAST.value: "forecast"}
+
+
 def threshold_message(*, notification: Notification, delivery: Delivery) -> AnymailMessage:
-    """The e-mail telling ``delivery.email`` that ``notification``'s threshold was reached
-    (a restored notice: ``restored_message``)."""
+    """The e-mail telling ``delivery.email`` what ``notification`` says: a threshold
+    reached, or (``forecast``) a blocked threshold foreseen before the period ends (a
+    restored notice: ``restored_message``)."""
     if notification.level == NoticeLevel.RESTORED:
         return restored_message(notification=notification, delivery=delivery)
     account = notification.account
+    name = _TEMPLATES.get(notification.level, "threshold_reached")
     with override(delivery.language):
         context = threshold_context(notification=notification, account=account)
-        subject = _single_line(render_to_string("emails/threshold_reached.subject.txt", context))
-        text = render_to_string("emails/threshold_reached.txt", context)
-        html = render_to_string("emails/threshold_reached.html", context)
+        if notification.level == NoticeLevel.FORECAST:
+            context |= forecast_context(notification=notification, account=account)
+        subject = _single_line(render_to_string(f"emails/{name}.subject.txt", context))
+        text = render_to_string(f"emails/{name}.txt", context)
+        html = render_to_string(f"emails/{name}.html", context)
     used = quantity_number(notification.used_milli, notification.metric)
     headers = {
         f"{HEADER_PREFIX}Account": str(account.pk),
@@ -77,6 +98,9 @@ def threshold_message(*, notification: Notification, delivery: Delivery) -> Anym
         f"{HEADER_PREFIX}Threshold": str(notification.threshold),
         f"{HEADER_PREFIX}Used": str(used),
     }
+    if notification.projected_at is not None:
+        projected = notification.projected_at.astimezone(account.zone)
+        headers[f"{HEADER_PREFIX}Projected-At"] = projected.isoformat()
     if notification.labels_key:
         # Label values are plain characters (``accounts.labels``): nothing to fold.
         headers[f"{HEADER_PREFIX}Labels"] = notification.labels_key

@@ -55,6 +55,7 @@ from usage.selectors import (
 )
 
 from .emails import threshold_message
+from .forecasts import Forecast, forecasts_insert, forecasts_of
 from .hooks import webhook_deliveries_create, webhook_deliveries_recover, webhook_deliveries_send
 from .models import SUB_DAY_KINDS, Delivery, EarlyTrackingEvent, Notification
 from .outbox import publish_later
@@ -467,6 +468,7 @@ def scoped_lines_reached(
     accounts: Iterable[Account],
     now: datetime,
     labels: Mapping[tuple[uuid.UUID, str], Iterable[Mapping[str, str]]] | None = None,
+    read: Mapping[Account, Iterable[LineUsage]] | None = None,
 ) -> dict[Account, list[LineUsage]]:
     """The scoped lines of ``accounts`` that stand at or past a threshold over their current
     windows (``usage.selectors.accounts_scoped_lines_usage``, extensions included), in two
@@ -474,6 +476,7 @@ def scoped_lines_reached(
 
     ``labels`` keeps, per (account id, metric), the lines that apply to one of these label
     sets (those that the events of a request count in); without it, every scoped line.
+    ``read``: each account's lines, when the caller has already read them.
     """
 
     def keep(account: Account, line: LimitLine) -> bool:
@@ -483,9 +486,19 @@ def scoped_lines_reached(
         )
 
     found = {}
-    lines = accounts_scoped_lines_usage(accounts=accounts, now=now, keep=keep)
+    lines = (
+        read
+        if read is not None
+        else accounts_scoped_lines_usage(accounts=accounts, now=now, keep=keep)
+    )
     for account, line_usages in lines.items():
-        reached = [line for line in line_usages if line.usage.status != Status.OK]
+        reached = [
+            line
+            for line in line_usages
+            if not line.is_whole_metric_month
+            and line.usage.status != Status.OK
+            and keep(account, line.line)
+        ]
         if reached:
             found[account] = reached
     return found
@@ -531,14 +544,62 @@ def thresholds_evaluate(
         if after_limit_change:
             locked = sorted(set(periods) | {account.pk for account in scoped})
             usage_lock(pairs=[(pk, metric) for pk in locked for metric in METRICS])
-        reached = [u for u in usage_for(periods=periods).values() if u.status != Status.OK]
-        lines = scoped_lines_reached(accounts=scoped, now=now)
+        usages = usage_for(periods=periods)
+        reached = [u for u in usages.values() if u.status != Status.OK]
+        read = accounts_scoped_lines_usage(accounts=scoped, now=now)
+        lines = scoped_lines_reached(accounts=scoped, now=now, read=read)
         created = crossings_record(usages=reached, lines=lines, now=now)
+        if not after_limit_change:
+            # From the figures just read: a forecast costs the sweep no query per account.
+            created += forecasts_record(
+                forecasts=forecasts_of(
+                    usages=usages.values(), periods=periods, lines=read, now=now
+                ),
+                now=now,
+            )
         if not after_limit_change and periods:
             created += _crossings_insert(_closed_period_crossings(periods, now), now)
         # Blocked lines no longer blocked, after the crossings (SPEC 12.2).
         created += restored_notices_record(accounts=accounts, now=now)
     return created
+
+
+def forecasts_record(*, forecasts: list[Forecast], now: datetime) -> list[int]:
+    """Record the forecasts the ledger lacks (one per line and period, SPEC 12.3), each with a
+    delivery per warning recipient (per blocked recipient when the account has no warning
+    recipient) and a webhook delivery per endpoint subscribed to ``forecast``; enqueued
+    after commit. Returns the new notification ids. Call inside a transaction."""
+    created = forecasts_insert(forecasts, now)
+    if not created:
+        return []
+    recipients: dict[tuple[uuid.UUID, str], list[Recipient]] = {}
+    for recipient in Recipient.objects.filter(
+        account_id__in={forecast.account_id for _pk, forecast in created}
+    ).order_by("id"):
+        recipients.setdefault((recipient.account_id, recipient.level), []).append(recipient)
+    Delivery.objects.bulk_create(
+        Delivery(notification_id=pk, email=r.email, language=r.language)
+        for pk, forecast in created
+        for r in recipients.get((forecast.account_id, Level.WARNING), [])
+        or recipients.get((forecast.account_id, Level.BLOCKED), [])
+    )
+    ids = [pk for pk, _forecast in created]
+    webhook_deliveries_create(notification_ids=ids)
+    for pk, forecast in created:
+        logger.info(
+            "notification %s: account %s projected to reach blocked %s of %s at %s, %s line%s"
+            " (period %s)",
+            pk,
+            forecast.account_id,
+            forecast.threshold,
+            forecast.metric,
+            forecast.projected_at.isoformat(),
+            forecast.period_kind,
+            f" [{forecast.labels_key}]" if forecast.labels_key else "",
+            forecast.period_start.isoformat(),
+        )
+    transaction.on_commit(lambda: notifications_publish(ids))
+    return ids
 
 
 def _is_transient(error: Exception) -> bool:

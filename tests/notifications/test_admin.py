@@ -104,9 +104,10 @@ def test_notification_list_shows_each_notification_with_its_delivery_counts(admi
     assert '<td class="field-used_display">812,000 tokens</td>' in content
     assert '<td class="field-metric">Text tokens</td>' in content
     assert (
-        '<td class="field-level_display"><span class="notification-level notification-level-warning">'
-        "Warning</span></td>" in content
-    )
+        '<td class="field-level_display"><span class="notification-level'
+        ' notification-level-warning">Warning</span></td>'
+    ) in content
+    assert '<td class="field-projected_at_display">—</td>' in content
     assert '<td class="field-deliveries_total_display">3</td>' in content
     assert 'Sent: 1, <strong class="delivery-problem">Failed: 1</strong>, Delivered: 1' in content
     assert '<td class="field-kind_display">Threshold reached</td>' in content
@@ -121,7 +122,7 @@ def test_notification_list_shows_each_notification_with_its_delivery_counts(admi
         "kind=",
         "delivery_status=failed",
         "q=acme",
-        "kind=all&o=-12",  # by number of deliveries
+        "kind=all&o=-13",  # by number of deliveries
     ],
 )
 def test_notification_list_filters_and_searches(admin_client, query):
@@ -340,9 +341,10 @@ def test_account_page_shows_only_the_most_recent_notifications_in_constant_queri
 def test_evaluate_thresholds_action_notifies_usage_that_already_passed_a_threshold(
     admin_client, account_admin, django_capture_on_commit_callbacks
 ):
-    # given: usage counted before the limits were set, so no notification yet
+    # given: usage counted before the limits were set, so no notification yet (and under a
+    # tenth of the blocked threshold: never a forecast, whatever the day)
     account = AccountFactory(external_id="acme")
-    LimitFactory(account=account, warning=800_000, blocked=1_000_000)
+    LimitFactory(account=account, warning=800_000, blocked=10_000_000)
     RecipientFactory(account=account, level=Level.WARNING, email="warn@acme.example")
     usage_already_counted(account, 900_000)
     # when
@@ -368,7 +370,7 @@ def test_evaluate_thresholds_action_twice_creates_nothing_more(
     admin_client, account_admin, django_capture_on_commit_callbacks
 ):
     account = AccountFactory()
-    LimitFactory(account=account, warning=800_000, blocked=1_000_000)
+    LimitFactory(account=account, warning=800_000, blocked=10_000_000)  # never a forecast
     RecipientFactory(account=account, level=Level.WARNING)
     usage_already_counted(account, 900_000)
     data = {"action": "evaluate_thresholds_now", ACTION_CHECKBOX_NAME: [account.pk]}
@@ -760,3 +762,45 @@ def test_send_test_notification_form_is_an_admin_form_in_both_languages(
     assert '<fieldset class="module aligned">' in response.text
     for text in texts:
         assert text in response.text, text
+
+
+@pytest.mark.parametrize(
+    ("language", "label", "projected", "kind"),
+    [
+        ("en", "Forecast", "Jan. 4, 2027, 9:20 p.m. (Europe/Paris)", "Blocked threshold foreseen"),
+        ("fr", "Prévision", "4 janvier 2027 21:20 (Europe/Paris)", "Seuil de blocage prévu"),
+    ],
+)
+def test_a_forecast_is_listed_with_its_own_label_colour_and_projected_date(
+    admin_client, account_admin, language, label, projected, kind
+):
+    # given
+    account = AccountFactory(name="Acme", timezone="Europe/Paris")
+    forecast = NotificationFactory(
+        account=account,
+        level="forecast",
+        threshold=1000,
+        used_milli=900_000,
+        projected_at=datetime(2027, 1, 4, 20, 20, tzinfo=UTC),
+    )
+    # when
+    listed = admin_client.get(NOTIFICATIONS_URL, HTTP_ACCEPT_LANGUAGE=language)
+    page = admin_client.get(
+        reverse("admin:notifications_notification_change", args=[forecast.pk]),
+        HTTP_ACCEPT_LANGUAGE=language,
+    )
+    account_page = admin_client.get(
+        reverse("admin:accounts_account_change", args=[account.pk]),
+        HTTP_ACCEPT_LANGUAGE=language,
+    )
+    # then
+    assert listed.status_code == page.status_code == account_page.status_code == 200
+    badge = f'<span class="notification-level notification-level-forecast">{label}</span>'
+    assert f'<td class="field-level_display">{badge}</td>' in listed.text
+    assert f'<td class="field-projected_at_display">{projected}</td>' in listed.text
+    assert f'<td class="field-kind_display">{kind}</td>' in listed.text
+    assert f'<div class="readonly">{badge}</div>' in page.text
+    assert f'<div class="readonly">{projected}</div>' in page.text
+    assert badge in account_page.text
+    assert projected in account_page.text
+    assert "notifications/admin.css" in listed.text

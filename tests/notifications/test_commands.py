@@ -37,10 +37,16 @@ def run(*args: str) -> list[str]:
     return out.getvalue().splitlines()
 
 
-def account_past_its_warning(external_id: str, used: int = 900_000) -> Account:
-    """An account whose usage passed the warning threshold (800,000) before any sweep."""
+def account_past_its_warning(
+    external_id: str, used: int = 900_000, blocked: int = 10_000_000
+) -> Account:
+    """An account whose usage passed the warning threshold (800,000) before any sweep.
+
+    Usage under a tenth of the blocked threshold is never projected to reach it within the
+    period (SPEC 12.3), whatever the day: no forecast joins the notifications counted here.
+    """
     account = AccountFactory(external_id=external_id)
-    LimitFactory(account=account, metric="text_tokens", warning=800_000, blocked=1_000_000)
+    LimitFactory(account=account, metric="text_tokens", warning=800_000, blocked=blocked)
     RecipientFactory(account=account, level=Level.WARNING, email=f"warn@{external_id}.example")
     RecipientFactory(account=account, level=Level.BLOCKED, email=f"block@{external_id}.example")
     usage_already_counted(account, used)
@@ -52,7 +58,7 @@ def account_past_its_warning(external_id: str, used: int = 900_000) -> Account:
 
 def test_evaluate_thresholds_prints_each_notification_created_and_sends_its_emails():
     # given
-    account_past_its_warning("acme", used=1_000_000)
+    account_past_its_warning("acme", used=1_000_000, blocked=1_000_000)
     account_past_its_warning("globex")
     AccountFactory(external_id="initech")  # no limits: nothing to notify
     # when
