@@ -24,6 +24,7 @@ Every figure is printed next to its target with PASS or FAIL. The database is le
 place for inspection and dropped by the next run. Run from the project root:
 
     .venv/bin/python bench/ingest.py [--quick] [--strict] [--threads N] [--profile DIR]
+        [--parts LETTERS]
         [--cache-url URL] [--token-cache-seconds N] [--lines N] [--table-events N]
 """
 
@@ -1303,7 +1304,16 @@ def main() -> int:
         "print where time went and keep the samples in DIR; the figures of such a run are "
         "not the reference ones",
     )
+    parser.add_argument(
+        "--parts",
+        default="abcde",
+        metavar="LETTERS",
+        help="the parts to run (default abcde; a and b run together): 'c' measures the "
+        "floors and the per-request paths alone",
+    )
     args = parser.parse_args()
+    if not args.parts or set(args.parts) - set("abcde"):
+        parser.error("--parts takes letters among a, b, c, d, e")
     if args.profile and not PY_SPY.exists():
         parser.error(f"--profile needs {PY_SPY}: .venv/bin/pip install py-spy")
     sizes = QUICK if args.quick else FULL
@@ -1348,16 +1358,20 @@ def main() -> int:
         def spy(part: str) -> AbstractContextManager[None]:
             return profiled(args.profile, part, server.pid)
 
-        print("a. batch ingestion through HTTP, b. the ceiling: hand-written SQL, in turns")
-        with spy("a"):
-            part_batches(report, port, token, posting, sizes, now)
-        print("c. the floors and the per-request paths, interleaved")
-        with spy("c"):
-            part_floors(report, port, token, posting, probes[0], sizes, now)
-        print("d. usage read, capacities and pre-flight at 1,000 and at many events")
-        part_reads(report, port, token, posting, probes, sizes, now, spy)
-        print("e. memory")
-        part_memory(report, server.pid)
+        if {"a", "b"} & set(args.parts):
+            print("a. batch ingestion through HTTP, b. the ceiling: hand-written SQL, in turns")
+            with spy("a"):
+                part_batches(report, port, token, posting, sizes, now)
+        if "c" in args.parts:
+            print("c. the floors and the per-request paths, interleaved")
+            with spy("c"):
+                part_floors(report, port, token, posting, probes[0], sizes, now)
+        if "d" in args.parts:
+            print("d. usage read, capacities and pre-flight at 1,000 and at many events")
+            part_reads(report, port, token, posting, probes, sizes, now, spy)
+        if "e" in args.parts:
+            print("e. memory")
+            part_memory(report, server.pid)
 
     mismatches, counters = counters_mismatches()
     report.add(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import json
@@ -26,7 +25,7 @@ from accounts.forms import limit_label
 from accounts.labels import labels_from_key, labels_key, labels_match
 from accounts.metrics import METRICS
 from accounts.models import Account, Language, Level, Limit, Plan, Recipient, ScopedLimit
-from accounts.selectors import LimitLine, limit_lines
+from accounts.selectors import LimitLine, account_with_lines
 from accounts.windows import PeriodKind, Window, cover, window_containing
 from config.dates import datetime_text
 
@@ -235,23 +234,27 @@ class Line(Protocol):
 # Each line travels as one element of a JSON parameter: its index, what it reads (``d``: day
 # counters from ``f`` to ``e`` excluded; ``h``: the hour counter starting at ``h``; ``m``:
 # nothing, see below), its metric and labels key, and for a scoped limit its id ``s`` and
-# its period's start ``t``, under which its extensions are summed. Events of the current
-# minute are read beside, in the same query, summed per metric and label set, and matched
-# to the minute lines here.
+# its period's start ``t``, under which its extensions are summed; ``x`` set marks a
+# whole-metric monthly line, whose extensions are those of the metric for the month ``f``.
+# Events of the current minute are read beside, in the same query, summed per metric and
+# label set (rows numbered ``MINUTE_ROWS``), and matched to the minute lines here; so are
+# the active reservations, summed per metric and label set (``RESERVED_ROWS``).
 _LINES_WANTED = {
     "postgresql": (
         "SELECT * FROM jsonb_to_recordset(%s::jsonb)"
         " AS w(i int, k text, m text, l text, f date, e date, h timestamptz, s bigint,"
-        " t timestamptz)"
+        " t timestamptz, x int)"
     ),
     "sqlite": (
         "SELECT json_extract(value, '$.i') AS i, json_extract(value, '$.k') AS k,"
         " json_extract(value, '$.m') AS m, json_extract(value, '$.l') AS l,"
         " json_extract(value, '$.f') AS f, json_extract(value, '$.e') AS e,"
         " json_extract(value, '$.h') AS h, json_extract(value, '$.s') AS s,"
-        " json_extract(value, '$.t') AS t FROM json_each(%s)"
+        " json_extract(value, '$.t') AS t, json_extract(value, '$.x') AS x FROM json_each(%s)"
     ),
 }
+MINUTE_ROWS = -1
+RESERVED_ROWS = -2
 _LINES_SQL = f"""
 WITH w AS ({{wanted}})
 SELECT w.i, NULL, NULL, CASE w.k
@@ -261,16 +264,29 @@ SELECT w.i, NULL, NULL, CASE w.k
   WHEN 'h' THEN (SELECT c.quantity_milli FROM {UsageHourCounter._meta.db_table} c
                  WHERE c.account_id = %s AND c.metric = w.m AND c.labels = w.l AND c.hour = w.h)
   END,
-  (SELECT SUM(x.amount) FROM {Extension._meta.db_table} x
-   WHERE x.scoped_limit_id = w.s AND x.period_start = w.t)
+  CASE WHEN w.s IS NOT NULL THEN
+    (SELECT SUM(x.amount) FROM {Extension._meta.db_table} x
+     WHERE x.scoped_limit_id = w.s AND x.period_start = w.t)
+  WHEN w.x IS NOT NULL THEN
+    (SELECT SUM(x.amount) FROM {Extension._meta.db_table} x
+     WHERE x.account_id = %s AND x.metric = w.m AND x.period = w.f
+       AND x.scoped_limit_id IS NULL)
+  END
 FROM w
 """
 _MINUTE_SQL = f"""
 UNION ALL
-SELECT NULL, e.metric, {{labels}}, SUM(e.quantity_milli), NULL
+SELECT {MINUTE_ROWS}, e.metric, {{labels}}, SUM(e.quantity_milli), NULL
 FROM {UsageEvent._meta.db_table} e
 WHERE e.account_id = %s AND e.occurred_at >= %s AND e.occurred_at < %s
 GROUP BY e.metric, e.labels
+"""
+_RESERVED_SQL = f"""
+UNION ALL
+SELECT {RESERVED_ROWS}, r.metric, r.labels_key, SUM(r.quantity_milli), NULL
+FROM {Reservation._meta.db_table} r
+WHERE r.account_id = %s AND r.status = '{Reservation.Status.ACTIVE.value}' AND r.expires_at > %s
+GROUP BY r.metric, r.labels_key
 """
 
 
@@ -315,32 +331,56 @@ def lines_figures(*, account: Account, lines: Sequence[Line], now: datetime) -> 
     without one has none here) for the period its window starts (``line_period_start``):
     once the window moves on, they no longer count (SPEC 4 and 11.5).
     """
+    zone = account.zone
+    windows = [line_window(line=line, zone=zone, now=now) for line in lines]
+    figures, _reserved = _lines_read(account=account, lines=lines, windows=windows, now=now)
+    return figures
+
+
+def _lines_read(
+    *,
+    account: Account,
+    lines: Sequence[Line],
+    windows: Sequence[Window],
+    now: datetime,
+    monthly_extensions: bool = False,
+    reservations: bool = False,
+) -> tuple[list[LineFigures], list[int]]:
+    """``lines_figures`` of ``lines`` over ``windows`` (theirs at ``now``), and what active
+    reservations hold on each at ``now`` (zeros unless ``reservations``), in one query.
+
+    ``monthly_extensions``: a whole-metric monthly line (no ``scoped_limit_id``, a month,
+    no labels) reads the extensions of its metric for its month, as ``usage_for`` does.
+    """
     if not lines:
-        return []
+        return [], []
     zone = account.zone
     vendor = connection.vendor
-    account_param = str(account.pk) if vendor == "postgresql" else account.pk.hex
+    postgresql = vendor == "postgresql"
+    account_param = str(account.pk) if postgresql else account.pk.hex
 
     def as_db(instant: datetime) -> Any:
-        if vendor == "postgresql":
+        if postgresql:
             return instant.isoformat()
         return connection.ops.adapt_datetimefield_value(instant)
 
     wanted: list[dict[str, Any]] = []
     minute: Window | None = None
-    for index, line in enumerate(lines):
-        window = line_window(line=line, zone=zone, now=now)
+    for index, (line, window) in enumerate(zip(lines, windows, strict=True)):
+        scoped_limit_id = getattr(line, "scoped_limit_id", None)
         item: dict[str, Any] = {
             "i": index,
             "m": line.metric,
             "l": labels_key(line.labels),
-            "s": getattr(line, "scoped_limit_id", None),
-            "t": as_db(line_period_start(window)),
+            "s": scoped_limit_id,
         }
-        if window.kind == PeriodKind.MINUTE:
+        if scoped_limit_id is not None:
+            item["t"] = as_db(line_period_start(window))
+        kind = window.kind
+        if kind == PeriodKind.MINUTE:
             minute = window
             item["k"] = "m"
-        elif window.kind == PeriodKind.HOUR:
+        elif kind == PeriodKind.HOUR:
             item.update(k="h", h=as_db(window.start))
         else:
             item.update(
@@ -348,35 +388,55 @@ def lines_figures(*, account: Account, lines: Sequence[Line], now: datetime) -> 
                 f=window.start.astimezone(zone).date().isoformat(),
                 e=window.end.astimezone(zone).date().isoformat(),
             )
+            if (
+                monthly_extensions
+                and scoped_limit_id is None
+                and kind == PeriodKind.MONTH
+                and not line.labels
+            ):
+                item["x"] = 1
         wanted.append(item)
     sql = _LINES_SQL.format(wanted=_LINES_WANTED[vendor])
-    params: list[Any] = [json.dumps(wanted), account_param, account_param]
+    params: list[Any] = [json.dumps(wanted), account_param, account_param, account_param]
     if minute is not None:
-        labels = "e.labels::text" if vendor == "postgresql" else "e.labels"
+        labels = "e.labels::text" if postgresql else "e.labels"
         sql += _MINUTE_SQL.format(labels=labels)
-        bounds = [minute.start, minute.end]
-        if vendor != "postgresql":
+        bounds: list[Any] = [minute.start, minute.end]
+        if not postgresql:
             bounds = [connection.ops.adapt_datetimefield_value(bound) for bound in bounds]
         params += [account_param, *bounds]
+    if reservations:
+        sql += _RESERVED_SQL
+        params += [account_param, now if postgresql else as_db(now)]
     used = [0] * len(lines)
     extension = [0] * len(lines)
     minute_sums: list[tuple[str, dict[str, str], int]] = []
+    held: list[tuple[str, dict[str, str], int]] = []
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         for index, metric, labels, total, granted in cursor.fetchall():
-            if index is not None:
+            if index == MINUTE_ROWS:
+                minute_sums.append((metric, json.loads(labels) if labels else {}, int(total)))
+            elif index == RESERVED_ROWS:
+                held.append((metric, labels_from_key(labels), int(total)))
+            else:
                 used[int(index)] = int(total or 0)
                 extension[int(index)] = int(granted or 0)
-            else:
-                minute_sums.append((metric, json.loads(labels) if labels else {}, int(total)))
     for index, line in enumerate(lines):
         if line.period == PeriodKind.MINUTE:
-            used[index] = sum(
-                total
-                for metric, labels, total in minute_sums
-                if metric == line.metric and labels_match(line=line.labels, event=labels)
-            )
-    return [LineFigures(used_milli=u, extension=x) for u, x in zip(used, extension, strict=True)]
+            used[index] = _matching(minute_sums, line)
+    reserved = [_matching(held, line) if held else 0 for line in lines]
+    figures = [LineFigures(used_milli=u, extension=x) for u, x in zip(used, extension, strict=True)]
+    return figures, reserved
+
+
+def _matching(groups: list[tuple[str, dict[str, str], int]], line: Line) -> int:
+    """The sum of the ``(metric, labels, total)`` groups that ``line`` counts."""
+    return sum(
+        total
+        for metric, labels, total in groups
+        if metric == line.metric and labels_match(line=line.labels, event=labels)
+    )
 
 
 def account_usage(*, account: Account, period: Period | None = None) -> list[MetricUsage]:
@@ -847,40 +907,63 @@ def account_lines_usage(
     ``metric`` keeps the lines of that metric; ``labels`` keeps those that apply to usage
     carrying these labels (SPEC 11.4: the line's labels are contained in them). Stored
     thresholds of an account that is not Enterprise are kept but not in force, as for the
-    monthly limits.
+    monthly limits. Two queries: the lines (``accounts.selectors.account_with_lines``),
+    then every line's usage and extensions (``lines_figures``, the monthly lines'
+    extensions as ``usage_for`` reads them).
     """
+    found = account_with_lines(account_id=account.pk)
+    lines = [] if found is None else found[1]
+    return _lines_usage(
+        account=account, lines=lines, metric=metric, labels=labels, now=now, reservations=False
+    )
+
+
+def _lines_usage(
+    *,
+    account: Account,
+    lines: Sequence[LimitLine],
+    metric: str | None,
+    labels: Mapping[str, str] | None,
+    now: datetime | None,
+    reservations: bool,
+) -> list[LineUsage]:
+    """``lines`` of ``account`` kept by ``metric`` and ``labels`` (see
+    ``account_lines_usage``), each with its figures, in one query."""
     now = now or timezone.now()
-    period = current_period(account, now)
-    monthly = {usage.metric: usage for usage in account_usage(account=account, period=period)}
-    # The usage statement read the monthly thresholds with the usage (those in force: none
-    # for an account that is not Enterprise), so they are not read a second time.
-    thresholds = {name: (usage.warning, usage.blocked) for name, usage in monthly.items()}
-    lines = [
+    zone = account.zone
+    kept = [
         line
-        for line in limit_lines(account=account, monthly=thresholds)
+        for line in lines
         if (metric is None or line.metric == metric)
         and (labels is None or labels_match(line=line.labels, event=labels))
     ]
-    scoped = [line for line in lines if line.scoped_limit_id is not None]
-    scoped_figures = iter(lines_figures(account=account, lines=scoped, now=now))
+    windows = [line_window(line=line, zone=zone, now=now) for line in kept]
+    figures, reserved = _lines_read(
+        account=account,
+        lines=kept,
+        windows=windows,
+        now=now,
+        monthly_extensions=True,
+        reservations=reservations,
+    )
+    # The monthly lines' thresholds are those in force already (``account_with_lines``).
     in_force = account.is_enterprise
-    result = []
-    for line in lines:
-        if line.scoped_limit_id is None:
-            usage = monthly[line.metric]
-        else:
-            figures = next(scoped_figures)
-            usage = MetricUsage(
+    return [
+        LineUsage(
+            line=line,
+            window=window,
+            usage=MetricUsage(
                 account_id=account.pk,
                 metric=line.metric,
-                used_milli=figures.used_milli,
-                warning=line.warning if in_force else None,
-                blocked=line.blocked if in_force else None,
-                extension=figures.extension,
-            )
-        window = line_window(line=line, zone=account.zone, now=now)
-        result.append(LineUsage(line=line, window=window, usage=usage))
-    return result
+                used_milli=figure.used_milli,
+                warning=line.warning if in_force or line.scoped_limit_id is None else None,
+                blocked=line.blocked if in_force or line.scoped_limit_id is None else None,
+                extension=figure.extension,
+            ),
+            reserved_milli=held,
+        )
+        for line, window, figure, held in zip(kept, windows, figures, reserved, strict=True)
+    ]
 
 
 def line_period_data(line: LineUsage, account: Account) -> dict[str, object]:
@@ -934,8 +1017,8 @@ def _lines_filter(keys: set[tuple[str, str]]) -> Q:
 def account_lines_steps(*, account: Account, now: datetime | None = None) -> list[LineSteps]:
     """Every limit line of ``account`` (``account_lines_usage``) with its usage per step.
 
-    At most six queries whatever the number of lines, days or events: the lines and their
-    figures (``account_lines_usage``, four), then the day counters of every line charted
+    At most four queries whatever the number of lines, days or events: the lines and their
+    figures (``account_lines_usage``, two), then the day counters of every line charted
     per day, and the hour counters of every ``day`` line (one query each).
     """
     now = now or timezone.now()
@@ -1045,14 +1128,7 @@ def lines_reserved_milli(*, account: Account, lines: Sequence[Line], now: dateti
         .order_by()
     )
     groups = [(metric, labels_from_key(key), int(total)) for metric, key, total in held]
-    return [
-        sum(
-            total
-            for metric, labels, total in groups
-            if metric == line.metric and labels_match(line=line.labels, event=labels)
-        )
-        for line in lines
-    ]
+    return [_matching(groups, line) for line in lines]
 
 
 def account_lines_with_reservations(
@@ -1063,14 +1139,28 @@ def account_lines_with_reservations(
     now: datetime | None = None,
 ) -> list[LineUsage]:
     """``account_lines_usage``, each line with what active reservations hold on it at
-    ``now``: the lines that ``check``, ``capacities`` and reservations answer with."""
-    now = now or timezone.now()
-    lines = account_lines_usage(account=account, metric=metric, labels=labels, now=now)
-    reserved = lines_reserved_milli(account=account, lines=[line.line for line in lines], now=now)
-    return [
-        dataclasses.replace(line, reserved_milli=held)
-        for line, held in zip(lines, reserved, strict=True)
-    ]
+    ``now``: the lines that ``check``, ``capacities`` and reservations answer with. Two
+    queries: the lines, then their figures and the reservations together."""
+    found = account_with_lines(account_id=account.pk)
+    lines = [] if found is None else found[1]
+    return _lines_usage(
+        account=account, lines=lines, metric=metric, labels=labels, now=now, reservations=True
+    )
+
+
+def account_lines_read(
+    *,
+    account: Account,
+    lines: Sequence[LimitLine],
+    metric: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    now: datetime | None = None,
+) -> list[LineUsage]:
+    """``account_lines_with_reservations`` for an account read with its lines already
+    (``accounts.selectors.account_with_lines``): one query."""
+    return _lines_usage(
+        account=account, lines=lines, metric=metric, labels=labels, now=now, reservations=True
+    )
 
 
 def reservation_get(*, account: Account, reservation_id: str) -> Reservation | None:

@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from accounts.models import Account
+from accounts.selectors import LimitLine, account_with_lines
 from accounts.services import AccountNotEnterprise, LimitsInvalid
 from config.authentication import api_permissions, token_account_id
 
@@ -103,16 +104,28 @@ def _uuid_or_none(value: object) -> uuid.UUID | None:
         return None
 
 
-def account_get_or_404(account_id: str) -> Account:
-    """The account with this id; a malformed id is as unknown as a missing one (404)."""
+def account_id_or_404(account_id: str) -> uuid.UUID:
+    """The account id in a route; a malformed id is as unknown as a missing one (404)."""
     try:
-        pk = uuid.UUID(account_id)
+        return uuid.UUID(account_id)
     except ValueError:
         raise exceptions.NotFound(_("Account not found.")) from None
-    account = Account.objects.filter(pk=pk).first()
+
+
+def account_get_or_404(account_id: str) -> Account:
+    """The account with this id; a malformed id is as unknown as a missing one (404)."""
+    account = Account.objects.filter(pk=account_id_or_404(account_id)).first()
     if account is None:
         raise exceptions.NotFound(_("Account not found."))
     return account
+
+
+def account_with_lines_or_404(account_id: str) -> tuple[Account, list[LimitLine]]:
+    """The account with this id and its limit lines, in one query (404 as above)."""
+    found = account_with_lines(account_id=account_id_or_404(account_id))
+    if found is None:
+        raise exceptions.NotFound(_("Account not found."))
+    return found
 
 
 def require_body(request: Any) -> None:

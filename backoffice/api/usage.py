@@ -19,7 +19,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.api.base import ErrorSerializer, ModelPermissions, account_get_or_404
+from accounts.api.base import (
+    ErrorSerializer,
+    ModelPermissions,
+    account_get_or_404,
+    account_with_lines_or_404,
+)
 from accounts.labels import labels_parse
 from accounts.metrics import METRICS
 from accounts.models import Account
@@ -58,6 +63,7 @@ from usage.quantities import quantity_number
 from usage.selectors import (
     LineUsage,
     MetricUsage,
+    account_lines_read,
     account_lines_with_reservations,
     account_usage,
     current_period,
@@ -228,7 +234,7 @@ class UsageCheckView(AccountScopedView):
         },
     )
     def post(self, request: Request, id: str) -> Response:
-        account = self.get_account(id)
+        account, account_lines = account_with_lines_or_404(id)
         payload = request.data
         if not isinstance(payload, dict):
             raise ValidationError({"non_field_errors": [_("Expected an object.")]})
@@ -249,7 +255,9 @@ class UsageCheckView(AccountScopedView):
         labels, error = labels_parse(payload.get("labels"))
         if error:
             raise ValidationError({"labels": error})
-        lines = account_lines_with_reservations(account=account, metric=metric, labels=labels)
+        lines = account_lines_read(
+            account=account, lines=account_lines, metric=metric, labels=labels
+        )
         monthly = next(line.usage for line in lines if line.is_whole_metric_month)
         remaining = [line.remaining_milli for line in lines if line.remaining_milli is not None]
         return Response(
@@ -305,8 +313,8 @@ class CapacitiesView(AccountScopedView):
         responses={200: CapacitiesSerializer, **ACCOUNT_ERRORS},
     )
     def get(self, request: Request, id: str) -> Response:
-        account = self.get_account(id)
-        lines = account_lines_with_reservations(account=account)
+        account, account_lines = account_with_lines_or_404(id)
+        lines = account_lines_read(account=account, lines=account_lines)
         return Response(
             {
                 "account": account.pk,
