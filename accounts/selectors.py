@@ -225,18 +225,16 @@ _ACCOUNT_LINES_SQL = {
 }
 
 
-def account_with_lines(*, account_id: uuid.UUID) -> tuple[Account, list[LimitLine]] | None:
-    """The account with this id and its limit lines (``limit_lines``, the monthly lines'
-    thresholds as in force: none for an account that is not Enterprise), in one query;
-    ``None`` when there is no such account."""
+def account_lines_annotations() -> dict[str, RawSQL]:
+    """The annotations that read an account's limits and scoped limits with it, for
+    ``account_lines_of``."""
     limits_sql, scoped_sql = _ACCOUNT_LINES_SQL[connection.vendor]
-    account = (
-        Account.objects.filter(pk=account_id)
-        .annotate(lines_monthly=RawSQL(limits_sql, ()), lines_scoped=RawSQL(scoped_sql, ()))
-        .first()
-    )
-    if account is None:
-        return None
+    return {"lines_monthly": RawSQL(limits_sql, ()), "lines_scoped": RawSQL(scoped_sql, ())}
+
+
+def account_lines_of(account: Account) -> list[LimitLine]:
+    """The limit lines of an account read with ``account_lines_annotations`` (see
+    ``account_with_lines``)."""
     monthly = {}
     if account.is_enterprise:
         monthly = {
@@ -245,7 +243,17 @@ def account_with_lines(*, account_id: uuid.UUID) -> tuple[Account, list[LimitLin
         }
     scoped = sorted(json.loads(account.lines_scoped or "[]"), key=lambda row: (row[7], row[0]))
     del account.lines_monthly, account.lines_scoped
-    return account, _lines(monthly, scoped)
+    return _lines(monthly, scoped)
+
+
+def account_with_lines(*, account_id: uuid.UUID) -> tuple[Account, list[LimitLine]] | None:
+    """The account with this id and its limit lines (``limit_lines``, the monthly lines'
+    thresholds as in force: none for an account that is not Enterprise), in one query;
+    ``None`` when there is no such account."""
+    account = Account.objects.filter(pk=account_id).annotate(**account_lines_annotations()).first()
+    if account is None:
+        return None
+    return account, account_lines_of(account)
 
 
 def _lines(

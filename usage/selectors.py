@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from django.db import connection
 from django.db.models import Max, Q, QuerySet, Sum
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.text import format_lazy
 from django.utils.translation import gettext
@@ -25,7 +26,12 @@ from accounts.forms import limit_label
 from accounts.labels import labels_from_key, labels_key, labels_match
 from accounts.metrics import METRICS
 from accounts.models import Account, Language, Level, Limit, Plan, Recipient, ScopedLimit
-from accounts.selectors import LimitLine, account_with_lines
+from accounts.selectors import (
+    LimitLine,
+    account_lines_annotations,
+    account_lines_of,
+    account_with_lines,
+)
 from accounts.windows import PeriodKind, Window, cover, window_containing
 from config.dates import datetime_text
 
@@ -257,13 +263,13 @@ MINUTE_ROWS = -1
 RESERVED_ROWS = -2
 _LINES_SQL = f"""
 WITH w AS ({{wanted}})
-SELECT w.i, NULL, NULL, CASE w.k
+SELECT w.i AS c1, NULL AS c2, NULL AS c3, CASE w.k
   WHEN 'd' THEN (SELECT SUM(c.quantity_milli) FROM {UsageCounter._meta.db_table} c
                  WHERE c.account_id = %s AND c.metric = w.m AND c.labels = w.l
                    AND c.day >= w.f AND c.day < w.e)
   WHEN 'h' THEN (SELECT c.quantity_milli FROM {UsageHourCounter._meta.db_table} c
                  WHERE c.account_id = %s AND c.metric = w.m AND c.labels = w.l AND c.hour = w.h)
-  END,
+  END AS c4,
   CASE WHEN w.s IS NOT NULL THEN
     (SELECT SUM(x.amount) FROM {Extension._meta.db_table} x
      WHERE x.scoped_limit_id = w.s AND x.period_start = w.t)
@@ -271,7 +277,7 @@ SELECT w.i, NULL, NULL, CASE w.k
     (SELECT SUM(x.amount) FROM {Extension._meta.db_table} x
      WHERE x.account_id = %s AND x.metric = w.m AND x.period = w.f
        AND x.scoped_limit_id IS NULL)
-  END
+  END AS c5
 FROM w
 """
 _MINUTE_SQL = f"""
@@ -354,10 +360,35 @@ def _lines_read(
     """
     if not lines:
         return [], []
-    zone = account.zone
+    sql, params = _lines_statement(
+        account_id=account.pk,
+        zone=account.zone,
+        lines=lines,
+        windows=windows,
+        now=now,
+        monthly_extensions=monthly_extensions,
+        reservations=reservations,
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return _lines_parse(cursor.fetchall(), lines)
+
+
+def _lines_statement(
+    *,
+    account_id: uuid.UUID,
+    zone: ZoneInfo,
+    lines: Sequence[Line],
+    windows: Sequence[Window],
+    now: datetime,
+    monthly_extensions: bool,
+    reservations: bool,
+) -> tuple[str, list[Any]]:
+    """The statement of ``_lines_read`` and its parameters; its rows are
+    ``(index, metric, labels, total, granted)``, named ``c1`` to ``c5``."""
     vendor = connection.vendor
     postgresql = vendor == "postgresql"
-    account_param = str(account.pk) if postgresql else account.pk.hex
+    account_param = str(account_id) if postgresql else account_id.hex
 
     def as_db(instant: datetime) -> Any:
         if postgresql:
@@ -408,26 +439,43 @@ def _lines_read(
     if reservations:
         sql += _RESERVED_SQL
         params += [account_param, now if postgresql else as_db(now)]
+    return sql, params
+
+
+def _lines_parse(
+    rows: Iterable[Sequence[Any]], lines: Sequence[Line]
+) -> tuple[list[LineFigures], list[int]]:
+    """What ``_lines_read`` returns, from the rows of ``_lines_statement``."""
     used = [0] * len(lines)
     extension = [0] * len(lines)
     minute_sums: list[tuple[str, dict[str, str], int]] = []
     held: list[tuple[str, dict[str, str], int]] = []
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        for index, metric, labels, total, granted in cursor.fetchall():
-            if index == MINUTE_ROWS:
-                minute_sums.append((metric, json.loads(labels) if labels else {}, int(total)))
-            elif index == RESERVED_ROWS:
-                held.append((metric, labels_from_key(labels), int(total)))
-            else:
-                used[int(index)] = int(total or 0)
-                extension[int(index)] = int(granted or 0)
+    for index, metric, labels, total, granted in rows:
+        if index == MINUTE_ROWS:
+            minute_sums.append((metric, json.loads(labels) if labels else {}, int(total)))
+        elif index == RESERVED_ROWS:
+            held.append((metric, labels_from_key(labels), int(total)))
+        else:
+            used[int(index)] = int(total or 0)
+            extension[int(index)] = int(granted or 0)
     for index, line in enumerate(lines):
         if line.period == PeriodKind.MINUTE:
             used[index] = _matching(minute_sums, line)
     reserved = [_matching(held, line) if held else 0 for line in lines]
     figures = [LineFigures(used_milli=u, extension=x) for u, x in zip(used, extension, strict=True)]
     return figures, reserved
+
+
+# A statement's rows as one JSON text, so that it can be read as a column of another.
+_AS_JSON_ROWS = {
+    "postgresql": "(SELECT json_agg(json_build_array(q.c1, q.c2, q.c3, q.c4, q.c5))::text"
+    " FROM ({sql}) AS q)",
+    "sqlite": "(SELECT json_group_array(json_array(q.c1, q.c2, q.c3, q.c4, q.c5)) FROM ({sql}) AS q)",
+}
+
+
+def _as_json_rows(sql: str, params: list[Any]) -> RawSQL:
+    return RawSQL(_AS_JSON_ROWS[connection.vendor].format(sql=sql), params)
 
 
 def _matching(groups: list[tuple[str, dict[str, str], int]], line: Line) -> int:
@@ -930,14 +978,7 @@ def _lines_usage(
     """``lines`` of ``account`` kept by ``metric`` and ``labels`` (see
     ``account_lines_usage``), each with its figures, in one query."""
     now = now or timezone.now()
-    zone = account.zone
-    kept = [
-        line
-        for line in lines
-        if (metric is None or line.metric == metric)
-        and (labels is None or labels_match(line=line.labels, event=labels))
-    ]
-    windows = [line_window(line=line, zone=zone, now=now) for line in kept]
+    kept, windows = _lines_kept(account=account, lines=lines, metric=metric, labels=labels, now=now)
     figures, reserved = _lines_read(
         account=account,
         lines=kept,
@@ -946,6 +987,35 @@ def _lines_usage(
         monthly_extensions=True,
         reservations=reservations,
     )
+    return _lines_built(account, kept, windows, figures, reserved)
+
+
+def _lines_kept(
+    *,
+    account: Account,
+    lines: Sequence[LimitLine],
+    metric: str | None,
+    labels: Mapping[str, str] | None,
+    now: datetime,
+) -> tuple[list[LimitLine], list[Window]]:
+    """The lines of ``metric`` that apply to ``labels`` (all by default), with their windows."""
+    zone = account.zone
+    kept = [
+        line
+        for line in lines
+        if (metric is None or line.metric == metric)
+        and (labels is None or labels_match(line=line.labels, event=labels))
+    ]
+    return kept, [line_window(line=line, zone=zone, now=now) for line in kept]
+
+
+def _lines_built(
+    account: Account,
+    lines: Sequence[LimitLine],
+    windows: Sequence[Window],
+    figures: Sequence[LineFigures],
+    reserved: Sequence[int],
+) -> list[LineUsage]:
     # The monthly lines' thresholds are those in force already (``account_with_lines``).
     in_force = account.is_enterprise
     return [
@@ -962,8 +1032,84 @@ def _lines_usage(
             ),
             reserved_milli=held,
         )
-        for line, window, figure, held in zip(kept, windows, figures, reserved, strict=True)
+        for line, window, figure, held in zip(lines, windows, figures, reserved, strict=True)
     ]
+
+
+# --- One statement for a read of an account's lines (capacities, the pre-flight) ---
+#
+# Each process remembers, per account, the time zone, plan and lines it last read. A read
+# computes the windows from them and sends, in one statement, the account with its current
+# lines and the figures of the remembered ones; the figures are used only when what the
+# statement read of the account is what was remembered (in the same snapshot), else they
+# are read again for the lines just read (a second statement). So the memory saves a round
+# trip and is never trusted: a change made anywhere shows in the next read.
+
+
+@dataclass(frozen=True)
+class _Remembered:
+    timezone: str
+    plan: str
+    lines: tuple[LimitLine, ...]
+
+
+_remembered: dict[uuid.UUID, _Remembered] = {}
+MAX_REMEMBERED = 10_000
+
+
+def _remember(account_id: uuid.UUID, entry: _Remembered) -> None:
+    if len(_remembered) >= MAX_REMEMBERED:
+        _remembered.clear()
+    _remembered[account_id] = entry
+
+
+def account_lines_current(
+    *,
+    account_id: uuid.UUID,
+    metric: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    now: datetime | None = None,
+) -> tuple[Account, list[LineUsage]] | None:
+    """The account with this id and ``account_lines_with_reservations`` of it; ``None``
+    when there is no such account. One statement, or two when the account's time zone,
+    plan or lines changed since this process last read them (see above)."""
+    now = now or timezone.now()
+    annotations = account_lines_annotations()
+    remembered = _remembered.get(account_id)
+    guess: tuple[list[LimitLine], list[Window]] | None = None
+    if remembered is not None:
+        guessed = Account(pk=account_id, timezone=remembered.timezone, plan=remembered.plan)
+        guess = _lines_kept(
+            account=guessed, lines=remembered.lines, metric=metric, labels=labels, now=now
+        )
+        if guess[0]:
+            sql, params = _lines_statement(
+                account_id=account_id,
+                zone=guessed.zone,
+                lines=guess[0],
+                windows=guess[1],
+                now=now,
+                monthly_extensions=True,
+                reservations=True,
+            )
+            annotations["lines_figures"] = _as_json_rows(sql, params)
+    account = Account.objects.filter(pk=account_id).annotate(**annotations).first()
+    if account is None:
+        _remembered.pop(account_id, None)
+        return None
+    rows = json.loads(getattr(account, "lines_figures", None) or "[]")
+    if hasattr(account, "lines_figures"):
+        del account.lines_figures
+    lines = account_lines_of(account)
+    read = _Remembered(timezone=account.timezone, plan=account.plan, lines=tuple(lines))
+    if guess is not None and remembered == read:
+        kept, windows = guess
+        figures, reserved = _lines_parse(rows, kept)
+        return account, _lines_built(account, kept, windows, figures, reserved)
+    _remember(account.pk, read)
+    return account, _lines_usage(
+        account=account, lines=lines, metric=metric, labels=labels, now=now, reservations=True
+    )
 
 
 def line_period_data(line: LineUsage, account: Account) -> dict[str, object]:
@@ -1143,21 +1289,6 @@ def account_lines_with_reservations(
     queries: the lines, then their figures and the reservations together."""
     found = account_with_lines(account_id=account.pk)
     lines = [] if found is None else found[1]
-    return _lines_usage(
-        account=account, lines=lines, metric=metric, labels=labels, now=now, reservations=True
-    )
-
-
-def account_lines_read(
-    *,
-    account: Account,
-    lines: Sequence[LimitLine],
-    metric: str | None = None,
-    labels: Mapping[str, str] | None = None,
-    now: datetime | None = None,
-) -> list[LineUsage]:
-    """``account_lines_with_reservations`` for an account read with its lines already
-    (``accounts.selectors.account_with_lines``): one query."""
     return _lines_usage(
         account=account, lines=lines, metric=metric, labels=labels, now=now, reservations=True
     )

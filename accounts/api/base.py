@@ -13,7 +13,6 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from accounts.models import Account
-from accounts.selectors import LimitLine, account_with_lines
 from accounts.services import AccountNotEnterprise, LimitsInvalid
 from config.authentication import api_permissions, token_account_id
 
@@ -118,14 +117,6 @@ def account_get_or_404(account_id: str) -> Account:
     if account is None:
         raise exceptions.NotFound(_("Account not found."))
     return account
-
-
-def account_with_lines_or_404(account_id: str) -> tuple[Account, list[LimitLine]]:
-    """The account with this id and its limit lines, in one query (404 as above)."""
-    found = account_with_lines(account_id=account_id_or_404(account_id))
-    if found is None:
-        raise exceptions.NotFound(_("Account not found."))
-    return found
 
 
 def require_body(request: Any) -> None:

@@ -23,7 +23,7 @@ from accounts.api.base import (
     ErrorSerializer,
     ModelPermissions,
     account_get_or_404,
-    account_with_lines_or_404,
+    account_id_or_404,
 )
 from accounts.labels import labels_parse
 from accounts.metrics import METRICS
@@ -63,7 +63,7 @@ from usage.quantities import quantity_number
 from usage.selectors import (
     LineUsage,
     MetricUsage,
-    account_lines_read,
+    account_lines_current,
     account_lines_with_reservations,
     account_usage,
     current_period,
@@ -234,30 +234,16 @@ class UsageCheckView(AccountScopedView):
         },
     )
     def post(self, request: Request, id: str) -> Response:
-        account, account_lines = account_with_lines_or_404(id)
-        payload = request.data
-        if not isinstance(payload, dict):
-            raise ValidationError({"non_field_errors": [_("Expected an object.")]})
-        unknown = unknown_fields(payload, CHECK_FIELDS)
-        if unknown:
-            raise ValidationError(unknown)
-        metric, error = parse_metric(payload.get("metric"))
-        if error:
-            raise ValidationError({"metric": [error]})
-        quantity = payload.get("quantity")
-        quantity_milli = 0
-        if quantity is not None:
-            quantity_milli, error = parse_quantity(
-                quantity, METRICS[metric].decimal_places, allow_zero=True
-            )
-            if error:
-                raise ValidationError({"quantity": [error]})
-        labels, error = labels_parse(payload.get("labels"))
-        if error:
-            raise ValidationError({"labels": error})
-        lines = account_lines_read(
-            account=account, lines=account_lines, metric=metric, labels=labels
-        )
+        account_id = account_id_or_404(id)
+        try:
+            metric, quantity_milli, labels = _check_parse(request.data)
+        except ValidationError:
+            account_get_or_404(id)  # an unknown account is a 404 whatever the body
+            raise
+        found = account_lines_current(account_id=account_id, metric=metric, labels=labels)
+        if found is None:
+            raise NotFound(_("Account not found."))
+        lines = found[1]
         monthly = next(line.usage for line in lines if line.is_whole_metric_month)
         remaining = [line.remaining_milli for line in lines if line.remaining_milli is not None]
         return Response(
@@ -281,6 +267,30 @@ class UsageCheckView(AccountScopedView):
                 ],
             }
         )
+
+
+def _check_parse(payload: Any) -> tuple[str, int, dict[str, str]]:
+    """The pre-flight's metric, quantity in thousandths and labels; ``ValidationError``."""
+    if not isinstance(payload, dict):
+        raise ValidationError({"non_field_errors": [_("Expected an object.")]})
+    unknown = unknown_fields(payload, CHECK_FIELDS)
+    if unknown:
+        raise ValidationError(unknown)
+    metric, error = parse_metric(payload.get("metric"))
+    if error:
+        raise ValidationError({"metric": [error]})
+    quantity = payload.get("quantity")
+    quantity_milli = 0
+    if quantity is not None:
+        quantity_milli, error = parse_quantity(
+            quantity, METRICS[metric].decimal_places, allow_zero=True
+        )
+        if error:
+            raise ValidationError({"quantity": [error]})
+    labels, error = labels_parse(payload.get("labels"))
+    if error:
+        raise ValidationError({"labels": error})
+    return metric, quantity_milli, labels
 
 
 def _capacity_entry(line: LineUsage, account: Account) -> dict[str, Any]:
@@ -313,8 +323,10 @@ class CapacitiesView(AccountScopedView):
         responses={200: CapacitiesSerializer, **ACCOUNT_ERRORS},
     )
     def get(self, request: Request, id: str) -> Response:
-        account, account_lines = account_with_lines_or_404(id)
-        lines = account_lines_read(account=account, lines=account_lines)
+        found = account_lines_current(account_id=account_id_or_404(id))
+        if found is None:
+            raise NotFound(_("Account not found."))
+        account, lines = found
         return Response(
             {
                 "account": account.pk,
