@@ -10,7 +10,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -161,14 +161,14 @@ _WANTED = {
 }
 _USAGE_SQL = f"""
 WITH w AS ({{wanted}})
-SELECT w.a, w.m,
+SELECT w.a AS c1, w.m AS c2,
   COALESCE((SELECT SUM(c.quantity_milli) FROM {UsageCounter._meta.db_table} c
             WHERE c.account_id = w.a AND c.metric = w.m AND c.labels = ''
-              AND c.day >= w.f AND c.day < w.e), 0),
+              AND c.day >= w.f AND c.day < w.e), 0) AS c3,
   COALESCE((SELECT SUM(x.amount) FROM {Extension._meta.db_table} x
             WHERE x.account_id = w.a AND x.metric = w.m AND x.period = w.f
-              AND x.scoped_limit_id IS NULL), 0),
-  l.warning, l.blocked
+              AND x.scoped_limit_id IS NULL), 0) AS c4,
+  l.warning AS c5, l.blocked AS c6
 FROM w
 LEFT JOIN {Account._meta.db_table} acc ON acc.id = w.a AND acc.plan = %s
 LEFT JOIN {Limit._meta.db_table} l ON l.account_id = acc.id AND l.metric = w.m
@@ -179,9 +179,19 @@ def _usage_rows(
     wanted: set[tuple[uuid.UUID, str]], periods: dict[uuid.UUID, Period]
 ) -> dict[tuple[uuid.UUID, str], tuple[int, int, int | None, int | None]]:
     """``(used_milli, extension, warning, blocked)`` of each wanted pair, in one query."""
+    sql, params = _usage_statement(wanted, periods)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return _usage_parse(cursor.fetchall(), periods)
+
+
+def _usage_statement(
+    wanted: set[tuple[uuid.UUID, str]], periods: dict[uuid.UUID, Period]
+) -> tuple[str, list[Any]]:
+    """The statement of ``_usage_rows`` and its parameters; its rows are ``(account,
+    metric, used, extension, warning, blocked)``, named ``c1`` to ``c6``."""
     vendor = connection.vendor
     as_db = str if vendor == "postgresql" else (lambda account_id: account_id.hex)
-    ids = {as_db(account_id): account_id for account_id in periods}
     payload = json.dumps(
         [
             {
@@ -190,20 +200,22 @@ def _usage_rows(
                 "f": periods[account_id].first_day.isoformat(),
                 "e": periods[account_id].end_day.isoformat(),
             }
-            for account_id, metric in wanted
+            for account_id, metric in sorted(wanted)
         ]
     )
-    with connection.cursor() as cursor:
-        cursor.execute(_USAGE_SQL.format(wanted=_WANTED[vendor]), [payload, Plan.ENTERPRISE.value])
-        return {
-            (ids[str(account) if vendor == "postgresql" else account], metric): (
-                int(used),
-                int(extension),
-                warning,
-                blocked,
-            )
-            for account, metric, used, extension, warning, blocked in cursor.fetchall()
-        }
+    return _USAGE_SQL.format(wanted=_WANTED[vendor]), [payload, Plan.ENTERPRISE.value]
+
+
+def _usage_parse(
+    rows: Iterable[Sequence[Any]], periods: dict[uuid.UUID, Period]
+) -> dict[tuple[uuid.UUID, str], tuple[int, int, int | None, int | None]]:
+    """What ``_usage_rows`` returns, from the rows of ``_usage_statement``."""
+    ids = {str(account_id): account_id for account_id in periods}
+    ids.update((account_id.hex, account_id) for account_id in periods)
+    return {
+        (ids[str(account)], metric): (int(used), int(extension), warning, blocked)
+        for account, metric, used, extension, warning, blocked in rows
+    }
 
 
 def usage_received_before(
@@ -466,16 +478,17 @@ def _lines_parse(
     return figures, reserved
 
 
-# A statement's rows as one JSON text, so that it can be read as a column of another.
+# A statement's rows as one JSON text, so that it can be read as a column of another: its
+# columns are named ``c1`` to ``cN``.
 _AS_JSON_ROWS = {
-    "postgresql": "(SELECT json_agg(json_build_array(q.c1, q.c2, q.c3, q.c4, q.c5))::text"
-    " FROM ({sql}) AS q)",
-    "sqlite": "(SELECT json_group_array(json_array(q.c1, q.c2, q.c3, q.c4, q.c5)) FROM ({sql}) AS q)",
+    "postgresql": "(SELECT json_agg(json_build_array({columns}))::text FROM ({sql}) AS q)",
+    "sqlite": "(SELECT json_group_array(json_array({columns})) FROM ({sql}) AS q)",
 }
 
 
-def _as_json_rows(sql: str, params: list[Any]) -> RawSQL:
-    return RawSQL(_AS_JSON_ROWS[connection.vendor].format(sql=sql), params)
+def _as_json_rows(sql: str, params: list[Any], columns: int) -> RawSQL:
+    names = ", ".join(f"q.c{number}" for number in range(1, columns + 1))
+    return RawSQL(_AS_JSON_ROWS[connection.vendor].format(columns=names, sql=sql), params)
 
 
 def _matching(groups: list[tuple[str, dict[str, str], int]], line: Line) -> int:
@@ -1063,6 +1076,70 @@ def _remember(account_id: uuid.UUID, entry: _Remembered) -> None:
     _remembered[account_id] = entry
 
 
+# The local month of an instant in any time zone in use (UTC-12 to UTC+14) is the month
+# of that instant in one of these two: at most two months to read before the zone is known.
+_EDGE_ZONES = (WESTERNMOST_ZONE, ZoneInfo("Etc/GMT-14"))
+
+
+def account_usage_current(
+    *, account_id: uuid.UUID, period_code: str | None = None, now: datetime | None = None
+) -> tuple[Account, Period, list[MetricUsage]] | None:
+    """The account with this id, its month ``period_code`` (``YYYY-MM``; the current period
+    by default) in its time zone, and ``account_usage`` in it; ``None`` when there is no
+    such account, ``ValueError`` for a bad code (once the account is known to exist).
+
+    One statement: the account with the usage of each month its period may be before its
+    time zone is read (the current month in any zone is one of two, ``_EDGE_ZONES``);
+    the one of its zone is kept.
+    """
+    now = now or timezone.now()
+    if period_code is None:
+        candidates = {period_containing(now, zone).code: None for zone in _EDGE_ZONES}
+    else:
+        try:
+            period_from_code(period_code, UTC)
+        except ValueError:
+            if not Account.objects.filter(pk=account_id).exists():
+                return None
+            raise
+        candidates = {period_code: None}
+    annotations = {}
+    for number, code in enumerate(candidates):
+        sql, params = _usage_statement(
+            set(itertools.product([account_id], METRICS)),
+            {account_id: period_from_code(code, UTC)},
+        )
+        annotations[f"usage_rows_{number}"] = _as_json_rows(sql, params, 6)
+    account = Account.objects.filter(pk=account_id).annotate(**annotations).first()
+    if account is None:
+        return None
+    rows = {
+        code: json.loads(account.__dict__.pop(f"usage_rows_{number}") or "[]")
+        for number, code in enumerate(candidates)
+    }
+    zone = account.zone
+    if period_code is None:
+        period = period_containing(now, zone)
+    else:
+        period = period_from_code(period_code, zone)
+    if period.code in rows:
+        found = _usage_parse(rows[period.code], {account_id: period})
+    else:  # a time zone beyond those in use today
+        found = _usage_rows(set(itertools.product([account_id], METRICS)), {account_id: period})
+    usage = [
+        MetricUsage(
+            account_id=account_id,
+            metric=metric,
+            used_milli=found[(account_id, metric)][0],
+            warning=found[(account_id, metric)][2],
+            blocked=found[(account_id, metric)][3],
+            extension=found[(account_id, metric)][1],
+        )
+        for metric in METRICS
+    ]
+    return account, period, usage
+
+
 def account_lines_current(
     *,
     account_id: uuid.UUID,
@@ -1092,7 +1169,7 @@ def account_lines_current(
                 monthly_extensions=True,
                 reservations=True,
             )
-            annotations["lines_figures"] = _as_json_rows(sql, params)
+            annotations["lines_figures"] = _as_json_rows(sql, params, 5)
     account = Account.objects.filter(pk=account_id).annotate(**annotations).first()
     if account is None:
         _remembered.pop(account_id, None)

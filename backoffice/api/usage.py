@@ -57,7 +57,6 @@ from usage.periods import (
     FIRST_PERIOD_CODE,
     LAST_PERIOD_CODE,
     PERIOD_PATTERN,
-    period_from_code,
 )
 from usage.quantities import quantity_number
 from usage.selectors import (
@@ -65,8 +64,7 @@ from usage.selectors import (
     MetricUsage,
     account_lines_current,
     account_lines_with_reservations,
-    account_usage,
-    current_period,
+    account_usage_current,
     line_period_data,
     reservation_get,
     worst_status,
@@ -172,23 +170,22 @@ class AccountUsageView(AccountScopedView):
         responses={200: AccountUsageSerializer, **ACCOUNT_ERRORS},
     )
     def get(self, request: Request, id: str) -> Response:
-        account = self.get_account(id)
-        code = request.query_params.get("period")
-        if code is None:
-            period = current_period(account)
-        else:
-            try:
-                period = period_from_code(code, account.zone)
-            except ValueError:
-                raise ValidationError(
-                    {
-                        "period": [
-                            _("Expected a month from %(first)s to %(last)s, as YYYY-MM.")
-                            % {"first": FIRST_PERIOD_CODE, "last": LAST_PERIOD_CODE}
-                        ]
-                    }
-                ) from None
-        metrics = account_usage(account=account, period=period)
+        try:
+            found = account_usage_current(
+                account_id=account_id_or_404(id), period_code=request.query_params.get("period")
+            )
+        except ValueError:
+            raise ValidationError(
+                {
+                    "period": [
+                        _("Expected a month from %(first)s to %(last)s, as YYYY-MM.")
+                        % {"first": FIRST_PERIOD_CODE, "last": LAST_PERIOD_CODE}
+                    ]
+                }
+            ) from None
+        if found is None:
+            raise NotFound(_("Account not found."))
+        account, period, metrics = found
         return Response(
             {
                 "account": account.pk,
