@@ -16,7 +16,6 @@ from zoneinfo import ZoneInfo
 
 from django.db import connection
 from django.db.models import Max, Q, QuerySet, Sum
-from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.text import format_lazy
 from django.utils.translation import gettext
@@ -30,6 +29,7 @@ from accounts.selectors import (
     LimitLine,
     account_lines_annotations,
     account_lines_of,
+    account_with_columns,
     account_with_lines,
 )
 from accounts.windows import PeriodKind, Window, cover, window_containing
@@ -486,9 +486,9 @@ _AS_JSON_ROWS = {
 }
 
 
-def _as_json_rows(sql: str, params: list[Any], columns: int) -> RawSQL:
+def _as_json_rows(sql: str, params: list[Any], columns: int) -> tuple[str, list[Any]]:
     names = ", ".join(f"q.c{number}" for number in range(1, columns + 1))
-    return RawSQL(_AS_JSON_ROWS[connection.vendor].format(columns=names, sql=sql), params)
+    return _AS_JSON_ROWS[connection.vendor].format(columns=names, sql=sql), params
 
 
 def _matching(groups: list[tuple[str, dict[str, str], int]], line: Line) -> int:
@@ -1110,7 +1110,7 @@ def account_usage_current(
             {account_id: period_from_code(code, UTC)},
         )
         annotations[f"usage_rows_{number}"] = _as_json_rows(sql, params, 6)
-    account = Account.objects.filter(pk=account_id).annotate(**annotations).first()
+    account = account_with_columns(account_id=account_id, columns=annotations)
     if account is None:
         return None
     rows = {
@@ -1170,7 +1170,7 @@ def account_lines_current(
                 reservations=True,
             )
             annotations["lines_figures"] = _as_json_rows(sql, params, 5)
-    account = Account.objects.filter(pk=account_id).annotate(**annotations).first()
+    account = account_with_columns(account_id=account_id, columns=annotations)
     if account is None:
         _remembered.pop(account_id, None)
         return None
