@@ -83,7 +83,9 @@ from usage.models import (
 )
 from usage.periods import period_containing
 
-pytestmark = pytest.mark.django_db
+# Status codes per role and operation: the clock decides none of them, so the hard
+# instants of `make test-instants` leave this module out (marker ``timeless``).
+pytestmark = [pytest.mark.django_db, pytest.mark.timeless]
 
 PRINCIPALS = ("anon", "svc", "mgr-tok", "revoked", "staff", "manager", "super")
 RESERVATION_ID = "job-1"

@@ -40,6 +40,10 @@ from tests.factories import AccountFactory, UserFactory
 
 # Per operation and generation phase: the whole module runs in about a minute on SQLite.
 MAX_EXAMPLES = 100
+
+# The schema's promises hold or not whatever the time: the hard instants of
+# `make test-instants` leave this module out (marker ``timeless``); it is most of their time.
+pytestmark = pytest.mark.timeless
 ENTERPRISE_ID = uuid.UUID("3f0c6f8e-8d1a-4f57-9a55-6c1b1e0d2a01")
 PRO_ID = uuid.UUID("3f0c6f8e-8d1a-4f57-9a55-6c1b1e0d2a02")
 ACCOUNT_IDS = [str(ENTERPRISE_ID), str(PRO_ID)]
