@@ -1067,7 +1067,8 @@ class _Remembered:
 
 
 _remembered: dict[uuid.UUID, _Remembered] = {}
-MAX_REMEMBERED = 10_000
+# A bound on the memory (about 6 kB an account with 13 lines): past it, all is forgotten.
+MAX_REMEMBERED = 1_000
 
 
 def _remember(account_id: uuid.UUID, entry: _Remembered) -> None:
