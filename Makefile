@@ -99,10 +99,20 @@ check-messages: messages
 	@git diff --quiet -I '^"POT-Creation-Date' -- locale \
 		|| { echo "locale/ is out of date: run 'make messages' and commit"; git diff --stat -- locale; exit 1; }
 
-## Performance figures on PostgreSQL, Redis and gunicorn, each against its floor (SPEC section 10);
-## see bench/README.md and docs/performance.md.
+## Performance figures on PostgreSQL, Redis, gunicorn and a Celery worker, each against its floor
+## (SPEC section 10), then written into docs/performance.md's generated block; see bench/README.md.
+## BENCH_ARGS goes to ingest.py (e.g. --cache-url, --broker-url), BENCH_SWEEP_ARGS to sweep.py
+## (e.g. --accounts 2000 on a busy machine), BENCH_DATABASE names their databases.
+BENCH_RESULTS := .bench
+BENCH_SERVERS ?= sync:2,sync:4,gthread:2x4
+BENCH_ARGS ?=
+BENCH_SWEEP_ARGS ?=
 bench: install
-	$(BIN)/python bench/ingest.py --quick && $(BIN)/python bench/sweep.py
+	@mkdir -p $(BENCH_RESULTS)
+	$(BIN)/python bench/ingest.py --quick --compare-servers $(BENCH_SERVERS) \
+		--results $(BENCH_RESULTS)/ingest.json $(BENCH_ARGS)
+	$(BIN)/python bench/sweep.py --results $(BENCH_RESULTS)/sweep.json $(BENCH_SWEEP_ARGS)
+	$(BIN)/python bench/performance.py $(BENCH_RESULTS)/ingest.json $(BENCH_RESULTS)/sweep.json
 
 clean:
-	rm -rf $(VENV) db.sqlite3 staticfiles
+	rm -rf $(VENV) db.sqlite3 staticfiles $(BENCH_RESULTS)

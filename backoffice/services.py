@@ -11,6 +11,7 @@ lower apps' writes that would skip the notifications.
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -32,7 +33,12 @@ from usage.locks import usage_lock
 from usage.models import Extension
 from usage.periods import period_containing
 from usage.selectors import Status, usage_for
-from usage.services import IngestResult, extension_grant, usage_events_store
+from usage.services import (
+    IngestResult,
+    counter_keys_sync,
+    extension_grant,
+    usage_events_store,
+)
 
 # --- Limits and accounts, with the crossings a change causes (SPEC sections 3 and 6) ---
 
@@ -52,6 +58,9 @@ def limits_replace(
         document = limits_document_validate(account=account, data=data)
         if _limits_write(account=account, document=document, actor=actor, reason=reason):
             Account.objects.filter(pk=account.pk).update(limits_updated_at=timezone.now())
+            # Under the usage locks: a new line's label key counts from the start of its
+            # current period, what was recorded before included (SPEC 11.2).
+            counter_keys_sync(account=account)
             # A new or lowered threshold that usage already passed notifies now (rule 7).
             thresholds_evaluate(account_ids=[account.pk], after_limit_change=True)
     return limits_document_get(account=account)
@@ -229,12 +238,11 @@ def extensions_grant(
 
 def _labels_of(events: Iterable[EventIn]) -> dict[tuple[uuid.UUID, str], list[dict[str, str]]]:
     """The distinct label sets of the events, per (account id, metric)."""
-    found: dict[tuple[uuid.UUID, str], dict[str, dict[str, str]]] = {}
+    found: dict[tuple[uuid.UUID, str], set[str]] = defaultdict(set)
     for event in events:
-        sets = found.setdefault((event.account_id, event.metric), {})
-        if event.labels_key not in sets:
-            sets[event.labels_key] = labels_from_key(event.labels_key)
-    return {pair: list(sets.values()) for pair, sets in found.items()}
+        found[(event.account_id, event.metric)].add(event.labels_key)
+    parsed = {key: labels_from_key(key) for keys in found.values() for key in keys}
+    return {pair: [parsed[key] for key in sorted(keys)] for pair, keys in found.items()}
 
 
 def usage_events_record(

@@ -7,7 +7,8 @@ measures and prints, with labels on the events:
 
 a. batch ingestion through HTTP (batches of 1000, 2 client threads): events/s;
 b. the ceiling: hand-written idempotent SQL writing the same rows (events, label sets, day
-   and hour counters of every label subset) through psycopg (2 connections), rows/s, and
+   and hour counters of each event's metric and of the label keys of the scoped limits its
+   labels contain) through psycopg (2 connections), rows/s, and
    the ratio HTTP / SQL; a and b take turns in 3 rounds;
 c. the floors (a plain Django view, and a DRF view behind the real token authentication
    and permissions doing nothing, served by ``bench/urls.py``) and the per-request paths
@@ -18,14 +19,25 @@ c. the floors (a plain Django view, and a DRF view behind the real token authent
 d. usage read, capacities and pre-flight: p50 and p99 at 1,000 events of the account,
    then after loading the table to 1,000,000 events (100,000 with ``--quick``; or
    ``--table-events``), an account with many events against one with 1,000, side by side;
-e. memory: peak RSS (``VmHWM``) of each gunicorn worker.
+e. memory: peak RSS (``VmHWM``) of each gunicorn worker;
+f. crossing to e-mail handed to the provider: gunicorn and a Celery worker on Redis, events
+   through HTTP that each cross a threshold, from the request to ``Delivery.sent_at``;
+   the worker's peak RSS;
+g. with ``--compare-servers``, the floors and the main paths again under each gunicorn
+   configuration (worker class and count).
 
-Every figure is printed next to its target with PASS or FAIL. The database is left in
-place for inspection and dropped by the next run. Run from the project root:
+Part c also posts reservations against the authenticated floor, and has 20 clients race
+for the last capacity of one account (exact or not).
 
-    .venv/bin/python bench/ingest.py [--quick] [--strict] [--threads N] [--profile DIR]
-        [--parts LETTERS]
+Every figure is printed next to its target with PASS or FAIL (and with ``--results``
+written as JSON for ``performance.py``). The database is left in place for inspection
+and dropped by the next run. Run from the project root:
+
+    .venv/bin/python bench/ingest.py [--quick] [--strict] [--parts abcdef] [--threads N]
+        [--profile DIR]
         [--cache-url URL] [--token-cache-seconds N] [--lines N] [--table-events N]
+        [--server KIND] [--compare-servers LIST] [--compare-threads N] [--crossings N]
+        [--broker-url URL] [--results FILE]
 """
 
 from __future__ import annotations
@@ -49,13 +61,13 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
 from machine import cpu_busy, python_speed  # bench/ is the script's own folder
+from results import Figure, load_average, results_write, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -71,8 +83,8 @@ ZONES = ("UTC", "Europe/Paris", "America/New_York", "Asia/Tokyo")
 SOURCE = "bench"
 METADATA = {"model": "large"}
 # Labels as clients send them (SPEC 11.1): a few values per key, and one event in seven
-# without any. Each labelled event adds to the day and hour counters of the 4 or 8 subsets
-# of its set.
+# without any. Each event adds to the day and hour counters of its metric and of the label
+# keys of the account's scoped limits that its labels contain (0 to 2 here).
 LABEL_CHOICES = (
     {},
     {"technology": "llm", "vendor": "acme", "operation": "chat"},
@@ -126,11 +138,12 @@ CHECK_BODY = {
     "labels": {"technology": "llm", "vendor": "acme", "operation": "chat"},
 }
 LOAD_SPREAD = timedelta(days=40)  # the probes' events and the table's load: every window full
-WORKERS = 2  # gunicorn sync workers
+WORKERS = 2  # gunicorn workers (sync unless --server says otherwise)
 STREAMS = 2  # concurrent clients (part a) and connections (part b)
 ROUNDS = 3  # parts a and b take turns this many times
 
 CACHE_URL = "redis://127.0.0.1:6379/14"  # the throttle's counts and the token cache
+BROKER_URL = "redis://127.0.0.1:6379/15"  # part f's Celery broker
 
 # SPEC section 10.
 TARGET_BATCH_EVENTS_S = 15_000
@@ -141,7 +154,18 @@ TARGET_CHECK_SHARE = 0.75
 TARGET_CHECK_P99_FLOOR = 2  # p99 at most twice the authenticated floor's
 TARGET_READ_SHARE = 0.65
 TARGET_READ_RATIO = 1.2  # p99 at the large table over p99 at the small one
+TARGET_RESERVE_SHARE = 0.60  # of the authenticated floor's POST requests/s
+TARGET_CROSSING_P50_MS = 500  # from the request to the e-mail handed to the provider
+TARGET_CROSSING_P99_MS = 2000
 TARGET_RSS_MB = 150
+
+# The race of part c: ``RACERS`` clients at once each reserve ``RACE_QUANTITY`` on one account
+# whose blocked threshold leaves room for ``RACE_FITS`` of them.
+RACERS = 20
+RACE_BLOCKED = 10_000
+RACE_USED = 5_500
+RACE_QUANTITY = 1_000
+RACE_FITS = (RACE_BLOCKED - RACE_USED) // RACE_QUANTITY
 
 
 @dataclass(frozen=True)
@@ -234,6 +258,7 @@ class Result:
 @dataclass
 class Report:
     results: list[Result] = field(default_factory=list)
+    tables: dict[str, list[list[str]]] = field(default_factory=dict)  # for the doc
 
     def add(self, name: str, value: str, target: str = "", ok: bool | None = None) -> None:
         self.results.append(Result(name, value, target, ok))
@@ -298,20 +323,34 @@ def manage(*args: str) -> str:
     return done.stdout
 
 
-def accounts_create(count: int) -> list[Account]:
-    """Create ``count`` Enterprise accounts without limits, in a few time zones."""
+def accounts_create(count: int, prefix: str = "bench") -> list[Account]:
+    """Create ``count`` Enterprise accounts without limits, in a few time zones, their
+    external ids starting with ``prefix``."""
     code = (
         "from accounts.models import Account\n"
-        "Account.objects.bulk_create([Account(external_id=f'bench-{i:04d}', "
-        f"name=f'Bench {{i}}', timezone={ZONES!r}[i % {len(ZONES)}]) for i in range({count})])\n"
+        f"Account.objects.bulk_create([Account(external_id=f'{prefix}-{{i:04d}}', "
+        f"name=f'{prefix} {{i}}', timezone={ZONES!r}[i % {len(ZONES)}]) for i in range({count})])\n"
     )
     manage("shell", "-c", code)
     with sql_connect() as conn:
         rows = conn.execute(
-            "SELECT id, timezone FROM accounts_account WHERE external_id LIKE 'bench-%%' "
-            "ORDER BY external_id"
+            "SELECT id, timezone FROM accounts_account WHERE external_id LIKE %s "
+            "ORDER BY external_id",
+            [f"{prefix}-%"],
         ).fetchall()
     return [Account(id=row[0], zone=ZoneInfo(row[1])) for row in rows]
+
+
+def limits_set(accounts: list[Account], document: dict[str, Any]) -> None:
+    """Give each of ``accounts`` the limits ``document``, through the service the API calls."""
+    ids = [str(account.id) for account in accounts]
+    code = (
+        "from accounts.models import Account\n"
+        "from backoffice.services import limits_replace\n"
+        f"for account in Account.objects.filter(pk__in={ids!r}):\n"
+        f"    limits_replace(account=account, data={document!r}, reason='bench')\n"
+    )
+    manage("shell", "-c", code)
 
 
 def scoped_limits_set(count: int) -> int:
@@ -354,15 +393,53 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Server:
+    """A gunicorn configuration: worker class, workers, threads per worker (gthread)."""
+
+    worker_class: str = "sync"
+    workers: int = WORKERS
+    threads: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Server:
+        """``sync:2``, ``sync:4`` or ``gthread:2x4`` (2 workers of 4 threads)."""
+        kind, _colon, count = text.partition(":")
+        if kind not in ("sync", "gthread") or not count:
+            raise ValueError(f"{text!r}: expected sync:N or gthread:NxT")
+        workers, _x, threads = count.partition("x")
+        if kind == "sync" and threads:
+            raise ValueError(f"{text!r}: sync workers have one thread each")
+        server = cls(kind, int(workers), int(threads or (4 if kind == "gthread" else 1)))
+        if not (1 <= server.workers <= 16 and 1 <= server.threads <= 32):
+            raise ValueError(f"{text!r}: 1 to 16 workers, 1 to 32 threads")
+        return server
+
+    def __str__(self) -> str:
+        if self.worker_class == "sync":
+            return f"sync:{self.workers}"
+        return f"gthread:{self.workers}x{self.threads}"
+
+    def arguments(self) -> list[str]:
+        found = ["--workers", str(self.workers), "--worker-class", self.worker_class]
+        if self.worker_class == "gthread":
+            found += ["--threads", str(self.threads)]
+        return found
+
+
 @contextmanager
-def gunicorn(port: int, token: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    """Serve the project with ``WORKERS`` sync workers until the block ends (even on error).
+def gunicorn(
+    port: int, token: str, env: dict[str, str], server: Server | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Serve the project with ``server`` (``WORKERS`` sync workers by default) until the
+    block ends (even on error).
 
     ``env`` is added to the server's environment. The server's output goes to a temporary
     log, removed unless something failed.
     """
+    server = server or Server()
     log = tempfile.NamedTemporaryFile(prefix="bench-gunicorn-", suffix=".log", delete=False)  # noqa: SIM115
-    command = [str(GUNICORN), "config.wsgi", "--workers", str(WORKERS), "--bind", f"{HOST}:{port}"]
+    command = [str(GUNICORN), "config.wsgi", *server.arguments(), "--bind", f"{HOST}:{port}"]
     process = subprocess.Popen(
         command, cwd=ROOT, env=server_env(**env), stdout=log, stderr=subprocess.STDOUT
     )
@@ -598,7 +675,7 @@ LABEL_SETS_COUNT_SQL = (
     "WHERE (account_id, metric, day) IN (SELECT * FROM unnest(%b::uuid[], %b::text[], %b::date[]))"
     " GROUP BY 1, 2, 3"
 )
-# Day and hour counters of every subset of each event's labels, in one statement.
+# Day and hour counters of each event's metric and counted label keys, in one statement.
 COUNTERS_SQL = (
     "WITH h AS (INSERT INTO usage_usagehourcounter"
     " (account_id, metric, labels, hour, day, quantity_milli, updated_at)"
@@ -616,12 +693,22 @@ COUNTERS_SQL = (
 )
 
 
-def subsets(key: str) -> list[str]:
-    """The canonical keys of every subset of a label set's key, ``""`` included."""
-    pairs = key.split(";") if key else []
-    return [
-        ";".join(chosen) for size in range(len(pairs) + 1) for chosen in combinations(pairs, size)
-    ]
+def counted_keys(lines: int) -> dict[str, tuple[str, ...]]:
+    """Per metric, the label keys whose counters the service keeps for the first ``lines``
+    scoped limits (``usage.models.UsageCounterKey``): those of the lines with labels, but
+    ``minute`` lines, which read their events."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for line in SCOPED_LIMITS[:lines]:
+        if line["labels"] and line["period"] != "minute":
+            labels = line["labels"]
+            found[line["metric"]].add(";".join(f"{k}={labels[k]}" for k in sorted(labels)))
+    return {metric: tuple(sorted(keys)) for metric, keys in found.items()}
+
+
+def counters_of(labels: str, counted: tuple[str, ...]) -> tuple[str, ...]:
+    """The counters an event adds to: ``""``, and each counted key its labels contain."""
+    pairs = set(labels.split(";")) if labels else set()
+    return ("", *(key for key in counted if pairs.issuperset(key.split(";"))))
 
 
 @dataclass(frozen=True)
@@ -663,8 +750,16 @@ def sql_connect(*, autocommit: bool = False) -> psycopg.Connection[Any]:
     return psycopg.connect(f"dbname={DB_NAME} host={HOST} user=postgres", autocommit=autocommit)
 
 
+# Per metric, the label keys counted for every bench account (``main`` sets it from --lines).
+COUNTED: dict[str, tuple[str, ...]] = counted_keys(len(SCOPED_LIMITS))
+
+
 def sql_ingest(conn: psycopg.Connection[Any], batch: SqlBatch) -> int:
-    """One transaction: insert the new events, add them to their counters; returns how many."""
+    """One transaction: insert the new events, add them to their counters; returns how many.
+
+    The same rows as the service writes: the events, their label sets, and the day and hour
+    counters of each event's metric and of the counted label keys its labels contain.
+    """
     now = datetime.now(UTC)
     with conn.cursor() as cursor:
         cursor.execute(EVENTS_SQL, [now, *batch.columns])
@@ -686,9 +781,9 @@ def sql_ingest(conn: psycopg.Connection[Any], batch: SqlBatch) -> int:
         days: dict[tuple[uuid.UUID, str, str, date], int] = defaultdict(int)
         hours: dict[tuple[uuid.UUID, str, str, datetime, date], int] = defaultdict(int)
         for (account_id, metric, labels, day, hour), quantity_milli in groups.items():
-            for subset in subsets(labels):
-                days[(account_id, metric, subset, day)] += quantity_milli
-                hours[(account_id, metric, subset, hour, day)] += quantity_milli
+            for key in counters_of(labels, COUNTED.get(metric, ())):
+                days[(account_id, metric, key, day)] += quantity_milli
+                hours[(account_id, metric, key, hour, day)] += quantity_milli
         day_keys, hour_keys = sorted(days), sorted(hours)  # a stable order: never deadlocks
         if day_keys:
             cursor.execute(
@@ -746,20 +841,29 @@ def events_count(account: Account | None = None) -> int:
 def counters_mismatches() -> tuple[int, int]:
     """Counters that differ from what they should hold; and how many counters were compared.
 
-    Each whole-metric day counter against the sum of its events (by local day), and each day
-    counter of every label subset against the sum of its hour counters: both paths, HTTP and
-    SQL, must have written the same rows.
+    Each day counter, of the whole metric or of a label key, against the sum of its events
+    (by local day; for a key, the events whose labels contain its pairs), each day counter
+    against the sum of its hour counters, and no counter of a key that no scoped limit of
+    the account reads: both paths, HTTP and SQL, must have written the same rows.
     """
     with sql_connect() as conn:
         row = conn.execute(
-            "WITH sums AS ("
-            " SELECT e.account_id, e.metric, (e.occurred_at AT TIME ZONE a.timezone)::date AS day,"
-            " sum(e.quantity_milli) AS total"
+            "WITH keys AS ("
+            " SELECT account_id, metric, labels,"
+            " jsonb_object_agg(split_part(pair, '=', 1), split_part(pair, '=', 2)) AS pairs"
+            " FROM usage_usagecounterkey, unnest(string_to_array(labels, ';')) AS pair"
+            " GROUP BY 1, 2, 3"
+            " UNION ALL SELECT DISTINCT account_id, metric, '', '{}'::jsonb"
+            " FROM usage_usageevent),"
+            " sums AS ("
+            " SELECT e.account_id, e.metric, k.labels,"
+            " (e.occurred_at AT TIME ZONE a.timezone)::date AS day, sum(e.quantity_milli) AS total"
             " FROM usage_usageevent e JOIN accounts_account a ON a.id = e.account_id"
-            " GROUP BY 1, 2, 3)"
+            " JOIN keys k ON k.account_id = e.account_id AND k.metric = e.metric"
+            "  AND e.labels @> k.pairs"
+            " GROUP BY 1, 2, 3, 4)"
             " SELECT count(*) FILTER (WHERE s.total IS DISTINCT FROM c.quantity_milli), count(*)"
-            " FROM sums s FULL JOIN (SELECT * FROM usage_usagecounter WHERE labels = '') c"
-            " USING (account_id, metric, day)"
+            " FROM sums s FULL JOIN usage_usagecounter c USING (account_id, metric, labels, day)"
         ).fetchone()
         hours = conn.execute(
             "WITH sums AS (SELECT account_id, metric, labels, day, sum(quantity_milli) AS total"
@@ -911,8 +1015,30 @@ class Round:
     p99: float  # ms
 
 
-def endpoints(accounts: list[Account], probe: Account, now: datetime) -> list[Endpoint]:
-    """The floors, then the real per-request paths, in the order of the printed table."""
+def reservation_bodies(prefix: str, count: int) -> list[bytes | None]:
+    """``count`` new reservations (unique ids) of the pre-flight's metric and labels, held a
+    minute: they fit in any line of the bench's (thresholds far above), and expire soon."""
+    return [
+        json.dumps(
+            {
+                "reservation_id": f"{prefix}-{uuid.uuid4()}"[-128:],
+                **CHECK_BODY,
+                "quantity": 1,
+                "ttl_seconds": 60,
+            }
+        ).encode()
+        for _ in range(count)
+    ]
+
+
+def endpoints(
+    accounts: list[Account], probe: Account, reserve: Account, now: datetime
+) -> list[Endpoint]:
+    """The floors, then the real per-request paths, in the order of the printed table.
+
+    Reservations go to ``reserve``, an account of their own, so that the capacity they hold
+    is not read by the probe's pre-flight and capacities.
+    """
     check = json.dumps(CHECK_BODY).encode()
 
     def same(body: bytes | None) -> Callable[[str, int], list[bytes | None]]:
@@ -974,6 +1100,15 @@ def endpoints(accounts: list[Account], probe: Account, now: datetime) -> list[En
             share_target=TARGET_SINGLE_SHARE,
             p99_ms_target=TARGET_SINGLE_P99_MS,
         ),
+        Endpoint(
+            "reservation POST .../usage/reservations/",
+            "POST",
+            f"/api/v1/accounts/{reserve.id}/usage/reservations/",
+            reservation_bodies,
+            auth_post,
+            status=201,
+            share_target=TARGET_RESERVE_SHARE,
+        ),
     ]
 
 
@@ -1006,34 +1141,23 @@ def median(values: list[float]) -> float:
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
-def part_floors(
-    report: Report,
-    port: int,
-    token: str,
-    accounts: list[Account],
-    probe: Account,
-    sizes: Sizes,
-    now: datetime,
-) -> None:
-    """c. The floors and the per-request paths, by the same client, interleaved in rounds.
+def floors_measure(
+    port: int, token: str, paths: list[Endpoint], sizes: Sizes, tag: str
+) -> tuple[dict[str, Round], dict[str, list[Round]]]:
+    """Measure ``paths`` by the same client, interleaved in ``ROUNDS`` rounds.
 
-    Each round sends ``sizes.floor_requests`` requests to each path from
-    ``sizes.threads`` threads, the paths in a rotated order; each figure is the median of
-    the rounds, each rate shown with its spread (lowest-highest).
+    Each round sends ``sizes.floor_requests`` requests to each path from ``sizes.threads``
+    threads, the paths in a rotated order. Returns the medians of the rounds per path, and
+    every round. ``tag`` starts the ids of new events, unique to each call.
     """
-    paths = endpoints(accounts, probe, now)
     for endpoint in paths:  # warm-up: connections, caches, the token's verification
-        load(port, token, endpoint, endpoint.bodies(f"warm-{endpoint.name}", 50), sizes.threads)
+        load(port, token, endpoint, endpoint.bodies(f"{tag}-warm", 50), sizes.threads)
     rounds: dict[str, list[Round]] = {e.name: [] for e in paths}
     for number in range(ROUNDS):
         order = paths[number % len(paths) :] + paths[: number % len(paths)]
         for endpoint in order:
-            bodies = endpoint.bodies(f"round{number}-{endpoint.name}", sizes.floor_requests)
+            bodies = endpoint.bodies(f"{tag}-round{number}", sizes.floor_requests)
             rounds[endpoint.name].append(load(port, token, endpoint, bodies, sizes.threads))
-    print(
-        f"  {sizes.floor_requests} requests per path and round, {sizes.threads} threads, "
-        f"{ROUNDS} rounds; median (spread of the rate)"
-    )
     figures = {
         name: Round(
             median([r.rate for r in measured]),
@@ -1042,24 +1166,63 @@ def part_floors(
         )
         for name, measured in rounds.items()
     }
-    header = (
-        f"  {'path':<34} {'req/s':>7} {'spread':>13} {'p50':>6} {'p99':>6}  floor share, p99 ratio"
-    )
-    print(header)
+    return figures, rounds
+
+
+def floors_table(
+    paths: list[Endpoint], figures: dict[str, Round], rounds: dict[str, list[Round]]
+) -> list[list[str]]:
+    """Part c as a table: a header, then per path its rate, spread, p50, p99 and ratios."""
+    table = [["path", "req/s", "spread", "p50 ms", "p99 ms", "share of its floor", "p99 / floor's"]]
     for endpoint in paths:
         got = figures[endpoint.name]
         rates = [r.rate for r in rounds[endpoint.name]]
-        spread = f"{min(rates):,.0f}-{max(rates):,.0f}"
-        ratios = ""
+        share = p99_ratio = ""
         if endpoint.floor is not None:
             floor = figures[endpoint.floor]
-            ratios = (
-                f"{got.rate / floor.rate:.2f} of {endpoint.floor}, p99 x{got.p99 / floor.p99:.2f}"
-            )
-        print(
-            f"  {endpoint.name:<34} {got.rate:>7,.0f} {spread:>13} {got.p50:>6.1f} {got.p99:>6.1f}  {ratios}"
+            share = f"{got.rate / floor.rate:.2f}"
+            p99_ratio = f"{got.p99 / floor.p99:.2f}"
+        table.append(
+            [
+                endpoint.name,
+                f"{got.rate:,.0f}",
+                f"{min(rates):,.0f}-{max(rates):,.0f}",
+                f"{got.p50:.1f}",
+                f"{got.p99:.1f}",
+                share,
+                p99_ratio,
+            ]
         )
-    print("  (ms for p50 and p99)")
+    return table
+
+
+def part_floors(
+    report: Report,
+    port: int,
+    token: str,
+    accounts: list[Account],
+    probe: Account,
+    reserve: Account,
+    sizes: Sizes,
+    now: datetime,
+) -> None:
+    """c. The floors and the per-request paths, by the same client, interleaved in rounds.
+
+    Each figure is the median of the rounds, each rate shown with its spread
+    (lowest-highest).
+    """
+    paths = endpoints(accounts, probe, reserve, now)
+    figures, rounds = floors_measure(port, token, paths, sizes, "c")
+    print(
+        f"  {sizes.floor_requests} requests per path and round, {sizes.threads} threads, "
+        f"{ROUNDS} rounds; median (spread of the rate)"
+    )
+    table = floors_table(paths, figures, rounds)
+    report.tables["c"] = table
+    for row in table:
+        print(
+            f"  {row[0]:<42} {row[1]:>7} {row[2]:>13} {row[3]:>7} {row[4]:>7} {row[5]:>6} {row[6]:>6}"
+        )
     cached, uncached = figures["authenticated floor GET"], figures[UNCACHED_FLOOR]
     report.add(
         "c. token cache: floor GET req/s, cached / DB",
@@ -1090,6 +1253,113 @@ def part_floors(
                 f"< {endpoint.p99_ms_target:.0f} ms",
                 got.p99 < endpoint.p99_ms_target,
             )
+
+
+@dataclass(frozen=True)
+class RaceOutcome:
+    """What ``RACERS`` concurrent reservations for more than was left came to."""
+
+    statuses: list[int]
+    used_milli: int
+    reserved_milli: int  # held by the active reservations afterwards
+    blocked_milli: int
+    fits: int  # how many reservations fit in what was left
+
+    @property
+    def granted(self) -> int:
+        return self.statuses.count(201)
+
+    @property
+    def exact(self) -> bool:
+        """Exactly those that fit got 201, the others 409, and the cap holds."""
+        return (
+            self.granted == self.fits
+            and self.statuses.count(409) == len(self.statuses) - self.fits
+            and self.used_milli + self.reserved_milli <= self.blocked_milli
+        )
+
+
+def race_reservations(port: int, token: str, account: Account) -> RaceOutcome:
+    """``RACERS`` clients each reserve ``RACE_QUANTITY`` on ``account`` at the same instant
+    (a barrier), then the stored usage and reservations are read from the database."""
+    barrier = threading.Barrier(RACERS)
+    statuses: list[int] = [0] * RACERS
+    path = f"/api/v1/accounts/{account.id}/usage/reservations/"
+
+    def reserve(index: int) -> None:
+        client = Client(port, token)
+        body = json.dumps(
+            {
+                "reservation_id": f"race-{index:02d}",
+                "metric": "text_tokens",
+                "quantity": RACE_QUANTITY,
+                "ttl_seconds": 900,
+            }
+        ).encode()
+        try:
+            barrier.wait(timeout=30)
+            statuses[index] = client.request("POST", path, body)[0]
+        finally:
+            client.close()
+
+    run_threads(RACERS, reserve)
+    with sql_connect() as conn:
+        used = conn.execute(
+            "SELECT coalesce(sum(quantity_milli), 0) FROM usage_usageevent "
+            "WHERE account_id = %s AND metric = 'text_tokens'",
+            [account.id],
+        ).fetchone()
+        reserved = conn.execute(
+            "SELECT coalesce(sum(quantity_milli), 0) FROM usage_reservation "
+            "WHERE account_id = %s AND status = 'active' AND expires_at > now()",
+            [account.id],
+        ).fetchone()
+    assert used is not None and reserved is not None
+    return RaceOutcome(
+        statuses=statuses,
+        used_milli=int(used[0]),
+        reserved_milli=int(reserved[0]),
+        blocked_milli=RACE_BLOCKED * 1000,
+        fits=RACE_FITS,
+    )
+
+
+def race_prepare(port: int, token: str, account: Account) -> None:
+    """Record ``RACE_USED`` on the race account through the API (its cap is set before)."""
+    client = Client(port, token)
+    body = {
+        "event_id": "race-used",
+        "account": str(account.id),
+        "metric": "text_tokens",
+        "quantity": RACE_USED,
+        "occurred_at": datetime.now(UTC).isoformat(),
+    }
+    try:
+        status, answer = client.request("POST", "/api/v1/usage/events/", json.dumps(body).encode())
+    finally:
+        client.close()
+    if status != 201:
+        raise RuntimeError(f"the race account's usage answered {status}: {answer[:500]!r}")
+
+
+def part_race(report: Report, port: int, token: str, account: Account) -> None:
+    """c'. ``RACERS`` clients racing to reserve more than is left on one account."""
+    race_prepare(port, token, account)
+    outcome = race_reservations(port, token, account)
+    print(
+        f"  {RACERS} clients reserve {RACE_QUANTITY:,} tokens each at once, "
+        f"{RACE_BLOCKED - RACE_USED:,} left under the blocked threshold: "
+        f"{outcome.granted} got 201, {outcome.statuses.count(409)} got 409, "
+        f"others {sorted(s for s in outcome.statuses if s not in (201, 409))}; "
+        f"used + reserved {(outcome.used_milli + outcome.reserved_milli) // 1000:,} "
+        f"of {RACE_BLOCKED:,}"
+    )
+    report.add(
+        f"c. reservations racing ({RACERS} clients), 201s",
+        f"{outcome.granted} of {RACERS}",
+        f"= {outcome.fits}, cap holds",
+        outcome.exact,
+    )
 
 
 READS = ("usage read", "capacities", "pre-flight")
@@ -1240,6 +1510,165 @@ def part_reads(
         report.add("   p99 large table / small table", f"{many.p99 / before.p99:.2f}")
 
 
+@contextmanager
+def celery_worker(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """A Celery worker (prefork, 2 processes, as on a 2-core host) until the block ends."""
+    log = tempfile.NamedTemporaryFile(prefix="bench-celery-", suffix=".log", delete=False)  # noqa: SIM115
+    command = [str(PYTHON), "-m", "celery", "-A", "config", "worker", "--loglevel=WARNING"]
+    command += ["--concurrency=2", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=server_env(**env), stdout=log, stderr=subprocess.STDOUT
+    )
+    failed = True
+    try:
+        yield process
+        failed = False
+    finally:
+        process.terminate()  # a warm shutdown: the pool finishes its tasks
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        log.close()
+        if failed:
+            print(f"celery's log: {log.name}", file=sys.stderr)
+        else:
+            Path(log.name).unlink()
+
+
+CROSSING_WARNING = 1_000  # text_tokens; each crossing event records 1,500
+
+
+def crossing_accounts_prepare(count: int) -> list[Account]:
+    """``count + 1`` accounts (the first to warm up) with a warning threshold that one event
+    passes, and a warning recipient: each event crosses it once, one e-mail each."""
+    accounts = accounts_create(count + 1, prefix="cross")
+    limits_set(
+        accounts,
+        {
+            "limits": {"text_tokens": {"warning": CROSSING_WARNING, "blocked": 10**9}},
+            "recipients": {"warning": [{"email": "ops@example.com", "language": "en"}]},
+        },
+    )
+    return accounts
+
+
+def sent_at(account_ids: list[uuid.UUID]) -> dict[uuid.UUID, datetime]:
+    """When each account's e-mail was handed to the provider (``Delivery.sent_at``, written
+    by the worker when the e-mail backend returned), for those already sent."""
+    with sql_connect() as conn:
+        rows = conn.execute(
+            "SELECT n.account_id, min(d.sent_at) FROM notifications_delivery d"
+            " JOIN notifications_notification n ON n.id = d.notification_id"
+            " WHERE n.account_id = ANY(%s) AND d.sent_at IS NOT NULL GROUP BY 1",
+            [account_ids],
+        ).fetchall()
+    return {row[0]: row[1] for row in rows}
+
+
+def crossing_wait(account_ids: list[uuid.UUID], timeout: float) -> dict[uuid.UUID, datetime]:
+    """Poll until every account's e-mail was sent, or ``timeout`` seconds went by."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = sent_at(account_ids)
+        if len(found) == len(account_ids) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def crossing_post(client: Client, account: Account, index: int) -> float:
+    """Post one event that crosses the account's warning threshold; returns when it was
+    sent (wall clock, as ``sent_at`` is)."""
+    body = {
+        "event_id": f"cross-{index}",
+        "account": str(account.id),
+        "metric": "text_tokens",
+        "quantity": CROSSING_WARNING * 3 // 2,
+        "occurred_at": datetime.now(UTC).isoformat(),
+    }
+    started = time.time()
+    status, answer = client.request("POST", "/api/v1/usage/events/", json.dumps(body).encode())
+    if status != 201:
+        raise RuntimeError(f"a crossing event answered {status}: {answer[:500]!r}")
+    return started
+
+
+def crossing_latencies(
+    posted: dict[uuid.UUID, float], sent: dict[uuid.UUID, datetime]
+) -> list[float]:
+    """Milliseconds from each request to its e-mail handed over; the missing left out."""
+    return sorted(
+        (sent[account_id].timestamp() - started) * 1000
+        for account_id, started in posted.items()
+        if account_id in sent
+    )
+
+
+def part_crossing(
+    report: Report, token: str, accounts: list[Account], env: dict[str, str], spacing: float
+) -> None:
+    """f. Crossing to e-mail handed to the provider, with a running worker on Redis.
+
+    gunicorn (2 sync workers) and a Celery worker share the broker; each request records a
+    crossing, the web process hands its notification to the broker after the commit, and
+    the worker renders and sends the e-mail (Django's locmem backend: handing it over costs
+    nothing, so what is measured is the path up to the provider). One event every
+    ``spacing`` seconds, each on its own account.
+    """
+    warm, measured = accounts[0], accounts[1:]
+    port = free_port()
+    with celery_worker(env) as worker, gunicorn(port, token, env):
+        client = Client(port, token)
+        try:
+            crossing_post(client, warm, 0)
+            if not crossing_wait([warm.id], 60):
+                raise RuntimeError("the worker sent no e-mail within 60 s")
+            posted = {}
+            for index, account in enumerate(measured, start=1):
+                posted[account.id] = crossing_post(client, account, index)
+                time.sleep(spacing)
+        finally:
+            client.close()
+        sent = crossing_wait(list(posted), 60)
+        pool = worker_pids(worker.pid)
+        peaks = {pid: memory_kb(pid, "VmHWM") / 1024 for pid in [worker.pid, *pool]}
+    latencies = crossing_latencies(posted, sent)
+    print(
+        f"  {len(measured)} events through HTTP, one every {spacing * 1000:.0f} ms, each "
+        f"crossing a warning threshold of its own account; {len(sent)} e-mails sent"
+    )
+    report.add(
+        "f. crossings whose e-mail was sent",
+        f"{len(sent)} of {len(measured)}",
+        f"{len(measured)}",
+        len(sent) == len(measured),
+    )
+    if latencies:
+        p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+        report.add(
+            "   request to e-mail handed over, p50",
+            f"{p50:.0f} ms",
+            f"< {TARGET_CROSSING_P50_MS} ms",
+            p50 < TARGET_CROSSING_P50_MS,
+        )
+        report.add(
+            "   the same, p99",
+            f"{p99:.0f} ms",
+            f"< {TARGET_CROSSING_P99_MS} ms",
+            p99 < TARGET_CROSSING_P99_MS,
+        )
+        report.add("   the same, fastest / slowest", f"{latencies[0]:.0f} / {latencies[-1]:.0f} ms")
+    for pid, peak in peaks.items():
+        role = "celery main process" if pid == worker.pid else "celery pool process"
+        report.add(
+            f"f. peak RSS, {role} {pid}",
+            f"{peak:.0f} MB",
+            f"< {TARGET_RSS_MB} MB",
+            peak < TARGET_RSS_MB,
+        )
+
+
 def part_memory(report: Report, master: int) -> None:
     """e. Peak resident memory (``VmHWM``) of each gunicorn worker."""
     for pid in worker_pids(master):
@@ -1253,12 +1682,63 @@ def part_memory(report: Report, master: int) -> None:
     report.add("   peak RSS, gunicorn master", f"{memory_kb(master, 'VmHWM') / 1024:.0f} MB")
 
 
+COMPARED = (
+    "plain floor",
+    "authenticated floor GET",
+    "authenticated floor POST",
+    "GET .../usage/",
+    "pre-flight POST .../usage/check/",
+    "single-event POST /usage/events/",
+    "reservation POST .../usage/reservations/",
+)
+
+
+def part_servers(
+    report: Report,
+    token: str,
+    env: dict[str, str],
+    servers: list[Server],
+    accounts: list[Account],
+    probe: Account,
+    reserve: Account,
+    sizes: Sizes,
+    now: datetime,
+) -> None:
+    """g. The same paths served by each of ``servers`` in turn (worker class and count), by
+    the same client (``sizes.threads`` threads): which configuration to run."""
+    paths = [e for e in endpoints(accounts, probe, reserve, now) if e.name in COMPARED]
+    table = [["server", *(f"{name} req/s (p99 ms)" for name in COMPARED), "peak RSS per worker"]]
+    for server in servers:
+        port = free_port()
+        try:
+            with gunicorn(port, token, env, server) as master:
+                figures, _rounds = floors_measure(port, token, paths, sizes, f"g-{server}")
+                peaks = [memory_kb(pid, "VmHWM") / 1024 for pid in worker_pids(master.pid)]
+        except (RuntimeError, OSError, http.client.HTTPException) as error:
+            print(f"  {server}: {error}")
+            report.add(f"g. {server}", "failed", "answers", False)
+            continue
+        row = [str(server)]
+        row += [f"{figures[name].rate:,.0f} ({figures[name].p99:.0f})" for name in COMPARED]
+        row.append(f"{max(peaks):.0f} MB")
+        table.append(row)
+        print(f"  {' | '.join(row)}")
+    report.tables["g"] = table
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--quick", action="store_true", help="smaller sizes (3 to 4 min on an idle machine)"
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--parts",
+        default="abcdef",
+        metavar="PARTS",
+        help="the parts to run, e.g. 'ab' for batch ingestion and its ceiling alone "
+        "(default abcdef: all; g runs with --compare-servers)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -1297,6 +1777,44 @@ def main() -> int:
         "100,000 with --quick)",
     )
     parser.add_argument(
+        "--server",
+        type=Server.parse,
+        default=Server(),
+        metavar="KIND",
+        help="gunicorn's workers for parts a to f: sync:N or gthread:NxT (default sync:2)",
+    )
+    parser.add_argument(
+        "--compare-servers",
+        type=lambda text: [Server.parse(item) for item in text.split(",") if item],
+        default=[],
+        metavar="LIST",
+        help="g: measure the floors and the main paths again under each of these gunicorn "
+        "configurations, e.g. sync:2,sync:4,gthread:2x4",
+    )
+    parser.add_argument(
+        "--compare-threads",
+        type=int,
+        default=4,
+        metavar="N",
+        help="client threads of part g (default 4, enough to keep 4 workers busy)",
+    )
+    parser.add_argument(
+        "--crossings",
+        type=int,
+        metavar="N",
+        help="f: events crossing a threshold, each on its own account (default 100, 50 with "
+        "--quick; 0 skips part f)",
+    )
+    parser.add_argument(
+        "--broker-url",
+        default=BROKER_URL,
+        metavar="URL",
+        help=f"part f's Celery broker (default {BROKER_URL}); flushed at the start",
+    )
+    parser.add_argument(
+        "--results", type=Path, metavar="FILE", help="also write the figures there, as JSON"
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -1304,16 +1822,7 @@ def main() -> int:
         "print where time went and keep the samples in DIR; the figures of such a run are "
         "not the reference ones",
     )
-    parser.add_argument(
-        "--parts",
-        default="abcde",
-        metavar="LETTERS",
-        help="the parts to run (default abcde; a and b run together): 'c' measures the "
-        "floors and the per-request paths alone",
-    )
     args = parser.parse_args()
-    if not args.parts or set(args.parts) - set("abcde"):
-        parser.error("--parts takes letters among a, b, c, d, e")
     if args.profile and not PY_SPY.exists():
         parser.error(f"--profile needs {PY_SPY}: .venv/bin/pip install py-spy")
     sizes = QUICK if args.quick else FULL
@@ -1322,56 +1831,104 @@ def main() -> int:
     if args.table_events:
         sizes = replace(sizes, table_events=args.table_events)
     sizes = replace(sizes, lines=args.lines)
+    COUNTED.clear()
+    COUNTED.update(counted_keys(args.lines))
+    crossings = args.crossings if args.crossings is not None else (50 if args.quick else 100)
+    if "f" not in args.parts:
+        crossings = 0
     served = {"DJANGO_SETTINGS_MODULE": "bench.settings", "CACHE_URL": args.cache_url}
     if args.token_cache_seconds is not None:
         served["TOKEN_CACHE_SECONDS"] = str(args.token_cache_seconds)
     report = Report()
     begun = time.perf_counter()
     busy = cpu_busy()
+    load_at_start = load_average()
     print(
         f"bench/ingest.py{' --quick' if args.quick else ''}: "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, {busy:.0%} busy"
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, {busy:.0%} busy, "
+        f"load average {load_at_start}"
     )
     if busy > 0.1:
         print("  warning: something else is using the CPUs; the figures will be lower")
-    report.add("machine speed (Python loop), at the start", f"{python_speed():.1f} M it/s")
+    speed_at_start = python_speed()
+    report.add("machine speed (Python loop), at the start", f"{speed_at_start:.1f} M it/s")
 
-    print(f"database {DB_NAME}: create, migrate, {sizes.accounts + 2} accounts, a service token")
+    print(f"database {DB_NAME}: create, migrate, {sizes.accounts + 3} accounts, a service token")
     database_create()
-    accounts = accounts_create(sizes.accounts + 2)
-    probes, posting = (accounts[0], accounts[1]), accounts[2:]
+    accounts = accounts_create(sizes.accounts + 3)
+    probes, reserve, posting = (accounts[0], accounts[1]), accounts[2], accounts[3:]
     token = token_create()
     scoped = scoped_limits_set(sizes.lines)
     print(
         f"  {scoped:,} scoped limits ({sizes.lines} per account) set through "
         "backoffice.services.limits_replace"
     )
+    race = accounts_create(1, prefix="race")[0]
+    limits_set(
+        [race],
+        {
+            "limits": {"text_tokens": {"warning": None, "blocked": RACE_BLOCKED}},
+            "recipients": {"blocked": [{"email": "ops@example.com", "language": "en"}]},
+        },
+    )
+    crossing_accounts = crossing_accounts_prepare(crossings) if crossings else []
     now = datetime.now(UTC)
     probes_fill(probes, now)
     port = free_port()
     print(
-        f"gunicorn: {WORKERS} sync workers on {HOST}:{port}, CACHE_URL={args.cache_url}, "
+        f"gunicorn: {args.server} on {HOST}:{port}, CACHE_URL={args.cache_url}, "
         f"TOKEN_CACHE_SECONDS={served.get('TOKEN_CACHE_SECONDS', 'default')}"
     )
-    with gunicorn(port, token, served) as server:
+    with gunicorn(port, token, served, args.server) as server:
 
         def spy(part: str) -> AbstractContextManager[None]:
             return profiled(args.profile, part, server.pid)
 
-        if {"a", "b"} & set(args.parts):
+        if "a" in args.parts or "b" in args.parts:
             print("a. batch ingestion through HTTP, b. the ceiling: hand-written SQL, in turns")
             with spy("a"):
                 part_batches(report, port, token, posting, sizes, now)
         if "c" in args.parts:
             print("c. the floors and the per-request paths, interleaved")
             with spy("c"):
-                part_floors(report, port, token, posting, probes[0], sizes, now)
+                part_floors(report, port, token, posting, probes[0], reserve, sizes, now)
+            print(f"c. reservations: {RACERS} clients racing for the last capacity of one account")
+            part_race(report, port, token, race)
         if "d" in args.parts:
             print("d. usage read, capacities and pre-flight at 1,000 and at many events")
             part_reads(report, port, token, posting, probes, sizes, now, spy)
         if "e" in args.parts:
             print("e. memory")
             part_memory(report, server.pid)
+
+    if crossing_accounts:
+        print(f"f. crossing to e-mail handed to the provider, a Celery worker on {args.broker_url}")
+        import redis
+
+        redis.Redis.from_url(args.broker_url).flushdb()
+        part_crossing(
+            report,
+            token,
+            crossing_accounts,
+            {**served, "CELERY_BROKER_URL": args.broker_url},
+            spacing=0.1,
+        )
+    if args.compare_servers:
+        print(
+            f"g. gunicorn configurations compared, {args.compare_threads} client threads: "
+            + ", ".join(str(server) for server in args.compare_servers)
+        )
+        part_servers(
+            report,
+            token,
+            served,
+            args.compare_servers,
+            posting,
+            probes[1],
+            reserve,
+            replace(sizes, threads=args.compare_threads),
+            now,
+        )
 
     mismatches, counters = counters_mismatches()
     report.add(
@@ -1380,8 +1937,34 @@ def main() -> int:
         "0",
         mismatches == 0,
     )
-    report.add("machine speed (Python loop), at the end", f"{python_speed():.1f} M it/s")
-    print(f"\nsummary ({time.perf_counter() - begun:.0f} s in all):\n{report.summary()}")
+    speed_at_end = python_speed()
+    report.add("machine speed (Python loop), at the end", f"{speed_at_end:.1f} M it/s")
+    elapsed = time.perf_counter() - begun
+    print(f"\nsummary ({elapsed:.0f} s in all):\n{report.summary()}")
+    results_write(
+        args.results,
+        script="ingest.py" + (" --quick" if args.quick else ""),
+        figures=[Figure(r.name, r.value, r.target, r.ok) for r in report.results],
+        facts={
+            "busy_at_start": f"{busy:.0%}",
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": load_average(),
+            "python_speed": f"{speed_at_start:.1f} to {speed_at_end:.1f}",
+            "seconds": round(elapsed),
+            "server": str(args.server),
+            "versions": versions(SERVER_DSN, args.cache_url),
+            "sizes": {
+                "floor_requests": sizes.floor_requests,
+                "threads": sizes.threads,
+                "batches": sizes.batches,
+                "read_requests": sizes.read_requests,
+                "table_events": sizes.table_events,
+                "lines": sizes.lines,
+                "crossings": crossings,
+            },
+        },
+        tables=report.tables,
+    )
     return 1 if args.strict and report.failed else 0
 
 

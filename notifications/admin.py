@@ -20,6 +20,7 @@ from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
@@ -76,6 +77,27 @@ def notifications_with_delivery_counts(queryset: QuerySet[Notification]) -> Quer
 class NotificationDisplay:
     """The columns a notification is shown with, in its admin and on the account page."""
 
+    @admin.display(description=_("level"), ordering="level")
+    def level_display(self, obj: Notification) -> str:
+        """The level as a coloured label; a restored notice links to the blocked
+        notification it answers, and says what changed."""
+        badge = format_html(
+            '<span class="notification-level notification-level-{}">{}</span>',
+            obj.level,
+            obj.get_level_display(),
+        )
+        if obj.restores_id is None:
+            return badge
+        url = reverse("admin:notifications_notification_change", args=[obj.restores_id])
+        return format_html(
+            '{}<br><a class="notification-restores" href="{}">{}</a><br>'
+            '<span class="delivery-notification">{}</span>',
+            badge,
+            url,
+            gettext("answers blocked notification #%(id)s") % {"id": obj.restores_id},
+            obj.get_restored_reason_display(),
+        )
+
     @admin.display(description=_("limit"), ordering="period_kind")
     def line_display(self, obj: Notification) -> str:
         return obj.line_text()
@@ -105,6 +127,8 @@ class NotificationDisplay:
     def kind_display(self, obj: Notification) -> str:
         if obj.is_test:
             return format_html('<span class="notification-test">{}</span>', gettext("Test"))
+        if obj.level == NoticeLevel.RESTORED:
+            return gettext("Capacity restored")
         return gettext("Threshold reached")
 
     @admin.display(description=_("deliveries"), ordering="deliveries_total")
@@ -351,7 +375,7 @@ class NotificationAdmin(NotificationDisplay, NotificationMedia, ResendPermission
         "__str__",
         "account",
         "metric",
-        "level",
+        "level_display",
         "line_display",
         "period_display",
         "threshold_display",
@@ -378,7 +402,7 @@ class NotificationAdmin(NotificationDisplay, NotificationMedia, ResendPermission
     fields = (
         "account",
         "metric",
-        "level",
+        "level_display",
         "line_display",
         "period_display",
         "threshold_display",
@@ -648,7 +672,7 @@ class NotificationInline(NotificationDisplay, ReadOnlyInline):
     fields = (
         "created_at_display",
         "metric",
-        "level",
+        "level_display",
         "line_display",
         "period_display",
         "threshold_display",

@@ -372,6 +372,13 @@ def webhook_payload(notification: Notification) -> dict[str, Any]:
     if notification.level == NoticeLevel.FORECAST:
         projected_at = notification.projected_at
         data["projected_at"] = projected_at.isoformat() if projected_at else None
+    if notification.level == NoticeLevel.RESTORED:
+        # What the notice answers and what is left (``None``: no cap on the line any more).
+        data["restores"] = notification.restores_id
+        data["blocked_threshold"] = notification.restored_threshold
+        data["remaining"] = quantity_number(
+            notification.restored_remaining_milli, notification.metric
+        )
     return {
         "type": f"usage.{notification.level}",
         "timestamp": notification.created_at.isoformat(),

@@ -34,6 +34,16 @@ class NoticeLevel(models.TextChoices):
     FORECAST = "forecast", _("Forecast")
 
 
+class RestoredReason(models.TextChoices):
+    """Why a blocked line is no longer blocked: what a restored notice says changed."""
+
+    RAISED = "raised", _("Blocked threshold raised")
+    CLEARED = "cleared", _("Blocked threshold cleared")
+    REMOVED = "removed", _("Limit line removed")
+    EXTENDED = "extended", _("Extension granted")
+    NEW_PERIOD = "new_period", _("New period")
+
+
 class Notification(models.Model):
     """A threshold of a limit line reached: exactly one row per line, level, period start and
     threshold (SPEC sections 6 and 11.5).
@@ -114,6 +124,24 @@ class Notification(models.Model):
         blank=True,
         help_text=_("Forecast notices: when the usage, at its rate so far, reaches the threshold."),
     )
+    restored_reason = models.CharField(
+        _("what changed"),
+        max_length=16,
+        choices=RestoredReason.choices,
+        blank=True,
+        default="",
+        db_default="",
+        help_text=_("Restored notices: why the line is no longer blocked."),
+    )
+    restored_threshold = models.BigIntegerField(
+        _("blocked threshold now"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "Restored notices: the line's effective blocked threshold once restored; empty"
+            " when it has none (cleared or removed)."
+        ),
+    )
     created_at = models.DateTimeField(_("reached at"), auto_now_add=True)
     is_test = models.BooleanField(_("test"), default=False)
     published_at = models.DateTimeField(
@@ -189,6 +217,14 @@ class Notification(models.Model):
                 condition=models.Q(projected_at__isnull=True) | models.Q(level="forecast"),
                 name="notification_projected_at_only_forecast",
             ),
+            # A restored notice says what changed; no other notice does.
+            models.CheckConstraint(
+                condition=models.Q(level="restored", restored_reason__in=RestoredReason.values)
+                | models.Q(
+                    ~models.Q(level="restored"), restored_reason="", restored_threshold=None
+                ),
+                name="notification_restored_reason",
+            ),
         ]
         indexes = [
             models.Index(fields=["account", "-created_at"], name="notification_account"),
@@ -221,6 +257,14 @@ class Notification(models.Model):
     @property
     def is_sub_day(self) -> bool:
         return self.period_kind in SUB_DAY_KINDS
+
+    @property
+    def restored_remaining_milli(self) -> int | None:
+        """A restored notice's capacity left when it was recorded: its blocked threshold now
+        minus the usage then, never negative; ``None`` when the line has no cap any more."""
+        if self.restored_threshold is None:
+            return None
+        return max(0, self.restored_threshold * MILLI - self.used_milli)
 
     @property
     def period_code(self) -> str:

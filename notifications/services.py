@@ -39,6 +39,7 @@ from accounts.models import (
     ScopedLimit,
     validate_recipient_email,
 )
+from accounts.selectors import LimitLine
 from accounts.windows import PeriodKind, window_containing, window_from_key
 from config.request_ids import current_correlation_id, current_request_id
 from usage.locks import usage_lock
@@ -48,7 +49,7 @@ from usage.selectors import (
     LineUsage,
     MetricUsage,
     Status,
-    account_lines_usage,
+    accounts_scoped_lines_usage,
     usage_for,
     usage_received_before,
 )
@@ -468,24 +469,23 @@ def scoped_lines_reached(
     labels: Mapping[tuple[uuid.UUID, str], Iterable[Mapping[str, str]]] | None = None,
 ) -> dict[Account, list[LineUsage]]:
     """The scoped lines of ``accounts`` that stand at or past a threshold over their current
-    windows (``usage.selectors.account_lines_usage``, extensions included).
+    windows (``usage.selectors.accounts_scoped_lines_usage``, extensions included), in two
+    queries whatever the number of accounts.
 
     ``labels`` keeps, per (account id, metric), the lines that apply to one of these label
     sets (those that the events of a request count in); without it, every scoped line.
     """
+
+    def keep(account: Account, line: LimitLine) -> bool:
+        return labels is None or any(
+            labels_match(line=line.labels, event=event)
+            for event in labels.get((account.pk, line.metric), ())
+        )
+
     found = {}
-    for account in accounts:
-        reached = []
-        for line_usage in account_lines_usage(account=account, now=now):
-            line = line_usage.line
-            if line_usage.is_whole_metric_month or line_usage.usage.status == Status.OK:
-                continue
-            if labels is not None and not any(
-                labels_match(line=line.labels, event=event)
-                for event in labels.get((account.pk, line.metric), ())
-            ):
-                continue
-            reached.append(line_usage)
+    lines = accounts_scoped_lines_usage(accounts=accounts, now=now, keep=keep)
+    for account, line_usages in lines.items():
+        reached = [line for line in line_usages if line.usage.status != Status.OK]
         if reached:
             found[account] = reached
     return found
@@ -501,14 +501,18 @@ def thresholds_evaluate(
 
     Every line is looked at over its current window: the whole-metric monthly lines read in
     one query (``usage_for``) whatever the number of accounts, then the scoped lines of
-    each account that has some (``account_lines_usage``). The sweep (and
+    accounts that have some (``accounts_scoped_lines_usage``, two queries). The sweep (and
     ``evaluate_thresholds``) also looks at the whole-metric month that just closed, during
     ``NOTIFICATIONS_CLOSED_PERIOD_GRACE`` (a crossing reached before the end whose
     recording was lost); scoped lines whose window closed are not looked at again (see
     ``docs/how-it-works.md``). ``after_limit_change``: called inside the transaction that
     changed limits or extensions; takes the usage locks first, so that usage recorded
-    concurrently is seen, and looks at the current windows only.
+    concurrently is seen, and looks at the current windows only. Then, in the same
+    transaction, the blocked lines no longer blocked get their restored notice
+    (``notifications.restored``, SPEC 12.2).
     """
+    from .restored import restored_notices_record  # it builds on this module
+
     now = now or timezone.now()
     # Only Enterprise accounts are limited: others keep their limits, inactive.
     accounts = Account.objects.filter(is_active=True, plan=Plan.ENTERPRISE)
@@ -520,7 +524,9 @@ def thresholds_evaluate(
     }
     scoped = list(accounts.filter(pk__in=ScopedLimit.objects.values("account_id")).order_by("pk"))
     if not periods and not scoped:
-        return []
+        # No line is left to cross, but a line removed or cleared may restore (SPEC 12.2).
+        with transaction.atomic():
+            return restored_notices_record(accounts=accounts, now=now)
     with transaction.atomic():
         if after_limit_change:
             locked = sorted(set(periods) | {account.pk for account in scoped})
@@ -530,6 +536,8 @@ def thresholds_evaluate(
         created = crossings_record(usages=reached, lines=lines, now=now)
         if not after_limit_change and periods:
             created += _crossings_insert(_closed_period_crossings(periods, now), now)
+        # Blocked lines no longer blocked, after the crossings (SPEC 12.2).
+        created += restored_notices_record(accounts=accounts, now=now)
     return created
 
 

@@ -204,7 +204,26 @@ def _uuid(raw: Any) -> uuid.UUID | None:
     return _uuid_of(raw) if isinstance(raw, str) else None
 
 
-def _parse_event(raw: Any, now: datetime, bound: uuid.UUID | None) -> tuple[EventIn | None, Errors]:
+# What a batch repeats, checked and written once per request: ``(kind, value)`` ->
+# ``(json text, labels key)`` for label sets, json text for metadata objects.
+_Seen = dict[tuple[str, Any], Any]
+
+
+def _hashable(value: dict[Any, Any]) -> tuple[Any, ...] | None:
+    """A key for a flat JSON object that tells apart what its JSON text tells apart: each
+    value with its type (``True`` and ``1`` are equal in Python); ``None`` when a value is
+    not hashable (a nested object or list), then it is not remembered."""
+    try:
+        key = tuple((name, type(item), item) for name, item in value.items())
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _parse_event(
+    raw: Any, now: datetime, bound: uuid.UUID | None, seen: _Seen | None = None
+) -> tuple[EventIn | None, Errors]:
     if not isinstance(raw, dict):
         return None, {"non_field_errors": [_("Expected an event object.")]}
     errors: Errors = unknown_fields(raw, EVENT_FIELDS)
@@ -266,16 +285,36 @@ def _parse_event(raw: Any, now: datetime, bound: uuid.UUID | None) -> tuple[Even
         if type(metadata) is not dict:
             errors["metadata"] = [_("Expected an object.")]
         elif metadata:
-            metadata_json = json.dumps(metadata, default=_json_number, separators=(",", ":"))
-            if len(metadata_json) > MAX_METADATA_BYTES:
-                errors["metadata"] = [
-                    _("Ensure the metadata is at most %(limit)s bytes once encoded.")
-                    % {"limit": MAX_METADATA_BYTES}
-                ]
+            memo = _hashable(metadata) if seen is not None else None
+            found = seen.get(("metadata", memo)) if memo is not None else None
+            if found is not None:
+                metadata_json = found
+            else:
+                metadata_json = json.dumps(metadata, default=_json_number, separators=(",", ":"))
+                if len(metadata_json) > MAX_METADATA_BYTES:
+                    errors["metadata"] = [
+                        _("Ensure the metadata is at most %(limit)s bytes once encoded.")
+                        % {"limit": MAX_METADATA_BYTES}
+                    ]
+                elif memo is not None:
+                    seen[("metadata", memo)] = metadata_json
 
-    labels, label_errors = labels_parse(raw.get("labels"))
-    if label_errors:
-        errors["labels"] = label_errors
+    raw_labels = raw.get("labels")
+    labels_json, key = "{}", ""
+    if raw_labels is not None and raw_labels != {}:
+        memo = _hashable(raw_labels) if seen is not None and type(raw_labels) is dict else None
+        found = seen.get(("labels", memo)) if memo is not None else None
+        if found is not None:
+            labels_json, key = found
+        else:
+            labels, label_errors = labels_parse(raw_labels)
+            if label_errors:
+                errors["labels"] = label_errors
+            elif labels:
+                labels_json = json.dumps(labels, sort_keys=True, separators=(",", ":"))
+                key = labels_key(labels)
+                if memo is not None:
+                    seen[("labels", memo)] = (labels_json, key)
 
     if errors:
         return None, errors
@@ -289,8 +328,8 @@ def _parse_event(raw: Any, now: datetime, bound: uuid.UUID | None) -> tuple[Even
             occurred_at=occurred_at,
             source=source,
             metadata=metadata_json,
-            labels=json.dumps(labels, sort_keys=True, separators=(",", ":")) if labels else "{}",
-            labels_key=labels_key(labels),
+            labels=labels_json,
+            labels_key=key,
             reservation_id=reservation_id or "",
         ),
         {},
@@ -327,8 +366,9 @@ def parse_events(
             )
         events: list[EventIn] = []
         errors: Errors = {}
+        seen: _Seen = {}
         for index, raw in enumerate(raw_events):
-            event, event_errors = _parse_event(raw, now, bound)
+            event, event_errors = _parse_event(raw, now, bound, seen)
             if event_errors:
                 errors[str(index)] = event_errors
             elif event is not None:

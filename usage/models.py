@@ -140,12 +140,13 @@ LABELS_KEY_LENGTH = 300
 
 
 class UsageCounter(models.Model):
-    """The sum of an account's events for one metric, one label subset and one local day.
+    """The sum of an account's events for one metric, one label key and one local day.
 
-    Every event adds to the counter of each subset of its labels (``labels`` is the subset's
-    canonical key, ``""`` for every event of the metric), so a line scoped to some labels
-    reads its own rows. A period's ``used`` is the sum of its days' counters keyed ``""``:
-    reading usage never scans events.
+    ``labels`` is ``""`` (every event of the metric) or a label key that the account's
+    scoped limits use (``UsageCounterKey``): an event adds to ``""`` and to each counted
+    key whose pairs its labels contain, so a line scoped to some labels reads its own rows.
+    A period's ``used`` is the sum of its days' counters keyed ``""``: reading usage never
+    scans events.
     """
 
     account = models.ForeignKey(
@@ -181,7 +182,7 @@ class UsageCounter(models.Model):
 
 
 class UsageHourCounter(models.Model):
-    """The sum of an account's events for one metric, one label subset and one local hour.
+    """The sum of an account's events for one metric, one label key and one local hour.
 
     ``hour`` is the start of the ``hour`` window (``accounts.windows``) in UTC, which tells
     the two hours of a repeated local hour apart; ``day`` is the local day it belongs to.
@@ -221,6 +222,49 @@ class UsageHourCounter(models.Model):
     @property
     def quantity(self) -> Decimal:
         return from_milli(self.quantity_milli)
+
+
+class UsageCounterKey(models.Model):
+    """A label key whose counters an account keeps for one metric: one its scoped limits use.
+
+    Recording adds each event to the day and hour counters keyed ``""`` and to those of the
+    account's counted keys that its labels contain, nothing else: what a batch writes grows
+    with the lines, never with the label subsets of its events. ``since`` is the first
+    local day from which the key's counters hold every event (``None``: all days); a line
+    that needs earlier days fills them from the events when it is saved
+    (``usage.services.counter_keys_sync``).
+    """
+
+    account = models.ForeignKey(
+        Account,
+        on_delete=models.CASCADE,
+        related_name="+",
+        db_index=False,
+        verbose_name=_("account"),
+    )
+    metric = models.CharField(_("metric"), max_length=64, choices=Metric.choices)
+    labels = models.CharField(_("labels"), max_length=LABELS_KEY_LENGTH)
+    since = models.DateField(
+        _("since"),
+        null=True,
+        blank=True,
+        help_text=_("The first local day its counters are complete from; empty: every day."),
+    )
+
+    class Meta:
+        verbose_name = _("counted label key")
+        verbose_name_plural = _("counted label keys")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "metric", "labels"], name="usage_counter_key_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return gettext("%(metric)s: %(labels)s") % {
+            "metric": _metric_label(self.metric),
+            "labels": labels_key_text(self.labels),
+        }
 
 
 class UsageLabelSet(models.Model):

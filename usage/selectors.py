@@ -8,7 +8,7 @@ import json
 import operator
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
@@ -308,6 +308,49 @@ GROUP BY r.metric, r.labels_key
 """
 
 
+# The same, for lines of several accounts (``accounts_lines_figures``): each line carries
+# its account ``a``, and the current minute's events are summed per account too.
+_ACCOUNTS_LINES_WANTED = {
+    "postgresql": (
+        "SELECT * FROM jsonb_to_recordset(%s::jsonb)"
+        " AS w(i int, a uuid, k text, m text, l text, f date, e date, h timestamptz, s bigint,"
+        " t timestamptz)"
+    ),
+    "sqlite": (
+        "SELECT json_extract(value, '$.i') AS i, json_extract(value, '$.a') AS a,"
+        " json_extract(value, '$.k') AS k,"
+        " json_extract(value, '$.m') AS m, json_extract(value, '$.l') AS l,"
+        " json_extract(value, '$.f') AS f, json_extract(value, '$.e') AS e,"
+        " json_extract(value, '$.h') AS h, json_extract(value, '$.s') AS s,"
+        " json_extract(value, '$.t') AS t FROM json_each(%s)"
+    ),
+}
+_ACCOUNTS_LINES_SQL = f"""
+WITH w AS ({{wanted}})
+SELECT w.i, NULL, NULL, NULL, CASE w.k
+  WHEN 'd' THEN (SELECT SUM(c.quantity_milli) FROM {UsageCounter._meta.db_table} c
+                 WHERE c.account_id = w.a AND c.metric = w.m AND c.labels = w.l
+                   AND c.day >= w.f AND c.day < w.e)
+  WHEN 'h' THEN (SELECT c.quantity_milli FROM {UsageHourCounter._meta.db_table} c
+                 WHERE c.account_id = w.a AND c.metric = w.m AND c.labels = w.l AND c.hour = w.h)
+  END,
+  (SELECT SUM(x.amount) FROM {Extension._meta.db_table} x
+   WHERE x.scoped_limit_id = w.s AND x.period_start = w.t)
+FROM w
+"""
+_ACCOUNTS_MINUTE_SQL = f"""
+UNION ALL
+SELECT NULL, e.account_id, e.metric, {{labels}}, SUM(e.quantity_milli), NULL
+FROM {UsageEvent._meta.db_table} e
+WHERE e.account_id IN ({{accounts}}) AND e.occurred_at >= %s AND e.occurred_at < %s
+GROUP BY e.account_id, e.metric, e.labels
+"""
+_MINUTE_ACCOUNTS = {
+    "postgresql": "SELECT unnest(%s::uuid[])",
+    "sqlite": "SELECT value FROM json_each(%s)",
+}
+
+
 def line_window(*, line: Line, zone: ZoneInfo, now: datetime) -> Window:
     """The current window of ``line`` in ``zone`` at ``now``."""
     return window_containing(kind=line.period, instant=now, zone=zone, days=line.window_days)
@@ -341,10 +384,11 @@ def lines_figures(*, account: Account, lines: Sequence[Line], now: datetime) -> 
     that window, in order.
 
     One query whatever the number of lines or of stored events: ``month``, ``week``,
-    ``day`` and ``rolling`` lines sum the day counters of their label subset (at most 366
+    ``day`` and ``rolling`` lines sum the day counters of their label key (at most 366
     rows each), ``hour`` lines read one hour counter, and ``minute`` lines the events of the
-    current minute (SPEC 11.2, 11.3). Since every event adds to the counters of each subset
-    of its labels, a line created later counts what was recorded before in its window.
+    current minute (SPEC 11.2, 11.3). The counters of a scoped line's label key are kept
+    from the first day of its current window on (``usage.models.UsageCounterKey``), what
+    was recorded before the line was saved included.
     A line's extensions are those granted on its scoped limit (``scoped_limit_id``; a line
     without one has none here) for the period its window starts (``line_period_start``):
     once the window moves on, they no longer count (SPEC 4 and 11.5).
@@ -498,6 +542,108 @@ def _matching(groups: list[tuple[str, dict[str, str], int]], line: Line) -> int:
         for metric, labels, total in groups
         if metric == line.metric and labels_match(line=line.labels, event=labels)
     )
+
+
+def _lines_windows(items: Sequence[tuple[Account, Line]], now: datetime) -> list[Window]:
+    """The current window of each ``(account, line)``, computed once per zone and shape."""
+    found: dict[tuple[str, str, int | None], Window] = {}
+    windows = []
+    for account, line in items:
+        shape = (account.timezone, line.period, line.window_days)
+        window = found.get(shape)
+        if window is None:
+            window = found[shape] = line_window(line=line, zone=account.zone, now=now)
+        windows.append(window)
+    return windows
+
+
+def accounts_lines_figures(
+    *,
+    items: Sequence[tuple[Account, Line]],
+    now: datetime,
+    windows: Sequence[Window] | None = None,
+) -> list[LineFigures]:
+    """``lines_figures`` of lines of several accounts, each ``(account, line)``, in order: one
+    query whatever the number of accounts and lines. ``windows``: their current windows,
+    when the caller has them (``_lines_windows``)."""
+    if not items:
+        return []
+    if windows is None:
+        windows = _lines_windows(items, now)
+    vendor = connection.vendor
+
+    def as_db(instant: datetime) -> Any:
+        if vendor == "postgresql":
+            return instant.isoformat()
+        return connection.ops.adapt_datetimefield_value(instant)
+
+    def account_db(account: Account) -> str:
+        return str(account.pk) if vendor == "postgresql" else account.pk.hex
+
+    wanted: list[dict[str, Any]] = []
+    minute: Window | None = None
+    minute_accounts: dict[str, Account] = {}
+    for index, (account, line) in enumerate(items):
+        zone = account.zone
+        window = windows[index]
+        item: dict[str, Any] = {
+            "i": index,
+            "a": account_db(account),
+            "m": line.metric,
+            "l": labels_key(line.labels),
+            "s": getattr(line, "scoped_limit_id", None),
+            "t": as_db(line_period_start(window)),
+        }
+        if window.kind == PeriodKind.MINUTE:
+            # Every time zone's offset is a whole number of minutes: the current minute is
+            # the same instants in all.
+            minute = window
+            minute_accounts[account_db(account)] = account
+            item["k"] = "m"
+        elif window.kind == PeriodKind.HOUR:
+            item.update(k="h", h=as_db(window.start))
+        else:
+            item.update(
+                k="d",
+                f=window.start.astimezone(zone).date().isoformat(),
+                e=window.end.astimezone(zone).date().isoformat(),
+            )
+        wanted.append(item)
+    sql = _ACCOUNTS_LINES_SQL.format(wanted=_ACCOUNTS_LINES_WANTED[vendor])
+    params: list[Any] = [json.dumps(wanted)]
+    if minute is not None:
+        labels = "e.labels::text" if vendor == "postgresql" else "e.labels"
+        sql += _ACCOUNTS_MINUTE_SQL.format(labels=labels, accounts=_MINUTE_ACCOUNTS[vendor])
+        ids = sorted(minute_accounts)
+        bounds = [minute.start, minute.end]
+        if vendor != "postgresql":
+            bounds = [connection.ops.adapt_datetimefield_value(bound) for bound in bounds]
+        params += [ids if vendor == "postgresql" else json.dumps(ids), *bounds]
+    used = [0] * len(items)
+    extension = [0] * len(items)
+    minute_sums: list[tuple[str, str, dict[str, str], int]] = []
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        for index, account_id, metric, labels, total, granted in cursor.fetchall():
+            if index is not None:
+                used[int(index)] = int(total or 0)
+                extension[int(index)] = int(granted or 0)
+            else:
+                owner = str(account_id)  # as ``account_db`` spells it on either database
+                minute_sums.append(
+                    (owner, metric, json.loads(labels) if labels else {}, int(total))
+                )
+    for index, (account, line) in enumerate(items):
+        if line.period == PeriodKind.MINUTE:
+            owner = account_db(account)
+            used[index] = sum(
+                total
+                for account_id, metric, labels, total in minute_sums
+                if account_id == owner
+                and metric == line.metric
+                and labels_match(line=line.labels, event=labels)
+            )
+    return [LineFigures(used_milli=u, extension=x) for u, x in zip(used, extension, strict=True)]
 
 
 def account_usage(*, account: Account, period: Period | None = None) -> list[MetricUsage]:
@@ -1188,6 +1334,60 @@ def account_lines_current(
     return account, _lines_usage(
         account=account, lines=lines, metric=metric, labels=labels, now=now, reservations=True
     )
+
+
+def accounts_scoped_lines_usage(
+    *,
+    accounts: Iterable[Account],
+    now: datetime,
+    keep: Callable[[Account, LimitLine], bool] | None = None,
+) -> dict[Account, list[LineUsage]]:
+    """The scoped lines of ``accounts`` with a threshold (those that can stand past one),
+    each over its current window, in each account's order; ``keep`` narrows them.
+
+    Two queries whatever the number of accounts and lines (the scoped limits, then
+    ``accounts_lines_figures``): recording a batch of many accounts reads them all at once.
+    """
+    by_id = {account.pk: account for account in accounts}
+    if not by_id:
+        return {}
+    rows = (
+        ScopedLimit.objects.filter(account_id__in=by_id)
+        .filter(Q(warning__isnull=False) | Q(blocked__isnull=False))
+        .order_by("account_id", "position", "id")
+        .values_list(
+            "account_id", "pk", "metric", "period", "window_days", "labels", "warning", "blocked"
+        )
+    )
+    items: list[tuple[Account, LimitLine]] = []
+    for account_id, pk, metric, period, window_days, labels, warning, blocked in rows:
+        account = by_id[account_id]
+        line = LimitLine(
+            metric=metric,
+            period=PeriodKind(period),
+            window_days=window_days,
+            labels=dict(labels),
+            warning=warning,
+            blocked=blocked,
+            scoped_limit_id=pk,
+        )
+        if keep is None or keep(account, line):
+            items.append((account, line))
+    windows = _lines_windows(items, now)
+    figures = accounts_lines_figures(items=items, now=now, windows=windows)
+    found: dict[Account, list[LineUsage]] = {}
+    for (account, line), figure, window in zip(items, figures, windows, strict=True):
+        in_force = account.is_enterprise
+        usage = MetricUsage(
+            account_id=account.pk,
+            metric=line.metric,
+            used_milli=figure.used_milli,
+            warning=line.warning if in_force else None,
+            blocked=line.blocked if in_force else None,
+            extension=figure.extension,
+        )
+        found.setdefault(account, []).append(LineUsage(line=line, window=window, usage=usage))
+    return found
 
 
 def line_period_data(line: LineUsage, account: Account) -> dict[str, object]:

@@ -3,8 +3,9 @@
 Recording costs a constant number of queries whatever the batch size: one to read the
 accounts, on PostgreSQL one to take the (account, metric) locks (``usage_lock``), one
 ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` for the events, with labels one to record
-their label sets and, when some are new, one to count them, one counter upsert (two on
-SQLite: days and hours), then the reads of the answer. Rows are written in a stable order
+their label sets and, when some are new, one to count them, and one to read the label keys
+counted for the accounts (``UsageCounterKey``), one counter upsert (two on SQLite: days
+and hours), then the reads of the answer. Rows are written in a stable order
 (events by account and event id, label sets and counters by account, metric, labels and
 day or hour) so that concurrent batches wait for each other instead of deadlocking.
 Recording itself (``backoffice.services.usage_events_record``) is above, beside the
@@ -17,12 +18,11 @@ import dataclasses
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from functools import lru_cache
-from itertools import combinations
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -32,7 +32,6 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import (
     BigIntegerField,
     Case,
-    Count,
     DateField,
     DateTimeField,
     F,
@@ -46,7 +45,7 @@ from django.db.models.functions import Cast, Trunc
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from accounts.labels import PAIR_SEPARATOR, labels_key
+from accounts.labels import PAIR_SEPARATOR, labels_from_key, labels_key
 from accounts.metrics import METRICS
 from accounts.models import Account, Limit, ScopedLimit
 from accounts.selectors import LimitsDocument
@@ -64,6 +63,7 @@ from .models import (
     Extension,
     Reservation,
     UsageCounter,
+    UsageCounterKey,
     UsageEvent,
     UsageHourCounter,
     UsageLabelSet,
@@ -174,34 +174,50 @@ class CounterDeltas:
         *,
         account_id: uuid.UUID,
         metric: str,
-        labels: str,
+        keys: tuple[str, ...],
         day: date,
         hour: datetime,
         hour_day: date,
         quantity_milli: int,
     ) -> None:
-        """Add to the counters of every subset of the label set ``labels`` (a canonical key)."""
-        for subset in label_subsets(labels):
-            self.days[(account_id, metric, subset, day)] += quantity_milli
-            self.hours[(account_id, metric, subset, hour, hour_day)] += quantity_milli
+        """Add to the day and hour counters of each label key of ``keys`` (``keys_counted``)."""
+        days, hours = self.days, self.hours
+        for key in keys:
+            days[(account_id, metric, key, day)] += quantity_milli
+            hours[(account_id, metric, key, hour, hour_day)] += quantity_milli
 
     def __bool__(self) -> bool:
         return bool(self.days or self.hours)
 
 
-@lru_cache(maxsize=4096)
-def label_subsets(key: str) -> tuple[str, ...]:
-    """The canonical keys of every subset of the label set ``key``, ``""`` first (at most 16).
+# (account, metric) -> the label keys counted for it (``UsageCounterKey``), sorted
+CountedKeys = Mapping[tuple[uuid.UUID, str], tuple[str, ...]]
 
-    The pairs of a canonical key are sorted, and ``combinations`` keeps their order, so each
-    subset is written canonically too.
+
+@lru_cache(maxsize=8192)
+def keys_counted(labels: str, counted: tuple[str, ...]) -> tuple[str, ...]:
+    """The counters an event with the label set ``labels`` (a canonical key) adds to:
+    ``""`` (the whole metric), then each key of ``counted`` whose pairs ``labels`` contains.
+
+    At most one more than the account's scoped limits of the metric, whatever the labels.
     """
-    pairs = key.split(PAIR_SEPARATOR) if key else []
-    return tuple(
-        PAIR_SEPARATOR.join(chosen)
-        for size in range(len(pairs) + 1)
-        for chosen in combinations(pairs, size)
+    if not labels or not counted:
+        return ("",)
+    pairs = frozenset(labels.split(PAIR_SEPARATOR))
+    return ("", *(key for key in counted if pairs.issuperset(key.split(PAIR_SEPARATOR))))
+
+
+def counted_keys(account_ids: Iterable[uuid.UUID]) -> dict[tuple[uuid.UUID, str], tuple[str, ...]]:
+    """The label keys counted for each (account, metric) of ``account_ids``, in one query."""
+    found: dict[tuple[uuid.UUID, str], list[str]] = defaultdict(list)
+    rows = (
+        UsageCounterKey.objects.filter(account_id__in=set(account_ids))
+        .values_list("account_id", "metric", "labels")
+        .order_by()
     )
+    for account_id, metric, labels in rows:
+        found[(account_id, metric)].append(labels)
+    return {key: tuple(sorted(labels)) for key, labels in found.items()}
 
 
 def hour_start(instant: datetime, zone: ZoneInfo) -> tuple[datetime, date]:
@@ -218,6 +234,39 @@ def hour_start(instant: datetime, zone: ZoneInfo) -> tuple[datetime, date]:
         return start, local.date()
     start = window_containing(kind=PeriodKind.HOUR, instant=instant, zone=zone).start
     return start, start.astimezone(zone).date()
+
+
+QUARTER = timedelta(minutes=15)
+
+
+def _place(instant: datetime, zone: ZoneInfo) -> tuple[datetime, date, date]:
+    hour, hour_day = hour_start(instant, zone)
+    return hour, hour_day, instant.astimezone(zone).date()
+
+
+@lru_cache(maxsize=16384)
+def _quarter_place(zone: ZoneInfo, quarter: datetime) -> tuple[datetime, date, date] | None:
+    """The place (``event_place``) of every instant of the UTC quarter hour from
+    ``quarter``, or ``None`` when a window or a local day starts inside it."""
+    first = _place(quarter, zone)
+    last = _place(quarter + QUARTER - timedelta(microseconds=1), zone)
+    return first if first == last else None
+
+
+def event_place(instant: datetime, zone: ZoneInfo) -> tuple[datetime, date, date]:
+    """The ``hour`` window (start in UTC, and its local day) and the local day of ``instant``.
+
+    Windows and days are intervals: when the first and the last instant of a UTC quarter
+    hour share a place, every instant between does, so it is computed once per zone and
+    quarter. A quarter in which one starts (offsets and their changes fall on quarters in
+    every zone today; some did on other minutes, e.g. America/Goose_Bay until 2011) is
+    computed per instant.
+    """
+    utc = instant.astimezone(UTC)
+    quarter = utc - timedelta(
+        minutes=utc.minute % 15, seconds=utc.second, microseconds=utc.microsecond
+    )
+    return _quarter_place(zone, quarter) or _place(utc, zone)
 
 
 def _as_text() -> Callable[[object], str]:
@@ -383,16 +432,30 @@ def label_sets_count(
     days: set[tuple[uuid.UUID, str, date]],
 ) -> dict[tuple[uuid.UUID, str, date], int]:
     """How many label sets each (account, metric, local day) of ``days`` has, in one query."""
-    condition = Q()
-    for account_id, metric, day in sorted(days):
-        condition |= Q(account_id=account_id, metric=metric, day=day)
-    return {
-        (row["account_id"], row["metric"], row["day"]): row["sets"]
-        for row in UsageLabelSet.objects.filter(condition)
-        .values("account_id", "metric", "day")
-        .annotate(sets=Count("pk"))
-        .order_by()
-    }
+    if not days:
+        return {}
+    ordered = sorted(days)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"SELECT account_id, metric, day, count(*) FROM {LABEL_SET_TABLE}"
+                " WHERE (account_id, metric, day) IN"
+                " (SELECT * FROM unnest(%s::uuid[], %s::text[], %s::date[]))"
+                " GROUP BY account_id, metric, day",
+                [[k[0] for k in ordered], [k[1] for k in ordered], [k[2] for k in ordered]],
+            )
+            return {(a, m, d): int(count) for a, m, d, count in cursor.fetchall()}
+        rows = json.dumps([[k[0].hex, k[1], k[2].isoformat()] for k in ordered])
+        cursor.execute(
+            f"SELECT account_id, metric, day, count(*) FROM {LABEL_SET_TABLE}"
+            f" WHERE (account_id, metric, day) IN (SELECT {_json_columns(3)} FROM json_each(%s))"
+            " GROUP BY account_id, metric, day",
+            [rows],
+        )
+        return {
+            (uuid.UUID(a), m, d if isinstance(d, date) else date.fromisoformat(d)): int(count)
+            for a, m, d, count in cursor.fetchall()
+        }
 
 
 MSG_TOO_MANY_LABEL_SETS = _(
@@ -464,7 +527,8 @@ def usage_events_store(
     Call inside the recording transaction, under the (account, metric) lock of every event
     (``usage_lock``); ``zones`` holds each account's time zone. The first copy of an event
     id wins, in the request as across requests. Each new event adds to the day and hour
-    counters of every subset of its labels (``CounterDeltas``), and settles the reservation
+    counters of its metric and of the counted label keys its labels contain
+    (``keys_counted``, ``CounterDeltas``), and settles the reservation
     it names, if active (``reservations_settle``). Returns how many were new.
 
     Raises ``EventsInvalid``, which rolls the transaction back, when a new event would add
@@ -489,9 +553,7 @@ def usage_events_store(
         event = by_key[(account_hex.replace("-", ""), event_id)]
         if event.reservation_id:
             settling.append(event)
-        zone = zones[event.account_id]
-        hour, hour_day = hour_start(event.occurred_at, zone)
-        day = event.occurred_at.astimezone(zone).date()
+        hour, hour_day, day = event_place(event.occurred_at, zones[event.account_id])
         key = (event.account_id, event.metric, event.labels_key, day, hour, hour_day)
         groups[key] += event.quantity_milli
         if event.labels_key:
@@ -500,12 +562,18 @@ def usage_events_store(
             label_sets[set_key] = min(index, label_sets.get(set_key, index))
     if label_sets:
         _label_sets_check(label_sets, is_batch=is_batch)
+        # Read under the usage lock: a key that a change of limits starts counting is
+        # either committed with its counters filled before this read, or waits for this
+        # transaction and fills from its events (``counter_keys_sync``).
+        counted = counted_keys({key[0] for key in label_sets})
+    else:
+        counted = {}
     deltas = CounterDeltas()
     for (account_id, metric, labels, day, hour, hour_day), quantity in groups.items():
         deltas.add(
             account_id=account_id,
             metric=metric,
-            labels=labels,
+            keys=keys_counted(labels, counted.get((account_id, metric), ())),
             day=day,
             hour=hour,
             hour_day=hour_day,
@@ -522,6 +590,121 @@ def usage_events_store(
         # In the same transaction as the usage: capacity moves from reserved to used at once.
         reservations_settle(events=settling, now=now)
     return len(inserted)
+
+
+# --- The label keys counted ----------------------------------------------------------
+
+
+def counter_keys_sync(*, account: Account, now: datetime | None = None) -> None:
+    """Count the label keys that ``account``'s scoped limits read, from the day each needs.
+
+    Call in the transaction that wrote the scoped limits (``backoffice.services
+    .limits_replace``, which the admin, the API and ``set_limits`` all go through), before
+    reading their usage. Takes the usage locks of every metric of the account first, as
+    recording does: an event is either committed before the fill below reads the events,
+    or recorded after this transaction, once the new key is counted; never both, never
+    neither. A line whose window starts on a day its key is not complete from (a new key,
+    or a longer window than the key's lines had) gets the counters of those days rebuilt
+    from the events: what was recorded in its current period counts (SPEC 11.2). A key no
+    line reads any more stops being counted, and its counters are deleted. ``minute``
+    lines read their events and need no counter.
+    """
+    now = now or timezone.now()
+    usage_lock(pairs=[(account.pk, metric) for metric in METRICS])
+    zone = account.zone
+    needed: dict[tuple[str, str], date] = {}
+    lines = (
+        ScopedLimit.objects.filter(account=account)
+        .exclude(labels_key="")
+        .exclude(period=PeriodKind.MINUTE)
+    )
+    for line in lines:
+        first = line_window(line=line, zone=zone, now=now).start.astimezone(zone).date()
+        key = (line.metric, line.labels_key)
+        needed[key] = min(first, needed.get(key, first))
+    counted = {
+        (row.metric, row.labels): row for row in UsageCounterKey.objects.filter(account=account)
+    }
+    for (metric, labels), row in sorted(counted.items()):
+        if (metric, labels) not in needed:
+            _key_counters_delete(account, metric, labels, None, None)
+            row.delete()
+    deltas = CounterDeltas()
+    for (metric, labels), first in sorted(needed.items()):
+        row = counted.get((metric, labels))
+        if row is not None and (row.since is None or row.since <= first):
+            continue
+        until = None if row is None else row.since
+        # Those days' counters were not kept up to date: replaced by their events' sums.
+        _key_counters_delete(account, metric, labels, first, until)
+        _key_fill(deltas, account=account, metric=metric, labels=labels, first=first, until=until)
+        if row is None:
+            UsageCounterKey.objects.create(
+                account=account, metric=metric, labels=labels, since=first
+            )
+        else:
+            UsageCounterKey.objects.filter(pk=row.pk).update(since=first)
+    if deltas:
+        counters_add(deltas, now)
+
+
+def _key_counters_delete(
+    account: Account, metric: str, labels: str, first: date | None, until: date | None
+) -> None:
+    """Delete the day and hour counters of one label key of ``account``'s ``metric``, of the
+    local days from ``first`` (``None``: every day) to ``until`` excluded (``None``: on)."""
+    condition = Q(account=account, metric=metric, labels=labels)
+    if first is not None:
+        condition &= Q(day__gte=first)
+    if until is not None:
+        condition &= Q(day__lt=until)
+    UsageCounter.objects.filter(condition).delete()
+    UsageHourCounter.objects.filter(condition).delete()
+
+
+def _key_fill(
+    deltas: CounterDeltas,
+    *,
+    account: Account,
+    metric: str,
+    labels: str,
+    first: date,
+    until: date | None,
+) -> None:
+    """Add to ``deltas`` the events of ``account``'s ``metric`` whose labels contain
+    ``labels``, of the local days from ``first`` to ``until`` (excluded; ``None``: on).
+
+    One query: the database sums the events per UTC minute, each placed here in its hour
+    and local day (every hour window starts on a full UTC minute).
+    """
+    zone = account.zone
+    events = UsageEvent.objects.filter(
+        account=account, metric=metric, occurred_at__gte=_day_start(first, zone)
+    )
+    if until is not None:
+        events = events.filter(occurred_at__lt=_day_start(until, zone))
+    for name, value in labels_from_key(labels).items():
+        events = events.filter(**{f"labels__{name}": value})
+    minutes = (
+        events.values(
+            moment=Trunc("occurred_at", "minute", tzinfo=UTC, output_field=DateTimeField())
+        )
+        .annotate(total=Sum("quantity_milli"))
+        .order_by()
+    )
+    keys = (labels,)
+    for row in minutes:
+        minute = row["moment"].astimezone(UTC)
+        hour, hour_day = hour_start(minute, zone)
+        deltas.add(
+            account_id=account.pk,
+            metric=metric,
+            keys=keys,
+            day=minute.astimezone(zone).date(),
+            hour=hour,
+            hour_day=hour_day,
+            quantity_milli=int(row["total"]),
+        )
 
 
 # --- Rebuilding counters from events -------------------------------------------------
@@ -629,16 +812,56 @@ def _counters_and_sums(
     return list(sums.order_by().union(stored_days.order_by(), stored_hours.order_by(), all=True))
 
 
+# (account, metric) -> {counted label key: the first day its counters are complete from}
+CountedSince = Mapping[tuple[uuid.UUID, str], Mapping[str, date | None]]
+
+
+def counted_since(
+    account_ids: Iterable[uuid.UUID],
+) -> dict[tuple[uuid.UUID, str], dict[str, date | None]]:
+    """The label keys counted for each (account, metric) of ``account_ids``, each with its
+    ``since``, in one query."""
+    found: dict[tuple[uuid.UUID, str], dict[str, date | None]] = defaultdict(dict)
+    rows = UsageCounterKey.objects.filter(account_id__in=set(account_ids)).values_list(
+        "account_id", "metric", "labels", "since"
+    )
+    for account_id, metric, labels, since in rows:
+        found[(account_id, metric)][labels] = since
+    return dict(found)
+
+
+def _is_kept(
+    counted: CountedSince, account_id: uuid.UUID, metric: str, labels: str, day: date
+) -> bool:
+    """Whether the counter of ``labels`` on ``day`` is kept up to date: always for ``""``,
+    else from its key's ``since`` on while the key is counted."""
+    if not labels:
+        return True
+    keys = counted.get((account_id, metric))
+    if keys is None or labels not in keys:
+        return False
+    since = keys[labels]
+    return since is None or day >= since
+
+
 def _counter_totals(
-    rows: list[dict[str, Any]], zone: ZoneInfo, totals: dict[CounterKey, list[Any]]
+    rows: list[dict[str, Any]],
+    zone: ZoneInfo,
+    totals: dict[CounterKey, list[Any]],
+    counted: CountedSince,
 ) -> None:
-    """Add the rows of ``_counters_and_sums`` to ``totals``: ``[expected, found]`` per counter."""
+    """Add the rows of ``_counters_and_sums`` to ``totals``: ``[expected, found]`` per counter.
+
+    Only the counters kept up to date are compared (``_is_kept``): ``""``, and the counted
+    label keys from their ``since``; the rows of a key no longer counted are not read.
+    """
     for row in rows:
         account_id, metric = row["account_id"], row["metric"]
         if row["expected"] is None:  # a stored counter
-            hour = row["moment"]
-            key = (account_id, metric, row["lab"], row["local_day"], hour)
-            totals.setdefault(key, [0, None])[1] = int(row["found"])
+            if _is_kept(counted, account_id, metric, row["lab"], row["local_day"]):
+                hour = row["moment"]
+                key = (account_id, metric, row["lab"], row["local_day"], hour)
+                totals.setdefault(key, [0, None])[1] = int(row["found"])
             continue
         minute = row["moment"].astimezone(UTC)
         labels = row["lab"]
@@ -646,11 +869,14 @@ def _counter_totals(
         hour, hour_day = hour_start(minute, zone)
         day = minute.astimezone(zone).date()
         quantity = int(row["expected"])
-        for subset in label_subsets(labels):
-            totals.setdefault((account_id, metric, subset, day, None), [0, None])[0] += quantity
-            totals.setdefault((account_id, metric, subset, hour_day, hour), [0, None])[0] += (
-                quantity
-            )
+        keys = tuple(sorted(counted.get((account_id, metric), {})))
+        for key in keys_counted(labels, keys):
+            if _is_kept(counted, account_id, metric, key, day):
+                totals.setdefault((account_id, metric, key, day, None), [0, None])[0] += quantity
+            if _is_kept(counted, account_id, metric, key, hour_day):
+                totals.setdefault((account_id, metric, key, hour_day, hour), [0, None])[0] += (
+                    quantity
+                )
 
 
 def _drift_order(key: CounterKey) -> tuple[Any, ...]:
@@ -692,9 +918,13 @@ def _rebuild_batch(
         lower = max((day for day in (first, boundary) if day is not None), default=None)
 
         totals: dict[CounterKey, list[Any]] = {}
+        # Read before the counters: a key counted since is filled in the transaction that
+        # counts it (``counter_keys_sync``), so its counters are either all read or skipped.
+        counted = counted_since(ids)
         for zone_name, account_ids in sorted(by_zone.items()):
             zone = ZoneInfo(zone_name)
-            _counter_totals(_counters_and_sums(account_ids, zone, lower, end), zone, totals)
+            rows = _counters_and_sums(account_ids, zone, lower, end)
+            _counter_totals(rows, zone, totals, counted)
 
         # A purge records its boundary before deleting anything: read again, so the days
         # whose events were being deleted while they were summed are left alone.

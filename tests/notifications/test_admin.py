@@ -103,7 +103,10 @@ def test_notification_list_shows_each_notification_with_its_delivery_counts(admi
     assert '<td class="field-threshold_display">800,000 tokens</td>' in content
     assert '<td class="field-used_display">812,000 tokens</td>' in content
     assert '<td class="field-metric">Text tokens</td>' in content
-    assert '<td class="field-level">Warning</td>' in content
+    assert (
+        '<td class="field-level_display"><span class="notification-level notification-level-warning">'
+        "Warning</span></td>" in content
+    )
     assert '<td class="field-deliveries_total_display">3</td>' in content
     assert 'Sent: 1, <strong class="delivery-problem">Failed: 1</strong>, Delivered: 1' in content
     assert '<td class="field-kind_display">Threshold reached</td>' in content

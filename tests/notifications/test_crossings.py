@@ -296,10 +296,17 @@ def test_the_sweep_repairs_a_crossing_of_the_period_that_just_closed_never_a_lat
     created = thresholds_evaluate(now=closed.end + timedelta(minutes=10))
     assert [
         (n.account_id, n.level, n.threshold, n.period, n.used_milli)
-        for n in Notification.objects.filter(pk__in=created)
-    ] == [(reached.pk, "blocked", 100, closed.first_day, 120_000)]
+        for n in Notification.objects.filter(pk__in=created).order_by("pk")
+    ] == [
+        (reached.pk, "blocked", 100, closed.first_day, 120_000),
+        # the line ended its period blocked and the next one has begun (SPEC 12.2)
+        (reached.pk, "restored", 100, closed.first_day, 0),
+    ]
     assert thresholds_evaluate(now=closed.end + timedelta(minutes=20)) == []
-    assert [message.to for message in mail.outbox] == [[BLOCKED_TO["email"]]]
+    assert [(message.to, message.extra_headers["X-Usage-Level"]) for message in mail.outbox] == [
+        ([BLOCKED_TO["email"]], "blocked"),
+        ([BLOCKED_TO["email"]], "restored"),
+    ]
 
 
 def test_an_smtp_server_refusing_connections_is_retried_then_failed_not_taken_for_a_bug(

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from datetime import date, datetime
 from decimal import Decimal
+from typing import Any
 
 from django.utils import timezone
 
-from accounts.models import Account
+from accounts.labels import labels_key
+from accounts.models import Account, ScopedLimit
 from backoffice.services import usage_events_record
-from usage.models import UsageCounter
+from usage.models import UsageCounter, UsageCounterKey
+from usage.services import counter_keys_sync
 
 _event_ids = itertools.count(1)
 
@@ -66,3 +70,30 @@ def event_body(account, event_id="e-1", metric="text_tokens", quantity=10, **ext
         "quantity": quantity,
         **extra,
     }
+
+
+def lines_saved(account: Account, lines: Iterable[Any], now: datetime) -> None:
+    """Save ``lines`` (each with ``metric``, ``period``, ``window_days`` and ``labels``) as
+    scoped limits of ``account`` without thresholds, then count their label keys as
+    ``limits_replace`` does (``counter_keys_sync``): the lines read what they would in
+    production, events recorded before included. Lines without labels need no key and are
+    not saved (a monthly one would be the ``limits`` map's)."""
+    for line in lines:
+        if not line.labels:
+            continue
+        ScopedLimit.objects.get_or_create(
+            account=account,
+            metric=line.metric,
+            period=line.period,
+            window_days=line.window_days,
+            labels_key=labels_key(line.labels),
+            defaults={"labels": dict(line.labels)},
+        )
+    counter_keys_sync(account=account, now=now)
+
+
+def keys_counted(account: Account, *keys: str, metric: str = "text_tokens") -> None:
+    """Count the label ``keys`` of ``account``'s ``metric`` on every day, as for a line saved
+    before any event (``UsageCounterKey`` with ``since`` empty)."""
+    for key in keys:
+        UsageCounterKey.objects.create(account=account, metric=metric, labels=key, since=None)

@@ -9,8 +9,10 @@ import pytest
 from django.utils import timezone
 
 from accounts.models import Plan
+from backoffice.services import scoped_limit_set
 from tests.factories import AccountFactory, LimitFactory
 from tests.usage.factories import event_body as event
+from tests.usage.factories import keys_counted
 from usage.models import UsageCounter, UsageEvent
 
 pytestmark = pytest.mark.django_db
@@ -269,6 +271,9 @@ def test_a_batch_costs_the_same_queries_whatever_its_size(
 ):
     # given: the token and permission lookups are warmed by a first request
     accounts = [AccountFactory() for _ in range(3)]
+    for account in accounts:  # label keys counted, as the accounts' scoped limits would
+        for metric in ("text_tokens", "audio_analyzed_seconds"):
+            keys_counted(account, "vendor=acme", "model=m1;vendor=acme", metric=metric)
     service_client.post(URL, event(accounts[0], "warm-up"), format="json")
     batch = [
         event(
@@ -280,12 +285,15 @@ def test_a_batch_costs_the_same_queries_whatever_its_size(
         for i in range(size)
     ]
     # when / then: token + permissions + accounts + insert + label sets and their count +
-    # day and hour counters (one statement on PostgreSQL, two on SQLite) + usage read,
-    # plus the savepoint pair of the test's transaction, plus the (account, metric) locks on
-    # PostgreSQL: the same for 1 and for 1000 events
-    with django_assert_num_queries(11):
+    # the counted label keys + day and hour counters (one statement on PostgreSQL, two on
+    # SQLite) + usage read, plus the savepoint pair of the test's transaction, plus the
+    # (account, metric) locks on PostgreSQL: the same for 1 and for 1000 events
+    with django_assert_num_queries(12):
         response = service_client.post(URL, {"events": batch}, format="json")
     assert response.status_code == 201
+    # each event added to its metric's counters and to those of the keys its labels hold
+    expected = {"", "vendor=acme"} | ({"model=m1;vendor=acme"} if size > 1 else set())
+    assert set(UsageCounter.objects.values_list("labels", flat=True)) == expected
 
 
 def test_metadata_numbers_are_stored_as_json_numbers(service_client):
@@ -297,3 +305,41 @@ def test_metadata_numbers_are_stored_as_json_numbers(service_client):
     # then
     assert response.status_code == 201
     assert UsageEvent.objects.get().metadata == metadata
+
+
+@pytest.mark.parametrize("accounts_count", [1, 12])
+def test_a_batch_costs_the_same_queries_whatever_its_accounts_scoped_limits(
+    service_client, django_assert_num_queries, accounts_count
+):
+    # given: accounts with scoped limits of every kind (thresholds far away), labelled events
+    accounts = [AccountFactory() for _ in range(accounts_count)]
+    for account in accounts:
+        for period, days, labels in (
+            ("day", None, {"vendor": "acme"}),
+            ("rolling", 7, {}),
+            ("minute", None, {"model": "m1"}),
+            ("hour", None, {"model": "m2", "vendor": "acme"}),
+        ):
+            scoped_limit_set(
+                account=account,
+                metric="text_tokens",
+                period=period,
+                window_days=days,
+                labels=labels,
+                blocked=10**9,
+            )
+    service_client.post(URL, event(accounts[0], "warm-up"), format="json")
+    batch = [
+        event(
+            accounts[i % accounts_count],
+            f"e{i}",
+            labels={"model": f"m{i % 3}", "vendor": "acme"},
+        )
+        for i in range(1000)
+    ]
+    # when / then: as above, plus the scoped limits of the accounts and their figures (two
+    # queries for every account): the same for 1 account and for 12
+    with django_assert_num_queries(14):
+        response = service_client.post(URL, {"events": batch}, format="json")
+    assert response.status_code == 201
+    assert response.json()["accepted"] == 1000

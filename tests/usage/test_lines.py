@@ -20,7 +20,8 @@ from accounts.labels import labels_match
 from accounts.windows import window_containing
 from backoffice.services import usage_events_record
 from tests.factories import AccountFactory
-from usage.models import UsageHourCounter
+from tests.usage.factories import lines_saved
+from usage.models import UsageCounter, UsageHourCounter
 from usage.selectors import lines_used_milli
 
 pytestmark = pytest.mark.django_db
@@ -194,19 +195,23 @@ def test_lines_count_the_events_whose_labels_hold_every_pair_of_theirs():
         {"technology": "llm"},
     ]
     expected = [111, 1, 11, 1, 0, 0, 0]
+    shapes = [
+        [Line(period, scope) for scope in lines]
+        for period in ("month", "week", "day", "hour", "minute")
+    ]
+    shapes.append([Line("rolling", scope, window_days=7) for scope in lines])
+    # when: the lines are saved after the events (their keys' counters filled from them)
+    lines_saved(
+        account, [line for shape in shapes for line in shape], utc("2027-05-03T10:00:30+02:00")
+    )
     # then: the same for every kind of line, counters or events
-    for period in ("month", "week", "day", "hour", "minute"):
-        assert used(
-            account, "2027-05-03T10:00:30+02:00", *(Line(period, scope) for scope in lines)
-        ) == (expected), period
-    rolling = [Line("rolling", scope, window_days=7) for scope in lines]
-    assert used(account, "2027-05-03T10:00:30+02:00", *rolling) == expected
+    for shape in shapes:
+        assert used(account, "2027-05-03T10:00:30+02:00", *shape) == expected, shape[0].period
 
 
 def test_every_line_of_an_account_is_read_in_one_query(django_assert_num_queries):
     # given
     account = AccountFactory(timezone="Europe/Paris")
-    record(account, ("2027-05-03T10:00:00+02:00", 5), labels={"model": "large"})
     lines = [
         MONTH,
         WEEK,
@@ -218,6 +223,8 @@ def test_every_line_of_an_account_is_read_in_one_query(django_assert_num_queries
         Line("day", {"model": "large"}),
         Line("hour", metric="audio_analyzed_seconds"),
     ]
+    lines_saved(account, lines, utc("2027-05-03T10:00:00+02:00"))
+    record(account, ("2027-05-03T10:00:00+02:00", 5), labels={"model": "large"})
     # when / then
     with django_assert_num_queries(1):
         figures = lines_used_milli(
@@ -305,6 +312,8 @@ class LinesProperty(TestCase):
             },
             now=now,
         )
+        # The lines saved after the events: their keys' counters are filled from them.
+        lines_saved(account, lines, now)
         expected = []
         for line in lines:
             window = window_containing(
@@ -322,10 +331,13 @@ class LinesProperty(TestCase):
 
 
 def test_a_batch_over_a_thousand_hours_with_four_labels_is_counted_whole():
-    # given: 1000 events, each in its own hour, each adding to 16 label subsets
+    # given: two lines scoped to labels, then 1000 events, each in its own hour, each with
+    # four labels (16 subsets) that both lines' labels are part of
     account = AccountFactory(timezone="Europe/Paris")
     now = utc("2027-05-03T10:00:30+02:00")
     four = {"model": "large", "vendor": "acme", "operation": "chat", "technology": "llm"}
+    lines = [Line("hour", {"vendor": "acme"}), Line("rolling", four, window_days=366)]
+    lines_saved(account, lines, now)
     payload = {
         "events": [
             {
@@ -341,7 +353,11 @@ def test_a_batch_over_a_thousand_hours_with_four_labels_is_counted_whole():
     }
     # when
     usage_events_record(payload=payload, now=now)
-    # then
-    assert UsageHourCounter.objects.filter(account=account).count() == 16_000
-    lines = [Line("hour", {"vendor": "acme"}), Line("rolling", four, window_days=366)]
+    # then: each event added to the whole metric and the two lines' keys, no other subset
+    assert UsageHourCounter.objects.filter(account=account).count() == 3 * 1000
+    assert set(UsageCounter.objects.filter(account=account).values_list("labels", flat=True)) == {
+        "",
+        "vendor=acme",
+        "model=large;operation=chat;technology=llm;vendor=acme",
+    }
     assert used(account, "2027-05-03T10:00:30+02:00", *lines) == [1, 1000 * 1001 // 2]

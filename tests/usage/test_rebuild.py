@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from backoffice.services import usage_events_record
 from tests.factories import AccountFactory
-from tests.usage.factories import counter_corrupt, counters_of, event_record
+from tests.usage.factories import counter_corrupt, counters_of, event_record, keys_counted
 from usage import services
 from usage.models import (
     CounterRepair,
@@ -245,10 +245,10 @@ def test_a_rebuild_costs_the_same_queries_for_one_account_or_many(django_assert_
     UsageCounter.objects.filter(account=one).update(quantity_milli=0)
     UsageHourCounter.objects.filter(account=one).update(quantity_milli=0)
 
-    # when / then: count, page, savepoint, lock, purge boundary, one read per time zone,
-    # boundary again, day and hour upserts (one statement on PostgreSQL), repairs, release,
-    # next page
-    queries = 11 if connection.vendor == "postgresql" else 12
+    # when / then: count, page, savepoint, lock, purge boundary, the counted label keys, one
+    # read per time zone, boundary again, day and hour upserts (one statement on
+    # PostgreSQL), repairs, release, next page
+    queries = 12 if connection.vendor == "postgresql" else 13
     with django_assert_num_queries(queries):
         counters_rebuild(account=one, repaired_by="test")
     many = drifted_accounts(20)
@@ -282,6 +282,7 @@ def test_a_purge_deletes_the_events_of_each_accounts_earlier_local_days_and_keep
     auckland = AccountFactory(timezone="Pacific/Auckland")  # UTC+13 in February
     los_angeles = AccountFactory(timezone="America/Los_Angeles")  # UTC-8
     large = {"model": "large"}
+    keys_counted(auckland, "model=large")
     event_record(auckland, "2025-01-31T23:30:00+13:00", 1, event_id="auckland-31st", labels=large)
     event_record(auckland, "2025-02-01T00:30:00+13:00", 2, event_id="auckland-1st", labels=large)
     event_record(los_angeles, "2025-01-31T20:00:00-08:00", 4, event_id="la-31st")
@@ -483,6 +484,7 @@ def test_the_reconcile_task_is_scheduled_every_15_minutes_and_expires_before_the
 def test_labelled_day_and_hour_counters_that_drift_are_found_and_repaired(caplog):
     # given: events with labels, in Paris
     account = AccountFactory(external_id="crm-labels", timezone="Europe/Paris")
+    keys_counted(account, "model=large", "vendor=acme")
     large = {"model": "large", "vendor": "acme"}
     event_record(account, "2026-03-10T10:15:00+01:00", 100, labels=large)
     event_record(account, "2026-03-10T10:45:00+01:00", 20, labels={"model": "large"})
@@ -540,6 +542,7 @@ def test_labelled_day_and_hour_counters_that_drift_are_found_and_repaired(caplog
 def test_the_reconcile_task_logs_a_labelled_hour_counter_it_repairs(caplog):
     # given
     account = AccountFactory(external_id="crm-hour", timezone="UTC")
+    keys_counted(account, "model=large")
     now = timezone.now()
     event_record(account, now, 10, labels={"model": "large"})
     UsageHourCounter.objects.filter(account=account, labels="model=large").update(quantity_milli=1)

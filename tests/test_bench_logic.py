@@ -1,0 +1,158 @@
+"""The bench's own logic: what it counts as exact, how it reads its options, how it writes
+docs/performance.md. The bench itself never runs in the suite (no timed assertion here)."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))  # the scripts import their neighbours by name, as when run
+
+import ingest  # noqa: E402
+import performance  # noqa: E402
+import sweep  # noqa: E402
+from results import Figure, results_read, results_write  # noqa: E402
+
+
+def race(statuses: list[int], used: int = 5_500_000, reserved: int = 4_000_000):
+    return ingest.RaceOutcome(
+        statuses=statuses,
+        used_milli=used,
+        reserved_milli=reserved,
+        blocked_milli=10_000_000,
+        fits=4,
+    )
+
+
+def test_a_race_is_exact_when_those_that_fit_and_only_they_got_201():
+    assert race([201] * 4 + [409] * 16).exact
+    assert race([409] * 10 + [201] * 4 + [409] * 6).granted == 4
+
+
+@pytest.mark.parametrize(
+    "statuses, reserved",
+    [
+        ([201] * 5 + [409] * 15, 4_000_000),  # one too many granted
+        ([201] * 3 + [409] * 17, 3_000_000),  # one that fitted refused
+        ([201] * 4 + [409] * 15 + [500], 4_000_000),  # an error is not a refusal
+        ([201] * 4 + [409] * 16, 4_500_001),  # the cap passed, whatever the answers said
+    ],
+)
+def test_a_race_is_not_exact_otherwise(statuses, reserved):
+    assert not race(statuses, reserved=reserved).exact
+
+
+def test_the_race_leaves_room_for_a_few_of_the_racers():
+    assert 0 < ingest.RACE_FITS < ingest.RACERS
+    assert ingest.RACE_USED + ingest.RACE_FITS * ingest.RACE_QUANTITY <= ingest.RACE_BLOCKED
+    assert ingest.RACE_USED + (ingest.RACE_FITS + 1) * ingest.RACE_QUANTITY > ingest.RACE_BLOCKED
+
+
+@pytest.mark.parametrize(
+    "text, arguments",
+    [
+        ("sync:2", ["--workers", "2", "--worker-class", "sync"]),
+        ("sync:4", ["--workers", "4", "--worker-class", "sync"]),
+        ("gthread:2x4", ["--workers", "2", "--worker-class", "gthread", "--threads", "4"]),
+        ("gthread:3", ["--workers", "3", "--worker-class", "gthread", "--threads", "4"]),
+    ],
+)
+def test_a_server_is_read_from_its_short_form(text, arguments):
+    server = ingest.Server.parse(text)
+    assert server.arguments() == arguments
+    assert ingest.Server.parse(str(server)) == server
+
+
+@pytest.mark.parametrize("text", ["sync", "eventlet:2", "sync:2x4", "sync:0", "gthread:2x0", "x"])
+def test_a_server_form_that_means_nothing_is_refused(text):
+    with pytest.raises(ValueError, match=repr(text)):
+        ingest.Server.parse(text)
+
+
+def test_the_crossing_latency_runs_from_the_request_to_the_hand_over():
+    start = datetime(2027, 1, 1, tzinfo=UTC).timestamp()
+    posted = {"a": start, "b": start + 1, "c": start + 2}
+    sent = {
+        "a": datetime(2027, 1, 1, tzinfo=UTC) + timedelta(milliseconds=250),
+        "b": datetime(2027, 1, 1, tzinfo=UTC) + timedelta(seconds=1, milliseconds=100),
+    }  # "c" never sent: left out, and counted as missing by the caller
+    assert ingest.crossing_latencies(posted, sent) == pytest.approx([100, 250])
+
+
+def test_the_sweeps_labelled_counters_are_those_its_scoped_lines_read():
+    assert sweep.scoped_counter_keys(0) == []
+    assert sweep.scoped_counter_keys(10) == [
+        ("audio_analyzed_seconds", "vendor=nova"),
+        ("audio_transcribed_seconds", "technology=asr"),
+        ("text_tokens", "operation=chat;technology=llm"),
+        ("text_tokens", "technology=llm"),
+        ("text_tokens", "vendor=acme"),
+    ]
+    # far below the scoped thresholds: the lines cross nothing, the monthly ones do
+    assert all(
+        sweep.scoped_usage_milli(i, m) * 366 < sweep.SCOPED_HIGH // 2 * 1000
+        for i in range(100)
+        for m in sweep.THRESHOLDS
+    )
+
+
+DOC = """# Performance
+
+Hand-written introduction.
+
+{block}
+
+## Counters and batch ingestion
+
+Another section, by hand.
+"""
+
+
+def results_file(tmp_path: Path, figures: list[Figure]) -> Path:
+    path = tmp_path / "ingest.json"
+    results_write(
+        path,
+        script="ingest.py --quick",
+        figures=figures,
+        facts={"busy_at_start": "3%", "python_speed": "16.0", "load_average_at_end": "0.5"},
+        tables={"c": [["path", "req/s"], ["plain floor", "1,900"]]},
+    )
+    return path
+
+
+def test_the_doc_gets_the_generated_block_and_keeps_the_rest(tmp_path):
+    figures = [
+        Figure("c. single-event POST", "300 req/s"),
+        Figure("   share of its floor's req/s", "0.62", ">= 0.60", True),
+        Figure("f. request to e-mail handed over, p50", "120 ms", "< 500 ms", False),
+    ]
+    document = results_read(results_file(tmp_path, figures))
+    old = f"{performance.BEGIN}\n\nold figures\n\n{performance.END}"
+    text = performance.doc_replace(DOC.format(block=old), performance.block([document]))
+
+    assert "old figures" not in text
+    assert text.startswith("# Performance\n\nHand-written introduction.\n\n")
+    assert text.endswith("\n\n## Counters and batch ingestion\n\nAnother section, by hand.\n")
+    assert text.count(performance.BEGIN) == 1 and text.count(performance.END) == 1
+    assert "| c. single-event POST: share of its floor's req/s | 0.62 | >= 0.60 | PASS |" in text
+    assert "| f. request to e-mail handed over, p50 | 120 ms | < 500 ms | FAIL |" in text
+    assert "1 targets met, 1 missed." in text
+    assert "| plain floor | 1,900 |" in text
+
+    again = performance.doc_replace(text, performance.block([document]))
+    assert again == text  # replaced in place, not added a second time
+
+
+def test_a_doc_without_the_markers_gets_the_block_at_its_end(tmp_path):
+    document = results_read(results_file(tmp_path, [Figure("x", "1")]))
+    text = performance.doc_replace("# Performance\n\nBy hand.\n", performance.block([document]))
+    assert text.startswith("# Performance\n\nBy hand.\n\n" + performance.BEGIN)
+    assert text.endswith(performance.END + "\n")
+
+
+def test_a_pipe_in_a_figure_does_not_break_the_table():
+    assert performance.markdown_table([["a", "b"], ["x | y", "1"]])[-1] == "| x \\| y | 1 |"
