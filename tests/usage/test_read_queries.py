@@ -127,7 +127,7 @@ def test_a_reservation_and_a_single_event_cost_their_known_queries(account, serv
     # then: a reservation reads the account, takes the lock (PostgreSQL: a statement, and
     # a savepoint, in the test's transaction), looks for the id, reads the lines (two: the
     # account with its lines, their figures with the reservations), writes; an event reads
-    # the account, locks, writes the event, its label sets and counters, reads the monthly
-    # usage and the scoped lines (two), records the crossing it makes
-    expected = {"sqlite": (9, 11), "postgresql": (10, 11)}[connection.vendor]
+    # the account, locks, writes the event and its counters (``usage.services``), reads
+    # the monthly usage and the scoped lines (two), records the crossing it makes
+    expected = {"sqlite": (9, 12), "postgresql": (10, 12)}[connection.vendor]
     assert (len(reserved) - base, len(recorded) - base) == expected, (reserved, recorded)
