@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from django.db import connection
 from django.db.models import Q, QuerySet
 
 from .labels import labels_key
@@ -198,6 +200,110 @@ def limit_lines(
             scoped_limit_id=row.pk,
         )
         for row in ScopedLimit.objects.filter(account=account).order_by("position", "id")
+    )
+    return lines
+
+
+# An account's monthly limits and scoped limits, read with the account in the same query:
+# each set as one JSON array of rows (``account_with_lines``).
+_ACCOUNT_LINES_SQL = {
+    "postgresql": (
+        "(SELECT json_agg(json_build_array(l.metric, l.warning, l.blocked))::text"
+        f" FROM {Limit._meta.db_table} l WHERE l.account_id = {Account._meta.db_table}.id)",
+        "(SELECT json_agg(json_build_array(s.id, s.metric, s.period, s.window_days, s.labels,"
+        " s.warning, s.blocked, s.position))::text"
+        f" FROM {ScopedLimit._meta.db_table} s WHERE s.account_id = {Account._meta.db_table}.id)",
+    ),
+    "sqlite": (
+        "(SELECT json_group_array(json_array(l.metric, l.warning, l.blocked))"
+        f" FROM {Limit._meta.db_table} l WHERE l.account_id = {Account._meta.db_table}.id)",
+        "(SELECT json_group_array(json_array(s.id, s.metric, s.period, s.window_days,"
+        " json(s.labels), s.warning, s.blocked, s.position))"
+        f" FROM {ScopedLimit._meta.db_table} s WHERE s.account_id = {Account._meta.db_table}.id)",
+    ),
+}
+
+
+def account_lines_annotations() -> dict[str, tuple[str, list[Any]]]:
+    """The columns that read an account's limits and scoped limits with it
+    (``account_with_columns``), for ``account_lines_of``."""
+    limits_sql, scoped_sql = _ACCOUNT_LINES_SQL[connection.vendor]
+    return {"lines_monthly": (limits_sql, []), "lines_scoped": (scoped_sql, [])}
+
+
+def account_with_columns(
+    *, account_id: uuid.UUID, columns: Mapping[str, tuple[str, list[Any]]]
+) -> Account | None:
+    """The account with this id, with one more attribute per column of ``columns`` (its
+    name: the SQL of a scalar subquery and its parameters), in one statement; ``None``
+    when there is no such account. Written out rather than compiled by the ORM: the read
+    paths make it at every request."""
+    table = quote_name(Account._meta.db_table)
+    fields = ", ".join(f"{table}.{quote_name(f.column)}" for f in Account._meta.concrete_fields)
+    extra = "".join(f", {sql} AS {quote_name(name)}" for name, (sql, _params) in columns.items())
+    params = [param for _sql, column_params in columns.values() for param in column_params]
+    params.append(Account._meta.pk.get_db_prep_value(account_id, connection))
+    found = list(
+        Account.objects.raw(f"SELECT {fields}{extra} FROM {table} WHERE {table}.id = %s", params)
+    )
+    return found[0] if found else None
+
+
+def quote_name(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+def account_lines_of(account: Account) -> list[LimitLine]:
+    """The limit lines of an account read with ``account_lines_annotations`` (see
+    ``account_with_lines``)."""
+    monthly = {}
+    if account.is_enterprise:
+        monthly = {
+            metric: (warning, blocked)
+            for metric, warning, blocked in json.loads(account.lines_monthly or "[]")
+        }
+    scoped = sorted(json.loads(account.lines_scoped or "[]"), key=lambda row: (row[7], row[0]))
+    del account.lines_monthly, account.lines_scoped
+    return _lines(monthly, scoped)
+
+
+def account_with_lines(*, account_id: uuid.UUID) -> tuple[Account, list[LimitLine]] | None:
+    """The account with this id and its limit lines (``limit_lines``, the monthly lines'
+    thresholds as in force: none for an account that is not Enterprise), in one query;
+    ``None`` when there is no such account."""
+    account = account_with_columns(account_id=account_id, columns=account_lines_annotations())
+    if account is None:
+        return None
+    return account, account_lines_of(account)
+
+
+def _lines(
+    monthly: Mapping[str, tuple[int | None, int | None]], scoped: list[list[Any]]
+) -> list[LimitLine]:
+    """The monthly line of each metric, then the scoped ``(id, metric, period, window_days,
+    labels, warning, blocked, ...)`` rows in their order."""
+    lines = [
+        LimitLine(
+            metric=metric,
+            period=PeriodKind.MONTH,
+            window_days=None,
+            labels={},
+            warning=monthly.get(metric, (None, None))[0],
+            blocked=monthly.get(metric, (None, None))[1],
+        )
+        for metric in METRICS
+    ]
+    lines.extend(
+        LimitLine(
+            metric=metric,
+            period=PeriodKind(period),
+            window_days=window_days,
+            labels=dict(labels),
+            warning=warning,
+            blocked=blocked,
+            scoped_limit_id=pk,
+        )
+        for pk, metric, period, window_days, labels, warning, blocked, *_rest in scoped
     )
     return lines
 

@@ -31,9 +31,9 @@ INACTIVE = {"detail": "User inactive or deleted."}
 FORBIDDEN = {"detail": "You do not have permission to perform this action."}
 OTHER_ACCOUNT = {"detail": "This token is bound to another account."}
 # A usage read: the token with its user and binding, the user's permissions, the session
-# of ``SessionAuthentication`` is not read (a token was given), the account, the usage.
-COLD_QUERIES = 4
-WARM_QUERIES = 2  # the account and the usage: nothing for the credentials
+# of ``SessionAuthentication`` is not read (a token was given), the account with its usage.
+COLD_QUERIES = 3
+WARM_QUERIES = 1  # the account with its usage: nothing for the credentials
 
 
 def usage_url(account: Account) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import json
@@ -11,7 +10,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -26,7 +25,13 @@ from accounts.forms import limit_label
 from accounts.labels import labels_from_key, labels_key, labels_match
 from accounts.metrics import METRICS
 from accounts.models import Account, Language, Level, Limit, Plan, Recipient, ScopedLimit
-from accounts.selectors import LimitLine, limit_lines
+from accounts.selectors import (
+    LimitLine,
+    account_lines_annotations,
+    account_lines_of,
+    account_with_columns,
+    account_with_lines,
+)
 from accounts.windows import PeriodKind, Window, cover, window_containing
 from config.dates import datetime_text
 
@@ -156,14 +161,14 @@ _WANTED = {
 }
 _USAGE_SQL = f"""
 WITH w AS ({{wanted}})
-SELECT w.a, w.m,
+SELECT w.a AS c1, w.m AS c2,
   COALESCE((SELECT SUM(c.quantity_milli) FROM {UsageCounter._meta.db_table} c
             WHERE c.account_id = w.a AND c.metric = w.m AND c.labels = ''
-              AND c.day >= w.f AND c.day < w.e), 0),
+              AND c.day >= w.f AND c.day < w.e), 0) AS c3,
   COALESCE((SELECT SUM(x.amount) FROM {Extension._meta.db_table} x
             WHERE x.account_id = w.a AND x.metric = w.m AND x.period = w.f
-              AND x.scoped_limit_id IS NULL), 0),
-  l.warning, l.blocked
+              AND x.scoped_limit_id IS NULL), 0) AS c4,
+  l.warning AS c5, l.blocked AS c6
 FROM w
 LEFT JOIN {Account._meta.db_table} acc ON acc.id = w.a AND acc.plan = %s
 LEFT JOIN {Limit._meta.db_table} l ON l.account_id = acc.id AND l.metric = w.m
@@ -174,9 +179,19 @@ def _usage_rows(
     wanted: set[tuple[uuid.UUID, str]], periods: dict[uuid.UUID, Period]
 ) -> dict[tuple[uuid.UUID, str], tuple[int, int, int | None, int | None]]:
     """``(used_milli, extension, warning, blocked)`` of each wanted pair, in one query."""
+    sql, params = _usage_statement(wanted, periods)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return _usage_parse(cursor.fetchall(), periods)
+
+
+def _usage_statement(
+    wanted: set[tuple[uuid.UUID, str]], periods: dict[uuid.UUID, Period]
+) -> tuple[str, list[Any]]:
+    """The statement of ``_usage_rows`` and its parameters; its rows are ``(account,
+    metric, used, extension, warning, blocked)``, named ``c1`` to ``c6``."""
     vendor = connection.vendor
     as_db = str if vendor == "postgresql" else (lambda account_id: account_id.hex)
-    ids = {as_db(account_id): account_id for account_id in periods}
     payload = json.dumps(
         [
             {
@@ -185,20 +200,22 @@ def _usage_rows(
                 "f": periods[account_id].first_day.isoformat(),
                 "e": periods[account_id].end_day.isoformat(),
             }
-            for account_id, metric in wanted
+            for account_id, metric in sorted(wanted)
         ]
     )
-    with connection.cursor() as cursor:
-        cursor.execute(_USAGE_SQL.format(wanted=_WANTED[vendor]), [payload, Plan.ENTERPRISE.value])
-        return {
-            (ids[str(account) if vendor == "postgresql" else account], metric): (
-                int(used),
-                int(extension),
-                warning,
-                blocked,
-            )
-            for account, metric, used, extension, warning, blocked in cursor.fetchall()
-        }
+    return _USAGE_SQL.format(wanted=_WANTED[vendor]), [payload, Plan.ENTERPRISE.value]
+
+
+def _usage_parse(
+    rows: Iterable[Sequence[Any]], periods: dict[uuid.UUID, Period]
+) -> dict[tuple[uuid.UUID, str], tuple[int, int, int | None, int | None]]:
+    """What ``_usage_rows`` returns, from the rows of ``_usage_statement``."""
+    ids = {str(account_id): account_id for account_id in periods}
+    ids.update((account_id.hex, account_id) for account_id in periods)
+    return {
+        (ids[str(account)], metric): (int(used), int(extension), warning, blocked)
+        for account, metric, used, extension, warning, blocked in rows
+    }
 
 
 def usage_received_before(
@@ -235,10 +252,65 @@ class Line(Protocol):
 # Each line travels as one element of a JSON parameter: its index, what it reads (``d``: day
 # counters from ``f`` to ``e`` excluded; ``h``: the hour counter starting at ``h``; ``m``:
 # nothing, see below), its metric and labels key, and for a scoped limit its id ``s`` and
-# its period's start ``t``, under which its extensions are summed. Events of the current
-# minute are read beside, in the same query, summed per metric and label set, and matched
-# to the minute lines here.
+# its period's start ``t``, under which its extensions are summed; ``x`` set marks a
+# whole-metric monthly line, whose extensions are those of the metric for the month ``f``.
+# Events of the current minute are read beside, in the same query, summed per metric and
+# label set (rows numbered ``MINUTE_ROWS``), and matched to the minute lines here; so are
+# the active reservations, summed per metric and label set (``RESERVED_ROWS``).
 _LINES_WANTED = {
+    "postgresql": (
+        "SELECT * FROM jsonb_to_recordset(%s::jsonb)"
+        " AS w(i int, k text, m text, l text, f date, e date, h timestamptz, s bigint,"
+        " t timestamptz, x int)"
+    ),
+    "sqlite": (
+        "SELECT json_extract(value, '$.i') AS i, json_extract(value, '$.k') AS k,"
+        " json_extract(value, '$.m') AS m, json_extract(value, '$.l') AS l,"
+        " json_extract(value, '$.f') AS f, json_extract(value, '$.e') AS e,"
+        " json_extract(value, '$.h') AS h, json_extract(value, '$.s') AS s,"
+        " json_extract(value, '$.t') AS t, json_extract(value, '$.x') AS x FROM json_each(%s)"
+    ),
+}
+MINUTE_ROWS = -1
+RESERVED_ROWS = -2
+_LINES_SQL = f"""
+WITH w AS ({{wanted}})
+SELECT w.i AS c1, NULL AS c2, NULL AS c3, CASE w.k
+  WHEN 'd' THEN (SELECT SUM(c.quantity_milli) FROM {UsageCounter._meta.db_table} c
+                 WHERE c.account_id = %s AND c.metric = w.m AND c.labels = w.l
+                   AND c.day >= w.f AND c.day < w.e)
+  WHEN 'h' THEN (SELECT c.quantity_milli FROM {UsageHourCounter._meta.db_table} c
+                 WHERE c.account_id = %s AND c.metric = w.m AND c.labels = w.l AND c.hour = w.h)
+  END AS c4,
+  CASE WHEN w.s IS NOT NULL THEN
+    (SELECT SUM(x.amount) FROM {Extension._meta.db_table} x
+     WHERE x.scoped_limit_id = w.s AND x.period_start = w.t)
+  WHEN w.x IS NOT NULL THEN
+    (SELECT SUM(x.amount) FROM {Extension._meta.db_table} x
+     WHERE x.account_id = %s AND x.metric = w.m AND x.period = w.f
+       AND x.scoped_limit_id IS NULL)
+  END AS c5
+FROM w
+"""
+_MINUTE_SQL = f"""
+UNION ALL
+SELECT {MINUTE_ROWS}, e.metric, {{labels}}, SUM(e.quantity_milli), NULL
+FROM {UsageEvent._meta.db_table} e
+WHERE e.account_id = %s AND e.occurred_at >= %s AND e.occurred_at < %s
+GROUP BY e.metric, e.labels
+"""
+_RESERVED_SQL = f"""
+UNION ALL
+SELECT {RESERVED_ROWS}, r.metric, r.labels_key, SUM(r.quantity_milli), NULL
+FROM {Reservation._meta.db_table} r
+WHERE r.account_id = %s AND r.status = '{Reservation.Status.ACTIVE.value}' AND r.expires_at > %s
+GROUP BY r.metric, r.labels_key
+"""
+
+
+# The same, for lines of several accounts (``accounts_lines_figures``): each line carries
+# its account ``a``, and the current minute's events are summed per account too.
+_ACCOUNTS_LINES_WANTED = {
     "postgresql": (
         "SELECT * FROM jsonb_to_recordset(%s::jsonb)"
         " AS w(i int, a uuid, k text, m text, l text, f date, e date, h timestamptz, s bigint,"
@@ -253,7 +325,7 @@ _LINES_WANTED = {
         " json_extract(value, '$.t') AS t FROM json_each(%s)"
     ),
 }
-_LINES_SQL = f"""
+_ACCOUNTS_LINES_SQL = f"""
 WITH w AS ({{wanted}})
 SELECT w.i, NULL, NULL, NULL, CASE w.k
   WHEN 'd' THEN (SELECT SUM(c.quantity_milli) FROM {UsageCounter._meta.db_table} c
@@ -266,7 +338,7 @@ SELECT w.i, NULL, NULL, NULL, CASE w.k
    WHERE x.scoped_limit_id = w.s AND x.period_start = w.t)
 FROM w
 """
-_MINUTE_SQL = f"""
+_ACCOUNTS_MINUTE_SQL = f"""
 UNION ALL
 SELECT NULL, e.account_id, e.metric, {{labels}}, SUM(e.quantity_milli), NULL
 FROM {UsageEvent._meta.db_table} e
@@ -321,7 +393,155 @@ def lines_figures(*, account: Account, lines: Sequence[Line], now: datetime) -> 
     without one has none here) for the period its window starts (``line_period_start``):
     once the window moves on, they no longer count (SPEC 4 and 11.5).
     """
-    return accounts_lines_figures(items=[(account, line) for line in lines], now=now)
+    zone = account.zone
+    windows = [line_window(line=line, zone=zone, now=now) for line in lines]
+    figures, _reserved = _lines_read(account=account, lines=lines, windows=windows, now=now)
+    return figures
+
+
+def _lines_read(
+    *,
+    account: Account,
+    lines: Sequence[Line],
+    windows: Sequence[Window],
+    now: datetime,
+    monthly_extensions: bool = False,
+    reservations: bool = False,
+) -> tuple[list[LineFigures], list[int]]:
+    """``lines_figures`` of ``lines`` over ``windows`` (theirs at ``now``), and what active
+    reservations hold on each at ``now`` (zeros unless ``reservations``), in one query.
+
+    ``monthly_extensions``: a whole-metric monthly line (no ``scoped_limit_id``, a month,
+    no labels) reads the extensions of its metric for its month, as ``usage_for`` does.
+    """
+    if not lines:
+        return [], []
+    sql, params = _lines_statement(
+        account_id=account.pk,
+        zone=account.zone,
+        lines=lines,
+        windows=windows,
+        now=now,
+        monthly_extensions=monthly_extensions,
+        reservations=reservations,
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return _lines_parse(cursor.fetchall(), lines)
+
+
+def _lines_statement(
+    *,
+    account_id: uuid.UUID,
+    zone: ZoneInfo,
+    lines: Sequence[Line],
+    windows: Sequence[Window],
+    now: datetime,
+    monthly_extensions: bool,
+    reservations: bool,
+) -> tuple[str, list[Any]]:
+    """The statement of ``_lines_read`` and its parameters; its rows are
+    ``(index, metric, labels, total, granted)``, named ``c1`` to ``c5``."""
+    vendor = connection.vendor
+    postgresql = vendor == "postgresql"
+    account_param = str(account_id) if postgresql else account_id.hex
+
+    def as_db(instant: datetime) -> Any:
+        if postgresql:
+            return instant.isoformat()
+        return connection.ops.adapt_datetimefield_value(instant)
+
+    wanted: list[dict[str, Any]] = []
+    minute: Window | None = None
+    for index, (line, window) in enumerate(zip(lines, windows, strict=True)):
+        scoped_limit_id = getattr(line, "scoped_limit_id", None)
+        item: dict[str, Any] = {
+            "i": index,
+            "m": line.metric,
+            "l": labels_key(line.labels),
+            "s": scoped_limit_id,
+        }
+        if scoped_limit_id is not None:
+            item["t"] = as_db(line_period_start(window))
+        kind = window.kind
+        if kind == PeriodKind.MINUTE:
+            minute = window
+            item["k"] = "m"
+        elif kind == PeriodKind.HOUR:
+            item.update(k="h", h=as_db(window.start))
+        else:
+            item.update(
+                k="d",
+                f=window.start.astimezone(zone).date().isoformat(),
+                e=window.end.astimezone(zone).date().isoformat(),
+            )
+            if (
+                monthly_extensions
+                and scoped_limit_id is None
+                and kind == PeriodKind.MONTH
+                and not line.labels
+            ):
+                item["x"] = 1
+        wanted.append(item)
+    sql = _LINES_SQL.format(wanted=_LINES_WANTED[vendor])
+    params: list[Any] = [json.dumps(wanted), account_param, account_param, account_param]
+    if minute is not None:
+        labels = "e.labels::text" if postgresql else "e.labels"
+        sql += _MINUTE_SQL.format(labels=labels)
+        bounds: list[Any] = [minute.start, minute.end]
+        if not postgresql:
+            bounds = [connection.ops.adapt_datetimefield_value(bound) for bound in bounds]
+        params += [account_param, *bounds]
+    if reservations:
+        sql += _RESERVED_SQL
+        params += [account_param, now if postgresql else as_db(now)]
+    return sql, params
+
+
+def _lines_parse(
+    rows: Iterable[Sequence[Any]], lines: Sequence[Line]
+) -> tuple[list[LineFigures], list[int]]:
+    """What ``_lines_read`` returns, from the rows of ``_lines_statement``."""
+    used = [0] * len(lines)
+    extension = [0] * len(lines)
+    minute_sums: list[tuple[str, dict[str, str], int]] = []
+    held: list[tuple[str, dict[str, str], int]] = []
+    for index, metric, labels, total, granted in rows:
+        if index == MINUTE_ROWS:
+            minute_sums.append((metric, json.loads(labels) if labels else {}, int(total)))
+        elif index == RESERVED_ROWS:
+            held.append((metric, labels_from_key(labels), int(total)))
+        else:
+            used[int(index)] = int(total or 0)
+            extension[int(index)] = int(granted or 0)
+    for index, line in enumerate(lines):
+        if line.period == PeriodKind.MINUTE:
+            used[index] = _matching(minute_sums, line)
+    reserved = [_matching(held, line) if held else 0 for line in lines]
+    figures = [LineFigures(used_milli=u, extension=x) for u, x in zip(used, extension, strict=True)]
+    return figures, reserved
+
+
+# A statement's rows as one JSON text, so that it can be read as a column of another: its
+# columns are named ``c1`` to ``cN``.
+_AS_JSON_ROWS = {
+    "postgresql": "(SELECT json_agg(json_build_array({columns}))::text FROM ({sql}) AS q)",
+    "sqlite": "(SELECT json_group_array(json_array({columns})) FROM ({sql}) AS q)",
+}
+
+
+def _as_json_rows(sql: str, params: list[Any], columns: int) -> tuple[str, list[Any]]:
+    names = ", ".join(f"q.c{number}" for number in range(1, columns + 1))
+    return _AS_JSON_ROWS[connection.vendor].format(columns=names, sql=sql), params
+
+
+def _matching(groups: list[tuple[str, dict[str, str], int]], line: Line) -> int:
+    """The sum of the ``(metric, labels, total)`` groups that ``line`` counts."""
+    return sum(
+        total
+        for metric, labels, total in groups
+        if metric == line.metric and labels_match(line=line.labels, event=labels)
+    )
 
 
 def _lines_windows(items: Sequence[tuple[Account, Line]], now: datetime) -> list[Window]:
@@ -389,11 +609,11 @@ def accounts_lines_figures(
                 e=window.end.astimezone(zone).date().isoformat(),
             )
         wanted.append(item)
-    sql = _LINES_SQL.format(wanted=_LINES_WANTED[vendor])
+    sql = _ACCOUNTS_LINES_SQL.format(wanted=_ACCOUNTS_LINES_WANTED[vendor])
     params: list[Any] = [json.dumps(wanted)]
     if minute is not None:
         labels = "e.labels::text" if vendor == "postgresql" else "e.labels"
-        sql += _MINUTE_SQL.format(labels=labels, accounts=_MINUTE_ACCOUNTS[vendor])
+        sql += _ACCOUNTS_MINUTE_SQL.format(labels=labels, accounts=_MINUTE_ACCOUNTS[vendor])
         ids = sorted(minute_accounts)
         bounds = [minute.start, minute.end]
         if vendor != "postgresql":
@@ -894,40 +1114,226 @@ def account_lines_usage(
     ``metric`` keeps the lines of that metric; ``labels`` keeps those that apply to usage
     carrying these labels (SPEC 11.4: the line's labels are contained in them). Stored
     thresholds of an account that is not Enterprise are kept but not in force, as for the
-    monthly limits.
+    monthly limits. Two queries: the lines (``accounts.selectors.account_with_lines``),
+    then every line's usage and extensions (``lines_figures``, the monthly lines'
+    extensions as ``usage_for`` reads them).
     """
+    found = account_with_lines(account_id=account.pk)
+    lines = [] if found is None else found[1]
+    return _lines_usage(
+        account=account, lines=lines, metric=metric, labels=labels, now=now, reservations=False
+    )
+
+
+def _lines_usage(
+    *,
+    account: Account,
+    lines: Sequence[LimitLine],
+    metric: str | None,
+    labels: Mapping[str, str] | None,
+    now: datetime | None,
+    reservations: bool,
+) -> list[LineUsage]:
+    """``lines`` of ``account`` kept by ``metric`` and ``labels`` (see
+    ``account_lines_usage``), each with its figures, in one query."""
     now = now or timezone.now()
-    period = current_period(account, now)
-    monthly = {usage.metric: usage for usage in account_usage(account=account, period=period)}
-    # The usage statement read the monthly thresholds with the usage (those in force: none
-    # for an account that is not Enterprise), so they are not read a second time.
-    thresholds = {name: (usage.warning, usage.blocked) for name, usage in monthly.items()}
-    lines = [
+    kept, windows = _lines_kept(account=account, lines=lines, metric=metric, labels=labels, now=now)
+    figures, reserved = _lines_read(
+        account=account,
+        lines=kept,
+        windows=windows,
+        now=now,
+        monthly_extensions=True,
+        reservations=reservations,
+    )
+    return _lines_built(account, kept, windows, figures, reserved)
+
+
+def _lines_kept(
+    *,
+    account: Account,
+    lines: Sequence[LimitLine],
+    metric: str | None,
+    labels: Mapping[str, str] | None,
+    now: datetime,
+) -> tuple[list[LimitLine], list[Window]]:
+    """The lines of ``metric`` that apply to ``labels`` (all by default), with their windows."""
+    zone = account.zone
+    kept = [
         line
-        for line in limit_lines(account=account, monthly=thresholds)
+        for line in lines
         if (metric is None or line.metric == metric)
         and (labels is None or labels_match(line=line.labels, event=labels))
     ]
-    scoped = [line for line in lines if line.scoped_limit_id is not None]
-    scoped_figures = iter(lines_figures(account=account, lines=scoped, now=now))
+    return kept, [line_window(line=line, zone=zone, now=now) for line in kept]
+
+
+def _lines_built(
+    account: Account,
+    lines: Sequence[LimitLine],
+    windows: Sequence[Window],
+    figures: Sequence[LineFigures],
+    reserved: Sequence[int],
+) -> list[LineUsage]:
+    # The monthly lines' thresholds are those in force already (``account_with_lines``).
     in_force = account.is_enterprise
-    result = []
-    for line in lines:
-        if line.scoped_limit_id is None:
-            usage = monthly[line.metric]
-        else:
-            figures = next(scoped_figures)
-            usage = MetricUsage(
+    return [
+        LineUsage(
+            line=line,
+            window=window,
+            usage=MetricUsage(
                 account_id=account.pk,
                 metric=line.metric,
-                used_milli=figures.used_milli,
-                warning=line.warning if in_force else None,
-                blocked=line.blocked if in_force else None,
-                extension=figures.extension,
+                used_milli=figure.used_milli,
+                warning=line.warning if in_force or line.scoped_limit_id is None else None,
+                blocked=line.blocked if in_force or line.scoped_limit_id is None else None,
+                extension=figure.extension,
+            ),
+            reserved_milli=held,
+        )
+        for line, window, figure, held in zip(lines, windows, figures, reserved, strict=True)
+    ]
+
+
+# --- One statement for a read of an account's lines (capacities, the pre-flight) ---
+#
+# Each process remembers, per account, the time zone, plan and lines it last read. A read
+# computes the windows from them and sends, in one statement, the account with its current
+# lines and the figures of the remembered ones; the figures are used only when what the
+# statement read of the account is what was remembered (in the same snapshot), else they
+# are read again for the lines just read (a second statement). So the memory saves a round
+# trip and is never trusted: a change made anywhere shows in the next read.
+
+
+@dataclass(frozen=True)
+class _Remembered:
+    timezone: str
+    plan: str
+    lines: tuple[LimitLine, ...]
+
+
+_remembered: dict[uuid.UUID, _Remembered] = {}
+# A bound on the memory (about 6 kB an account with 13 lines): past it, all is forgotten.
+MAX_REMEMBERED = 1_000
+
+
+def _remember(account_id: uuid.UUID, entry: _Remembered) -> None:
+    if len(_remembered) >= MAX_REMEMBERED:
+        _remembered.clear()
+    _remembered[account_id] = entry
+
+
+# The local month of an instant in any time zone in use (UTC-12 to UTC+14) is the month
+# of that instant in one of these two: at most two months to read before the zone is known.
+_EDGE_ZONES = (WESTERNMOST_ZONE, ZoneInfo("Etc/GMT-14"))
+
+
+def account_usage_current(
+    *, account_id: uuid.UUID, period_code: str | None = None, now: datetime | None = None
+) -> tuple[Account, Period, list[MetricUsage]] | None:
+    """The account with this id, its month ``period_code`` (``YYYY-MM``; the current period
+    by default) in its time zone, and ``account_usage`` in it; ``None`` when there is no
+    such account, ``ValueError`` for a bad code (once the account is known to exist).
+
+    One statement: the account with the usage of each month its period may be before its
+    time zone is read (the current month in any zone is one of two, ``_EDGE_ZONES``);
+    the one of its zone is kept.
+    """
+    now = now or timezone.now()
+    if period_code is None:
+        candidates = {period_containing(now, zone).code: None for zone in _EDGE_ZONES}
+    else:
+        try:
+            period_from_code(period_code, UTC)
+        except ValueError:
+            if not Account.objects.filter(pk=account_id).exists():
+                return None
+            raise
+        candidates = {period_code: None}
+    annotations = {}
+    for number, code in enumerate(candidates):
+        sql, params = _usage_statement(
+            set(itertools.product([account_id], METRICS)),
+            {account_id: period_from_code(code, UTC)},
+        )
+        annotations[f"usage_rows_{number}"] = _as_json_rows(sql, params, 6)
+    account = account_with_columns(account_id=account_id, columns=annotations)
+    if account is None:
+        return None
+    rows = {
+        code: json.loads(account.__dict__.pop(f"usage_rows_{number}") or "[]")
+        for number, code in enumerate(candidates)
+    }
+    zone = account.zone
+    if period_code is None:
+        period = period_containing(now, zone)
+    else:
+        period = period_from_code(period_code, zone)
+    if period.code in rows:
+        found = _usage_parse(rows[period.code], {account_id: period})
+    else:  # a time zone beyond those in use today
+        found = _usage_rows(set(itertools.product([account_id], METRICS)), {account_id: period})
+    usage = [
+        MetricUsage(
+            account_id=account_id,
+            metric=metric,
+            used_milli=found[(account_id, metric)][0],
+            warning=found[(account_id, metric)][2],
+            blocked=found[(account_id, metric)][3],
+            extension=found[(account_id, metric)][1],
+        )
+        for metric in METRICS
+    ]
+    return account, period, usage
+
+
+def account_lines_current(
+    *,
+    account_id: uuid.UUID,
+    metric: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    now: datetime | None = None,
+) -> tuple[Account, list[LineUsage]] | None:
+    """The account with this id and ``account_lines_with_reservations`` of it; ``None``
+    when there is no such account. One statement, or two when the account's time zone,
+    plan or lines changed since this process last read them (see above)."""
+    now = now or timezone.now()
+    annotations = account_lines_annotations()
+    remembered = _remembered.get(account_id)
+    guess: tuple[list[LimitLine], list[Window]] | None = None
+    if remembered is not None:
+        guessed = Account(pk=account_id, timezone=remembered.timezone, plan=remembered.plan)
+        guess = _lines_kept(
+            account=guessed, lines=remembered.lines, metric=metric, labels=labels, now=now
+        )
+        if guess[0]:
+            sql, params = _lines_statement(
+                account_id=account_id,
+                zone=guessed.zone,
+                lines=guess[0],
+                windows=guess[1],
+                now=now,
+                monthly_extensions=True,
+                reservations=True,
             )
-        window = line_window(line=line, zone=account.zone, now=now)
-        result.append(LineUsage(line=line, window=window, usage=usage))
-    return result
+            annotations["lines_figures"] = _as_json_rows(sql, params, 5)
+    account = account_with_columns(account_id=account_id, columns=annotations)
+    if account is None:
+        _remembered.pop(account_id, None)
+        return None
+    rows = json.loads(getattr(account, "lines_figures", None) or "[]")
+    if hasattr(account, "lines_figures"):
+        del account.lines_figures
+    lines = account_lines_of(account)
+    read = _Remembered(timezone=account.timezone, plan=account.plan, lines=tuple(lines))
+    if guess is not None and remembered == read:
+        kept, windows = guess
+        figures, reserved = _lines_parse(rows, kept)
+        return account, _lines_built(account, kept, windows, figures, reserved)
+    _remember(account.pk, read)
+    return account, _lines_usage(
+        account=account, lines=lines, metric=metric, labels=labels, now=now, reservations=True
+    )
 
 
 def accounts_scoped_lines_usage(
@@ -1035,8 +1441,8 @@ def _lines_filter(keys: set[tuple[str, str]]) -> Q:
 def account_lines_steps(*, account: Account, now: datetime | None = None) -> list[LineSteps]:
     """Every limit line of ``account`` (``account_lines_usage``) with its usage per step.
 
-    At most six queries whatever the number of lines, days or events: the lines and their
-    figures (``account_lines_usage``, four), then the day counters of every line charted
+    At most four queries whatever the number of lines, days or events: the lines and their
+    figures (``account_lines_usage``, two), then the day counters of every line charted
     per day, and the hour counters of every ``day`` line (one query each).
     """
     now = now or timezone.now()
@@ -1146,14 +1552,7 @@ def lines_reserved_milli(*, account: Account, lines: Sequence[Line], now: dateti
         .order_by()
     )
     groups = [(metric, labels_from_key(key), int(total)) for metric, key, total in held]
-    return [
-        sum(
-            total
-            for metric, labels, total in groups
-            if metric == line.metric and labels_match(line=line.labels, event=labels)
-        )
-        for line in lines
-    ]
+    return [_matching(groups, line) for line in lines]
 
 
 def account_lines_with_reservations(
@@ -1164,14 +1563,13 @@ def account_lines_with_reservations(
     now: datetime | None = None,
 ) -> list[LineUsage]:
     """``account_lines_usage``, each line with what active reservations hold on it at
-    ``now``: the lines that ``check``, ``capacities`` and reservations answer with."""
-    now = now or timezone.now()
-    lines = account_lines_usage(account=account, metric=metric, labels=labels, now=now)
-    reserved = lines_reserved_milli(account=account, lines=[line.line for line in lines], now=now)
-    return [
-        dataclasses.replace(line, reserved_milli=held)
-        for line, held in zip(lines, reserved, strict=True)
-    ]
+    ``now``: the lines that ``check``, ``capacities`` and reservations answer with. Two
+    queries: the lines, then their figures and the reservations together."""
+    found = account_with_lines(account_id=account.pk)
+    lines = [] if found is None else found[1]
+    return _lines_usage(
+        account=account, lines=lines, metric=metric, labels=labels, now=now, reservations=True
+    )
 
 
 def reservation_get(*, account: Account, reservation_id: str) -> Reservation | None:

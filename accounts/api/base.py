@@ -103,13 +103,17 @@ def _uuid_or_none(value: object) -> uuid.UUID | None:
         return None
 
 
-def account_get_or_404(account_id: str) -> Account:
-    """The account with this id; a malformed id is as unknown as a missing one (404)."""
+def account_id_or_404(account_id: str) -> uuid.UUID:
+    """The account id in a route; a malformed id is as unknown as a missing one (404)."""
     try:
-        pk = uuid.UUID(account_id)
+        return uuid.UUID(account_id)
     except ValueError:
         raise exceptions.NotFound(_("Account not found.")) from None
-    account = Account.objects.filter(pk=pk).first()
+
+
+def account_get_or_404(account_id: str) -> Account:
+    """The account with this id; a malformed id is as unknown as a missing one (404)."""
+    account = Account.objects.filter(pk=account_id_or_404(account_id)).first()
     if account is None:
         raise exceptions.NotFound(_("Account not found."))
     return account

@@ -19,7 +19,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.api.base import ErrorSerializer, ModelPermissions, account_get_or_404
+from accounts.api.base import (
+    ErrorSerializer,
+    ModelPermissions,
+    account_get_or_404,
+    account_id_or_404,
+)
 from accounts.labels import labels_parse
 from accounts.metrics import METRICS
 from accounts.models import Account
@@ -52,15 +57,14 @@ from usage.periods import (
     FIRST_PERIOD_CODE,
     LAST_PERIOD_CODE,
     PERIOD_PATTERN,
-    period_from_code,
 )
 from usage.quantities import quantity_number
 from usage.selectors import (
     LineUsage,
     MetricUsage,
+    account_lines_current,
     account_lines_with_reservations,
-    account_usage,
-    current_period,
+    account_usage_current,
     line_period_data,
     reservation_get,
     worst_status,
@@ -166,23 +170,22 @@ class AccountUsageView(AccountScopedView):
         responses={200: AccountUsageSerializer, **ACCOUNT_ERRORS},
     )
     def get(self, request: Request, id: str) -> Response:
-        account = self.get_account(id)
-        code = request.query_params.get("period")
-        if code is None:
-            period = current_period(account)
-        else:
-            try:
-                period = period_from_code(code, account.zone)
-            except ValueError:
-                raise ValidationError(
-                    {
-                        "period": [
-                            _("Expected a month from %(first)s to %(last)s, as YYYY-MM.")
-                            % {"first": FIRST_PERIOD_CODE, "last": LAST_PERIOD_CODE}
-                        ]
-                    }
-                ) from None
-        metrics = account_usage(account=account, period=period)
+        try:
+            found = account_usage_current(
+                account_id=account_id_or_404(id), period_code=request.query_params.get("period")
+            )
+        except ValueError:
+            raise ValidationError(
+                {
+                    "period": [
+                        _("Expected a month from %(first)s to %(last)s, as YYYY-MM.")
+                        % {"first": FIRST_PERIOD_CODE, "last": LAST_PERIOD_CODE}
+                    ]
+                }
+            ) from None
+        if found is None:
+            raise NotFound(_("Account not found."))
+        account, period, metrics = found
         return Response(
             {
                 "account": account.pk,
@@ -228,28 +231,16 @@ class UsageCheckView(AccountScopedView):
         },
     )
     def post(self, request: Request, id: str) -> Response:
-        account = self.get_account(id)
-        payload = request.data
-        if not isinstance(payload, dict):
-            raise ValidationError({"non_field_errors": [_("Expected an object.")]})
-        unknown = unknown_fields(payload, CHECK_FIELDS)
-        if unknown:
-            raise ValidationError(unknown)
-        metric, error = parse_metric(payload.get("metric"))
-        if error:
-            raise ValidationError({"metric": [error]})
-        quantity = payload.get("quantity")
-        quantity_milli = 0
-        if quantity is not None:
-            quantity_milli, error = parse_quantity(
-                quantity, METRICS[metric].decimal_places, allow_zero=True
-            )
-            if error:
-                raise ValidationError({"quantity": [error]})
-        labels, error = labels_parse(payload.get("labels"))
-        if error:
-            raise ValidationError({"labels": error})
-        lines = account_lines_with_reservations(account=account, metric=metric, labels=labels)
+        account_id = account_id_or_404(id)
+        try:
+            metric, quantity_milli, labels = _check_parse(request.data)
+        except ValidationError:
+            account_get_or_404(id)  # an unknown account is a 404 whatever the body
+            raise
+        found = account_lines_current(account_id=account_id, metric=metric, labels=labels)
+        if found is None:
+            raise NotFound(_("Account not found."))
+        lines = found[1]
         monthly = next(line.usage for line in lines if line.is_whole_metric_month)
         remaining = [line.remaining_milli for line in lines if line.remaining_milli is not None]
         return Response(
@@ -273,6 +264,30 @@ class UsageCheckView(AccountScopedView):
                 ],
             }
         )
+
+
+def _check_parse(payload: Any) -> tuple[str, int, dict[str, str]]:
+    """The pre-flight's metric, quantity in thousandths and labels; ``ValidationError``."""
+    if not isinstance(payload, dict):
+        raise ValidationError({"non_field_errors": [_("Expected an object.")]})
+    unknown = unknown_fields(payload, CHECK_FIELDS)
+    if unknown:
+        raise ValidationError(unknown)
+    metric, error = parse_metric(payload.get("metric"))
+    if error:
+        raise ValidationError({"metric": [error]})
+    quantity = payload.get("quantity")
+    quantity_milli = 0
+    if quantity is not None:
+        quantity_milli, error = parse_quantity(
+            quantity, METRICS[metric].decimal_places, allow_zero=True
+        )
+        if error:
+            raise ValidationError({"quantity": [error]})
+    labels, error = labels_parse(payload.get("labels"))
+    if error:
+        raise ValidationError({"labels": error})
+    return metric, quantity_milli, labels
 
 
 def _capacity_entry(line: LineUsage, account: Account) -> dict[str, Any]:
@@ -305,8 +320,10 @@ class CapacitiesView(AccountScopedView):
         responses={200: CapacitiesSerializer, **ACCOUNT_ERRORS},
     )
     def get(self, request: Request, id: str) -> Response:
-        account = self.get_account(id)
-        lines = account_lines_with_reservations(account=account)
+        found = account_lines_current(account_id=account_id_or_404(id))
+        if found is None:
+            raise NotFound(_("Account not found."))
+        account, lines = found
         return Response(
             {
                 "account": account.pk,

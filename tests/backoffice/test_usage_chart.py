@@ -356,7 +356,7 @@ def test_the_chart_costs_the_same_queries_whatever_the_days_and_the_events(
         counts = steps_queries(few), steps_queries(many)
         lines = account_lines_steps(account=many)
     # then: the lines, the day counters, the hour counters
-    assert counts == (5, 5)
+    assert counts == (4, 4)
     assert [line.used[-1] for line in lines if line.used] == [
         0,
         0,

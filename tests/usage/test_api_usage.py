@@ -269,8 +269,9 @@ def test_reading_usage_costs_the_same_queries_at_any_volume(
     account = AccountFactory()
     LimitFactory(account=account)
     service_client.get(usage_url(account))
-    # token + permissions + account + usage (counters, extensions and limits in one)
-    with django_assert_num_queries(4):
+    # token + permissions + the account with its usage (counters, extensions and limits),
+    # in one statement once this process knows the account's time zone
+    with django_assert_num_queries(3):
         service_client.get(usage_url(account))
     # 500 events spread evenly over the part of the current period already past, so they
     # lie in the period and never in the future, on its first minute as on its last day.
@@ -290,6 +291,6 @@ def test_reading_usage_costs_the_same_queries_at_any_volume(
             ]
         }
     )
-    with django_assert_num_queries(4):
+    with django_assert_num_queries(3):
         response = service_client.get(usage_url(account))
     assert response.json()["metrics"][2]["used"] == 500
