@@ -34,7 +34,7 @@ ROUNDS = 6
 def slow_usage_reads(monkeypatch) -> None:
     """Every read of the monthly lines and of the scoped lines waits 50 ms first."""
     usage_for = backoffice.services.usage_for
-    lines_usage = notifications.services.account_lines_usage
+    lines_usage = notifications.services.accounts_scoped_lines_usage
 
     def slow_usage_for(**kwargs):
         time.sleep(0.05)
@@ -46,7 +46,7 @@ def slow_usage_reads(monkeypatch) -> None:
 
     monkeypatch.setattr(backoffice.services, "usage_for", slow_usage_for)
     monkeypatch.setattr(notifications.services, "usage_for", slow_usage_for)
-    monkeypatch.setattr(notifications.services, "account_lines_usage", slow_lines_usage)
+    monkeypatch.setattr(notifications.services, "accounts_scoped_lines_usage", slow_lines_usage)
 
 
 def account_with_monthly_and_daily_lines():
