@@ -7,6 +7,8 @@ One function per e-mail; each message is rendered in its recipient's language.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from anymail.message import AnymailMessage
 from django.conf import settings
 from django.template.loader import render_to_string
@@ -78,53 +80,15 @@ def threshold_message(*, notification: Notification, delivery: Delivery) -> Anym
     restored notice: ``restored_message``)."""
     if notification.level == NoticeLevel.RESTORED:
         return restored_message(notification=notification, delivery=delivery)
-    account = notification.account
-    name = _TEMPLATES.get(notification.level, "threshold_reached")
-    with override(delivery.language):
+
+    def context_of(*, notification: Notification, account: Account) -> dict[str, object]:
         context = threshold_context(notification=notification, account=account)
         if notification.level == NoticeLevel.FORECAST:
             context |= forecast_context(notification=notification, account=account)
-        subject = _single_line(render_to_string(f"emails/{name}.subject.txt", context))
-        text = render_to_string(f"emails/{name}.txt", context)
-        html = render_to_string(f"emails/{name}.html", context)
-    used = quantity_number(notification.used_milli, notification.metric)
-    headers = {
-        f"{HEADER_PREFIX}Account": str(account.pk),
-        f"{HEADER_PREFIX}Account-External-Id": _single_line(account.external_id),
-        f"{HEADER_PREFIX}Metric": notification.metric,
-        f"{HEADER_PREFIX}Level": notification.level,
-        f"{HEADER_PREFIX}Period": notification.period_code,
-        f"{HEADER_PREFIX}Period-Kind": notification.period_kind,
-        f"{HEADER_PREFIX}Threshold": str(notification.threshold),
-        f"{HEADER_PREFIX}Used": str(used),
-    }
-    if notification.projected_at is not None:
-        projected = notification.projected_at.astimezone(account.zone)
-        headers[f"{HEADER_PREFIX}Projected-At"] = projected.isoformat()
-    if notification.labels_key:
-        # Label values are plain characters (``accounts.labels``): nothing to fold.
-        headers[f"{HEADER_PREFIX}Labels"] = notification.labels_key
-    message = AnymailMessage(
-        subject=subject,
-        body=text,
-        from_email=settings.DEFAULT_FROM_EMAIL,
-        to=[delivery.email],
-        headers=headers,
-        # One tag: several providers (Postmark...) accept only one; metadata carries the rest.
-        tags=[f"usage-{notification.level}"],
-        metadata={
-            "account": str(account.pk),
-            "metric": notification.metric,
-            "level": notification.level,
-            "period": notification.period_code,
-            "period_kind": notification.period_kind,
-            "labels": notification.labels_key,
-            "notification": str(notification.pk),
-            "delivery": str(delivery.pk),
-        },
-    )
-    message.attach_alternative(html, "text/html")
-    return message
+        return context
+
+    name = _TEMPLATES.get(notification.level, "threshold_reached")
+    return _message(notification=notification, delivery=delivery, name=name, context_of=context_of)
 
 
 def _change_text(notification: Notification) -> str:
@@ -175,7 +139,7 @@ def restored_context(*, notification: Notification, account: Account) -> dict[st
 
 
 def _headers(notification: Notification, account: Account) -> dict[str, str]:
-    """The ``X-Usage-*`` headers of the line (SPEC 6 and 11.5)."""
+    """The ``X-Usage-*`` headers of the line (SPEC 6, 11.5 and 12.3)."""
     headers = {
         f"{HEADER_PREFIX}Account": str(account.pk),
         f"{HEADER_PREFIX}Account-External-Id": _single_line(account.external_id),
@@ -186,9 +150,53 @@ def _headers(notification: Notification, account: Account) -> dict[str, str]:
         f"{HEADER_PREFIX}Threshold": str(notification.threshold),
         f"{HEADER_PREFIX}Used": str(quantity_number(notification.used_milli, notification.metric)),
     }
+    if notification.projected_at is not None:
+        projected = notification.projected_at.astimezone(account.zone)
+        headers[f"{HEADER_PREFIX}Projected-At"] = projected.isoformat()
     if notification.labels_key:
+        # Label values are plain characters (``accounts.labels``): nothing to fold.
         headers[f"{HEADER_PREFIX}Labels"] = notification.labels_key
     return headers
+
+
+def _message(
+    *,
+    notification: Notification,
+    delivery: Delivery,
+    name: str,
+    context_of: Callable[..., dict[str, object]],
+) -> AnymailMessage:
+    """The e-mail of ``templates/emails/<name>.*`` for one delivery, in its language."""
+    account = notification.account
+    with override(delivery.language):
+        context = context_of(notification=notification, account=account)
+        subject = _single_line(render_to_string(f"emails/{name}.subject.txt", context))
+        text = render_to_string(f"emails/{name}.txt", context)
+        html = render_to_string(f"emails/{name}.html", context)
+    metadata = {
+        "account": str(account.pk),
+        "metric": notification.metric,
+        "level": notification.level,
+        "period": notification.period_code,
+        "period_kind": notification.period_kind,
+        "labels": notification.labels_key,
+        "notification": str(notification.pk),
+        "delivery": str(delivery.pk),
+    }
+    if notification.restores_id is not None:
+        metadata["restores"] = str(notification.restores_id)
+    message = AnymailMessage(
+        subject=subject,
+        body=text,
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        to=[delivery.email],
+        headers=_headers(notification, account),
+        # One tag: several providers (Postmark...) accept only one; metadata carries the rest.
+        tags=[f"usage-{notification.level}"],
+        metadata=metadata,
+    )
+    message.attach_alternative(html, "text/html")
+    return message
 
 
 def restored_message(*, notification: Notification, delivery: Delivery) -> AnymailMessage:
@@ -196,30 +204,9 @@ def restored_message(*, notification: Notification, delivery: Delivery) -> Anyma
     12.2). Headers as a threshold's, ``X-Usage-Level: restored``: ``X-Usage-Period`` and
     ``X-Usage-Threshold`` are those of the blocked notification it answers, ``X-Usage-Used``
     the line's usage when restored."""
-    account = notification.account
-    with override(delivery.language):
-        context = restored_context(notification=notification, account=account)
-        subject = _single_line(render_to_string("emails/restored.subject.txt", context))
-        text = render_to_string("emails/restored.txt", context)
-        html = render_to_string("emails/restored.html", context)
-    message = AnymailMessage(
-        subject=subject,
-        body=text,
-        from_email=settings.DEFAULT_FROM_EMAIL,
-        to=[delivery.email],
-        headers=_headers(notification, account),
-        tags=[f"usage-{notification.level}"],
-        metadata={
-            "account": str(account.pk),
-            "metric": notification.metric,
-            "level": notification.level,
-            "period": notification.period_code,
-            "period_kind": notification.period_kind,
-            "labels": notification.labels_key,
-            "notification": str(notification.pk),
-            "delivery": str(delivery.pk),
-            "restores": str(notification.restores_id),
-        },
+    return _message(
+        notification=notification,
+        delivery=delivery,
+        name="restored",
+        context_of=restored_context,
     )
-    message.attach_alternative(html, "text/html")
-    return message
