@@ -178,30 +178,12 @@ def limit_lines(
             )
         }
     )
-    lines = [
-        LimitLine(
-            metric=metric,
-            period=PeriodKind.MONTH,
-            window_days=None,
-            labels={},
-            warning=stored.get(metric, (None, None))[0],
-            blocked=stored.get(metric, (None, None))[1],
-        )
-        for metric in METRICS
-    ]
-    lines.extend(
-        LimitLine(
-            metric=row.metric,
-            period=PeriodKind(row.period),
-            window_days=row.window_days,
-            labels=dict(row.labels),
-            warning=row.warning,
-            blocked=row.blocked,
-            scoped_limit_id=row.pk,
-        )
-        for row in ScopedLimit.objects.filter(account=account).order_by("position", "id")
+    scoped = (
+        ScopedLimit.objects.filter(account=account)
+        .order_by("position", "id")
+        .values_list("id", "metric", "period", "window_days", "labels", "warning", "blocked")
     )
-    return lines
+    return _lines(stored, [list(row) for row in scoped])
 
 
 # An account's monthly limits and scoped limits, read with the account in the same query:
