@@ -23,7 +23,7 @@ from anymail.exceptions import AnymailError, AnymailRequestsAPIError
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from kombu.exceptions import OperationalError
@@ -36,7 +36,6 @@ from accounts.models import (
     Level,
     Plan,
     Recipient,
-    ScopedLimit,
     validate_recipient_email,
 )
 from accounts.selectors import LimitLine
@@ -59,6 +58,7 @@ from .forecasts import Forecast, forecasts_insert, forecasts_of
 from .hooks import webhook_deliveries_create, webhook_deliveries_recover, webhook_deliveries_send
 from .models import SUB_DAY_KINDS, Delivery, EarlyTrackingEvent, Notification
 from .outbox import publish_later
+from .selectors import sweep_read
 
 logger = logging.getLogger(__name__)
 
@@ -512,11 +512,13 @@ def thresholds_evaluate(
 ) -> list[int]:
     """Record every crossing not yet notified; returns the ids of the notifications created.
 
-    Every line is looked at over its current window: the whole-metric monthly lines read in
-    one query (``usage_for``) whatever the number of accounts, then the scoped lines of
-    accounts that have some (``accounts_scoped_lines_usage``, two queries). The sweep (and
-    ``evaluate_thresholds``) also looks at the whole-metric month that just closed, during
-    ``NOTIFICATIONS_CLOSED_PERIOD_GRACE`` (a crossing reached before the end whose
+    Every line is looked at over its current window, in a few queries whatever the number
+    of accounts (``notifications.selectors.sweep_read``): the database sums every line's
+    counters and hands back only the lines past a threshold whose crossing the ledger
+    lacks (rolling lines past a threshold, whose period start is found after), and, for
+    the sweep and ``evaluate_thresholds``, the ``month`` and ``week`` lines that may be due
+    a forecast (SPEC 12.3). These also look at the whole-metric month that just closed,
+    during ``NOTIFICATIONS_CLOSED_PERIOD_GRACE`` (a crossing reached before the end whose
     recording was lost); scoped lines whose window closed are not looked at again (see
     ``docs/how-it-works.md``). ``after_limit_change``: called inside the transaction that
     changed limits or extensions; takes the usage locks first, so that usage recorded
@@ -527,41 +529,53 @@ def thresholds_evaluate(
     from .restored import restored_notices_record  # it builds on this module
 
     now = now or timezone.now()
+    ids = None if account_ids is None else list(account_ids)
     # Only Enterprise accounts are limited: others keep their limits, inactive.
     accounts = Account.objects.filter(is_active=True, plan=Plan.ENTERPRISE)
-    if account_ids is not None:
-        accounts = accounts.filter(pk__in=list(account_ids))
-    periods = {
-        pk: period_containing(now, ZoneInfo(tz))
-        for pk, tz in accounts.filter(limits__isnull=False).values_list("id", "timezone").distinct()
-    }
-    scoped = list(accounts.filter(pk__in=ScopedLimit.objects.values("account_id")).order_by("pk"))
-    if not periods and not scoped:
-        # No line is left to cross, but a line removed or cleared may restore (SPEC 12.2).
-        with transaction.atomic():
-            return restored_notices_record(accounts=accounts, now=now)
+    if ids is not None:
+        accounts = accounts.filter(pk__in=ids)
     with transaction.atomic():
         if after_limit_change:
-            locked = sorted(set(periods) | {account.pk for account in scoped})
+            locked = sorted(accounts.values_list("pk", flat=True))
             usage_lock(pairs=[(pk, metric) for pk in locked for metric in METRICS])
-        usages = usage_for(periods=periods)
-        reached = [u for u in usages.values() if u.status != Status.OK]
-        read = accounts_scoped_lines_usage(accounts=scoped, now=now)
-        lines = scoped_lines_reached(accounts=scoped, now=now, read=read)
-        created = crossings_record(usages=reached, lines=lines, now=now)
+        read = sweep_read(account_ids=ids, now=now)
+        reached = [u for u in read.usages if u.status != Status.OK]
+        lines = scoped_lines_reached(accounts=read.lines, now=now, read=read.lines)
+        zones = {pk: period.zone for pk, period in read.periods.items()}
+        created = crossings_record(usages=reached, lines=lines, now=now, zones=zones)
         if not after_limit_change:
             # From the figures just read: a forecast costs the sweep no query per account.
             created += forecasts_record(
                 forecasts=forecasts_of(
-                    usages=usages.values(), periods=periods, lines=read, now=now
+                    usages=read.usages, periods=read.periods, lines=read.lines, now=now
                 ),
                 now=now,
             )
-        if not after_limit_change and periods:
-            created += _crossings_insert(_closed_period_crossings(periods, now), now)
+            closed = _closed_periods(accounts=accounts, zones=read.zones, now=now)
+            if closed:
+                created += _crossings_insert(_closed_period_crossings(closed, now), now)
         # Blocked lines no longer blocked, after the crossings (SPEC 12.2).
         created += restored_notices_record(accounts=accounts, now=now)
     return created
+
+
+def _closed_periods(
+    *, accounts: QuerySet[Account], zones: Iterable[str], now: datetime
+) -> dict[uuid.UUID, Period]:
+    """The current period of each account with limits whose period started less than
+    ``NOTIFICATIONS_CLOSED_PERIOD_GRACE`` ago (``_closed_period_crossings`` looks at the one
+    before): no query unless one of ``zones`` (those of ``accounts``) is in that hour."""
+    grace = timedelta(seconds=settings.NOTIFICATIONS_CLOSED_PERIOD_GRACE)
+    periods = {name: period_containing(now, ZoneInfo(name)) for name in zones}
+    starting = {name: period for name, period in periods.items() if now < period.start + grace}
+    if not starting:
+        return {}
+    return {
+        pk: starting[name]
+        for pk, name in accounts.filter(limits__isnull=False, timezone__in=starting)
+        .values_list("id", "timezone")
+        .distinct()
+    }
 
 
 def forecasts_record(*, forecasts: list[Forecast], now: datetime) -> list[int]:
