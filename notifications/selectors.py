@@ -78,6 +78,7 @@ _SWEEP_SHAPES = {
     ),
 }
 # The accounts swept, beside "active and Enterprise": every one, or those of a list.
+_SWEEP_LABELS = {"postgresql": "jsonb", "sqlite": "text"}
 _SWEEP_ACCOUNTS = {
     "postgresql": " AND a.id = ANY(%s::uuid[])",
     "sqlite": " AND a.id IN (SELECT value FROM json_each(%s))",
@@ -120,8 +121,8 @@ scoped AS MATERIALIZED (
     AND (s.warning IS NOT NULL OR s.blocked IS NOT NULL)
 ),
 monthly AS MATERIALIZED (
-  SELECT NULL AS sid, m.account_id AS aid, a.timezone AS tz, m.metric AS metric,
-    w.p AS period, 0 AS days, '' AS lk, NULL AS labels, m.warning AS warning,
+  SELECT CAST(NULL AS bigint) AS sid, m.account_id AS aid, a.timezone AS tz, m.metric AS metric,
+    w.p AS period, 0 AS days, '' AS lk, CAST(NULL AS {{labels}}) AS labels, m.warning AS warning,
     m.blocked AS blocked, w.s AS ws, w.fc AS fc, w.el AS el, w.tot AS tot,
     COALESCE((SELECT SUM(c.quantity_milli) FROM {_COUNTER} c
               WHERE c.account_id = m.account_id AND c.metric = m.metric AND c.labels = ''
@@ -157,10 +158,10 @@ ORDER BY l.aid, l.sid
 # The shapes in use: the time zones of the accounts swept, and the kinds and days of the
 # scoped limits (every zone gets every shape: a handful of windows, computed in microseconds).
 _SHAPES_SQL = f"""
-SELECT DISTINCT 'z', a.timezone, NULL FROM {Account._meta.db_table} a
+SELECT DISTINCT 'z', a.timezone, CAST(NULL AS integer) FROM {Account._meta.db_table} a
 WHERE a.is_active AND a.plan = %s{{accounts}}
 UNION ALL
-SELECT DISTINCT 'p', s.period, s.window_days FROM {ScopedLimit._meta.db_table} s
+SELECT DISTINCT 'p', s.period, CAST(s.window_days AS integer) FROM {ScopedLimit._meta.db_table} s
 """
 # The accounts with a minute line and events in the current minute (the minute lines read
 # raw events, which only ``usage.selectors.accounts_lines_figures`` matches to labels).
@@ -247,7 +248,9 @@ def sweep_read(*, account_ids: Sequence[uuid.UUID] | None, now: datetime) -> Swe
     read = SweepRead(usages=[], periods={}, lines={}, zones=frozenset(zones))
     if not zones:
         return read
-    sql = _SWEEP_SQL.format(shapes=_SWEEP_SHAPES[vendor], accounts=accounts_sql)
+    sql = _SWEEP_SQL.format(
+        shapes=_SWEEP_SHAPES[vendor], accounts=accounts_sql, labels=_SWEEP_LABELS[vendor]
+    )
     params = [json.dumps(shapes), plan, *accounts_params, plan, *accounts_params]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
