@@ -25,21 +25,21 @@ notice at a period start for lines of a day or longer.
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models.functions import Coalesce
 
-from accounts.labels import labels_key
 from accounts.models import Account
 from accounts.windows import PeriodKind, window_containing
 from config.request_ids import current_correlation_id, current_request_id
-from usage.selectors import LineUsage, Status, account_lines_usage
+from usage.selectors import LineUsage, Status
 
 from .hooks import webhook_deliveries_create
 from .models import Delivery, NoticeLevel, Notification, RestoredReason
+from .selectors import blocked_lines_usage, notice_line_key
 from .services import notifications_publish, rolling_period_start
 
 logger = logging.getLogger(__name__)
@@ -51,8 +51,6 @@ PERIOD_START_KINDS = (PeriodKind.MONTH, PeriodKind.WEEK, PeriodKind.DAY)
 # for its longest length and any offset; a rolling run, the longest window and one more.
 _RECENT = timedelta(days=33)
 _RECENT_ROLLING = timedelta(days=368)
-
-LineKey = tuple[str, str, int, str]
 
 
 @dataclass(frozen=True)
@@ -66,38 +64,32 @@ class Restoration:
     used_milli: int
 
 
-def _line_key(metric: str, kind: str, days: int | None, labels: str) -> LineKey:
-    return (metric, kind, days or 0, labels)
-
-
 def _latest_unanswered(accounts: QuerySet[Account], now: datetime) -> list[Notification]:
     """Each line's latest blocked notification (e-mailed, not a test) that may still be
-    live, when no restored notice answers it yet."""
-    blocked = (
-        Notification.objects.filter(
-            account_id__in=accounts.values("pk"),
-            level=NoticeLevel.BLOCKED,
-            is_test=False,
-            recorded_only=False,
-        )
+    live, when no restored notice answers it yet: one query, which reads those alone."""
+    blocked = Notification.objects.filter(
+        level=NoticeLevel.BLOCKED, is_test=False, recorded_only=False
+    ).alias(days=Coalesce("window_days", 0))
+    later = blocked.filter(
+        Q(period_start__gt=OuterRef("period_start"))
+        | Q(period_start=OuterRef("period_start"), pk__gt=OuterRef("pk")),
+        account_id=OuterRef("account_id"),
+        metric=OuterRef("metric"),
+        period_kind=OuterRef("period_kind"),
+        days=Coalesce(OuterRef("window_days"), 0),
+        labels_key=OuterRef("labels_key"),
+    )
+    return list(
+        blocked.filter(account_id__in=accounts.values("pk"))
         .filter(
             Q(period_start__gte=now - _RECENT)
             | Q(period_kind=PeriodKind.ROLLING, period_start__gte=now - _RECENT_ROLLING)
         )
-        .annotate(answered=Exists(Notification.objects.filter(restores_id=OuterRef("pk"))))
+        .filter(~Exists(Notification.objects.filter(restores_id=OuterRef("pk"))))
+        .filter(~Exists(later))
         .select_related("account")
-        .order_by("account_id", "period_start", "pk")
+        .order_by("account_id", "pk")
     )
-    latest: dict[tuple[uuid.UUID, LineKey], Notification] = {}
-    for notification in blocked:
-        key = _line_key(
-            notification.metric,
-            notification.period_kind,
-            notification.window_days,
-            notification.labels_key,
-        )
-        latest[(notification.account_id, key)] = notification
-    return [n for n in latest.values() if not n.answered]
 
 
 def _is_live(blocked: Notification, now: datetime) -> bool:
@@ -203,29 +195,13 @@ def restored_notices_record(*, accounts: QuerySet[Account], now: datetime) -> li
     pending = _latest_unanswered(accounts, now)
     if not pending:
         return []
+    lines = blocked_lines_usage(notifications=pending, now=now)
     restorations = []
-    by_account: dict[uuid.UUID, list[Notification]] = {}
     for blocked in pending:
-        by_account.setdefault(blocked.account_id, []).append(blocked)
-    for account_id in sorted(by_account):
-        notices = by_account[account_id]
-        account = notices[0].account
-        lines = {
-            _line_key(
-                u.line.metric,
-                PeriodKind(u.line.period).value,
-                u.line.window_days,
-                labels_key(u.line.labels),
-            ): u
-            for u in account_lines_usage(account=account, now=now)
-        }
-        for blocked in sorted(notices, key=lambda n: n.pk):
-            key = _line_key(
-                blocked.metric, blocked.period_kind, blocked.window_days, blocked.labels_key
-            )
-            found = _restoration(blocked, lines.get(key), now)
-            if found is not None:
-                restorations.append(found)
+        line = lines.get((blocked.account_id, notice_line_key(blocked)))
+        found = _restoration(blocked, line, now)
+        if found is not None:
+            restorations.append(found)
     created = _insert(restorations, now)
     if not created:
         return []

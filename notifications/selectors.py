@@ -21,8 +21,10 @@ from usage.periods import Period, period_containing
 from usage.selectors import (
     LineUsage,
     MetricUsage,
+    accounts_lines_figures,
     accounts_scoped_lines_usage,
     line_period_start,
+    usage_for,
 )
 
 from .forecasts import FORECAST_AFTER_SHARE, FORECAST_KINDS
@@ -319,3 +321,91 @@ def _minute_accounts(accounts_sql: str, accounts_params: list[Any], now: datetim
     if not ids:
         return []
     return list(Account.objects.filter(pk__in=ids).order_by("pk"))
+
+
+# A line as the ledger names it: (metric, period kind, window days or 0, labels key).
+LineKey = tuple[str, str, int, str]
+
+
+def notice_line_key(notification: Notification) -> LineKey:
+    """The line ``notification`` is about."""
+    return (
+        notification.metric,
+        notification.period_kind,
+        notification.window_days or 0,
+        notification.labels_key,
+    )
+
+
+def blocked_lines_usage(
+    *, notifications: Sequence[Notification], now: datetime
+) -> dict[tuple[uuid.UUID, LineKey], LineUsage]:
+    """Where the line of each of ``notifications`` (with their ``account`` read) stands now,
+    over its current window, extensions included, by (account id, ``notice_line_key``);
+    a line the account no longer has is absent. At most three queries whatever the number
+    of notifications: the whole-metric monthly lines (``usage_for``), the scoped limits of
+    the accounts, their figures (``accounts_lines_figures``)."""
+    accounts = {n.account_id: n.account for n in notifications}
+    monthly = {
+        (n.account_id, n.metric)
+        for n in notifications
+        if n.period_kind == PeriodKind.MONTH and not n.labels_key
+    }
+    scoped = {
+        (n.account_id, notice_line_key(n))
+        for n in notifications
+        if not (n.period_kind == PeriodKind.MONTH and not n.labels_key)
+    }
+    found: dict[tuple[uuid.UUID, LineKey], LineUsage] = {}
+    if monthly:
+        periods = {pk: period_containing(now, accounts[pk].zone) for pk, _metric in monthly}
+        for (pk, metric), usage in usage_for(periods=periods, pairs=monthly).items():
+            line = LimitLine(
+                metric=metric,
+                period=PeriodKind.MONTH,
+                window_days=None,
+                labels={},
+                warning=usage.warning,
+                blocked=usage.blocked,
+            )
+            window = window_containing(kind=PeriodKind.MONTH, instant=now, zone=accounts[pk].zone)
+            found[(pk, (metric, PeriodKind.MONTH.value, 0, ""))] = LineUsage(
+                line=line, window=window, usage=usage
+            )
+    if not scoped:
+        return found
+    items: list[tuple[Account, LimitLine]] = []
+    keys: list[LineKey] = []
+    for limit in ScopedLimit.objects.filter(account_id__in={pk for pk, _key in scoped}).order_by(
+        "account_id", "position", "pk"
+    ):
+        key = (limit.metric, limit.period, limit.window_days or 0, limit.labels_key)
+        if (limit.account_id, key) in scoped:
+            line = LimitLine(
+                metric=limit.metric,
+                period=PeriodKind(limit.period),
+                window_days=limit.window_days,
+                labels=dict(limit.labels),
+                warning=limit.warning,
+                blocked=limit.blocked,
+                scoped_limit_id=limit.pk,
+            )
+            items.append((accounts[limit.account_id], line))
+            keys.append(key)
+    windows = [
+        window_containing(kind=line.period, instant=now, zone=account.zone, days=line.window_days)
+        for account, line in items
+    ]
+    figures = accounts_lines_figures(items=items, now=now, windows=windows)
+    for (account, line), key, window, figure in zip(items, keys, windows, figures, strict=True):
+        in_force = account.is_enterprise
+        usage = MetricUsage(
+            account_id=account.pk,
+            metric=line.metric,
+            used_milli=figure.used_milli,
+            warning=line.warning if in_force else None,
+            blocked=line.blocked if in_force else None,
+            extension=figure.extension,
+        )
+        found[(account.pk, key)] = LineUsage(line=line, window=window, usage=usage)
+    return found
