@@ -551,31 +551,31 @@ def thresholds_evaluate(
                 ),
                 now=now,
             )
-            closed = _closed_periods(accounts=accounts, zones=read.zones, now=now)
-            if closed:
-                created += _crossings_insert(_closed_period_crossings(closed, now), now)
+            created += closed_crossings_record(accounts=accounts, zones=read.zones, now=now)
         # Blocked lines no longer blocked, after the crossings (SPEC 12.2).
         created += restored_notices_record(accounts=accounts, now=now)
     return created
 
 
-def _closed_periods(
+def closed_crossings_record(
     *, accounts: QuerySet[Account], zones: Iterable[str], now: datetime
-) -> dict[uuid.UUID, Period]:
-    """The current period of each account with limits whose period started less than
-    ``NOTIFICATIONS_CLOSED_PERIOD_GRACE`` ago (``_closed_period_crossings`` looks at the one
-    before): no query unless one of ``zones`` (those of ``accounts``) is in that hour."""
+) -> list[int]:
+    """Record the crossings of the whole-metric month that just closed, for the accounts
+    with limits whose period started less than ``NOTIFICATIONS_CLOSED_PERIOD_GRACE`` ago
+    (``_closed_period_crossings``); returns the new notification ids. No query unless one
+    of ``zones`` (those of ``accounts``) is in that first hour."""
     grace = timedelta(seconds=settings.NOTIFICATIONS_CLOSED_PERIOD_GRACE)
     periods = {name: period_containing(now, ZoneInfo(name)) for name in zones}
     starting = {name: period for name, period in periods.items() if now < period.start + grace}
     if not starting:
-        return {}
-    return {
+        return []
+    closed = {
         pk: starting[name]
         for pk, name in accounts.filter(limits__isnull=False, timezone__in=starting)
         .values_list("id", "timezone")
         .distinct()
     }
+    return _crossings_insert(_closed_period_crossings(closed, now), now)
 
 
 def forecasts_record(*, forecasts: list[Forecast], now: datetime) -> list[int]:
