@@ -285,7 +285,8 @@ def data_create(accounts: int, today: date, lines: int) -> tuple[int, int]:
                     copy.write_row((account.pk, metric, labels, hour, local_day, milli, now))
                     count += 1
     with connection.cursor() as cursor:
-        for name in (table, hour_table, ScopedLimit._meta.db_table):
+        analyzed = (Account, Limit, ScopedLimit, UsageCounter, UsageHourCounter)
+        for name in (model._meta.db_table for model in analyzed):
             cursor.execute(f"VACUUM ANALYZE {name}")  # as autovacuum would have by now
     return len(rows), count
 
