@@ -15,7 +15,7 @@ A blocked notification is answered when its line is no longer blocked and it is 
   before the current one: the line ended that period blocked (any change that lifted the
   block then was answered then), and a new period started; or
 - the line is ``rolling`` and every local day since its run began, up to yesterday, ended
-  at or above its threshold (``rolling_period_start`` finds the same run): the window,
+  at or above its threshold (``rolling_period_starts`` finds the same run): the window,
   moved on at local midnight, or a change of limit, lifted the block.
 
 ``hour`` and ``minute`` lines are answered in their current period only: SPEC 12.2 sends a
@@ -25,8 +25,9 @@ notice at a period start for lines of a day or longer.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
@@ -40,7 +41,7 @@ from usage.selectors import LineUsage, Status
 from .hooks import webhook_deliveries_create
 from .models import Delivery, NoticeLevel, Notification, RestoredReason
 from .selectors import blocked_lines_usage, notice_line_key
-from .services import notifications_publish, rolling_period_start
+from .services import RollingRun, notifications_publish, rolling_period_starts
 
 logger = logging.getLogger(__name__)
 
@@ -92,23 +93,28 @@ def _latest_unanswered(accounts: QuerySet[Account], now: datetime) -> list[Notif
     )
 
 
-def _is_live(blocked: Notification, now: datetime) -> bool:
-    """Whether ``blocked`` belongs to the line's current stretch of blocking (see above)."""
+def _rolling_run(blocked: Notification, now: datetime) -> RollingRun:
+    """The run of ``blocked``'s rolling line as it stands today, at its threshold."""
+    assert blocked.window_days is not None
+    zone = blocked.account.zone
+    return RollingRun(
+        account_id=blocked.account_id,
+        metric=blocked.metric,
+        labels_key=blocked.labels_key,
+        days=blocked.window_days,
+        level=NoticeLevel.BLOCKED,
+        threshold=blocked.threshold,
+        today=window_containing(kind=PeriodKind.DAY, instant=now, zone=zone).local_start.date(),
+    )
+
+
+def _is_live(blocked: Notification, now: datetime, runs: Mapping[int, date]) -> bool:
+    """Whether ``blocked`` belongs to the line's current stretch of blocking (see above);
+    ``runs``: the period start of the run of each rolling one, by its id."""
     zone = blocked.account.zone
     kind = PeriodKind(blocked.period_kind)
     if kind == PeriodKind.ROLLING:
-        assert blocked.window_days is not None
-        today = window_containing(kind=PeriodKind.DAY, instant=now, zone=zone).local_start.date()
-        run = rolling_period_start(
-            account_id=blocked.account_id,
-            metric=blocked.metric,
-            labels_key=blocked.labels_key,
-            days=blocked.window_days,
-            level=NoticeLevel.BLOCKED,
-            threshold=blocked.threshold,
-            today=today,
-        )
-        return run == blocked.period
+        return runs[blocked.pk] == blocked.period
     current = window_containing(kind=kind, instant=now, zone=zone)
     if blocked.period_start == current.start:
         return True
@@ -116,15 +122,16 @@ def _is_live(blocked: Notification, now: datetime) -> bool:
 
 
 def _restoration(
-    blocked: Notification, line: LineUsage | None, now: datetime
+    blocked: Notification, line: LineUsage | None, now: datetime, runs: Mapping[int, date]
 ) -> Restoration | None:
-    """What answers ``blocked``, if its line is no longer blocked and it is live."""
+    """What answers ``blocked``, if its line is no longer blocked and it is live (``runs``:
+    see ``_is_live``)."""
     if line is None:
-        if not _is_live(blocked, now):
+        if not _is_live(blocked, now, runs):
             return None
         return Restoration(blocked, RestoredReason.REMOVED, None, 0)
     usage = line.usage
-    if usage.status == Status.BLOCKED or not _is_live(blocked, now):
+    if usage.status == Status.BLOCKED or not _is_live(blocked, now, runs):
         return None
     effective = usage.effective_blocked
     same_period = (
@@ -196,10 +203,19 @@ def restored_notices_record(*, accounts: QuerySet[Account], now: datetime) -> li
     if not pending:
         return []
     lines = blocked_lines_usage(notifications=pending, now=now)
+    line_of = {b.pk: lines.get((b.account_id, notice_line_key(b))) for b in pending}
+    # The runs of the rolling lines no longer blocked, all at once.
+    runs = {
+        b.pk: _rolling_run(b, now)
+        for b in pending
+        if b.period_kind == PeriodKind.ROLLING
+        and (line_of[b.pk] is None or line_of[b.pk].usage.status != Status.BLOCKED)
+    }
+    starts = rolling_period_starts(runs.values())
+    run_starts = {pk: starts[run] for pk, run in runs.items()}
     restorations = []
     for blocked in pending:
-        line = lines.get((blocked.account_id, notice_line_key(blocked)))
-        found = _restoration(blocked, line, now)
+        found = _restoration(blocked, line_of[blocked.pk], now, run_starts)
         if found is not None:
             restorations.append(found)
     created = _insert(restorations, now)
