@@ -172,12 +172,12 @@ SELECT DISTINCT 'p', s.period, CAST(s.window_days AS integer) FROM {ScopedLimit.
 # The accounts with a minute line and events in the current minute (the minute lines read
 # raw events, which only ``usage.selectors.accounts_lines_figures`` matches to labels).
 _MINUTE_ACCOUNTS_SQL = f"""
-SELECT DISTINCT e.account_id FROM {UsageEvent._meta.db_table} e
-WHERE e.occurred_at >= %s AND e.occurred_at < %s AND e.account_id IN (
-  SELECT s.account_id FROM {ScopedLimit._meta.db_table} s
-  JOIN {Account._meta.db_table} a ON a.id = s.account_id
-  WHERE a.is_active AND a.plan = %s{{accounts}} AND s.period = '{PeriodKind.MINUTE.value}'
-    AND (s.warning IS NOT NULL OR s.blocked IS NOT NULL))
+SELECT DISTINCT a.id, a.timezone FROM {UsageEvent._meta.db_table} e
+JOIN {Account._meta.db_table} a ON a.id = e.account_id
+WHERE e.occurred_at >= %s AND e.occurred_at < %s AND a.is_active AND a.plan = %s{{accounts}}
+  AND EXISTS (SELECT 1 FROM {ScopedLimit._meta.db_table} s
+              WHERE s.account_id = a.id AND s.period = '{PeriodKind.MINUTE.value}'
+                AND (s.warning IS NOT NULL OR s.blocked IS NOT NULL))
 """
 
 
@@ -303,7 +303,7 @@ def sweep_read(*, account_ids: Sequence[uuid.UUID] | None, now: datetime) -> Swe
             scoped_limit_id=sid,
         )
         read.lines.setdefault(account, []).append(LineUsage(line=line, window=window, usage=usage))
-    minute = [account for account in _minute_accounts(accounts_sql, accounts_params, now)]
+    minute = _minute_accounts(accounts_sql, accounts_params, now)
     if minute:
         minute_lines = accounts_scoped_lines_usage(
             accounts=minute, now=now, keep=lambda _account, line: line.period == PeriodKind.MINUTE
@@ -326,10 +326,11 @@ def _minute_accounts(accounts_sql: str, accounts_params: list[Any], now: datetim
             _MINUTE_ACCOUNTS_SQL.format(accounts=accounts_sql),
             [*bounds, Plan.ENTERPRISE.value, *accounts_params],
         )
-        ids = [uuid.UUID(str(pk)) for (pk,) in cursor.fetchall()]
-    if not ids:
-        return []
-    return list(Account.objects.filter(pk__in=ids).order_by("pk"))
+        rows = cursor.fetchall()
+    return [
+        Account(pk=uuid.UUID(str(pk)), timezone=name, plan=Plan.ENTERPRISE, is_active=True)
+        for pk, name in sorted(rows, key=lambda row: str(row[0]))
+    ]
 
 
 # A line as the ledger names it: (metric, period kind, window days or 0, labels key).
