@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -194,7 +194,14 @@ class SweepRead:
     zones: frozenset[str]
 
 
-def _shape(zone: ZoneInfo, kind: PeriodKind, days: int | None, now: datetime, as_db) -> dict:
+def _shape(
+    zone: ZoneInfo,
+    kind: PeriodKind,
+    days: int | None,
+    now: datetime,
+    as_db: Callable[[datetime], Any],
+) -> dict[str, Any]:
+    """The row of ``w`` (see above) for the lines of ``kind`` and ``days`` in ``zone``."""
     window = window_containing(kind=kind, instant=now, zone=zone, days=days)
     row: dict[str, Any] = {
         "wk": f"{zone.key}|{kind.value}|{days or 0}",
@@ -225,8 +232,8 @@ def _shape(zone: ZoneInfo, kind: PeriodKind, days: int | None, now: datetime, as
 def sweep_read(*, account_ids: Sequence[uuid.UUID] | None, now: datetime) -> SweepRead:
     """The lines of the active Enterprise accounts (of ``account_ids``, or all) that the sweep
     has something to do with (see ``SweepRead``), each over its current window, extensions
-    included: three queries whatever the number of accounts and lines, two more when a
-    minute line has events in the current minute."""
+    included: three queries whatever the number of accounts and lines (four on PostgreSQL,
+    see below), two more when a minute line has events in the current minute."""
     vendor = connection.vendor
     postgresql = vendor == "postgresql"
 
