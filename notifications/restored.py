@@ -15,7 +15,7 @@ A blocked notification is answered when its line is no longer blocked and it is 
   before the current one: the line ended that period blocked (any change that lifted the
   block then was answered then), and a new period started; or
 - the line is ``rolling`` and every local day since its run began, up to yesterday, ended
-  at or above its threshold (``rolling_period_start`` finds the same run): the window,
+  at or above its threshold (``rolling_period_starts`` finds the same run): the window,
   moved on at local midnight, or a change of limit, lifted the block.
 
 ``hour`` and ``minute`` lines are answered in their current period only: SPEC 12.2 sends a
@@ -25,22 +25,23 @@ notice at a period start for lines of a day or longer.
 from __future__ import annotations
 
 import logging
-import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models.functions import Coalesce
 
-from accounts.labels import labels_key
 from accounts.models import Account
 from accounts.windows import PeriodKind, window_containing
 from config.request_ids import current_correlation_id, current_request_id
-from usage.selectors import LineUsage, Status, account_lines_usage
+from usage.selectors import LineUsage, Status
 
 from .hooks import webhook_deliveries_create
 from .models import Delivery, NoticeLevel, Notification, RestoredReason
-from .services import notifications_publish, rolling_period_start
+from .selectors import blocked_lines_usage, notice_line_key
+from .services import RollingRun, notifications_publish, rolling_period_starts
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,6 @@ PERIOD_START_KINDS = (PeriodKind.MONTH, PeriodKind.WEEK, PeriodKind.DAY)
 # for its longest length and any offset; a rolling run, the longest window and one more.
 _RECENT = timedelta(days=33)
 _RECENT_ROLLING = timedelta(days=368)
-
-LineKey = tuple[str, str, int, str]
 
 
 @dataclass(frozen=True)
@@ -66,57 +65,56 @@ class Restoration:
     used_milli: int
 
 
-def _line_key(metric: str, kind: str, days: int | None, labels: str) -> LineKey:
-    return (metric, kind, days or 0, labels)
-
-
 def _latest_unanswered(accounts: QuerySet[Account], now: datetime) -> list[Notification]:
     """Each line's latest blocked notification (e-mailed, not a test) that may still be
-    live, when no restored notice answers it yet."""
-    blocked = (
-        Notification.objects.filter(
-            account_id__in=accounts.values("pk"),
-            level=NoticeLevel.BLOCKED,
-            is_test=False,
-            recorded_only=False,
-        )
+    live, when no restored notice answers it yet: one query, which reads those alone."""
+    blocked = Notification.objects.filter(
+        level=NoticeLevel.BLOCKED, is_test=False, recorded_only=False
+    ).alias(days=Coalesce("window_days", 0))
+    later = blocked.filter(
+        Q(period_start__gt=OuterRef("period_start"))
+        | Q(period_start=OuterRef("period_start"), pk__gt=OuterRef("pk")),
+        account_id=OuterRef("account_id"),
+        metric=OuterRef("metric"),
+        period_kind=OuterRef("period_kind"),
+        days=Coalesce(OuterRef("window_days"), 0),
+        labels_key=OuterRef("labels_key"),
+    )
+    return list(
+        blocked.filter(account_id__in=accounts.values("pk"))
         .filter(
             Q(period_start__gte=now - _RECENT)
             | Q(period_kind=PeriodKind.ROLLING, period_start__gte=now - _RECENT_ROLLING)
         )
-        .annotate(answered=Exists(Notification.objects.filter(restores_id=OuterRef("pk"))))
+        .filter(~Exists(Notification.objects.filter(restores_id=OuterRef("pk"))))
+        .filter(~Exists(later))
         .select_related("account")
-        .order_by("account_id", "period_start", "pk")
+        .order_by("account_id", "pk")
     )
-    latest: dict[tuple[uuid.UUID, LineKey], Notification] = {}
-    for notification in blocked:
-        key = _line_key(
-            notification.metric,
-            notification.period_kind,
-            notification.window_days,
-            notification.labels_key,
-        )
-        latest[(notification.account_id, key)] = notification
-    return [n for n in latest.values() if not n.answered]
 
 
-def _is_live(blocked: Notification, now: datetime) -> bool:
-    """Whether ``blocked`` belongs to the line's current stretch of blocking (see above)."""
+def _rolling_run(blocked: Notification, now: datetime) -> RollingRun:
+    """The run of ``blocked``'s rolling line as it stands today, at its threshold."""
+    assert blocked.window_days is not None
+    zone = blocked.account.zone
+    return RollingRun(
+        account_id=blocked.account_id,
+        metric=blocked.metric,
+        labels_key=blocked.labels_key,
+        days=blocked.window_days,
+        level=NoticeLevel.BLOCKED,
+        threshold=blocked.threshold,
+        today=window_containing(kind=PeriodKind.DAY, instant=now, zone=zone).local_start.date(),
+    )
+
+
+def _is_live(blocked: Notification, now: datetime, runs: Mapping[int, date]) -> bool:
+    """Whether ``blocked`` belongs to the line's current stretch of blocking (see above);
+    ``runs``: the period start of the run of each rolling one, by its id."""
     zone = blocked.account.zone
     kind = PeriodKind(blocked.period_kind)
     if kind == PeriodKind.ROLLING:
-        assert blocked.window_days is not None
-        today = window_containing(kind=PeriodKind.DAY, instant=now, zone=zone).local_start.date()
-        run = rolling_period_start(
-            account_id=blocked.account_id,
-            metric=blocked.metric,
-            labels_key=blocked.labels_key,
-            days=blocked.window_days,
-            level=NoticeLevel.BLOCKED,
-            threshold=blocked.threshold,
-            today=today,
-        )
-        return run == blocked.period
+        return runs[blocked.pk] == blocked.period
     current = window_containing(kind=kind, instant=now, zone=zone)
     if blocked.period_start == current.start:
         return True
@@ -124,15 +122,16 @@ def _is_live(blocked: Notification, now: datetime) -> bool:
 
 
 def _restoration(
-    blocked: Notification, line: LineUsage | None, now: datetime
+    blocked: Notification, line: LineUsage | None, now: datetime, runs: Mapping[int, date]
 ) -> Restoration | None:
-    """What answers ``blocked``, if its line is no longer blocked and it is live."""
+    """What answers ``blocked``, if its line is no longer blocked and it is live (``runs``:
+    see ``_is_live``)."""
     if line is None:
-        if not _is_live(blocked, now):
+        if not _is_live(blocked, now, runs):
             return None
         return Restoration(blocked, RestoredReason.REMOVED, None, 0)
     usage = line.usage
-    if usage.status == Status.BLOCKED or not _is_live(blocked, now):
+    if usage.status == Status.BLOCKED or not _is_live(blocked, now, runs):
         return None
     effective = usage.effective_blocked
     same_period = (
@@ -203,29 +202,22 @@ def restored_notices_record(*, accounts: QuerySet[Account], now: datetime) -> li
     pending = _latest_unanswered(accounts, now)
     if not pending:
         return []
+    lines = blocked_lines_usage(notifications=pending, now=now)
+    line_of = {b.pk: lines.get((b.account_id, notice_line_key(b))) for b in pending}
+    # The runs of the rolling lines no longer blocked, all at once.
+    runs = {
+        b.pk: _rolling_run(b, now)
+        for b in pending
+        if b.period_kind == PeriodKind.ROLLING
+        and (line_of[b.pk] is None or line_of[b.pk].usage.status != Status.BLOCKED)
+    }
+    starts = rolling_period_starts(runs.values())
+    run_starts = {pk: starts[run] for pk, run in runs.items()}
     restorations = []
-    by_account: dict[uuid.UUID, list[Notification]] = {}
     for blocked in pending:
-        by_account.setdefault(blocked.account_id, []).append(blocked)
-    for account_id in sorted(by_account):
-        notices = by_account[account_id]
-        account = notices[0].account
-        lines = {
-            _line_key(
-                u.line.metric,
-                PeriodKind(u.line.period).value,
-                u.line.window_days,
-                labels_key(u.line.labels),
-            ): u
-            for u in account_lines_usage(account=account, now=now)
-        }
-        for blocked in sorted(notices, key=lambda n: n.pk):
-            key = _line_key(
-                blocked.metric, blocked.period_kind, blocked.window_days, blocked.labels_key
-            )
-            found = _restoration(blocked, lines.get(key), now)
-            if found is not None:
-                restorations.append(found)
+        found = _restoration(blocked, line_of[blocked.pk], now, run_starts)
+        if found is not None:
+            restorations.append(found)
     created = _insert(restorations, now)
     if not created:
         return []

@@ -23,7 +23,7 @@ from anymail.exceptions import AnymailError, AnymailRequestsAPIError
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, Max, Q, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from kombu.exceptions import OperationalError
@@ -36,7 +36,6 @@ from accounts.models import (
     Level,
     Plan,
     Recipient,
-    ScopedLimit,
     validate_recipient_email,
 )
 from accounts.selectors import LimitLine
@@ -59,6 +58,7 @@ from .forecasts import Forecast, forecasts_insert, forecasts_of
 from .hooks import webhook_deliveries_create, webhook_deliveries_recover, webhook_deliveries_send
 from .models import SUB_DAY_KINDS, Delivery, EarlyTrackingEvent, Notification
 from .outbox import publish_later
+from .selectors import sweep_read
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +141,32 @@ def crossings_of(usage: MetricUsage, period: Period) -> list[Crossing]:
     ]
 
 
+@dataclass(frozen=True)
+class RollingRun:
+    """A rolling line of ``days`` days (of ``account_id``, ``metric``, ``labels_key``) whose
+    window has reached ``threshold`` at ``level`` on the local day ``today``: whose period
+    start ``rolling_period_starts`` finds."""
+
+    account_id: uuid.UUID
+    metric: str
+    labels_key: str
+    days: int
+    level: str
+    threshold: int
+    today: date
+
+    @property
+    def line(self) -> tuple[uuid.UUID, str, int, str, str, int]:
+        return (
+            self.account_id,
+            self.metric,
+            self.days,
+            self.labels_key,
+            self.level,
+            self.threshold,
+        )
+
+
 def rolling_period_start(
     *,
     account_id: uuid.UUID,
@@ -151,8 +177,14 @@ def rolling_period_start(
     threshold: int,
     today: date,
 ) -> date:
-    """The "period start" of a rolling line of ``days`` days whose window has reached
-    ``threshold`` today (a local day): the first local day of the run of days, ending today,
+    """The "period start" of one rolling line (``rolling_period_starts``)."""
+    run = RollingRun(account_id, metric, labels_key, days, level, threshold, today)
+    return rolling_period_starts([run])[run]
+
+
+def rolling_period_starts(runs: Iterable[RollingRun]) -> dict[RollingRun, date]:
+    """The "period start" of each rolling line of ``runs`` whose window has reached its
+    threshold today (a local day): the first local day of the run of days, ending today,
     whose windows all ended at or above the threshold (SPEC 11.5).
 
     A day's window "ended" at the next local midnight: the sum of the line's day counters
@@ -162,93 +194,161 @@ def rolling_period_start(
     next crossing then starts a new run, hence a new period start. Late events change past
     days' counters, and the rule reads the counters as they are now.
 
-    The walk back reads at most 2 x ``days`` day counters: it stops at the last crossing of
-    the same line, level and threshold in the ledger (the run already notified), or
-    ``days`` days back, where a run with no earlier notification is taken to start.
+    The walk back of each line reads at most 2 x ``days`` day counters: it stops at the
+    last crossing of the same line, level and threshold in the ledger (the run already
+    notified), or ``days`` days back, where a run with no earlier notification is taken to
+    start. Two queries whatever the number of lines (their latest crossings, then their
+    counters), a third only for a line whose latest crossing lies after its ``today``.
     """
-    earlier = (
-        Notification.objects.filter(
-            account_id=account_id,
-            metric=metric,
+    runs = list(dict.fromkeys(runs))
+    if not runs:
+        return {}
+    accounts = {run.account_id for run in runs}
+    latest = {
+        (account_id, metric, days, labels, level, threshold): day
+        for account_id, metric, days, labels, level, threshold, day in Notification.objects.filter(
+            account_id__in=accounts,
             period_kind=PeriodKind.ROLLING,
-            window_days=days,
-            labels_key=labels_key,
-            level=level,
-            threshold=threshold,
             is_test=False,
-            period__lte=today,
+            level__in={run.level for run in runs},
+            metric__in={run.metric for run in runs},
+            period__lte=max(run.today for run in runs),
+        )
+        .values("account_id", "metric", "window_days", "labels_key", "level", "threshold")
+        .annotate(latest=Max("period"))
+        .values_list(
+            "account_id", "metric", "window_days", "labels_key", "level", "threshold", "latest"
+        )
+    }
+    earlier: dict[RollingRun, date | None] = {}
+    for run in runs:
+        day = latest.get(run.line)
+        if day is not None and day > run.today:  # a crossing dated after this run's today
+            day = _latest_crossing(run)
+        earlier[run] = day
+    firsts = {run: _rolling_floor(run, earlier[run]) - timedelta(days=run.days - 1) for run in runs}
+    totals: dict[tuple[uuid.UUID, str, str], dict[date, int]] = {}
+    for account_id, metric, labels, day, quantity in UsageCounter.objects.filter(
+        account_id__in=accounts,
+        metric__in={run.metric for run in runs},
+        labels__in={run.labels_key for run in runs},
+        day__gte=min(firsts.values()),
+        day__lt=max(run.today for run in runs),
+    ).values_list("account_id", "metric", "labels", "day", "quantity_milli"):
+        totals.setdefault((account_id, metric, labels), {})[day] = quantity
+    return {
+        run: _rolling_start(
+            run, earlier[run], totals.get((run.account_id, run.metric, run.labels_key), {})
+        )
+        for run in runs
+    }
+
+
+def _latest_crossing(run: RollingRun) -> date | None:
+    """The period of the latest crossing of ``run``'s line, level and threshold up to its
+    ``today``."""
+    return (
+        Notification.objects.filter(
+            account_id=run.account_id,
+            metric=run.metric,
+            period_kind=PeriodKind.ROLLING,
+            window_days=run.days,
+            labels_key=run.labels_key,
+            level=run.level,
+            threshold=run.threshold,
+            is_test=False,
+            period__lte=run.today,
         )
         .order_by("-period")
         .values_list("period", flat=True)
         .first()
     )
-    floor = today - timedelta(days=days)
-    if earlier is not None and earlier > floor:
-        floor = earlier
+
+
+def _rolling_floor(run: RollingRun, earlier: date | None) -> date:
+    """How far back the walk of ``run`` goes: its latest crossing, or ``days`` days back."""
+    floor = run.today - timedelta(days=run.days)
+    return earlier if earlier is not None and earlier > floor else floor
+
+
+def _rolling_start(run: RollingRun, earlier: date | None, totals: Mapping[date, int]) -> date:
+    """``rolling_period_starts`` of one line, from its latest crossing and its day counters
+    (those of other days than its walk's are ignored)."""
+    days, today = run.days, run.today
+    floor = _rolling_floor(run, earlier)
     first = floor - timedelta(days=days - 1)
-    totals = dict(
-        UsageCounter.objects.filter(
-            account_id=account_id, metric=metric, labels=labels_key, day__gte=first, day__lt=today
-        ).values_list("day", "quantity_milli")
-    )
+
+    def total(day: date) -> int:
+        return totals.get(day, 0) if first <= day < today else 0
+
     # ``ended[d]``: the window of day ``d`` at its end (the days from d - days + 1 to d).
-    window = sum(totals.get(floor - timedelta(days=k), 0) for k in range(days))
+    window = sum(total(floor - timedelta(days=k)) for k in range(days))
     ended = {}
     day = floor
     while day < today:
         ended[day] = window
         day += timedelta(days=1)
-        window += totals.get(day, 0) - totals.get(day - timedelta(days=days), 0)
-    line = MetricUsage(account_id, metric, 0, threshold, None, 0)
+        window += total(day) - total(day - timedelta(days=days))
+    line = MetricUsage(run.account_id, run.metric, 0, run.threshold, None, 0)
     start = today
     while start > floor:
         previous = start - timedelta(days=1)
-        if not replace(line, used_milli=ended[previous]).reaches(threshold):
+        if not replace(line, used_milli=ended[previous]).reaches(run.threshold):
             return start
         start = previous
     return earlier if earlier is not None else floor
 
 
-def line_crossings(*, account: Account, lines: Iterable[LineUsage]) -> list[Crossing]:
-    """The thresholds ``account``'s ``lines`` (over their current windows) have reached.
+def lines_crossings(lines: Mapping[Account, Iterable[LineUsage]]) -> list[Crossing]:
+    """The thresholds the ``lines`` of each account (over their current windows) have
+    reached.
 
     A rolling line's period starts on the day its window reached the threshold
-    (``rolling_period_start``); any other line's period is its current window.
+    (``rolling_period_starts``, for every such line at once); any other line's period is
+    its current window.
     """
-    zone = account.zone
+    reached = [
+        (account, line_usage, level, threshold)
+        for account, account_lines in lines.items()
+        for line_usage in account_lines
+        for level, threshold in _reached(line_usage.usage)
+    ]
+    runs = {
+        (id(line_usage), level): RollingRun(
+            account_id=account.pk,
+            metric=line_usage.line.metric,
+            labels_key=labels_key(line_usage.line.labels),
+            days=line_usage.line.window_days or 0,
+            level=level,
+            threshold=threshold,
+            today=line_usage.window.last_day.local_start.date(),
+        )
+        for account, line_usage, level, threshold in reached
+        if line_usage.line.period == PeriodKind.ROLLING
+    }
+    starts = rolling_period_starts(runs.values())
     found = []
-    for line_usage in lines:
+    for account, line_usage, level, threshold in reached:
         line, window, usage = line_usage.line, line_usage.window, line_usage.usage
-        labels = labels_key(line.labels)
-        for level, threshold in _reached(usage):
-            if line.period == PeriodKind.ROLLING:
-                assert line.window_days is not None
-                day = rolling_period_start(
-                    account_id=account.pk,
-                    metric=line.metric,
-                    labels_key=labels,
-                    days=line.window_days,
-                    level=level,
-                    threshold=threshold,
-                    today=window.last_day.local_start.date(),
-                )
-                start = _day_start(day, zone)
-            else:
-                day, start = window.local_start.date(), window.start
-            found.append(
-                Crossing(
-                    account_id=account.pk,
-                    metric=line.metric,
-                    level=level,
-                    period=day,
-                    period_start=start,
-                    threshold=threshold,
-                    used_milli=usage.used_milli,
-                    period_kind=PeriodKind(line.period).value,
-                    window_days=line.window_days,
-                    labels_key=labels,
-                )
+        if line.period == PeriodKind.ROLLING:
+            day = starts[runs[(id(line_usage), level)]]
+            start = _day_start(day, account.zone)
+        else:
+            day, start = window.local_start.date(), window.start
+        found.append(
+            Crossing(
+                account_id=account.pk,
+                metric=line.metric,
+                level=level,
+                period=day,
+                period_start=start,
+                threshold=threshold,
+                used_milli=usage.used_milli,
+                period_kind=PeriodKind(line.period).value,
+                window_days=line.window_days,
+                labels_key=labels_key(line.labels),
             )
+        )
     return found
 
 
@@ -325,8 +425,7 @@ def crossings_record(
             }
         for usage in usages:
             crossings.extend(crossings_of(usage, period_containing(now, zones[usage.account_id])))
-    for account, account_lines in (lines or {}).items():
-        crossings.extend(line_crossings(account=account, lines=account_lines))
+    crossings.extend(lines_crossings(lines or {}))
     return _crossings_insert(crossings, now)
 
 
@@ -512,11 +611,13 @@ def thresholds_evaluate(
 ) -> list[int]:
     """Record every crossing not yet notified; returns the ids of the notifications created.
 
-    Every line is looked at over its current window: the whole-metric monthly lines read in
-    one query (``usage_for``) whatever the number of accounts, then the scoped lines of
-    accounts that have some (``accounts_scoped_lines_usage``, two queries). The sweep (and
-    ``evaluate_thresholds``) also looks at the whole-metric month that just closed, during
-    ``NOTIFICATIONS_CLOSED_PERIOD_GRACE`` (a crossing reached before the end whose
+    Every line is looked at over its current window, in a few queries whatever the number
+    of accounts (``notifications.selectors.sweep_read``): the database sums every line's
+    counters and hands back only the lines past a threshold whose crossing the ledger
+    lacks (rolling lines past a threshold, whose period start is found after), and, for
+    the sweep and ``evaluate_thresholds``, the ``month`` and ``week`` lines that may be due
+    a forecast (SPEC 12.3). These also look at the whole-metric month that just closed,
+    during ``NOTIFICATIONS_CLOSED_PERIOD_GRACE`` (a crossing reached before the end whose
     recording was lost); scoped lines whose window closed are not looked at again (see
     ``docs/how-it-works.md``). ``after_limit_change``: called inside the transaction that
     changed limits or extensions; takes the usage locks first, so that usage recorded
@@ -527,41 +628,53 @@ def thresholds_evaluate(
     from .restored import restored_notices_record  # it builds on this module
 
     now = now or timezone.now()
+    ids = None if account_ids is None else list(account_ids)
     # Only Enterprise accounts are limited: others keep their limits, inactive.
     accounts = Account.objects.filter(is_active=True, plan=Plan.ENTERPRISE)
-    if account_ids is not None:
-        accounts = accounts.filter(pk__in=list(account_ids))
-    periods = {
-        pk: period_containing(now, ZoneInfo(tz))
-        for pk, tz in accounts.filter(limits__isnull=False).values_list("id", "timezone").distinct()
-    }
-    scoped = list(accounts.filter(pk__in=ScopedLimit.objects.values("account_id")).order_by("pk"))
-    if not periods and not scoped:
-        # No line is left to cross, but a line removed or cleared may restore (SPEC 12.2).
-        with transaction.atomic():
-            return restored_notices_record(accounts=accounts, now=now)
+    if ids is not None:
+        accounts = accounts.filter(pk__in=ids)
     with transaction.atomic():
         if after_limit_change:
-            locked = sorted(set(periods) | {account.pk for account in scoped})
+            locked = sorted(accounts.values_list("pk", flat=True))
             usage_lock(pairs=[(pk, metric) for pk in locked for metric in METRICS])
-        usages = usage_for(periods=periods)
-        reached = [u for u in usages.values() if u.status != Status.OK]
-        read = accounts_scoped_lines_usage(accounts=scoped, now=now)
-        lines = scoped_lines_reached(accounts=scoped, now=now, read=read)
-        created = crossings_record(usages=reached, lines=lines, now=now)
+        read = sweep_read(account_ids=ids, now=now)
+        reached = [u for u in read.usages if u.status != Status.OK]
+        lines = scoped_lines_reached(accounts=read.lines, now=now, read=read.lines)
+        zones = {pk: period.zone for pk, period in read.periods.items()}
+        created = crossings_record(usages=reached, lines=lines, now=now, zones=zones)
         if not after_limit_change:
             # From the figures just read: a forecast costs the sweep no query per account.
             created += forecasts_record(
                 forecasts=forecasts_of(
-                    usages=usages.values(), periods=periods, lines=read, now=now
+                    usages=read.usages, periods=read.periods, lines=read.lines, now=now
                 ),
                 now=now,
             )
-        if not after_limit_change and periods:
-            created += _crossings_insert(_closed_period_crossings(periods, now), now)
+            created += closed_crossings_record(accounts=accounts, zones=read.zones, now=now)
         # Blocked lines no longer blocked, after the crossings (SPEC 12.2).
         created += restored_notices_record(accounts=accounts, now=now)
     return created
+
+
+def closed_crossings_record(
+    *, accounts: QuerySet[Account], zones: Iterable[str], now: datetime
+) -> list[int]:
+    """Record the crossings of the whole-metric month that just closed, for the accounts
+    with limits whose period started less than ``NOTIFICATIONS_CLOSED_PERIOD_GRACE`` ago
+    (``_closed_period_crossings``); returns the new notification ids. No query unless one
+    of ``zones`` (those of ``accounts``) is in that first hour."""
+    grace = timedelta(seconds=settings.NOTIFICATIONS_CLOSED_PERIOD_GRACE)
+    periods = {name: period_containing(now, ZoneInfo(name)) for name in zones}
+    starting = {name: period for name, period in periods.items() if now < period.start + grace}
+    if not starting:
+        return []
+    closed = {
+        pk: starting[name]
+        for pk, name in accounts.filter(limits__isnull=False, timezone__in=starting)
+        .values_list("id", "timezone")
+        .distinct()
+    }
+    return _crossings_insert(_closed_period_crossings(closed, now), now)
 
 
 def forecasts_record(*, forecasts: list[Forecast], now: datetime) -> list[int]:

@@ -103,6 +103,29 @@ def test_the_sweeps_labelled_counters_are_those_its_scoped_lines_read():
     )
 
 
+@pytest.mark.parametrize(
+    ("accounts", "expected"),
+    [
+        # warnings (i % 100 < 10), blocked (i % 100 < 2), forecasts (2 <= i % 100 < 10)
+        (1, 1 + 1 + 0),
+        (5, 5 + 2 + 3),
+        (50, 10 + 2 + 8),
+        (100, 10 + 2 + 8),
+        (250, 30 + 6 + 24),
+    ],
+)
+def test_the_sweep_expects_the_notifications_of_the_accounts_it_stores(accounts, expected):
+    # mid-month in the bench's four zones: every account in between gets its forecast
+    assert sweep.notifications_expected(accounts, datetime(2027, 1, 15, 12, tzinfo=UTC)) == (
+        expected
+    )
+
+
+def test_the_sweep_expects_no_forecast_in_the_first_tenth_of_the_month():
+    # 2 January at noon UTC: less than a tenth of January has passed in every zone
+    assert sweep.notifications_expected(50, datetime(2027, 1, 2, 12, tzinfo=UTC)) == 12
+
+
 DOC = """# Performance
 
 Hand-written introduction.

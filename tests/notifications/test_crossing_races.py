@@ -50,13 +50,19 @@ RECIPIENTS = {
 def slow_usage_reads(monkeypatch) -> None:
     """Every read of usage, by requests, sweeps and limit changes, waits 50 ms first."""
     read = backoffice.services.usage_for
+    sweep_read = notifications.services.sweep_read
 
     def slow_read(**kwargs):
         time.sleep(0.05)
         return read(**kwargs)
 
+    def slow_sweep_read(**kwargs):
+        time.sleep(0.05)
+        return sweep_read(**kwargs)
+
     monkeypatch.setattr(backoffice.services, "usage_for", slow_read)
     monkeypatch.setattr(notifications.services, "usage_for", slow_read)
+    monkeypatch.setattr(notifications.services, "sweep_read", slow_sweep_read)
 
 
 def zone_with_two_days(now: datetime) -> ZoneInfo:

@@ -32,9 +32,12 @@ ROUNDS = 6
 
 @pytest.fixture(autouse=True)
 def slow_usage_reads(monkeypatch) -> None:
-    """Every read of the monthly lines and of the scoped lines waits 50 ms first."""
+    """Every read of the monthly lines and of the scoped lines waits 50 ms first: the
+    requests' (``usage_for``, ``accounts_scoped_lines_usage``) and the sweeps'
+    (``sweep_read``, every line at once)."""
     usage_for = backoffice.services.usage_for
     lines_usage = notifications.services.accounts_scoped_lines_usage
+    sweep_read = notifications.services.sweep_read
 
     def slow_usage_for(**kwargs):
         time.sleep(0.05)
@@ -44,9 +47,14 @@ def slow_usage_reads(monkeypatch) -> None:
         time.sleep(0.05)
         return lines_usage(**kwargs)
 
+    def slow_sweep_read(**kwargs):
+        time.sleep(0.05)
+        return sweep_read(**kwargs)
+
     monkeypatch.setattr(backoffice.services, "usage_for", slow_usage_for)
     monkeypatch.setattr(notifications.services, "usage_for", slow_usage_for)
     monkeypatch.setattr(notifications.services, "accounts_scoped_lines_usage", slow_lines_usage)
+    monkeypatch.setattr(notifications.services, "sweep_read", slow_sweep_read)
 
 
 def account_with_monthly_and_daily_lines():

@@ -58,10 +58,10 @@ CHANGER = threading.local()
 
 @pytest.fixture(autouse=True)
 def slow_line_reads(monkeypatch) -> None:
-    """Every read of an account's lines by the restored notices waits 100 ms first; a
+    """Every read of the blocked lines by the restored notices waits 100 ms first; a
     sweep's waits, moreover, for the round's limit change to commit (at most 5 s): it found
     the blocked notification unanswered before, and reads the line lifted after."""
-    read = notifications.restored.account_lines_usage
+    read = notifications.restored.blocked_lines_usage
 
     def slow_read(**kwargs):
         time.sleep(0.1)
@@ -69,7 +69,7 @@ def slow_line_reads(monkeypatch) -> None:
             COMMITTED.wait(timeout=5)
         return read(**kwargs)
 
-    monkeypatch.setattr(notifications.restored, "account_lines_usage", slow_read)
+    monkeypatch.setattr(notifications.restored, "blocked_lines_usage", slow_read)
 
 
 @pytest.fixture(autouse=True)
