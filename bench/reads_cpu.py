@@ -5,7 +5,7 @@ middleware stack, DRF, the token authentication and the throttle) to a PostgreSQ
 database of its own and a Redis cache, as the bench's server has them, and prints the
 process CPU time per request of each, and its share of the authenticated floor's. The
 account is the bench's: the three monthly lines and its ten scoped limits, events with
-its labels. ``--profile DIR`` also writes a cProfile of each path (``DIR/<path>.prof``)
+its labels. ``--profile DIR`` also writes a cProfile of each path (CPU time) (``DIR/<path>.prof``)
 and prints its top functions.
 
     .venv/bin/python bench/reads_cpu.py --requests 500
@@ -169,7 +169,7 @@ def main() -> None:
     if options.profile:
         options.profile.mkdir(parents=True, exist_ok=True)
         for name, (method, url, body) in targets.items():
-            profile = cProfile.Profile()
+            profile = cProfile.Profile(time.process_time)
             profile.enable()
             for _ in range(options.requests):
                 send(method, url, body)
