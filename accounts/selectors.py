@@ -231,9 +231,9 @@ def account_with_columns(
     if row is None:
         return None
     values = list(row[: len(converters)])
-    for index, (field, functions) in enumerate(converters):
+    for index, (column, functions) in enumerate(converters):
         for function in functions:
-            values[index] = function(values[index], field, connection)
+            values[index] = function(values[index], column, connection)
     account = Account.from_db(connection.alias, None, values)
     for name, value in zip(columns, row[len(converters) :], strict=True):
         setattr(account, name, value)

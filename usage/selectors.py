@@ -32,7 +32,7 @@ from accounts.selectors import (
     account_with_columns,
     account_with_lines,
 )
-from accounts.windows import PeriodKind, Window, cover, window_containing
+from accounts.windows import PeriodKind, Window, cover, window_current
 from config.dates import datetime_text
 
 from .models import (
@@ -83,8 +83,9 @@ class MetricUsage:
         """Whether ``used`` has reached ``threshold`` (an exact hit included); ``None`` never is."""
         return threshold is not None and self.used_milli >= threshold * MILLI
 
-    @property
+    @functools.cached_property
     def status(self) -> str:
+        # Cached: an answer asks for it several times per line (status, remaining, allowed).
         if self.reaches(self.effective_blocked):
             return Status.BLOCKED
         if self.reaches(self.warning):
@@ -353,7 +354,7 @@ _MINUTE_ACCOUNTS = {
 
 def line_window(*, line: Line, zone: ZoneInfo, now: datetime) -> Window:
     """The current window of ``line`` in ``zone`` at ``now``."""
-    return window_containing(kind=line.period, instant=now, zone=zone, days=line.window_days)
+    return window_current(kind=line.period, instant=now, zone=zone, days=line.window_days)
 
 
 def line_period_start(window: Window) -> datetime:
@@ -1392,12 +1393,20 @@ def accounts_scoped_lines_usage(
 
 def line_period_data(line: LineUsage, account: Account) -> dict[str, object]:
     """The ``current_period`` object of SPEC 11.3: kind, days, start and end, local offsets."""
-    zone = account.zone
+    window = line.window
+    if window.zone.key == account.timezone:
+        start, end = window.local_start_text, window.local_end_text
+    else:
+        zone = account.zone
+        start, end = (
+            window.start.astimezone(zone).isoformat(),
+            window.end.astimezone(zone).isoformat(),
+        )
     return {
         "period": PeriodKind(line.line.period).value,
         "window_days": line.line.window_days,
-        "start_time": line.window.start.astimezone(zone).isoformat(),
-        "end_time": line.window.end.astimezone(zone).isoformat(),
+        "start_time": start,
+        "end_time": end,
     }
 
 

@@ -292,11 +292,12 @@ def _check_parse(payload: Any) -> tuple[str, int, dict[str, str]]:
 
 def _capacity_entry(line: LineUsage, account: Account) -> dict[str, Any]:
     usage, metric = line.usage, line.line.metric
+    period = line_period_data(line, account)
     return {
         "metric": metric,
         "unit": METRICS[metric].unit,
         "labels": dict(sorted(line.line.labels.items())),
-        "current_period": line_period_data(line, account),
+        "current_period": period,
         "used": quantity_number(usage.used_milli, metric),
         "warning_threshold": usage.warning,
         "blocked_threshold": usage.blocked,
@@ -306,7 +307,7 @@ def _capacity_entry(line: LineUsage, account: Account) -> dict[str, Any]:
         "remaining": quantity_number(line.remaining_milli, metric),
         "status": usage.status,
         "has_remaining_capacity": usage.is_within_budget,
-        "valid_until": line.window.end.astimezone(account.zone).isoformat(),
+        "valid_until": period["end_time"],
     }
 
 
