@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -214,7 +214,7 @@ def account_lines_annotations() -> dict[str, tuple[str, list[Any]]]:
 
 
 def account_with_columns(
-    *, account_id: uuid.UUID, columns: Mapping[str, tuple[str, list[Any]]]
+    *, account_id: uuid.UUID, columns: Mapping[str, tuple[str, Sequence[Any]]]
 ) -> Account | None:
     """The account with this id, with one more attribute per column of ``columns`` (its
     name: the SQL of a scalar subquery and its parameters), in one statement; ``None``

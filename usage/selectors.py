@@ -1291,13 +1291,7 @@ def account_usage_current(
                 return None
             raise
         candidates = {period_code: None}
-    annotations = {}
-    for number, code in enumerate(candidates):
-        sql, params = _usage_statement(
-            set(itertools.product([account_id], METRICS)),
-            {account_id: period_from_code(code, UTC)},
-        )
-        annotations[f"usage_rows_{number}"] = _as_json_rows(sql, params, 6)
+    annotations = _usage_annotations(account_id, tuple(candidates), connection.vendor)
     account = account_with_columns(account_id=account_id, columns=annotations)
     if account is None:
         return None
@@ -1326,6 +1320,24 @@ def account_usage_current(
         for metric in METRICS
     ]
     return account, period, usage
+
+
+@functools.lru_cache(maxsize=1024)
+def _usage_annotations(
+    account_id: uuid.UUID, codes: tuple[str, ...], vendor: str
+) -> dict[str, tuple[str, tuple[Any, ...]]]:
+    """The columns of ``account_usage_current`` reading the account's usage in each month
+    of ``codes``: the same for every read of the month, so made once per process (and
+    never changed by a caller)."""
+    annotations = {}
+    for number, code in enumerate(codes):
+        sql, params = _usage_statement(
+            set(itertools.product([account_id], METRICS)),
+            {account_id: period_from_code(code, UTC)},
+        )
+        sql, params = _as_json_rows(sql, params, 6)
+        annotations[f"usage_rows_{number}"] = (sql, tuple(params))
+    return annotations
 
 
 def account_lines_current(
