@@ -28,6 +28,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE = os.environ.get("BENCH_DATABASE", "bench_reads_cpu")
@@ -130,6 +131,16 @@ def paths(account_id: str) -> dict[str, tuple[str, str, bytes | None]]:
     }
 
 
+def _calls(send: Any, method: str, url: str, body: bytes | None, requests: int = 50) -> float:
+    """Python function calls per request: unlike CPU time, the same on a busy machine."""
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(requests):
+        send(method, url, body)
+    profile.disable()
+    return pstats.Stats(profile).total_calls / requests
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200, help="per path and round")
@@ -170,14 +181,18 @@ def main() -> None:
     print(
         f"CPU per request in ms over {options.rounds} interleaved rounds of {options.requests}: "
         "the least (the round least disturbed by other work on the machine) and the median, "
-        "and the floor's least over the path's:"
+        "and the floor's least over the path's; Python function calls per request:"
     )
+    calls = {name: _calls(send, *target) for name, target in targets.items()}
     for name, (method, _url, _body) in targets.items():
         floor = "floor-post" if method == "POST" else "floor-get"
         least = min(spent[name] for spent in rounds)
         middle = statistics.median(spent[name] for spent in rounds)
         share = min(spent[floor] for spent in rounds) / least
-        print(f"  {name:<12} {least:6.3f} ms (median {middle:6.3f})  floor / path {share:5.2f}")
+        print(
+            f"  {name:<12} {least:6.3f} ms (median {middle:6.3f})  floor / path {share:5.2f}"
+            f"  {calls[name]:6,.0f} Python calls ({calls[floor] / calls[name]:.2f} of the floor's)"
+        )
     if options.profile:
         options.profile.mkdir(parents=True, exist_ok=True)
         for name, (method, url, body) in targets.items():
