@@ -10,13 +10,24 @@ API) is rendered by DRF's renderer itself.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import orjson
 from rest_framework.renderers import JSONRenderer
 from rest_framework.utils.encoders import JSONEncoder
 
-_default = JSONEncoder().default
+_encode = JSONEncoder().default
+
+
+def _default(value: Any) -> Any:
+    # Quantities in seconds are decimals: written as floats, as DRF's encoder writes them,
+    # without its other checks first.
+    if type(value) is Decimal:
+        return float(value)
+    return _encode(value)
+
+
 # Datetimes and dataclasses go to DRF's encoder, which writes them as answers always were
 # (``Z`` for UTC); subclasses of str, int, dict and list are written as their base types,
 # as the standard library does.

@@ -92,7 +92,7 @@ class MetricUsage:
             return Status.WARNING
         return Status.OK
 
-    @property
+    @functools.cached_property
     def remaining_milli(self) -> int | None:
         effective = self.effective_blocked
         return None if effective is None else max(0, effective * MILLI - self.used_milli)
@@ -1102,7 +1102,7 @@ class LineUsage:
     def is_whole_metric_month(self) -> bool:
         return self.line.scoped_limit_id is None
 
-    @property
+    @functools.cached_property
     def remaining_milli(self) -> int | None:
         """The effective blocked threshold minus used and reserved, never negative;
         ``None`` when the line has no blocked threshold (SPEC 11.3 and 12.1)."""
@@ -1493,7 +1493,7 @@ def line_period_data(line: LineUsage, account: Account) -> dict[str, object]:
             window.end.astimezone(zone).isoformat(),
         )
     return {
-        "period": PeriodKind(line.line.period).value,
+        "period": line.line.period,
         "window_days": line.line.window_days,
         "start_time": start,
         "end_time": end,
