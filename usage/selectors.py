@@ -1374,7 +1374,9 @@ def account_lines_current(
         return None
     rows = json.loads(account.__dict__.pop("lines_figures", None) or "[]")
     read = (account.lines_monthly, account.lines_scoped)
-    if remembered is not None and read == remembered.read:
+    # The monthly lines' thresholds are in force on Enterprise only: the same text on
+    # another plan is other lines.
+    if remembered is not None and read == remembered.read and account.plan == remembered.plan:
         del account.lines_monthly, account.lines_scoped
         lines = remembered.lines
     else:
