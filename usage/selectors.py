@@ -1249,14 +1249,14 @@ class _Kept:
     wanted: tuple[str, Window | None]
 
 
-# The most (metric, labels) pairs kept per account (about 2 kB each with 13 lines): past
-# it, they are forgotten.
-MAX_KEPT = 8
+# The most (metric, labels) pairs kept per account (about 3.5 kB each with 13 lines,
+# tracemalloc): past it, they are forgotten.
+MAX_KEPT = 4
 
 
 _remembered: dict[uuid.UUID, _Remembered] = {}
-# A bound on the memory (about 6 kB an account with 13 lines, 22 kB with every pair kept:
-# 22 MB at most): past it, all is forgotten.
+# A bound on the memory (about 10 kB an account with 13 lines, 25 kB with every pair kept:
+# 25 MB at most): past it, all is forgotten.
 MAX_REMEMBERED = 1_000
 
 
