@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -214,21 +214,53 @@ def account_lines_annotations() -> dict[str, tuple[str, list[Any]]]:
 
 
 def account_with_columns(
-    *, account_id: uuid.UUID, columns: Mapping[str, tuple[str, list[Any]]]
+    *, account_id: uuid.UUID, columns: Mapping[str, tuple[str, Sequence[Any]]]
 ) -> Account | None:
     """The account with this id, with one more attribute per column of ``columns`` (its
     name: the SQL of a scalar subquery and its parameters), in one statement; ``None``
-    when there is no such account. Written out rather than compiled by the ORM: the read
+    when there is no such account. Written out and read through a plain cursor rather
+    than the ORM (a raw queryset costs about a third of a millisecond more): the read
     paths make it at every request."""
-    table = quote_name(Account._meta.db_table)
-    fields = ", ".join(f"{table}.{quote_name(f.column)}" for f in Account._meta.concrete_fields)
+    select, converters = _account_select()
     extra = "".join(f", {sql} AS {quote_name(name)}" for name, (sql, _params) in columns.items())
     params = [param for _sql, column_params in columns.values() for param in column_params]
     params.append(Account._meta.pk.get_db_prep_value(account_id, connection))
-    found = list(
-        Account.objects.raw(f"SELECT {fields}{extra} FROM {table} WHERE {table}.id = %s", params)
-    )
-    return found[0] if found else None
+    with connection.cursor() as cursor:
+        cursor.execute(select.format(extra=extra), params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    values = list(row[: len(converters)])
+    for index, (column, functions) in enumerate(converters):
+        for function in functions:
+            values[index] = function(values[index], column, connection)
+    account = Account.from_db(connection.alias, None, values)
+    for name, value in zip(columns, row[len(converters) :], strict=True):
+        setattr(account, name, value)
+    return account
+
+
+# Per database vendor: the ``SELECT`` of every concrete column of an account (``{extra}``
+# for more columns, a parameter for its id) and each column's converters, as the ORM
+# applies them to values read (SQLite's text UUIDs and datetimes).
+_account_selects: dict[str, tuple[str, list[tuple[Any, list[Any]]]]] = {}
+
+
+def _account_select() -> tuple[str, list[tuple[Any, list[Any]]]]:
+    found = _account_selects.get(connection.vendor)
+    if found is None:
+        table = quote_name(Account._meta.db_table)
+        fields = Account._meta.concrete_fields
+        names = ", ".join(f"{table}.{quote_name(f.column)}" for f in fields)
+        converters = []
+        for field in fields:
+            column = field.get_col(Account._meta.db_table)
+            functions = connection.ops.get_db_converters(column)
+            functions += field.get_db_converters(connection)
+            converters.append((column, functions))
+        select = f"SELECT {names}{{extra}} FROM {table} WHERE {table}.id = %s"
+        found = _account_selects[connection.vendor] = (select, converters)
+    return found
 
 
 def quote_name(name: str) -> str:

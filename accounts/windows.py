@@ -41,7 +41,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from zoneinfo import ZoneInfo
 
 from django.db import models
@@ -100,6 +100,16 @@ class Window:
     def local_end(self) -> datetime:
         """``end`` in the account's time zone (``end_time``, and ``valid_until``)."""
         return self.end.astimezone(self.zone)
+
+    @cached_property
+    def local_start_text(self) -> str:
+        """``local_start`` in ISO 8601, as the API writes it; computed once per window."""
+        return self.local_start.isoformat()
+
+    @cached_property
+    def local_end_text(self) -> str:
+        """``local_end`` in ISO 8601, as the API writes it; computed once per window."""
+        return self.local_end.isoformat()
 
     @property
     def duration(self) -> timedelta:
@@ -290,6 +300,33 @@ def window_containing(
     if kind in _CALENDAR:
         return _calendar_window(kind, instant, zone, days)
     return _clock_window(kind, instant, zone)
+
+
+# The last window ``window_current`` found for each kind, zone and days, with the first
+# instant it is the current one from: most requests of a minute ask for the same few.
+_current: dict[tuple[str, ZoneInfo, int | None], tuple[datetime, Window]] = {}
+MAX_CURRENT = 4096
+
+
+def window_current(
+    *, kind: str, instant: datetime, zone: ZoneInfo, days: int | None = None
+) -> Window:
+    """``window_containing``, remembered per process: the window found last for this kind,
+    zone and days is answered again while ``instant`` is within the part of it where it is
+    the current one (all of it, as windows of a kind tile time; for ``rolling``, its last
+    day, as successive rolling windows overlap); else it is computed and kept."""
+    key = (kind, zone, days)
+    found = _current.get(key)
+    if found is not None and instant.tzinfo is not None and found[0] <= instant < found[1].end:
+        return found[1]
+    window = window_containing(kind=kind, instant=instant, zone=zone, days=days)
+    if len(_current) >= MAX_CURRENT:
+        _current.clear()
+    _current[key] = (
+        window.last_day.start if window.kind == PeriodKind.ROLLING else window.start,
+        window,
+    )
+    return window
 
 
 def window_from_key(*, kind: str, key: str, zone: ZoneInfo, days: int | None = None) -> Window:

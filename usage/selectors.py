@@ -9,7 +9,7 @@ import operator
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -32,7 +32,7 @@ from accounts.selectors import (
     account_with_columns,
     account_with_lines,
 )
-from accounts.windows import PeriodKind, Window, cover, window_containing
+from accounts.windows import PeriodKind, Window, cover, window_current
 from config.dates import datetime_text
 
 from .models import (
@@ -83,15 +83,16 @@ class MetricUsage:
         """Whether ``used`` has reached ``threshold`` (an exact hit included); ``None`` never is."""
         return threshold is not None and self.used_milli >= threshold * MILLI
 
-    @property
+    @functools.cached_property
     def status(self) -> str:
+        # Cached: an answer asks for it several times per line (status, remaining, allowed).
         if self.reaches(self.effective_blocked):
             return Status.BLOCKED
         if self.reaches(self.warning):
             return Status.WARNING
         return Status.OK
 
-    @property
+    @functools.cached_property
     def remaining_milli(self) -> int | None:
         effective = self.effective_blocked
         return None if effective is None else max(0, effective * MILLI - self.used_milli)
@@ -353,7 +354,7 @@ _MINUTE_ACCOUNTS = {
 
 def line_window(*, line: Line, zone: ZoneInfo, now: datetime) -> Window:
     """The current window of ``line`` in ``zone`` at ``now``."""
-    return window_containing(kind=line.period, instant=now, zone=zone, days=line.window_days)
+    return window_current(kind=line.period, instant=now, zone=zone, days=line.window_days)
 
 
 def line_period_start(window: Window) -> datetime:
@@ -439,12 +440,43 @@ def _lines_statement(
     now: datetime,
     monthly_extensions: bool,
     reservations: bool,
+    wanted: tuple[str, Window | None] | None = None,
 ) -> tuple[str, list[Any]]:
     """The statement of ``_lines_read`` and its parameters; its rows are
-    ``(index, metric, labels, total, granted)``, named ``c1`` to ``c5``."""
+    ``(index, metric, labels, total, granted)``, named ``c1`` to ``c5``. ``wanted``: what
+    ``_lines_wanted`` gave for these lines and windows, when the caller kept it."""
     vendor = connection.vendor
     postgresql = vendor == "postgresql"
     account_param = str(account_id) if postgresql else account_id.hex
+    if wanted is None:
+        wanted = _lines_wanted(
+            zone=zone, lines=lines, windows=windows, monthly_extensions=monthly_extensions
+        )
+    wanted_json, minute = wanted
+    sql = _LINES_SQL.format(wanted=_LINES_WANTED[vendor])
+    params: list[Any] = [wanted_json, account_param, account_param, account_param]
+    if minute is not None:
+        labels = "e.labels::text" if postgresql else "e.labels"
+        sql += _MINUTE_SQL.format(labels=labels)
+        bounds: list[Any] = [minute.start, minute.end]
+        if not postgresql:
+            bounds = [connection.ops.adapt_datetimefield_value(bound) for bound in bounds]
+        params += [account_param, *bounds]
+    if reservations:
+        sql += _RESERVED_SQL
+        params += [
+            account_param,
+            now if postgresql else connection.ops.adapt_datetimefield_value(now),
+        ]
+    return sql, params
+
+
+def _lines_wanted(
+    *, zone: ZoneInfo, lines: Sequence[Line], windows: Sequence[Window], monthly_extensions: bool
+) -> tuple[str, Window | None]:
+    """The JSON parameter of ``_lines_statement`` naming what each line reads over its
+    window, and the current minute's window when a line reads it."""
+    postgresql = connection.vendor == "postgresql"
 
     def as_db(instant: datetime) -> Any:
         if postgresql:
@@ -483,19 +515,7 @@ def _lines_statement(
             ):
                 item["x"] = 1
         wanted.append(item)
-    sql = _LINES_SQL.format(wanted=_LINES_WANTED[vendor])
-    params: list[Any] = [json.dumps(wanted), account_param, account_param, account_param]
-    if minute is not None:
-        labels = "e.labels::text" if postgresql else "e.labels"
-        sql += _MINUTE_SQL.format(labels=labels)
-        bounds: list[Any] = [minute.start, minute.end]
-        if not postgresql:
-            bounds = [connection.ops.adapt_datetimefield_value(bound) for bound in bounds]
-        params += [account_param, *bounds]
-    if reservations:
-        sql += _RESERVED_SQL
-        params += [account_param, now if postgresql else as_db(now)]
-    return sql, params
+    return json.dumps(wanted), minute
 
 
 def _lines_parse(
@@ -1082,7 +1102,7 @@ class LineUsage:
     def is_whole_metric_month(self) -> bool:
         return self.line.scoped_limit_id is None
 
-    @property
+    @functools.cached_property
     def remaining_milli(self) -> int | None:
         """The effective blocked threshold minus used and reserved, never negative;
         ``None`` when the line has no blocked threshold (SPEC 11.3 and 12.1)."""
@@ -1205,15 +1225,38 @@ def _lines_built(
 # trip and is never trusted: a change made anywhere shows in the next read.
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Remembered:
     timezone: str
     plan: str
     lines: tuple[LimitLine, ...]
+    # The lines' two columns as the statement returned them: the same text again is the
+    # same lines, known without parsing them.
+    read: tuple[Any, Any] = (None, None)
+    # Per metric and labels asked: the lines that apply, and the windows and ``wanted``
+    # parameter of their last statement (``_lines_wanted``), kept while those windows last.
+    kept: dict[tuple[str | None, str | None], _Kept] = field(default_factory=dict)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True)
+class _Kept:
+    lines: list[LimitLine]
+    windows: list[Window]
+    wanted: tuple[str, Window | None]
+
+
+# The most (metric, labels) pairs kept per account (about 3.5 kB each with 13 lines,
+# tracemalloc): past it, they are forgotten.
+MAX_KEPT = 4
 
 
 _remembered: dict[uuid.UUID, _Remembered] = {}
-# A bound on the memory (about 6 kB an account with 13 lines): past it, all is forgotten.
+# A bound on the memory (about 10 kB an account with 13 lines, 25 kB with every pair kept:
+# 25 MB at most): past it, all is forgotten.
 MAX_REMEMBERED = 1_000
 
 
@@ -1250,13 +1293,7 @@ def account_usage_current(
                 return None
             raise
         candidates = {period_code: None}
-    annotations = {}
-    for number, code in enumerate(candidates):
-        sql, params = _usage_statement(
-            set(itertools.product([account_id], METRICS)),
-            {account_id: period_from_code(code, UTC)},
-        )
-        annotations[f"usage_rows_{number}"] = _as_json_rows(sql, params, 6)
+    annotations = _usage_annotations(account_id, tuple(candidates), connection.vendor)
     account = account_with_columns(account_id=account_id, columns=annotations)
     if account is None:
         return None
@@ -1287,6 +1324,24 @@ def account_usage_current(
     return account, period, usage
 
 
+@functools.lru_cache(maxsize=1024)
+def _usage_annotations(
+    account_id: uuid.UUID, codes: tuple[str, ...], vendor: str
+) -> dict[str, tuple[str, tuple[Any, ...]]]:
+    """The columns of ``account_usage_current`` reading the account's usage in each month
+    of ``codes``: the same for every read of the month, so made once per process (and
+    never changed by a caller)."""
+    annotations = {}
+    for number, code in enumerate(codes):
+        sql, params = _usage_statement(
+            set(itertools.product([account_id], METRICS)),
+            {account_id: period_from_code(code, UTC)},
+        )
+        sql, params = _as_json_rows(sql, params, 6)
+        annotations[f"usage_rows_{number}"] = (sql, tuple(params))
+    return annotations
+
+
 def account_lines_current(
     *,
     account_id: uuid.UUID,
@@ -1300,40 +1355,80 @@ def account_lines_current(
     now = now or timezone.now()
     annotations = account_lines_annotations()
     remembered = _remembered.get(account_id)
-    guess: tuple[list[LimitLine], list[Window]] | None = None
+    guess: _Kept | None = None
     if remembered is not None:
-        guessed = Account(pk=account_id, timezone=remembered.timezone, plan=remembered.plan)
-        guess = _lines_kept(
-            account=guessed, lines=remembered.lines, metric=metric, labels=labels, now=now
-        )
-        if guess[0]:
+        guess = _guess(remembered, metric=metric, labels=labels, now=now)
+        if guess.lines:
             sql, params = _lines_statement(
                 account_id=account_id,
-                zone=guessed.zone,
-                lines=guess[0],
-                windows=guess[1],
+                zone=remembered.zone,
+                lines=guess.lines,
+                windows=guess.windows,
                 now=now,
                 monthly_extensions=True,
                 reservations=True,
+                wanted=guess.wanted,
             )
             annotations["lines_figures"] = _as_json_rows(sql, params, 5)
     account = account_with_columns(account_id=account_id, columns=annotations)
     if account is None:
         _remembered.pop(account_id, None)
         return None
-    rows = json.loads(getattr(account, "lines_figures", None) or "[]")
-    if hasattr(account, "lines_figures"):
-        del account.lines_figures
-    lines = account_lines_of(account)
-    read = _Remembered(timezone=account.timezone, plan=account.plan, lines=tuple(lines))
-    if guess is not None and remembered == read:
-        kept, windows = guess
-        figures, reserved = _lines_parse(rows, kept)
-        return account, _lines_built(account, kept, windows, figures, reserved)
-    _remember(account.pk, read)
+    rows = json.loads(account.__dict__.pop("lines_figures", None) or "[]")
+    read = (account.lines_monthly, account.lines_scoped)
+    # The monthly lines' thresholds are in force on Enterprise only: the same text on
+    # another plan is other lines.
+    if remembered is not None and read == remembered.read and account.plan == remembered.plan:
+        del account.lines_monthly, account.lines_scoped
+        lines = remembered.lines
+    else:
+        lines = tuple(account_lines_of(account))
+    if (
+        remembered is not None
+        and guess is not None
+        and (account.timezone, account.plan) == (remembered.timezone, remembered.plan)
+        and (lines is remembered.lines or lines == remembered.lines)
+    ):
+        remembered.read = read  # the same lines, as this text spells them
+        figures, reserved = _lines_parse(rows, guess.lines)
+        return account, _lines_built(account, guess.lines, guess.windows, figures, reserved)
+    _remember(
+        account.pk,
+        _Remembered(timezone=account.timezone, plan=account.plan, lines=lines, read=read),
+    )
     return account, _lines_usage(
         account=account, lines=lines, metric=metric, labels=labels, now=now, reservations=True
     )
+
+
+def _guess(
+    remembered: _Remembered,
+    *,
+    metric: str | None,
+    labels: Mapping[str, str] | None,
+    now: datetime,
+) -> _Kept:
+    """The remembered lines of ``metric`` that apply to ``labels``, their windows at
+    ``now`` and their statement's ``wanted`` parameter, made again only when a window has
+    moved on. Entries are replaced, never changed: a thread holds its own."""
+    key = (metric, None if labels is None else labels_key(labels))
+    kept = remembered.kept.get(key)
+    zone = remembered.zone
+    if kept is None:
+        account = Account(timezone=remembered.timezone, plan=remembered.plan)
+        lines, windows = _lines_kept(
+            account=account, lines=remembered.lines, metric=metric, labels=labels, now=now
+        )
+    else:
+        lines = kept.lines
+        windows = [line_window(line=line, zone=zone, now=now) for line in lines]
+        if all(a is b for a, b in zip(windows, kept.windows, strict=True)):
+            return kept
+    wanted = _lines_wanted(zone=zone, lines=lines, windows=windows, monthly_extensions=True)
+    if len(remembered.kept) >= MAX_KEPT:
+        remembered.kept.clear()
+    kept = remembered.kept[key] = _Kept(lines=lines, windows=windows, wanted=wanted)
+    return kept
 
 
 def accounts_scoped_lines_usage(
@@ -1392,12 +1487,20 @@ def accounts_scoped_lines_usage(
 
 def line_period_data(line: LineUsage, account: Account) -> dict[str, object]:
     """The ``current_period`` object of SPEC 11.3: kind, days, start and end, local offsets."""
-    zone = account.zone
+    window = line.window
+    if window.zone.key == account.timezone:
+        start, end = window.local_start_text, window.local_end_text
+    else:
+        zone = account.zone
+        start, end = (
+            window.start.astimezone(zone).isoformat(),
+            window.end.astimezone(zone).isoformat(),
+        )
     return {
-        "period": PeriodKind(line.line.period).value,
+        "period": line.line.period,
         "window_days": line.line.window_days,
-        "start_time": line.window.start.astimezone(zone).isoformat(),
-        "end_time": line.window.end.astimezone(zone).isoformat(),
+        "start_time": start,
+        "end_time": end,
     }
 
 

@@ -28,7 +28,6 @@ from accounts.api.base import (
 from accounts.labels import labels_parse
 from accounts.metrics import METRICS
 from accounts.models import Account
-from accounts.windows import PeriodKind
 from backoffice.services import usage_events_record
 from config.authentication import token_account_id
 from usage.api.parsers import ExactJSONParser
@@ -241,27 +240,30 @@ class UsageCheckView(AccountScopedView):
         if found is None:
             raise NotFound(_("Account not found."))
         lines = found[1]
-        monthly = next(line.usage for line in lines if line.is_whole_metric_month)
+        used = next(line.usage.used_milli for line in lines if line.is_whole_metric_month)
+        entries = []
+        for line in lines:
+            remaining = line.remaining_milli
+            entries.append(
+                {
+                    "period": line.line.period,
+                    "window_days": line.line.window_days,
+                    "labels": dict(sorted(line.line.labels.items())),
+                    "used": quantity_number(line.usage.used_milli, metric),
+                    "remaining": quantity_number(remaining, metric),
+                    "status": line.usage.status,
+                    "allowed": line.allows(quantity_milli),
+                }
+            )
         remaining = [line.remaining_milli for line in lines if line.remaining_milli is not None]
         return Response(
             {
-                "allowed": all(line.allows(quantity_milli) for line in lines),
+                "allowed": all(entry["allowed"] for entry in entries),
                 "metric": metric,
-                "used": quantity_number(monthly.used_milli, metric),
+                "used": quantity_number(used, metric),
                 "remaining": quantity_number(min(remaining, default=None), metric),
                 "status": worst_status(line.usage for line in lines),
-                "lines": [
-                    {
-                        "period": PeriodKind(line.line.period).value,
-                        "window_days": line.line.window_days,
-                        "labels": dict(sorted(line.line.labels.items())),
-                        "used": quantity_number(line.usage.used_milli, metric),
-                        "remaining": quantity_number(line.remaining_milli, metric),
-                        "status": line.usage.status,
-                        "allowed": line.allows(quantity_milli),
-                    }
-                    for line in lines
-                ],
+                "lines": entries,
             }
         )
 
@@ -292,11 +294,12 @@ def _check_parse(payload: Any) -> tuple[str, int, dict[str, str]]:
 
 def _capacity_entry(line: LineUsage, account: Account) -> dict[str, Any]:
     usage, metric = line.usage, line.line.metric
+    period = line_period_data(line, account)
     return {
         "metric": metric,
         "unit": METRICS[metric].unit,
         "labels": dict(sorted(line.line.labels.items())),
-        "current_period": line_period_data(line, account),
+        "current_period": period,
         "used": quantity_number(usage.used_milli, metric),
         "warning_threshold": usage.warning,
         "blocked_threshold": usage.blocked,
@@ -306,7 +309,7 @@ def _capacity_entry(line: LineUsage, account: Account) -> dict[str, Any]:
         "remaining": quantity_number(line.remaining_milli, metric),
         "status": usage.status,
         "has_remaining_capacity": usage.is_within_budget,
-        "valid_until": line.window.end.astimezone(account.zone).isoformat(),
+        "valid_until": period["end_time"],
     }
 
 
@@ -339,7 +342,7 @@ class CapacitiesView(AccountScopedView):
 def _reservation_line(line: LineUsage) -> dict[str, Any]:
     metric = line.line.metric
     return {
-        "period": PeriodKind(line.line.period).value,
+        "period": line.line.period,
         "window_days": line.line.window_days,
         "labels": dict(sorted(line.line.labels.items())),
         "used": quantity_number(line.usage.used_milli, metric),

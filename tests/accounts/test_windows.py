@@ -18,6 +18,7 @@ from accounts.windows import (
     Window,
     cover,
     window_containing,
+    window_current,
     window_days_check,
     window_from_key,
 )
@@ -433,3 +434,42 @@ def test_month_windows_are_the_billing_periods(instant, zone):
     found = window_containing(kind="month", instant=instant, zone=zone)
     assert found.key == period.code
     assert (found.start, found.end) == (period.start.astimezone(UTC), period.end.astimezone(UTC))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from([*PeriodKind.values]),
+    days=st.integers(min_value=1, max_value=30),
+    instant=INSTANTS,
+    steps=st.lists(st.integers(min_value=-3 * 86400, max_value=3 * 86400), max_size=6),
+    zone=ZONES,
+)
+def test_the_remembered_current_window_is_the_one_containing_the_instant(
+    kind, days, instant, steps, zone
+):
+    # given: the window remembered at one instant, then asked again at instants around it
+    days = days if kind == PeriodKind.ROLLING else None
+    for offset in [0, *steps]:
+        moment = instant + timedelta(seconds=offset)
+        # then: always the window computed afresh
+        assert window_current(kind=kind, instant=moment, zone=zone, days=days) == (
+            window_containing(kind=kind, instant=moment, zone=zone, days=days)
+        )
+
+
+def test_a_remembered_rolling_window_is_not_the_current_one_of_its_earlier_days():
+    # given: a 7-day window remembered on 3 December in Paris
+    zone = ZoneInfo("Europe/Paris")
+    later = window_current(
+        kind="rolling", instant=at("2026-12-03T09:00:00+01:00"), zone=zone, days=7
+    )
+    # when: asked on the evening before, an instant the remembered window also contains
+    earlier = window_current(
+        kind="rolling", instant=at("2026-12-02T22:00:00+01:00"), zone=zone, days=7
+    )
+    # then: the window of 2 December, one day earlier
+    assert later.contains(at("2026-12-02T22:00:00+01:00"))
+    assert (earlier.local_start_text, earlier.local_end_text) == (
+        "2026-11-26T00:00:00+01:00",
+        "2026-12-03T00:00:00+01:00",
+    )

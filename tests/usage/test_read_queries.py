@@ -100,6 +100,22 @@ def test_a_change_the_process_did_not_hear_of_shows_at_the_next_read(account, se
     assert checked["allowed"] is False
 
 
+def test_a_plan_changed_behind_the_process_shows_at_the_next_read(account, service_client):
+    # given: the lines read on Enterprise, then the plan changed behind the ORM's signals
+    with time_machine.travel(NOW, tick=False):
+        capacities = paths(service_client, account)["capacities"]
+        before = capacities().json()
+        Account.objects.filter(pk=account.pk).update(plan="pro")
+        after = capacities().json()
+        Account.objects.filter(pk=account.pk).update(plan="enterprise")
+        again = capacities().json()
+    # then: no threshold is in force on another plan, and all are again on Enterprise
+    blocked = [[item["blocked_threshold"] for item in body["items"]] for body in (before, after)]
+    assert any(value is not None for value in blocked[0])
+    assert blocked[1] == [None] * len(blocked[1])
+    assert again == before
+
+
 def test_a_reservation_and_a_single_event_cost_their_known_queries(account, service_client):
     # given: the account's lines read once, the credentials' queries measured
     url = f"/api/v1/accounts/{account.pk}/usage/reservations/"

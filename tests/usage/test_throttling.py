@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
 
 import pytest
+import redis
+from django.core.cache import caches
 from django.core.cache.backends.base import BaseCache
 from knox.models import AuthToken
 from rest_framework.test import APIClient
@@ -212,3 +220,122 @@ def test_reservations_share_the_check_bucket_and_reading_one_is_not_throttled(ra
     assert not account.reservations.exists()
     # and reading one is never throttled
     assert client.get(f"{url}job-1/").status_code == 404
+
+
+# --- On Redis, as in production: one round trip per request, counts shared by processes ---
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def redis_rates(rates, settings):
+    """The rates of ``rates``, counted in Redis under a prefix of the test's own."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": settings.CELERY_BROKER_URL,
+            "KEY_PREFIX": f"test-throttle-{uuid.uuid4().hex}",
+        }
+    }
+    return rates
+
+
+@pytest.fixture
+def redis_commands(monkeypatch):
+    """The Redis commands sent that name a throttle's bucket, as (command, key) pairs."""
+    sent: list[tuple[str, str]] = []
+    original = redis.Redis.execute_command
+
+    def spy(self, *args, **options):
+        names = [arg for arg in args[1:] if isinstance(arg, str) and "throttle:" in arg]
+        if names:
+            sent.append((str(args[0]).upper(), names[0]))
+        return original(self, *args, **options)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", spy)
+    return sent
+
+
+@pytest.mark.redis
+def test_on_redis_a_check_costs_one_round_trip_and_past_the_rate_answers_429(
+    redis_rates, redis_commands, service_user
+):
+    # given: two checks a minute
+    account = AccountFactory()
+    client = client_for(service_user)
+    body = {"metric": "text_tokens", "quantity": 5}
+    # when
+    checks = [client.post(check_url(account), body, format="json") for _ in range(3)]
+    # then: two answered, the third refused until the minute opened by the first ends
+    assert [r.status_code for r in checks] == [200, 200, 429]
+    wait = int(checks[2]["Retry-After"])
+    assert 1 <= wait <= 60
+    unit = "second" if wait == 1 else "seconds"
+    assert checks[2].json() == {
+        "detail": f"Request was throttled. Expected available in {wait} {unit}."
+    }
+    # and each request sent one command about its bucket, to one key that expires
+    assert [command for command, _key in redis_commands] in (
+        ["EVALSHA"] * 3,
+        ["EVALSHA", "EVAL", "EVALSHA", "EVALSHA"],  # the script sent once to this server
+    )
+    (key,) = {key for _command, key in redis_commands}
+    server = caches["default"]._cache.get_client(key)
+    assert int(server.get(key)) == 3
+    assert 0 < server.pttl(key) <= 60_000
+
+
+# Another process: the project's throttle, on the same Redis, for the same token and scope.
+OTHER_PROCESS = """
+import json, os, sys
+import django
+from django.conf import settings
+settings.configure(
+    CACHES=json.loads(os.environ["THROTTLE_CACHES"]),
+    REST_FRAMEWORK={"DEFAULT_THROTTLE_RATES": {"check": "3/min"}},
+)
+django.setup()
+from config.throttling import TokenRateThrottle
+
+class Token:
+    digest = os.environ["THROTTLE_DIGEST"]
+
+class Request:
+    auth = Token()
+
+class View:
+    throttle_scope = "check"
+
+print(json.dumps([TokenRateThrottle().allow_request(Request(), View()) for _ in range(2)]))
+"""
+
+
+@pytest.mark.redis
+def test_on_redis_every_process_counts_in_the_same_bucket(redis_rates, settings, service_user):
+    # given: three checks a minute, two made by this process
+    redis_rates(check="3/min")
+    account = AccountFactory()
+    token, key = AuthToken.objects.create(user=service_user, expiry=None)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    body = {"metric": "text_tokens", "quantity": 5}
+    first = [client.post(check_url(account), body, format="json").status_code for _ in range(2)]
+    # when: another process asks twice for the same token
+    other = subprocess.run(
+        [sys.executable, "-c", OTHER_PROCESS],
+        cwd=ROOT,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")},
+            "THROTTLE_CACHES": json.dumps(settings.CACHES),
+            "THROTTLE_DIGEST": token.digest,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    last = client.post(check_url(account), body, format="json")
+    # then: the other process had the third request and not a fourth; this one none left
+    assert first == [200, 200]
+    assert json.loads(other.stdout) == [True, False]
+    assert last.status_code == 429
