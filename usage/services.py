@@ -420,15 +420,14 @@ def label_sets_add(keys: list[LabelSetKey]) -> list[LabelSetKey]:
     )
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
+            # One JSON text, escaped in one C call (arrays are escaped element by element).
+            text = _as_text()
+            rows = json.dumps([[text(k[0]), k[1], text(k[2]), k[3]] for k in keys])
             cursor.execute(
-                f"INSERT INTO {LABEL_SET_TABLE} ({columns}) SELECT * FROM"
-                f" unnest(%s::uuid[], %s::text[], %s::date[], %s::text[]) {conflict}",
-                [
-                    [k[0] for k in keys],
-                    [k[1] for k in keys],
-                    [k[2] for k in keys],
-                    [k[3] for k in keys],
-                ],
+                f"INSERT INTO {LABEL_SET_TABLE} ({columns}) SELECT (x->>0)::uuid, x->>1,"
+                " (x->>2)::date, x->>3 FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY"
+                f" AS t(x, n) ORDER BY n {conflict}",
+                [rows],
             )
             return [(a, m, d, labels) for a, m, d, labels in cursor.fetchall()]
         params: list[object] = []
