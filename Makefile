@@ -113,6 +113,7 @@ bench: install
 		--results $(BENCH_RESULTS)/ingest.json $(BENCH_ARGS)
 	$(BIN)/python bench/sweep.py --results $(BENCH_RESULTS)/sweep.json $(BENCH_SWEEP_ARGS)
 	$(BIN)/python bench/performance.py $(BENCH_RESULTS)/ingest.json $(BENCH_RESULTS)/sweep.json
+	$(BIN)/python bench/plans.py --doc docs/performance.md >/dev/null
 
 clean:
 	rm -rf $(VENV) db.sqlite3 staticfiles $(BENCH_RESULTS)

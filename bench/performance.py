@@ -108,14 +108,14 @@ def block(documents: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def doc_replace(text: str, generated: str) -> str:
-    """``text`` with the block between the markers replaced by ``generated`` (markers
-    included); without markers, ``generated`` is added at the end."""
-    start = text.find(BEGIN.split(" (")[0])
-    end = text.find(END, max(start, 0))
-    if start == -1 or end == -1 or end < start:
+def doc_replace(text: str, generated: str, begin: str = BEGIN, end: str = END) -> str:
+    """``text`` with the block between the markers ``begin`` and ``end`` replaced by
+    ``generated`` (markers included); without markers, ``generated`` is added at the end."""
+    start = text.find(begin.split(" (")[0])
+    stop = text.find(end, max(start, 0))
+    if start == -1 or stop == -1 or stop < start:
         return text.rstrip("\n") + "\n\n" + generated + "\n"
-    return text[:start] + generated + text[end + len(END) :]
+    return text[:start] + generated + text[stop + len(end) :]
 
 
 def main() -> int:

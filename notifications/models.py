@@ -240,12 +240,18 @@ class Notification(models.Model):
         """The line in words: ``Text tokens, warning at 40,000 tokens, day of 2 December
         2026, Model: large`` (the metric's label, the level, the threshold with its unit, the
         period, the labels)."""
-        text = gettext("%(metric)s, %(level)s at %(threshold)s, %(period)s") % {
+        values = {
             "metric": METRICS[self.metric].label if self.metric in METRICS else self.metric,
             "level": self.get_level_display().lower(),
             "threshold": quantity_with_unit(self.threshold * MILLI, self.metric),
             "period": self.period_text(),
         }
+        if self.level == NoticeLevel.RESTORED:
+            # Its threshold is the blocked one it answers, not one it was restored "at".
+            text = gettext("%(metric)s, restored after blocked at %(threshold)s, %(period)s")
+        else:
+            text = gettext("%(metric)s, %(level)s at %(threshold)s, %(period)s")
+        text = text % values
         labels = self.labels
         return f"{text}, {labels_text(labels)}" if labels else text
 

@@ -114,6 +114,10 @@ def _english_and_fast_passwords(settings) -> None:
     settings.LANGUAGE_CODE = "en"
     # Password hashing at production strength is most of a user factory's cost.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # The embedded default's cache (process memory) whatever CACHE_URL the shell sets: what
+    # a test counts (queries, throttled requests) must not depend on it. The tests of the
+    # shared cache put Redis back themselves (test_token_cache, test_throttling...).
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ sys.path.insert(0, str(BENCH))  # the scripts import their neighbours by name, a
 
 import ingest  # noqa: E402
 import performance  # noqa: E402
+import plans  # noqa: E402
 import sweep  # noqa: E402
 from results import Figure, results_read, results_write  # noqa: E402
 
@@ -158,3 +159,43 @@ def test_a_doc_without_the_markers_gets_the_block_at_its_end(tmp_path):
 
 def test_a_pipe_in_a_figure_does_not_break_the_table():
     assert performance.markdown_table([["a", "b"], ["x | y", "1"]])[-1] == "| x \\| y | 1 |"
+
+
+PLAN = """Nested Loop  (cost=0.57..16.62 rows=1 width=8) (actual time=0.02..0.03 rows=1 loops=1)
+  ->  Index Scan using accounts_account_pkey on accounts_account a  (actual rows=1 loops=1)
+  ->  Seq Scan on usage_usageevent e  (actual rows=0 loops=1)
+  ->  Index Only Scan using usage_counter_key_once on usage_usagecounterkey  (actual rows=0)
+Planning Time: 0.110 ms
+Execution Time: 0.045 ms"""
+
+
+def test_a_plan_names_its_scans_and_a_whole_large_table_read():
+    statement = plans.Statement(sql="SELECT 1", plan=PLAN, execution_ms=0.045)
+    assert statement.scans == [
+        "Index Scan accounts_account_pkey",
+        "Seq Scan usage_usageevent",
+        "Index Only Scan usage_counter_key_once",
+    ]
+    assert statement.whole_large_tables == ["usage_usageevent"]
+
+
+def test_the_plans_block_is_written_between_its_own_markers(tmp_path):
+    statements = [
+        plans.Statement(sql="SELECT  *\n FROM x", plan=PLAN, execution_ms=0.045),
+        plans.Statement(
+            sql="INSERT INTO y", plan="Insert on y\nExecution Time: 0.5 ms", execution_ms=0.5
+        ),
+    ]
+    results = [plans.PathPlans("GET .../usage/", 200, statements)]
+    block = plans.markdown(100_000, results)
+    doc = f"# P\n\n{performance.BEGIN}\nfigures\n{performance.END}\n\n{plans.BEGIN}\nold\n{plans.END}\n"
+    text = performance.doc_replace(doc, block, plans.BEGIN, plans.END)
+    assert "old" not in text and "figures" in text  # the figures' block stays as it was
+    assert "100,000 events" in text
+    assert (
+        "| GET .../usage/ | 200 | 2 | 0.55 ms | Index Only Scan usage_counter_key_once,"
+        " Index Scan accounts_account_pkey, Seq Scan usage_usageevent | usage_usageevent |"
+    ) in text
+    assert "1. `SELECT * FROM x` (0.045 ms)" not in text  # the whole plans: their own file
+    whole = plans.plans_document(100_000, results)
+    assert "## GET .../usage/\n\n1. `SELECT * FROM x` (0.045 ms)\n\n```\nNested Loop" in whole

@@ -17,6 +17,7 @@ import pytest
 import time_machine
 from django.core import mail
 from django.core.management import call_command
+from django.utils import translation
 
 from backoffice.services import (
     extensions_grant,
@@ -213,6 +214,10 @@ def test_the_restored_mail_says_what_changed_and_what_is_left_in_each_language()
     }
     assert english.tags == ["usage-restored"]
     assert english.metadata["restores"] == str(notice.restores_id)
+    # the ledger row in words names the blocked threshold it answers as such
+    assert str(notice) == "Text tokens, restored after blocked at 100 tokens, January 2027"
+    with translation.override("fr"):
+        assert str(notice) == ("Jetons texte, rétabli après blocage à 100 jetons, janvier 2027")
 
 
 def test_clearing_the_blocked_threshold_restores_with_no_cap_left():
