@@ -293,7 +293,12 @@ def usage_events_record(
         # monthly lines and on the scoped lines that count these events.
         crossings_record(
             usages=[u for u in usage.values() if u.status != Status.OK],
-            lines=scoped_lines_reached(accounts=scoped, now=now, labels=_labels_of(events)),
+            lines=scoped_lines_reached(
+                accounts=scoped,
+                now=now,
+                labels=_labels_of(events),
+                month_used={key: found.used_milli for key, found in usage.items()},
+            ),
             zones=zones,
             now=now,
         )
