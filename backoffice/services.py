@@ -239,9 +239,9 @@ def extensions_grant(
 def _labels_of(events: Iterable[EventIn]) -> dict[tuple[uuid.UUID, str], list[dict[str, str]]]:
     """The distinct label sets of the events, per (account id, metric)."""
     found: dict[tuple[uuid.UUID, str], set[str]] = defaultdict(set)
-    for event in events:
-        found[(event.account_id, event.metric)].add(event.labels_key)
-    parsed = {key: labels_from_key(key) for keys in found.values() for key in keys}
+    for account_id, metric, key in {(e.account_id, e.metric, e.labels_key) for e in events}:
+        found[(account_id, metric)].add(key)
+    parsed = {key: labels_from_key(key) for key in set().union(*found.values())}
     return {pair: [parsed[key] for key in sorted(keys)] for pair, keys in found.items()}
 
 
@@ -293,7 +293,12 @@ def usage_events_record(
         # monthly lines and on the scoped lines that count these events.
         crossings_record(
             usages=[u for u in usage.values() if u.status != Status.OK],
-            lines=scoped_lines_reached(accounts=scoped, now=now, labels=_labels_of(events)),
+            lines=scoped_lines_reached(
+                accounts=scoped,
+                now=now,
+                labels=_labels_of(events),
+                month_used={key: found.used_milli for key, found in usage.items()},
+            ),
             zones=zones,
             now=now,
         )

@@ -31,7 +31,6 @@ _BAD_CHARACTER = re.compile("[\x00\ud800-\udfff]")
 # reach ``json.loads`` unescaped: it refuses the first, the UTF-8 decoder the second).
 _SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 _ESCAPE = re.compile(r"\\.", re.DOTALL)
-_JSON_STRING = re.compile(r'"[^"]*"')  # once escapes are gone
 _NOT_A_BRACKET = re.compile(r"[^\[\]{}]+")
 _UNIFORM_BRACKETS = str.maketrans("[{]}", "(())")
 
@@ -59,7 +58,10 @@ def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
         return False
     if "\\" in text:
         text = _ESCAPE.sub("", text)
-    brackets = _NOT_A_BRACKET.sub("", _JSON_STRING.sub("", text)).translate(_UNIFORM_BRACKETS)
+    # Without escapes, quotes open and close strings in turn: every other piece between
+    # quotes is outside any string (a final unclosed string is left out with its text).
+    outside = "".join(text.split('"')[0::2])
+    brackets = _NOT_A_BRACKET.sub("", outside).translate(_UNIFORM_BRACKETS)
     for _pass in range(limit):
         if "()" not in brackets:
             break

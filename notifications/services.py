@@ -42,7 +42,7 @@ from accounts.selectors import LimitLine
 from accounts.windows import PeriodKind, window_containing, window_from_key
 from config.request_ids import current_correlation_id, current_request_id
 from usage.locks import usage_lock
-from usage.models import UsageCounter
+from usage.models import MILLI, UsageCounter
 from usage.periods import Period, period_containing
 from usage.selectors import (
     LineUsage,
@@ -562,12 +562,17 @@ def notifications_publish(notification_ids: list[int]) -> None:
         publish_later(notification_ids, notifications_enqueue)
 
 
+# The periods whose current window lies inside the current calendar month of the account.
+WITHIN_MONTH = frozenset({PeriodKind.MINUTE, PeriodKind.HOUR, PeriodKind.DAY, PeriodKind.MONTH})
+
+
 def scoped_lines_reached(
     *,
     accounts: Iterable[Account],
     now: datetime,
     labels: Mapping[tuple[uuid.UUID, str], Iterable[Mapping[str, str]]] | None = None,
     read: Mapping[Account, Iterable[LineUsage]] | None = None,
+    month_used: Mapping[tuple[uuid.UUID, str], int] | None = None,
 ) -> dict[Account, list[LineUsage]]:
     """The scoped lines of ``accounts`` that stand at or past a threshold over their current
     windows (``usage.selectors.accounts_scoped_lines_usage``, extensions included), in two
@@ -576,9 +581,21 @@ def scoped_lines_reached(
     ``labels`` keeps, per (account id, metric), the lines that apply to one of these label
     sets (those that the events of a request count in); without it, every scoped line.
     ``read``: each account's lines, when the caller has already read them.
+
+    ``month_used``: what each (account id, metric) has used in its current month, in
+    thousandths, when the caller has read it (``usage_for``). A line whose window lies
+    inside that month (``WITHIN_MONTH``) counts part of it at most, and extensions only
+    raise a blocked threshold: below its lowest threshold, the line cannot stand past one,
+    so it is not read at all. Recording a batch reads then only the week and rolling lines
+    of the accounts that are far from their limits, which most are.
     """
 
     def keep(account: Account, line: LimitLine) -> bool:
+        if month_used is not None and line.period in WITHIN_MONTH:
+            used = month_used.get((account.pk, line.metric))
+            thresholds = [t for t in (line.warning, line.blocked) if t is not None]
+            if used is not None and (not thresholds or used < min(thresholds) * MILLI):
+                return False
         return labels is None or any(
             labels_match(line=line.labels, event=event)
             for event in labels.get((account.pk, line.metric), ())

@@ -18,7 +18,8 @@ import dataclasses
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -94,8 +95,37 @@ class IngestResult:
     usage: list[MetricUsage]
 
 
-def _insert_events(events: list[EventIn], received_at: datetime) -> list[tuple[str, str]]:
-    """Insert the events that are new; returns ``(account id hex, event_id)`` of those.
+@contextmanager
+def _cursor() -> Iterator[Any]:
+    """A cursor of the default connection; on PostgreSQL, one that sends the parameters
+    apart from the statement (server-side binding), for the statements of a batch.
+
+    Django binds parameters on the client: each is quoted into the SQL text, which
+    PostgreSQL then reads back character by character. A batch's rows travel as JSON
+    texts of hundreds of kilobytes; sent apart, PostgreSQL takes them as they are. The
+    cursor is wrapped as Django wraps its own, so query logging and
+    ``connection.execute_wrapper`` see these statements as any other.
+    """
+    if connection.vendor != "postgresql":
+        with connection.cursor() as cursor:
+            yield cursor
+        return
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    with connection.wrap_database_errors:
+        raw = ServerBindingCursor(connection.connection)
+    wrap = connection.make_debug_cursor if connection.queries_logged else connection.make_cursor
+    with wrap(raw) as cursor:
+        yield cursor
+
+
+def _insert_events(
+    events: list[tuple[str, EventIn]], received_at: datetime
+) -> list[tuple[str, str]]:
+    """Insert the events that are new, each given with its account id's hex digits; returns
+    ``(account id hex, event_id)`` of those.
 
     Each row carries the current request and correlation ids (``config.request_ids``).
     """
@@ -104,14 +134,15 @@ def _insert_events(events: list[EventIn], received_at: datetime) -> list[tuple[s
         " labels, request_id, correlation_id"
     )
     request_id, correlation_id = current_request_id(), current_correlation_id()
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         if connection.vendor == "postgresql":
             # The batch travels as one JSON text parameter: Django's client-side binding
             # escapes it in one C call, where arrays would be escaped element by element.
+            # Ids as their hex digits, which PostgreSQL reads as UUIDs and writes back.
             rows = json.dumps(
                 [
                     [
-                        str(e.account_id),
+                        account_hex,
                         e.event_id,
                         e.metric,
                         e.quantity_milli,
@@ -120,7 +151,7 @@ def _insert_events(events: list[EventIn], received_at: datetime) -> list[tuple[s
                         e.metadata,
                         e.labels,
                     ]
-                    for e in events
+                    for account_hex, e in events
                 ]
             )
             cursor.execute(
@@ -128,17 +159,18 @@ def _insert_events(events: list[EventIn], received_at: datetime) -> list[tuple[s
                 "SELECT (x->>0)::uuid, x->>1, x->>2, (x->>3)::bigint, (x->>4)::timestamptz, %s,"
                 " x->>5, (x->>6)::jsonb, (x->>7)::jsonb, %s, %s FROM jsonb_array_elements(%s::jsonb)"
                 " WITH ORDINALITY AS t(x, n) ORDER BY n "
-                "ON CONFLICT (account_id, event_id) DO NOTHING RETURNING account_id, event_id",
+                "ON CONFLICT (account_id, event_id) DO NOTHING"
+                " RETURNING translate(account_id::text, '-', ''), event_id",
                 [received_at, request_id, correlation_id, rows],
             )
-            return [(account_id.hex, event_id) for account_id, event_id in cursor.fetchall()]
+            return cursor.fetchall()
         adapt = connection.ops.adapt_datetimefield_value
         received = adapt(received_at)
         placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(events))
         params: list[object] = []
-        for e in events:
+        for account_hex, e in events:
             params += [
-                e.account_id.hex,
+                account_hex,
                 e.event_id,
                 e.metric,
                 e.quantity_milli,
@@ -155,11 +187,13 @@ def _insert_events(events: list[EventIn], received_at: datetime) -> list[tuple[s
             "ON CONFLICT (account_id, event_id) DO NOTHING RETURNING account_id, event_id",
             params,
         )
+        # SQLite keeps the id as its hex digits.
         return [(str(account_id), event_id) for account_id, event_id in cursor.fetchall()]
 
 
-DayKey = tuple[uuid.UUID, str, str, date]  # account, metric, labels key, local day
-HourKey = tuple[uuid.UUID, str, str, datetime, date]  # ... hour start (UTC), its local day
+# account (its UUID, or its hex digits, the same in every key), metric, labels key, local day
+DayKey = tuple[uuid.UUID | str, str, str, date]
+HourKey = tuple[uuid.UUID | str, str, str, datetime, date]  # ... hour start (UTC), its local day
 
 
 @dataclass
@@ -237,6 +271,7 @@ def hour_start(instant: datetime, zone: ZoneInfo) -> tuple[datetime, date]:
 
 
 QUARTER = timedelta(minutes=15)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # quarter hours are counted from it
 
 
 def _place(instant: datetime, zone: ZoneInfo) -> tuple[datetime, date, date]:
@@ -294,6 +329,11 @@ def _as_text() -> Callable[[object], str]:
     return text
 
 
+def _hex(account_id: uuid.UUID | str) -> str:
+    """An account id as its hex digits, given as a ``UUID`` or as those digits."""
+    return account_id if isinstance(account_id, str) else account_id.hex
+
+
 def counters_add(deltas: CounterDeltas, now: datetime) -> dict[tuple[uuid.UUID, str, date], int]:
     """Add ``deltas`` to the day and hour counters, rows in a stable order.
 
@@ -318,7 +358,7 @@ def counters_add(deltas: CounterDeltas, now: datetime) -> dict[tuple[uuid.UUID, 
     )
     day_columns = "account_id, metric, labels, day, quantity_milli, updated_at"
     hour_columns = "account_id, metric, labels, hour, day, quantity_milli, updated_at"
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         if connection.vendor == "postgresql":
             # One statement: the hour upsert runs as a data-modifying WITH, to completion,
             # before the day upsert (the same order in every writer). The rows travel as
@@ -358,7 +398,7 @@ def counters_add(deltas: CounterDeltas, now: datetime) -> dict[tuple[uuid.UUID, 
         updated = adapt(now)
         if days:
             rows = json.dumps(
-                [[k[0].hex, k[1], k[2], k[3].isoformat(), deltas.days[k]] for k in days]
+                [[_hex(k[0]), k[1], k[2], k[3].isoformat(), deltas.days[k]] for k in days]
             )
             cursor.execute(
                 f"INSERT INTO {COUNTER_TABLE} ({day_columns}) SELECT {_json_columns(5)}, %s"
@@ -372,7 +412,7 @@ def counters_add(deltas: CounterDeltas, now: datetime) -> dict[tuple[uuid.UUID, 
         if hours:
             rows = json.dumps(
                 [
-                    [k[0].hex, k[1], k[2], adapt(k[3]), k[4].isoformat(), deltas.hours[k]]
+                    [_hex(k[0]), k[1], k[2], adapt(k[3]), k[4].isoformat(), deltas.hours[k]]
                     for k in hours
                 ]
             )
@@ -405,17 +445,16 @@ def label_sets_add(keys: list[LabelSetKey]) -> list[LabelSetKey]:
         "ON CONFLICT (account_id, metric, day, labels) DO NOTHING"
         " RETURNING account_id, metric, day, labels"
     )
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         if connection.vendor == "postgresql":
+            # One JSON text, escaped in one C call (arrays are escaped element by element).
+            text = _as_text()
+            rows = json.dumps([[text(k[0]), k[1], text(k[2]), k[3]] for k in keys])
             cursor.execute(
-                f"INSERT INTO {LABEL_SET_TABLE} ({columns}) SELECT * FROM"
-                f" unnest(%s::uuid[], %s::text[], %s::date[], %s::text[]) {conflict}",
-                [
-                    [k[0] for k in keys],
-                    [k[1] for k in keys],
-                    [k[2] for k in keys],
-                    [k[3] for k in keys],
-                ],
+                f"INSERT INTO {LABEL_SET_TABLE} ({columns}) SELECT (x->>0)::uuid, x->>1,"
+                " (x->>2)::date, x->>3 FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY"
+                f" AS t(x, n) ORDER BY n {conflict}",
+                [rows],
             )
             return [(a, m, d, labels) for a, m, d, labels in cursor.fetchall()]
         params: list[object] = []
@@ -536,49 +575,70 @@ def usage_events_store(
     by its ``labels``), or when the request would take a daily counter past
     ``DAILY_LIMIT`` (``usage.models``).
     """
-    unique: dict[tuple[uuid.UUID, str], EventIn] = {}
-    index_of: dict[tuple[uuid.UUID, str], int] = {}
+    # Per event, accounts are keyed by their ids' hex digits: a ``UUID`` hashes and compares
+    # in Python, a ``str`` in C (and keeps its hash). Each id object of the request is
+    # spelled once (``id()`` is safe here: the events hold every one of them).
+    hex_of: dict[int, str] = {}
+    first: dict[tuple[str, str], int] = {}  # (account hex, event_id) -> its first index
     for index, event in enumerate(events):
-        unique.setdefault((event.account_id, event.event_id), event)
-        index_of.setdefault((event.account_id, event.event_id), index)
-    ordered = [unique[key] for key in sorted(unique)]
+        account_id = event.account_id
+        account_hex = hex_of.get(id(account_id))
+        if account_hex is None:
+            account_hex = hex_of[id(account_id)] = account_id.hex
+        first.setdefault((account_hex, event.event_id), index)
+    # Hex digits sort as the ids do: rows go in (account, event id) order, as ever.
+    inserted = _insert_events([(key[0], events[first[key]]) for key in sorted(first)], now)
 
-    inserted = _insert_events(ordered, now)
-    by_key = {(key[0].hex, key[1]): event for key, event in unique.items()}
-    # Summed per label set and hour first, then spread over the subsets of each set.
-    groups: dict[tuple[uuid.UUID, str, str, date, datetime, date], int] = defaultdict(int)
-    label_sets: dict[LabelSetKey, int] = {}
+    ids = {account_id.hex: account_id for account_id in zones}
+    zone_of = {account_hex: zones[account_id] for account_hex, account_id in ids.items()}
+    # Summed per label set and hour first, then spread over the counted keys of each set.
+    groups: dict[tuple[str, str, str, tuple[datetime, date, date]], int] = defaultdict(int)
+    label_sets: dict[tuple[str, str, date, str], int] = {}
     settling: list[EventIn] = []
+    places: dict[tuple[str, int], tuple[datetime, date, date] | None] = {}
     for account_hex, event_id in inserted:
-        event = by_key[(account_hex.replace("-", ""), event_id)]
+        index = first[(account_hex, event_id)]
+        event = events[index]
         if event.reservation_id:
             settling.append(event)
-        hour, hour_day, day = event_place(event.occurred_at, zones[event.account_id])
-        key = (event.account_id, event.metric, event.labels_key, day, hour, hour_day)
-        groups[key] += event.quantity_milli
-        if event.labels_key:
-            index = index_of[(event.account_id, event.event_id)]
-            set_key = (event.account_id, event.metric, day, event.labels_key)
-            label_sets[set_key] = min(index, label_sets.get(set_key, index))
+        # The place of an event is its account's zone's for its UTC quarter hour
+        # (``event_place``), looked up once per account and quarter.
+        occurred_at = event.occurred_at
+        quarter = (occurred_at - EPOCH) // QUARTER
+        place = places.get((account_hex, quarter), False)
+        if place is False:
+            place = places[(account_hex, quarter)] = _quarter_place(
+                zone_of[account_hex], EPOCH + quarter * QUARTER
+            )
+        if place is None:  # a window or a local day starts inside this quarter
+            place = _place(occurred_at, zone_of[account_hex])
+        labels = event.labels_key
+        groups[(account_hex, event.metric, labels, place)] += event.quantity_milli
+        if labels:
+            set_key = (account_hex, event.metric, place[2], labels)
+            if index < label_sets.get(set_key, len(events)):
+                label_sets[set_key] = index
     if label_sets:
-        _label_sets_check(label_sets, is_batch=is_batch)
+        _label_sets_check(
+            {(ids[k[0]], k[1], k[2], k[3]): index for k, index in sorted(label_sets.items())},
+            is_batch=is_batch,
+        )
         # Read under the usage lock: a key that a change of limits starts counting is
         # either committed with its counters filled before this read, or waits for this
         # transaction and fills from its events (``counter_keys_sync``).
-        counted = counted_keys({key[0] for key in label_sets})
+        counted = {
+            (account_id.hex, metric): keys
+            for (account_id, metric), keys in counted_keys({ids[k[0]] for k in label_sets}).items()
+        }
     else:
         counted = {}
+    # Ids stay hex digits in the counters' keys (``counters_add`` writes either spelling).
     deltas = CounterDeltas()
-    for (account_id, metric, labels, day, hour, hour_day), quantity in groups.items():
-        deltas.add(
-            account_id=account_id,
-            metric=metric,
-            keys=keys_counted(labels, counted.get((account_id, metric), ())),
-            day=day,
-            hour=hour,
-            hour_day=hour_day,
-            quantity_milli=quantity,
-        )
+    days, hours = deltas.days, deltas.hours
+    for (account_hex, metric, labels, (hour, hour_day, day)), quantity in groups.items():
+        for key in keys_counted(labels, counted.get((account_hex, metric), ())):
+            days[(account_hex, metric, key, day)] += quantity
+            hours[(account_hex, metric, key, hour, hour_day)] += quantity
     if deltas:
         # Checked on the totals the upsert wrote, under the usage lock and the counter
         # rows' locks, so concurrent batches never pass the limit together.

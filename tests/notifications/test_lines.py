@@ -12,6 +12,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from django.core import mail
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from backoffice.services import (
@@ -353,3 +355,54 @@ def test_a_limits_patch_adding_a_passed_rolling_line_notifies_at_once(manager_cl
     assert mail.outbox[0].extra_headers["X-Usage-Period"] == (
         datetime.combine(local_today, datetime.min.time(), tzinfo=account.zone).isoformat()
     )
+
+
+@pytest.mark.parametrize("period", ["minute", "hour", "day", "month", "week"])
+def test_a_batch_reaching_a_line_exactly_with_all_of_its_month_notifies_it(period):
+    # given: a line of 100 tokens, labelled, and nothing used yet this month
+    account = account_with_line(period=period, warning=100, labels={"model": "large"})
+    at = paris("2027-03-17 10:00")
+
+    # when: a batch whose labelled events make the whole month's usage, exactly 100
+    events = [
+        {"event_id": f"e{i}", "account": str(account.pk), "metric": TOKENS, "quantity": 25}
+        | {"occurred_at": at.isoformat(), "labels": {"model": "large"}}
+        for i in range(4)
+    ]
+    usage_events_record(payload={"events": events}, now=at.astimezone(UTC))
+
+    # then: the line, at its threshold exactly (the month's whole usage), is recorded once
+    assert [
+        (kind, level, threshold) for kind, _d, _l, level, _s, threshold, *_ in ledger(account)
+    ] == [(period, "warning", 100)]
+
+
+def test_a_line_far_from_the_months_usage_is_not_read_when_usage_is_recorded():
+    # given: two day lines of large-model usage, one far above what the month has used, the
+    # other below it (the month's usage is of the small model)
+    at = paris("2027-03-17 10:00")
+    far = account_with_line(period="day", warning=10**9, labels={"model": "large"})
+    near = AccountFactory(timezone="Europe/Paris")
+    limits_replace(
+        account=near,
+        data={
+            "recipients": RECIPIENTS,
+            "scoped_limits": [
+                {"metric": TOKENS, "period": "day", "window_days": None}
+                | {"labels": {"model": "large"}, "warning": 100, "blocked": None}
+            ],
+        },
+    )
+    for account in (far, near):
+        record(account, "warm-up", 200, at, {"model": "small"})
+
+    # when: the same event recorded for each
+    counts = []
+    for account in (far, near):
+        with CaptureQueriesContext(connection) as captured:
+            record(account, "e", 5, at, {"model": "large"})
+        counts.append(len(captured.captured_queries))
+
+    # then: the far line's figures are not read, one query fewer; neither line is reached
+    assert counts[0] == counts[1] - 1
+    assert ledger(far) == ledger(near) == []
