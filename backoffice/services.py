@@ -18,7 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -32,11 +32,19 @@ from usage.ingest import EventIn, EventsInvalid, parse_events
 from usage.locks import usage_lock
 from usage.models import Extension
 from usage.periods import period_containing
-from usage.selectors import Status, usage_for
+from usage.selectors import (
+    Status,
+    account_lines_current,
+    counted_keys_column,
+    counted_keys_of,
+    line_with_event,
+    usage_for,
+)
 from usage.services import (
     IngestResult,
     counter_keys_sync,
     extension_grant,
+    usage_event_store_one,
     usage_events_store,
 )
 
@@ -260,6 +268,8 @@ def usage_events_record(
     """
     now = now or timezone.now()
     events, is_batch = parse_events(payload, now, bound=account_id)
+    if not is_batch and connection.vendor == "postgresql":
+        return _usage_event_record(events[0], now=now)
 
     # The accounts, each marked when it has a scoped limit on a metric of the request (in
     # the same query): only those have scoped lines to look at for crossings.
@@ -303,3 +313,54 @@ def usage_events_record(
         duplicates=len(events) - accepted,
         usage=[usage[key] for key in touched],
     )
+
+
+def _usage_event_record(event: EventIn, *, now: datetime) -> IngestResult:
+    """``usage_events_record`` of a single event, on PostgreSQL: three statements.
+
+    After the (account, metric) lock, one statement reads the account with the lines the
+    event counts on, their usage before it and the label keys counted
+    (``usage.selectors.account_lines_current``), in the snapshot that follows the lock,
+    hence with all that other writers committed; one statement writes the event and its
+    counters (``usage.services.usage_event_store_one``). The usage after it is the one
+    read plus the event, on each line whose window it occurred in: nothing else can have
+    changed under the lock. A crossing is recorded as the batch path records it, in the
+    same transaction.
+    """
+    labels = labels_from_key(event.labels_key)
+    with transaction.atomic():
+        usage_lock(pairs=[(event.account_id, event.metric)])
+        found = account_lines_current(
+            account_id=event.account_id,
+            metric=event.metric,
+            labels=labels,
+            now=now,
+            reservations=False,
+            columns={"counted_keys": counted_keys_column(metric=event.metric)},
+        )
+        if found is None or not found[0].is_active:
+            raise EventsInvalid({"account": [_("Unknown or inactive account.")]})
+        account, lines = found
+        counted = counted_keys_of(account.__dict__.pop("counted_keys", None))
+        zone = account.zone
+        stored = usage_event_store_one(event=event, zone=zone, counted=counted, now=now)
+        if stored:
+            lines = [
+                line_with_event(
+                    line, occurred_at=event.occurred_at, quantity_milli=event.quantity_milli
+                )
+                for line in lines
+            ]
+        monthly = next(line.usage for line in lines if line.is_whole_metric_month)
+        reached = [
+            line
+            for line in lines
+            if not line.is_whole_metric_month and line.usage.status != Status.OK
+        ]
+        crossings_record(
+            usages=[monthly] if monthly.status != Status.OK else [],
+            lines={account: reached} if reached else None,
+            zones={account.pk: zone},
+            now=now,
+        )
+    return IngestResult(accepted=int(stored), duplicates=int(not stored), usage=[monthly])
