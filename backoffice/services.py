@@ -27,7 +27,12 @@ from accounts.labels import labels_from_key
 from accounts.models import Account, Level, Plan, ScopedLimit, validate_timezone
 from accounts.selectors import LimitsDocument, limits_document_get
 from accounts.services import _limits_write, limits_document_merge, limits_document_validate
-from notifications.services import crossings_record, scoped_lines_reached, thresholds_evaluate
+from notifications.services import (
+    crossings_record,
+    reaches_more,
+    scoped_lines_reached,
+    thresholds_evaluate,
+)
 from usage.ingest import EventIn, EventsInvalid, parse_events
 from usage.locks import usage_lock
 from usage.models import Extension
@@ -324,8 +329,9 @@ def _usage_event_record(event: EventIn, *, now: datetime) -> IngestResult:
     hence with all that other writers committed; one statement writes the event and its
     counters (``usage.services.usage_event_store_one``). The usage after it is the one
     read plus the event, on each line whose window it occurred in: nothing else can have
-    changed under the lock. A crossing is recorded as the batch path records it, in the
-    same transaction.
+    changed under the lock. Crossings are looked for, in the same transaction, only on
+    the lines the event took past a threshold (``reaches_more``): a line that stood past
+    it already was recorded then.
     """
     labels = labels_from_key(event.labels_key)
     with transaction.atomic():
@@ -344,23 +350,26 @@ def _usage_event_record(event: EventIn, *, now: datetime) -> IngestResult:
         counted = counted_keys_of(account.__dict__.pop("counted_keys", None))
         zone = account.zone
         stored = usage_event_store_one(event=event, zone=zone, counted=counted, now=now)
+        after = lines
         if stored:
-            lines = [
+            after = [
                 line_with_event(
                     line, occurred_at=event.occurred_at, quantity_milli=event.quantity_milli
                 )
                 for line in lines
             ]
-        monthly = next(line.usage for line in lines if line.is_whole_metric_month)
-        reached = [
-            line
-            for line in lines
-            if not line.is_whole_metric_month and line.usage.status != Status.OK
-        ]
-        crossings_record(
-            usages=[monthly] if monthly.status != Status.OK else [],
-            lines={account: reached} if reached else None,
-            zones={account.pk: zone},
-            now=now,
-        )
+            # Only a line that reaches a threshold it had not reached before can cross.
+            crossed = [
+                line
+                for line, earlier in zip(after, lines, strict=True)
+                if reaches_more(before=earlier.usage, after=line.usage)
+            ]
+            if crossed:
+                crossings_record(
+                    usages=[line.usage for line in crossed if line.is_whole_metric_month],
+                    lines={account: [line for line in crossed if not line.is_whole_metric_month]},
+                    zones={account.pk: zone},
+                    now=now,
+                )
+        monthly = next(line.usage for line in after if line.is_whole_metric_month)
     return IngestResult(accepted=int(stored), duplicates=int(not stored), usage=[monthly])
