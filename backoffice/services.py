@@ -33,7 +33,7 @@ from notifications.services import (
     scoped_lines_reached,
     thresholds_evaluate,
 )
-from usage.ingest import EventIn, EventsInvalid, parse_events
+from usage.ingest import MAX_FUTURE, EventIn, EventsInvalid, parse_events
 from usage.locks import usage_lock
 from usage.models import Extension
 from usage.periods import period_containing
@@ -331,7 +331,7 @@ def _usage_event_record(event: EventIn, *, now: datetime) -> IngestResult:
     read plus the event, on each line whose window it occurred in: nothing else can have
     changed under the lock. Crossings are looked for, in the same transaction, only on
     the lines the event took past a threshold (``reaches_more``): a line that stood past
-    it already was recorded then.
+    it already was recorded then (but see ``MAX_FUTURE`` below).
     """
     labels = labels_from_key(event.labels_key)
     with transaction.atomic():
@@ -358,11 +358,16 @@ def _usage_event_record(event: EventIn, *, now: datetime) -> IngestResult:
                 )
                 for line in lines
             ]
-            # Only a line that reaches a threshold it had not reached before can cross.
+            # Only a line that reaches a threshold it had not reached before can cross; but
+            # a window that began less than MAX_FUTURE ago may hold events recorded before
+            # it began, ahead of their time, whose crossing nothing recorded: such a line
+            # looks for every threshold it has reached, as a batch does.
+            recent = now - MAX_FUTURE
             crossed = [
                 line
                 for line, earlier in zip(after, lines, strict=True)
                 if reaches_more(before=earlier.usage, after=line.usage)
+                or (line.window.start > recent and line.usage.status != Status.OK)
             ]
             if crossed:
                 crossings_record(

@@ -204,3 +204,26 @@ def test_each_event_answers_the_usage_read_after_it_and_records_every_crossing_i
         ("month", "", "warning", 100),
         ("rolling", "", "blocked", 150),
     ]
+
+
+def test_an_event_ahead_of_its_time_crosses_when_its_minute_comes(account, service_client):
+    # given: at 15:30:20, an event for 15:33:10 takes that minute's line past its cap (60)
+    ahead = NOW + timedelta(minutes=2, seconds=50)
+    with time_machine.travel(NOW, tick=False):
+        response = service_client.post(
+            EVENTS_URL, event(account, "ahead", 61, occurred_at=ahead), format="json"
+        )
+        assert response.status_code == 201, response.content
+    assert not Notification.objects.filter(account=account, period_kind="minute").exists()
+    # when: in that minute, an event of 1 token
+    with time_machine.travel(ahead, tick=False):
+        response = service_client.post(
+            EVENTS_URL, event(account, "then", 1, occurred_at=ahead), format="json"
+        )
+        assert response.status_code == 201, response.content
+    # then: the minute's crossing is recorded, once
+    assert list(
+        Notification.objects.filter(account=account, period_kind="minute").values_list(
+            "level", "threshold", "used_milli"
+        )
+    ) == [("blocked", 60, 62000)]
