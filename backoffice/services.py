@@ -321,7 +321,8 @@ def usage_events_record(
 
 
 def _usage_event_record(event: EventIn, *, now: datetime) -> IngestResult:
-    """``usage_events_record`` of a single event, on PostgreSQL: three statements.
+    """``usage_events_record`` of a single event, on PostgreSQL: three statements (four
+    when this process has not read the account's lines yet), and those of a crossing.
 
     After the (account, metric) lock, one statement reads the account with the lines the
     event counts on, their usage before it and the label keys counted

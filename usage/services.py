@@ -9,7 +9,8 @@ and hours), then the reads of the answer. Rows are written in a stable order
 (events by account and event id, label sets and counters by account, metric, labels and
 day or hour) so that concurrent batches wait for each other instead of deadlocking.
 Recording itself (``backoffice.services.usage_events_record``) is above, beside the
-crossings it records in the same transaction; the steps it takes are here.
+crossings it records in the same transaction; the steps it takes are here. A single event
+on PostgreSQL is written in one statement (``usage_event_store_one``).
 """
 
 from __future__ import annotations
