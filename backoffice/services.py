@@ -18,7 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -27,16 +27,29 @@ from accounts.labels import labels_from_key
 from accounts.models import Account, Level, Plan, ScopedLimit, validate_timezone
 from accounts.selectors import LimitsDocument, limits_document_get
 from accounts.services import _limits_write, limits_document_merge, limits_document_validate
-from notifications.services import crossings_record, scoped_lines_reached, thresholds_evaluate
-from usage.ingest import EventIn, EventsInvalid, parse_events
+from notifications.services import (
+    crossings_record,
+    reaches_more,
+    scoped_lines_reached,
+    thresholds_evaluate,
+)
+from usage.ingest import MAX_FUTURE, EventIn, EventsInvalid, parse_events
 from usage.locks import usage_lock
 from usage.models import Extension
 from usage.periods import period_containing
-from usage.selectors import Status, usage_for
+from usage.selectors import (
+    Status,
+    account_lines_current,
+    counted_keys_column,
+    counted_keys_of,
+    line_with_event,
+    usage_for,
+)
 from usage.services import (
     IngestResult,
     counter_keys_sync,
     extension_grant,
+    usage_event_store_one,
     usage_events_store,
 )
 
@@ -260,6 +273,8 @@ def usage_events_record(
     """
     now = now or timezone.now()
     events, is_batch = parse_events(payload, now, bound=account_id)
+    if not is_batch and connection.vendor == "postgresql":
+        return _usage_event_record(events[0], now=now)
 
     # The accounts, each marked when it has a scoped limit on a metric of the request (in
     # the same query): only those have scoped lines to look at for crossings.
@@ -308,3 +323,64 @@ def usage_events_record(
         duplicates=len(events) - accepted,
         usage=[usage[key] for key in touched],
     )
+
+
+def _usage_event_record(event: EventIn, *, now: datetime) -> IngestResult:
+    """``usage_events_record`` of a single event, on PostgreSQL: three statements (four
+    when this process has not read the account's lines yet), and those of a crossing.
+
+    After the (account, metric) lock, one statement reads the account with the lines the
+    event counts on, their usage before it and the label keys counted
+    (``usage.selectors.account_lines_current``), in the snapshot that follows the lock,
+    hence with all that other writers committed; one statement writes the event and its
+    counters (``usage.services.usage_event_store_one``). The usage after it is the one
+    read plus the event, on each line whose window it occurred in: nothing else can have
+    changed under the lock. Crossings are looked for, in the same transaction, only on
+    the lines the event took past a threshold (``reaches_more``): a line that stood past
+    it already was recorded then (but see ``MAX_FUTURE`` below).
+    """
+    labels = labels_from_key(event.labels_key)
+    with transaction.atomic():
+        usage_lock(pairs=[(event.account_id, event.metric)])
+        found = account_lines_current(
+            account_id=event.account_id,
+            metric=event.metric,
+            labels=labels,
+            now=now,
+            reservations=False,
+            columns={"counted_keys": counted_keys_column(metric=event.metric)},
+        )
+        if found is None or not found[0].is_active:
+            raise EventsInvalid({"account": [_("Unknown or inactive account.")]})
+        account, lines = found
+        counted = counted_keys_of(account.__dict__.pop("counted_keys", None))
+        zone = account.zone
+        stored = usage_event_store_one(event=event, zone=zone, counted=counted, now=now)
+        after = lines
+        if stored:
+            after = [
+                line_with_event(
+                    line, occurred_at=event.occurred_at, quantity_milli=event.quantity_milli
+                )
+                for line in lines
+            ]
+            # Only a line that reaches a threshold it had not reached before can cross; but
+            # a window that began less than MAX_FUTURE ago may hold events recorded before
+            # it began, ahead of their time, whose crossing nothing recorded: such a line
+            # looks for every threshold it has reached, as a batch does.
+            recent = now - MAX_FUTURE
+            crossed = [
+                line
+                for line, earlier in zip(after, lines, strict=True)
+                if reaches_more(before=earlier.usage, after=line.usage)
+                or (line.window.start > recent and line.usage.status != Status.OK)
+            ]
+            if crossed:
+                crossings_record(
+                    usages=[line.usage for line in crossed if line.is_whole_metric_month],
+                    lines={account: [line for line in crossed if not line.is_whole_metric_month]},
+                    zones={account.pk: zone},
+                    now=now,
+                )
+        monthly = next(line.usage for line in after if line.is_whole_metric_month)
+    return IngestResult(accepted=int(stored), duplicates=int(not stored), usage=[monthly])

@@ -118,6 +118,17 @@ def _reached(usage: MetricUsage) -> list[tuple[str, int]]:
     ]
 
 
+def reaches_more(*, before: MetricUsage, after: MetricUsage) -> bool:
+    """Whether ``after`` reaches a threshold that ``before``, the same line's usage before
+    a write under the usage lock, did not: only then can the write have made a crossing.
+
+    A threshold reached already was recorded when it was reached, in the transaction that
+    reached it (a write, a change of limits, a return to Enterprise); what reaches one
+    without a write of usage (a change of time zone, a repair of counters) is the sweep's.
+    """
+    return _reached(after) != _reached(before)
+
+
 def _day_start(day: date, zone: ZoneInfo) -> datetime:
     """The first instant of the local ``day`` (its noon lies in it, whatever DST does)."""
     noon = datetime.combine(day, time(12), tzinfo=zone)

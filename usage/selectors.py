@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -41,6 +42,7 @@ from .models import (
     Extension,
     Reservation,
     UsageCounter,
+    UsageCounterKey,
     UsageEvent,
     UsageHourCounter,
     monthly_line_text,
@@ -1348,12 +1350,17 @@ def account_lines_current(
     metric: str | None = None,
     labels: Mapping[str, str] | None = None,
     now: datetime | None = None,
+    reservations: bool = True,
+    columns: Mapping[str, tuple[str, list[Any]]] | None = None,
 ) -> tuple[Account, list[LineUsage]] | None:
-    """The account with this id and ``account_lines_with_reservations`` of it; ``None``
-    when there is no such account. One statement, or two when the account's time zone,
-    plan or lines changed since this process last read them (see above)."""
+    """The account with this id and ``account_lines_with_reservations`` of it (without the
+    reservations unless ``reservations``); ``None`` when there is no such account. One
+    statement, or two when the account's time zone, plan or lines changed since this
+    process last read them (see above). ``columns`` are read with the account, in the
+    same statement, as ``account_with_columns`` reads them: the writers that call this
+    after taking the usage locks read what they need in the same snapshot."""
     now = now or timezone.now()
-    annotations = account_lines_annotations()
+    annotations = {**account_lines_annotations(), **(columns or {})}
     remembered = _remembered.get(account_id)
     guess: _Kept | None = None
     if remembered is not None:
@@ -1366,7 +1373,7 @@ def account_lines_current(
                 windows=guess.windows,
                 now=now,
                 monthly_extensions=True,
-                reservations=True,
+                reservations=reservations,
                 wanted=guess.wanted,
             )
             annotations["lines_figures"] = _as_json_rows(sql, params, 5)
@@ -1397,7 +1404,12 @@ def account_lines_current(
         _Remembered(timezone=account.timezone, plan=account.plan, lines=lines, read=read),
     )
     return account, _lines_usage(
-        account=account, lines=lines, metric=metric, labels=labels, now=now, reservations=True
+        account=account,
+        lines=lines,
+        metric=metric,
+        labels=labels,
+        now=now,
+        reservations=reservations,
     )
 
 
@@ -1429,6 +1441,36 @@ def _guess(
         remembered.kept.clear()
     kept = remembered.kept[key] = _Kept(lines=lines, windows=windows, wanted=wanted)
     return kept
+
+
+def counted_keys_column(*, metric: str) -> tuple[str, list[Any]]:
+    """A column for ``account_lines_current``: the label keys counted for the account's
+    ``metric`` (``UsageCounterKey``), read by ``counted_keys_of``."""
+    table = UsageCounterKey._meta.db_table
+    aggregate = {
+        "postgresql": "json_agg(k.labels)::text",
+        "sqlite": "json_group_array(k.labels)",
+    }[connection.vendor]
+    sql = (
+        f"(SELECT {aggregate} FROM {table} k"
+        f" WHERE k.account_id = {Account._meta.db_table}.id AND k.metric = %s)"
+    )
+    return sql, [metric]
+
+
+def counted_keys_of(text: str | None) -> tuple[str, ...]:
+    """The keys ``counted_keys_column`` read, sorted (as ``usage.services.counted_keys``)."""
+    return tuple(sorted(json.loads(text or "[]")))
+
+
+def line_with_event(line: LineUsage, *, occurred_at: datetime, quantity_milli: int) -> LineUsage:
+    """``line`` with one more event of its metric and labels: it counts when it occurred in
+    the line's current window, as the counters (or, for a minute, the events) that the line
+    reads say."""
+    if not line.window.start <= occurred_at < line.window.end:
+        return line
+    usage = dataclasses.replace(line.usage, used_milli=line.usage.used_milli + quantity_milli)
+    return dataclasses.replace(line, usage=usage)
 
 
 def accounts_scoped_lines_usage(

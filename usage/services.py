@@ -9,7 +9,8 @@ and hours), then the reads of the answer. Rows are written in a stable order
 (events by account and event id, label sets and counters by account, metric, labels and
 day or hour) so that concurrent batches wait for each other instead of deadlocking.
 Recording itself (``backoffice.services.usage_events_record``) is above, beside the
-crossings it records in the same transaction; the steps it takes are here.
+crossings it records in the same transaction; the steps it takes are here. A single event
+on PostgreSQL is written in one statement (``usage_event_store_one``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import (
     BigIntegerField,
     Case,
@@ -49,7 +50,7 @@ from django.utils.translation import gettext_lazy as _
 from accounts.labels import PAIR_SEPARATOR, labels_from_key, labels_key
 from accounts.metrics import METRICS
 from accounts.models import Account, Limit, ScopedLimit
-from accounts.selectors import LimitsDocument
+from accounts.selectors import LimitsDocument, quote_name
 from accounts.services import MAX_THRESHOLD
 from accounts.windows import PeriodKind, window_containing
 from config.request_ids import current_correlation_id, current_request_id
@@ -74,6 +75,7 @@ from .periods import Period
 from .selectors import (
     LineUsage,
     MetricUsage,
+    account_lines_current,
     account_lines_with_reservations,
     current_period,
     earliest_current_day,
@@ -650,6 +652,123 @@ def usage_events_store(
         # In the same transaction as the usage: capacity moves from reserved to used at once.
         reservations_settle(events=settling, now=now)
     return len(inserted)
+
+
+# --- One event in one statement (PostgreSQL) -------------------------------------------
+
+# The event, the label set it adds, its day and hour counters and the reservation it settles,
+# written in one statement whose data-modifying ``WITH`` parts each read the event inserted
+# (``e``): a duplicate writes nothing else. The main query counts, in the statement's
+# snapshot, the label sets the account's metric had that day before this one.
+_EVENT_ONE_SQL = f"""
+WITH e AS (
+  INSERT INTO {EVENT_TABLE} (account_id, event_id, metric, quantity_milli, occurred_at,
+    received_at, source, metadata, labels, request_id, correlation_id)
+  VALUES (%(a)s::uuid, %(event_id)s, %(m)s, %(q)s, %(occurred)s, %(now)s, %(source)s,
+    %(metadata)s::jsonb, %(labels)s::jsonb, %(request_id)s, %(correlation_id)s)
+  ON CONFLICT (account_id, event_id) DO NOTHING RETURNING 1
+), d AS (
+  INSERT INTO {COUNTER_TABLE} (account_id, metric, labels, day, quantity_milli, updated_at)
+  SELECT %(a)s::uuid, %(m)s, k, %(day)s::date, %(q)s, %(now)s
+  FROM e, unnest(%(keys)s::text[]) AS k ORDER BY k
+  ON CONFLICT (account_id, metric, labels, day) DO UPDATE SET
+    quantity_milli = {COUNTER_TABLE}.quantity_milli + excluded.quantity_milli,
+    updated_at = excluded.updated_at
+  RETURNING labels, quantity_milli
+), h AS (
+  INSERT INTO {HOUR_COUNTER_TABLE} (account_id, metric, labels, hour, day, quantity_milli,
+    updated_at)
+  SELECT %(a)s::uuid, %(m)s, k, %(hour)s, %(hour_day)s::date, %(q)s, %(now)s
+  FROM e, unnest(%(keys)s::text[]) AS k ORDER BY k
+  ON CONFLICT (account_id, metric, labels, hour) DO UPDATE SET
+    quantity_milli = {HOUR_COUNTER_TABLE}.quantity_milli + excluded.quantity_milli,
+    updated_at = excluded.updated_at
+){{label_set}}{{settle}}
+SELECT (SELECT count(*) FROM e), (SELECT quantity_milli FROM d WHERE labels = ''){{label_sets}}
+"""
+_EVENT_ONE_LABEL_SET = f""", s AS (
+  INSERT INTO {LABEL_SET_TABLE} (account_id, metric, day, labels)
+  SELECT %(a)s::uuid, %(m)s, %(day)s::date, %(labels_key)s FROM e
+  ON CONFLICT (account_id, metric, day, labels) DO NOTHING RETURNING 1
+)"""
+_EVENT_ONE_LABEL_SETS = f""", (SELECT count(*) FROM s),
+  (SELECT count(*) FROM {LABEL_SET_TABLE}
+   WHERE account_id = %(a)s::uuid AND metric = %(m)s AND day = %(day)s::date)"""
+_EVENT_ONE_SETTLE = f""", r AS (
+  UPDATE {Reservation._meta.db_table} SET status = '{Reservation.Status.SETTLED.value}',
+    ended_at = %(now)s, settled_by = %(event_id)s
+  WHERE account_id = %(a)s::uuid AND reservation_id = %(reservation_id)s
+    AND status = '{Reservation.Status.ACTIVE.value}' AND expires_at > %(now)s
+    AND EXISTS (SELECT 1 FROM e)
+  RETURNING 1
+)"""
+
+
+def usage_event_store_one(
+    *, event: EventIn, zone: ZoneInfo, counted: tuple[str, ...], now: datetime
+) -> bool:
+    """Store one checked ``event`` as ``usage_events_store`` would, in one statement, on
+    PostgreSQL; returns whether it was new.
+
+    Call inside the recording transaction, after ``usage_lock`` of its (account, metric)
+    and after reading ``counted``, the label keys counted for it (``UsageCounterKey``), in
+    a statement of that transaction: the keys, the label sets counted here and the totals
+    written are then all that other writers committed. Raises ``EventsInvalid`` as
+    ``usage_events_store`` does (label sets past ``USAGE_MAX_LABEL_SETS``, a day past
+    ``DAILY_LIMIT``), which rolls the transaction back.
+    """
+    hour, hour_day, day = event_place(event.occurred_at, zone)
+    params = {
+        "a": str(event.account_id),
+        "event_id": event.event_id,
+        "m": event.metric,
+        "q": event.quantity_milli,
+        "occurred": event.occurred_at,
+        "now": now,
+        "source": event.source,
+        "metadata": event.metadata,
+        "labels": event.labels,
+        "labels_key": event.labels_key,
+        "request_id": current_request_id(),
+        "correlation_id": current_correlation_id(),
+        "day": day,
+        "hour": hour,
+        "hour_day": hour_day,
+        "keys": list(keys_counted(event.labels_key, counted)),
+        "reservation_id": event.reservation_id,
+    }
+    sql = _EVENT_ONE_SQL.format(
+        label_set=_EVENT_ONE_LABEL_SET if event.labels_key else "",
+        settle=_EVENT_ONE_SETTLE if event.reservation_id else "",
+        label_sets=_EVENT_ONE_LABEL_SETS if event.labels_key else "",
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    inserted, total = int(row[0]), row[1]
+    if not inserted:
+        return False
+    if event.labels_key and row[2] and row[3] >= settings.USAGE_MAX_LABEL_SETS:
+        # A new label set, and the day had as many as allowed before it (the count is the
+        # statement's snapshot, which does not see the set inserted beside it).
+        raise EventsInvalid(
+            {
+                "labels": [
+                    MSG_TOO_MANY_LABEL_SETS
+                    % {
+                        "account": event.account_id,
+                        "limit": settings.USAGE_MAX_LABEL_SETS,
+                        "metric": event.metric,
+                        "day": day.isoformat(),
+                    }
+                ]
+            }
+        )
+    if total is not None and total > DAILY_LIMIT_MILLI:
+        raise EventsInvalid(
+            _daily_limit_errors([(event.account_id, event.metric, day)], is_batch=False)
+        )
+    return True
 
 
 # --- The label keys counted ----------------------------------------------------------
@@ -1376,68 +1495,111 @@ class ReservationRefused(Exception):
 
 @dataclass(frozen=True)
 class ReservationHeld:
-    """The answer of ``reservation_create``: the reservation, whether this call created it,
-    and the lines it applies to as they stand after the call."""
+    """The answer of ``reservation_create``: the account, the reservation, whether this
+    call created it, and the lines it applies to as they stand after the call."""
 
+    account: Account
     reservation: Reservation
     created: bool
     lines: list[LineUsage]
 
 
+def _reservation_column(reservation_id: str) -> tuple[str, list[Any]]:
+    """A column for ``account_lines_current``: the id of the account's reservation
+    ``reservation_id``, if any."""
+    table = Reservation._meta.db_table
+    sql = (
+        f"(SELECT r.id FROM {table} r WHERE r.account_id = {Account._meta.db_table}.id"
+        " AND r.reservation_id = %s)"
+    )
+    return sql, [reservation_id]
+
+
+def _reservation_insert(reservation: Reservation) -> bool:
+    """Insert ``reservation`` unless its account has one of that id; whether it did.
+
+    ``ON CONFLICT DO NOTHING`` rather than an ``IntegrityError`` caught in a savepoint.
+    """
+    fields = [f for f in Reservation._meta.concrete_fields if not f.primary_key]
+    columns = ", ".join(quote_name(f.column) for f in fields)
+    values = [f.get_db_prep_save(getattr(reservation, f.attname), connection) for f in fields]
+    placeholders = ", ".join(["%s"] * len(fields))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {Reservation._meta.db_table} ({columns}) VALUES ({placeholders})"
+            " ON CONFLICT (account_id, reservation_id) DO NOTHING RETURNING id",
+            values,
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    reservation.pk = row[0]
+    reservation._state.adding = False
+    reservation._state.db = connection.alias
+    return True
+
+
 def reservation_create(
-    *, account: Account, request: ReservationIn, now: datetime | None = None
-) -> ReservationHeld:
-    """Hold ``request.quantity_milli`` of ``request.metric`` on every line that applies.
+    *, account_id: uuid.UUID, request: ReservationIn, now: datetime | None = None
+) -> ReservationHeld | None:
+    """Hold ``request.quantity_milli`` of ``request.metric`` on every line that applies, for
+    the account ``account_id`` (``None``: there is no such account).
 
     Under the same (account, metric) lock as recording usage (``usage_lock``), so the usage
     and reservations read here are all that any other writer committed, and nothing of
     them changes until this transaction ends: concurrent reservations and events never
-    together pass a cap. An id already used answers that reservation (``created`` false)
+    together pass a cap. The lines, their usage and reservations and the id looked for are
+    read in one statement after the lock (``account_lines_current``), the reservation
+    written in one more. An id already used answers that reservation (``created`` false)
     when the request is the same, else raises ``ReservationRefused`` (``reused``); a
     quantity that does not fit on a line beside used and reserved raises it
     (``insufficient_capacity``), holding nothing.
     """
     now = now or timezone.now()
     with transaction.atomic():
-        usage_lock(pairs=[(account.pk, request.metric)])
-        existing = Reservation.objects.filter(
-            account=account, reservation_id=request.reservation_id
-        ).first()
-        if existing is None:
-            lines = account_lines_with_reservations(
-                account=account, metric=request.metric, labels=request.labels, now=now
-            )
+        usage_lock(pairs=[(account_id, request.metric)])
+        found = account_lines_current(
+            account_id=account_id,
+            metric=request.metric,
+            labels=request.labels,
+            now=now,
+            columns={"reservation_found": _reservation_column(request.reservation_id)},
+        )
+        if found is None:
+            return None
+        account, lines = found
+        existing_pk = account.__dict__.pop("reservation_found", None)
+        existing = None
+        if existing_pk is None:
             if not all(line.allows(request.quantity_milli) for line in lines):
                 raise ReservationRefused(
                     ReservationRefused.INSUFFICIENT_CAPACITY,
                     lines=lines,
                     quantity_milli=request.quantity_milli,
                 )
-            try:
-                with transaction.atomic():
-                    reservation = Reservation.objects.create(
-                        account=account,
-                        reservation_id=request.reservation_id,
-                        metric=request.metric,
-                        quantity_milli=request.quantity_milli,
-                        labels=request.labels,
-                        labels_key=labels_key(request.labels),
-                        created_at=now,
-                        expires_at=now + timedelta(seconds=request.ttl_seconds),
-                    )
-            except IntegrityError:
-                # The same id, reserved at once for another metric (under another lock).
-                existing = Reservation.objects.get(
-                    account=account, reservation_id=request.reservation_id
-                )
-            else:
+            reservation = Reservation(
+                account=account,
+                reservation_id=request.reservation_id,
+                metric=request.metric,
+                quantity_milli=request.quantity_milli,
+                labels=request.labels,
+                labels_key=labels_key(request.labels),
+                created_at=now,
+                expires_at=now + timedelta(seconds=request.ttl_seconds),
+            )
+            if _reservation_insert(reservation):
                 held = [
                     dataclasses.replace(
                         line, reserved_milli=line.reserved_milli + request.quantity_milli
                     )
                     for line in lines
                 ]
-                return ReservationHeld(reservation=reservation, created=True, lines=held)
+                return ReservationHeld(
+                    account=account, reservation=reservation, created=True, lines=held
+                )
+        # The same id, reserved before (the lines read include what it holds), or at once
+        # for another metric, under another lock.
+        existing = Reservation.objects.get(account=account, reservation_id=request.reservation_id)
         same = (
             existing.metric == request.metric
             and existing.quantity_milli == request.quantity_milli
@@ -1445,10 +1607,11 @@ def reservation_create(
         )
         if not same:
             raise ReservationRefused(ReservationRefused.REUSED)
-        lines = account_lines_with_reservations(
-            account=account, metric=existing.metric, labels=existing.labels, now=now
-        )
-        return ReservationHeld(reservation=existing, created=False, lines=lines)
+        if existing_pk is None:  # inserted meanwhile: read the lines again with its hold
+            lines = account_lines_with_reservations(
+                account=account, metric=existing.metric, labels=existing.labels, now=now
+            )
+        return ReservationHeld(account=account, reservation=existing, created=False, lines=lines)
 
 
 def reservation_release(

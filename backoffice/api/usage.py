@@ -408,14 +408,15 @@ class ReservationsView(AccountScopedView):
         "`expires_at`.",
     )
     def post(self, request: Request, id: str) -> Response:
-        account = self.get_account(id)
+        account_id = account_id_or_404(id)
         try:
             wanted = parse_reservation(request.data)
         except EventsInvalid as exc:
+            account_get_or_404(id)  # an unknown account is a 404 whatever the body
             raise ValidationError(exc.errors) from exc
         now = timezone.now()
         try:
-            held = reservation_create(account=account, request=wanted, now=now)
+            held = reservation_create(account_id=account_id, request=wanted, now=now)
         except ReservationRefused as exc:
             body: dict[str, Any] = {"code": exc.code, "detail": str(exc.message)}
             if exc.code == ReservationRefused.INSUFFICIENT_CAPACITY:
@@ -424,8 +425,10 @@ class ReservationsView(AccountScopedView):
                     for line in exc.lines
                 ]
             return Response(body, status=status.HTTP_409_CONFLICT)
+        if held is None:
+            raise NotFound(_("Account not found."))
         return Response(
-            _reservation_body(held.reservation, account, held.lines, now),
+            _reservation_body(held.reservation, held.account, held.lines, now),
             status=status.HTTP_201_CREATED if held.created else status.HTTP_200_OK,
         )
 

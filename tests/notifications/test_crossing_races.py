@@ -63,6 +63,14 @@ def slow_usage_reads(monkeypatch) -> None:
     monkeypatch.setattr(backoffice.services, "usage_for", slow_read)
     monkeypatch.setattr(notifications.services, "usage_for", slow_read)
     monkeypatch.setattr(notifications.services, "sweep_read", slow_sweep_read)
+    # A single event on PostgreSQL reads its lines' usage before writing, in one statement.
+    current = backoffice.services.account_lines_current
+
+    def slow_current(**kwargs):
+        time.sleep(0.05)
+        return current(**kwargs)
+
+    monkeypatch.setattr(backoffice.services, "account_lines_current", slow_current)
 
 
 def zone_with_two_days(now: datetime) -> ZoneInfo:

@@ -55,6 +55,14 @@ def slow_usage_reads(monkeypatch) -> None:
     monkeypatch.setattr(notifications.services, "usage_for", slow_usage_for)
     monkeypatch.setattr(notifications.services, "accounts_scoped_lines_usage", slow_lines_usage)
     monkeypatch.setattr(notifications.services, "sweep_read", slow_sweep_read)
+    # A single event on PostgreSQL reads its lines' usage before writing, in one statement.
+    current = backoffice.services.account_lines_current
+
+    def slow_current(**kwargs):
+        time.sleep(0.05)
+        return current(**kwargs)
+
+    monkeypatch.setattr(backoffice.services, "account_lines_current", slow_current)
 
 
 def account_with_monthly_and_daily_lines():

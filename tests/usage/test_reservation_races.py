@@ -48,6 +48,14 @@ def slow_line_reads(monkeypatch) -> None:
         return read(**kwargs)
 
     monkeypatch.setattr(usage.services, "account_lines_with_reservations", slow_read)
+    # The read a reservation makes after the lock, in one statement with the id looked for.
+    current = usage.services.account_lines_current
+
+    def slow_current(**kwargs):
+        time.sleep(0.02)
+        return current(**kwargs)
+
+    monkeypatch.setattr(usage.services, "account_lines_current", slow_current)
 
 
 def zone_with_an_hour_left() -> str:

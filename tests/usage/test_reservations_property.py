@@ -147,7 +147,7 @@ class ReservationMachine(RuleBasedStateMachine):
             ttl_seconds=ttl,
         )
         try:
-            held = reservation_create(account=self.account, request=request, now=self.now)
+            held = reservation_create(account_id=self.account.pk, request=request, now=self.now)
         except ReservationRefused as refused:
             assert refused.code == ReservationRefused.INSUFFICIENT_CAPACITY
             assert not fits, (quantity, before)
@@ -169,7 +169,7 @@ class ReservationMachine(RuleBasedStateMachine):
             labels=LARGE if held.large else {},
             ttl_seconds=900,
         )
-        again = reservation_create(account=self.account, request=request, now=self.now)
+        again = reservation_create(account_id=self.account.pk, request=request, now=self.now)
         assert not again.created
         assert again.reservation.reservation_id == reservation_id
 
