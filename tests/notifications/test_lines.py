@@ -377,7 +377,7 @@ def test_a_batch_reaching_a_line_exactly_with_all_of_its_month_notifies_it(perio
     ] == [(period, "warning", 100)]
 
 
-def test_a_line_far_from_the_months_usage_is_not_read_when_usage_is_recorded():
+def test_a_line_far_from_the_months_usage_is_not_read_when_a_batch_is_recorded():
     # given: two day lines of large-model usage, one far above what the month has used, the
     # other below it (the month's usage is of the small model)
     at = paris("2027-03-17 10:00")
@@ -396,11 +396,20 @@ def test_a_line_far_from_the_months_usage_is_not_read_when_usage_is_recorded():
     for account in (far, near):
         record(account, "warm-up", 200, at, {"model": "small"})
 
-    # when: the same event recorded for each
+    # when: the same event recorded for each, in a batch (a single event on PostgreSQL reads
+    # all of its account's lines in the one statement that reads the account)
     counts = []
     for account in (far, near):
+        event = {
+            "event_id": "e",
+            "account": str(account.pk),
+            "metric": TOKENS,
+            "quantity": 5,
+            "occurred_at": at.isoformat(),
+            "labels": {"model": "large"},
+        }
         with CaptureQueriesContext(connection) as captured:
-            record(account, "e", 5, at, {"model": "large"})
+            usage_events_record(payload={"events": [event]}, now=at.astimezone(UTC))
         counts.append(len(captured.captured_queries))
 
     # then: the far line's figures are not read, one query fewer; neither line is reached
