@@ -497,6 +497,72 @@ def memory_kb(pid: int, key: str) -> int:
     return 0
 
 
+# --- CPU per request, per process kind ---------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Where a request's CPU goes, in the order of the printed table.
+CPU_KINDS = ("client", "web workers", "PostgreSQL", "Redis")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of ``pid`` so far, in seconds (0 once it has exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    # After the command name: state is field 3 of the line, utime 14 and stime 15.
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def processes_named(*names: str) -> list[int]:
+    """The processes whose command name is one of ``names``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() in names:
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+@dataclass
+class CpuMeter:
+    """CPU time spent, during a block, by the client (this process: its threads send the
+    requests), gunicorn's workers, PostgreSQL's processes and Redis: what each request
+    costs each of them. On a machine whose cores the run keeps busy, requests/s is about
+    the cores divided by the sum, so the difference between a path and its floor is where
+    the path's share goes."""
+
+    master: int
+
+    def snapshot(self) -> dict[str, dict[int, float]]:
+        own = os.getpid()
+        groups = {
+            "web workers": worker_pids(self.master),
+            "PostgreSQL": processes_named("postgres"),
+            "Redis": processes_named("redis-server"),
+        }
+        taken = {kind: {pid: cpu_seconds(pid) for pid in pids} for kind, pids in groups.items()}
+        taken["client"] = {own: time.process_time()}
+        return taken
+
+    @staticmethod
+    def per_request(
+        before: dict[str, dict[int, float]], after: dict[str, dict[int, float]], requests: int
+    ) -> dict[str, float]:
+        """Milliseconds of CPU per request of each kind between two snapshots; a process
+        started in between counts from zero, one that exited is left out."""
+        spent = {}
+        for kind in CPU_KINDS:
+            then = before.get(kind, {})
+            used = sum(now - then.get(pid, 0.0) for pid, now in after.get(kind, {}).items())
+            spent[kind] = max(used, 0.0) * 1000 / requests
+        return spent
+
+
 # --- Profiling (optional) ---------------------------------------------------------------
 
 
@@ -1013,6 +1079,7 @@ class Round:
     rate: float
     p50: float  # ms
     p99: float  # ms
+    cpu: dict[str, float] = field(default_factory=dict)  # ms per request, by CPU_KINDS
 
 
 def reservation_bodies(prefix: str, count: int) -> list[bytes | None]:
@@ -1113,9 +1180,15 @@ def endpoints(
 
 
 def load(
-    port: int, token: str, endpoint: Endpoint, bodies: list[bytes | None], threads: int
+    port: int,
+    token: str,
+    endpoint: Endpoint,
+    bodies: list[bytes | None],
+    threads: int,
+    cpu: CpuMeter | None = None,
 ) -> Round:
-    """Send ``bodies`` to ``endpoint`` from ``threads`` clients; requests/s and latencies."""
+    """Send ``bodies`` to ``endpoint`` from ``threads`` clients; requests/s and latencies,
+    and with ``cpu`` the CPU each request cost each kind of process."""
     latencies: list[list[float]] = [[] for _ in range(threads)]
 
     def send(index: int) -> None:
@@ -1130,9 +1203,13 @@ def load(
         finally:
             client.close()
 
+    before = cpu.snapshot() if cpu else {}
     elapsed = run_threads(threads, send)
+    spent = CpuMeter.per_request(before, cpu.snapshot(), len(bodies)) if cpu else {}
     every = [s for per_thread in latencies for s in per_thread]
-    return Round(len(bodies) / elapsed, percentile(every, 50) * 1000, percentile(every, 99) * 1000)
+    return Round(
+        len(bodies) / elapsed, percentile(every, 50) * 1000, percentile(every, 99) * 1000, spent
+    )
 
 
 def median(values: list[float]) -> float:
@@ -1142,13 +1219,19 @@ def median(values: list[float]) -> float:
 
 
 def floors_measure(
-    port: int, token: str, paths: list[Endpoint], sizes: Sizes, tag: str
+    port: int,
+    token: str,
+    paths: list[Endpoint],
+    sizes: Sizes,
+    tag: str,
+    cpu: CpuMeter | None = None,
 ) -> tuple[dict[str, Round], dict[str, list[Round]]]:
     """Measure ``paths`` by the same client, interleaved in ``ROUNDS`` rounds.
 
     Each round sends ``sizes.floor_requests`` requests to each path from ``sizes.threads``
-    threads, the paths in a rotated order. Returns the medians of the rounds per path, and
-    every round. ``tag`` starts the ids of new events, unique to each call.
+    threads, the paths in a rotated order. Returns the medians of the rounds per path (CPU
+    per request included, with ``cpu``), and every round. ``tag`` starts the ids of new
+    events, unique to each call.
     """
     for endpoint in paths:  # warm-up: connections, caches, the token's verification
         load(port, token, endpoint, endpoint.bodies(f"{tag}-warm", 50), sizes.threads)
@@ -1157,16 +1240,43 @@ def floors_measure(
         order = paths[number % len(paths) :] + paths[: number % len(paths)]
         for endpoint in order:
             bodies = endpoint.bodies(f"{tag}-round{number}", sizes.floor_requests)
-            rounds[endpoint.name].append(load(port, token, endpoint, bodies, sizes.threads))
+            rounds[endpoint.name].append(load(port, token, endpoint, bodies, sizes.threads, cpu))
     figures = {
         name: Round(
             median([r.rate for r in measured]),
             median([r.p50 for r in measured]),
             median([r.p99 for r in measured]),
+            {
+                kind: median([r.cpu[kind] for r in measured])
+                for kind in CPU_KINDS
+                if all(kind in r.cpu for r in measured)
+            },
         )
         for name, measured in rounds.items()
     }
     return figures, rounds
+
+
+def cpu_table(paths: list[Endpoint], figures: dict[str, Round]) -> list[list[str]]:
+    """CPU per request of each kind of process, each path beside its floor: a header, then
+    a row per path with the milliseconds of each kind, their sum, what the sum is over the
+    floor's, and the share of the floor's requests/s that CPU alone would allow (the floor's
+    sum over the path's), which the measured share is near when the cores are busy."""
+    table = [["path", *(f"{kind} ms" for kind in CPU_KINDS), "total ms", "over its floor ms"]]
+    table[0].append("floor total / total")
+    for endpoint in paths:
+        cpu = figures[endpoint.name].cpu
+        if not cpu:
+            continue
+        total = sum(cpu.values())
+        over = bound = ""
+        if endpoint.floor is not None and figures[endpoint.floor].cpu:
+            floor_total = sum(figures[endpoint.floor].cpu.values())
+            over = f"{total - floor_total:+.2f}"
+            bound = f"{floor_total / total:.2f}" if total else ""
+        row = [endpoint.name, *(f"{cpu[kind]:.2f}" for kind in CPU_KINDS)]
+        table.append([*row, f"{total:.2f}", over, bound])
+    return table
 
 
 def floors_table(
@@ -1205,14 +1315,17 @@ def part_floors(
     reserve: Account,
     sizes: Sizes,
     now: datetime,
+    master: int | None = None,
 ) -> None:
     """c. The floors and the per-request paths, by the same client, interleaved in rounds.
 
     Each figure is the median of the rounds, each rate shown with its spread
-    (lowest-highest).
+    (lowest-highest); with ``master`` (gunicorn's), the CPU each request cost the client,
+    the workers, PostgreSQL and Redis (``CpuMeter``).
     """
     paths = endpoints(accounts, probe, reserve, now)
-    figures, rounds = floors_measure(port, token, paths, sizes, "c")
+    meter = CpuMeter(master) if master is not None else None
+    figures, rounds = floors_measure(port, token, paths, sizes, "c", meter)
     print(
         f"  {sizes.floor_requests} requests per path and round, {sizes.threads} threads, "
         f"{ROUNDS} rounds; median (spread of the rate)"
@@ -1223,6 +1336,11 @@ def part_floors(
         print(
             f"  {row[0]:<42} {row[1]:>7} {row[2]:>13} {row[3]:>7} {row[4]:>7} {row[5]:>6} {row[6]:>6}"
         )
+    if meter is not None:
+        report.tables["c-cpu"] = cpu = cpu_table(paths, figures)
+        print("  CPU per request (ms), medians of the rounds:")
+        for row in cpu:
+            print("  " + " | ".join(row))
     cached, uncached = figures["authenticated floor GET"], figures[UNCACHED_FLOOR]
     report.add(
         "c. token cache: floor GET req/s, cached / DB",
@@ -1891,7 +2009,9 @@ def main() -> int:
         if "c" in args.parts:
             print("c. the floors and the per-request paths, interleaved")
             with spy("c"):
-                part_floors(report, port, token, posting, probes[0], reserve, sizes, now)
+                part_floors(
+                    report, port, token, posting, probes[0], reserve, sizes, now, server.pid
+                )
             print(f"c. reservations: {RACERS} clients racing for the last capacity of one account")
             part_race(report, port, token, race)
         if "d" in args.parts:

@@ -71,6 +71,9 @@ def machine_line(document: dict[str, Any]) -> str:
 TABLE_TITLES = {
     "c": "Part c, the floors and the per-request paths (medians of 3 rounds; the spread is "
     "the lowest and highest round's rate)",
+    "c-cpu": "Part c, CPU per request of each kind of process (medians of the rounds; the"
+    " client is the load generator; the last column is the share of its floor's requests/s"
+    " that CPU alone allows when the run keeps the cores busy)",
     "g": "Part g, gunicorn configurations compared (the same client for each)",
 }
 

@@ -222,3 +222,51 @@ def test_the_plans_block_is_written_between_its_own_markers(tmp_path):
     assert "1. `SELECT * FROM x` (0.045 ms)" not in text  # the whole plans: their own file
     whole = plans.plans_document(100_000, results)
     assert "## GET .../usage/\n\n1. `SELECT * FROM x` (0.045 ms)\n\n```\nNested Loop" in whole
+
+
+def test_cpu_per_request_is_what_each_kind_of_process_spent_between_two_snapshots():
+    # given: a worker that spent 0.6 s, a PostgreSQL backend started in between (0.2 s), one
+    # that exited (left out), the client 0.3 s, Redis nothing
+    before = {
+        "web workers": {10: 5.0},
+        "PostgreSQL": {20: 1.0, 21: 3.0},
+        "Redis": {30: 2.0},
+        "client": {1: 7.0},
+    }
+    after = {
+        "web workers": {10: 5.6},
+        "PostgreSQL": {20: 1.0, 22: 0.2},
+        "Redis": {30: 2.0},
+        "client": {1: 7.3},
+    }
+
+    # when: 100 requests were sent in between
+    spent = ingest.CpuMeter.per_request(before, after, 100)
+
+    # then: milliseconds per request, by kind
+    assert spent == pytest.approx(
+        {"client": 3.0, "web workers": 6.0, "PostgreSQL": 2.0, "Redis": 0.0}
+    )
+
+
+def test_the_cpu_table_puts_each_path_beside_its_floor():
+    # given: a floor costing 2 ms a request in all and a path costing 4
+    def endpoint(name, floor):
+        return ingest.Endpoint(name, "GET", "/", lambda _p, _c: [], floor)
+
+    cpu = {"client": 1.0, "web workers": 0.5, "PostgreSQL": 0.0, "Redis": 0.5}
+    figures = {
+        "floor": ingest.Round(1000, 1, 2, cpu),
+        "path": ingest.Round(
+            500, 2, 4, {"client": 1.0, "web workers": 2.0, "PostgreSQL": 0.75, "Redis": 0.25}
+        ),
+    }
+
+    # when
+    table = ingest.cpu_table([endpoint("floor", None), endpoint("path", "floor")], figures)
+
+    # then: the path costs 2 ms more, and CPU alone allows it half the floor's requests/s
+    assert table[1:] == [
+        ["floor", "1.00", "0.50", "0.00", "0.50", "2.00", "", ""],
+        ["path", "1.00", "2.00", "0.75", "0.25", "4.00", "+2.00", "0.50"],
+    ]
