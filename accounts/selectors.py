@@ -12,6 +12,8 @@ from typing import Any
 from django.db import connection
 from django.db.models import Q, QuerySet
 
+from config.db import bound_cursor
+
 from .labels import labels_key
 from .metrics import METRICS
 from .models import Account, Level, Limit, ScopedLimit
@@ -225,7 +227,7 @@ def account_with_columns(
     extra = "".join(f", {sql} AS {quote_name(name)}" for name, (sql, _params) in columns.items())
     params = [param for _sql, column_params in columns.values() for param in column_params]
     params.append(Account._meta.pk.get_db_prep_value(account_id, connection))
-    with connection.cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(select.format(extra=extra), params)
         row = cursor.fetchone()
     if row is None:

@@ -867,10 +867,17 @@ def sql_ingest(conn: psycopg.Connection[Any], batch: SqlBatch) -> int:
     return len(inserted)
 
 
-def sql_run(batches: Callable[[int], Iterator[SqlBatch]], connections: int) -> tuple[float, int]:
+def sql_run(
+    batches: Callable[[int], Iterator[SqlBatch]],
+    connections: int,
+    cpu: CpuMeter | None = None,
+    spent: dict[str, float] | None = None,
+) -> tuple[float, int]:
     """Ingest what ``batches(i)`` yields on connection ``i``, all concurrently.
 
-    Returns the wall time in seconds and the number of rows inserted.
+    Returns the wall time in seconds and the number of rows inserted. With ``cpu``, adds
+    to ``spent`` the CPU each kind of process spent meanwhile (before the connections
+    close, while their backends are there to be read).
     """
     conns = [sql_connect() for _ in range(connections)]
     inserted = [0] * connections
@@ -880,11 +887,23 @@ def sql_run(batches: Callable[[int], Iterator[SqlBatch]], connections: int) -> t
             inserted[index] += sql_ingest(conns[index], batch)
 
     try:
+        before = cpu.snapshot() if cpu else {}
         elapsed = run_threads(connections, worker)
+        if cpu is not None and spent is not None:
+            cpu_add(spent, before, cpu.snapshot())
     finally:
         for conn in conns:
             conn.close()
     return elapsed, sum(inserted)
+
+
+def cpu_add(
+    spent: dict[str, float], before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]
+) -> None:
+    """Add to ``spent`` (milliseconds by kind) what each kind of process spent between the
+    snapshots ``before`` and ``after``."""
+    for kind, used in CpuMeter.per_request(before, after, 1).items():
+        spent[kind] = spent.get(kind, 0.0) + used
 
 
 def shares(items: list[Any], parts: int) -> Callable[[int], Iterator[Any]]:
@@ -1002,13 +1021,23 @@ def http_post_batches(port: int, token: str, bodies: list[bytes]) -> tuple[float
 
 
 def part_batches(
-    report: Report, port: int, token: str, accounts: list[Account], sizes: Sizes, now: datetime
+    report: Report,
+    port: int,
+    token: str,
+    accounts: list[Account],
+    sizes: Sizes,
+    now: datetime,
+    master: int | None = None,
 ) -> None:
     """a. and b. Batches of 1000 through HTTP, then through the hand-written SQL ceiling.
 
     Both paths get ``STREAMS`` concurrent streams and take turns in ``ROUNDS`` rounds, so
     that a noisy neighbour slows both alike; each rate is its rows over its summed time.
+    With ``master`` (gunicorn's), the CPU a batch costs each kind of process on each path.
     """
+    meter = CpuMeter(master) if master is not None else None
+    http_cpu: dict[str, float] = {}
+    sql_cpu: dict[str, float] = {}
     per_round = max(1, sizes.batches // ROUNDS)
     bodies = http_bodies(accounts, "http", per_round * ROUNDS, now)
     prepared = sql_batches(accounts, "sql", per_round * ROUNDS, now)
@@ -1024,10 +1053,13 @@ def part_batches(
     rounds = []
     for number in range(ROUNDS):
         chunk = slice(number * per_round, (number + 1) * per_round)
+        before = meter.snapshot() if meter else {}
         elapsed, samples = http_post_batches(port, token, bodies[chunk])
+        if meter is not None:
+            cpu_add(http_cpu, before, meter.snapshot())
         http_seconds += elapsed
         latencies += samples
-        sql_elapsed, inserted = sql_run(shares(prepared[chunk], STREAMS), STREAMS)
+        sql_elapsed, inserted = sql_run(shares(prepared[chunk], STREAMS), STREAMS, meter, sql_cpu)
         if inserted != per_round * BATCH:
             raise RuntimeError(f"{inserted} rows inserted out of {per_round * BATCH}")
         sql_seconds += sql_elapsed
@@ -1054,6 +1086,30 @@ def part_batches(
         f">= {TARGET_BATCH_RATIO:.0%}",
         ratio >= TARGET_BATCH_RATIO,
     )
+    if meter is not None:
+        report.tables["a-cpu"] = table = batch_cpu_table(
+            {"HTTP": http_cpu, "hand-written SQL": sql_cpu}, len(bodies)
+        )
+        print("  CPU per batch of 1,000 (ms):")
+        for row in table:
+            print("  " + " | ".join(row))
+
+
+def batch_cpu_table(spent: dict[str, dict[str, float]], batches: int) -> list[list[str]]:
+    """CPU per batch of each kind of process, for each path (``spent``: milliseconds by path
+    and kind over ``batches`` batches), then the ceiling's sum over each path's: the ratio
+    CPU alone allows when the run keeps the cores busy."""
+    table = [["path", *(f"{kind} ms" for kind in CPU_KINDS), "total ms", "SQL total / total"]]
+    totals = {
+        path: {kind: kinds.get(kind, 0.0) / batches for kind in CPU_KINDS}
+        for path, kinds in spent.items()
+    }
+    ceiling = sum(totals.get("hand-written SQL", {}).values())
+    for path, cpu in totals.items():
+        total = sum(cpu.values())
+        bound = f"{ceiling / total:.2f}" if total and ceiling else ""
+        table.append([path, *(f"{cpu[kind]:.1f}" for kind in CPU_KINDS), f"{total:.1f}", bound])
+    return table
 
 
 UNCACHED_FLOOR = "auth. floor GET, token from the DB"
@@ -2005,7 +2061,7 @@ def main() -> int:
         if "a" in args.parts or "b" in args.parts:
             print("a. batch ingestion through HTTP, b. the ceiling: hand-written SQL, in turns")
             with spy("a"):
-                part_batches(report, port, token, posting, sizes, now)
+                part_batches(report, port, token, posting, sizes, now, server.pid)
         if "c" in args.parts:
             print("c. the floors and the per-request paths, interleaved")
             with spy("c"):

@@ -71,6 +71,9 @@ def machine_line(document: dict[str, Any]) -> str:
 TABLE_TITLES = {
     "c": "Part c, the floors and the per-request paths (medians of 3 rounds; the spread is "
     "the lowest and highest round's rate)",
+    "a-cpu": "Parts a and b, CPU per batch of 1,000 events of each kind of process (over"
+    " every round; the client of the hand-written SQL is the bench's own psycopg; the last"
+    " column is the ratio to the SQL that CPU alone allows when the run keeps the cores busy)",
     "c-cpu": "Part c, CPU per request of each kind of process (medians of the rounds; the"
     " client is the load generator; the last column is the share of its floor's requests/s"
     " that CPU alone allows when the run keeps the cores busy)",

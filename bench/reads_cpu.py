@@ -35,6 +35,12 @@ DATABASE = os.environ.get("BENCH_DATABASE", "bench_reads_cpu")
 DSN = "postgres://postgres@127.0.0.1:5432"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far (``/proc``), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def setup(cache_url: str) -> None:
     os.environ.update(
         DJANGO_SETTINGS_MODULE="bench.settings",
@@ -169,19 +175,29 @@ def main() -> None:
     for method, url, body in targets.values():  # warm: token remembered, lines read
         for _ in range(20):
             send(method, url, body)
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
     rounds: list[dict[str, float]] = []
+    database: list[dict[str, float]] = []  # PostgreSQL's CPU per request, its backend's
     for _ in range(options.rounds):
         spent: dict[str, float] = {}
+        served: dict[str, float] = {}
         for name, (method, url, body) in targets.items():
-            started = time.process_time()
+            started, backend_started = time.process_time(), cpu_seconds(backend)
             for _ in range(options.requests):
                 send(method, url, body)
             spent[name] = (time.process_time() - started) / options.requests * 1000
+            served[name] = (cpu_seconds(backend) - backend_started) / options.requests * 1000
         rounds.append(spent)
+        database.append(served)
     print(
         f"CPU per request in ms over {options.rounds} interleaved rounds of {options.requests}: "
         "the least (the round least disturbed by other work on the machine) and the median, "
-        "and the floor's least over the path's; Python function calls per request:"
+        "and the floor's least over the path's; the PostgreSQL backend's CPU per request "
+        "(median); Python function calls per request:"
     )
     calls = {name: _calls(send, *target) for name, target in targets.items()}
     for name, (method, _url, _body) in targets.items():
@@ -189,8 +205,10 @@ def main() -> None:
         least = min(spent[name] for spent in rounds)
         middle = statistics.median(spent[name] for spent in rounds)
         share = min(spent[floor] for spent in rounds) / least
+        pg = statistics.median(served[name] for served in database)
         print(
             f"  {name:<12} {least:6.3f} ms (median {middle:6.3f})  floor / path {share:5.2f}"
+            f"  PostgreSQL {pg:5.3f} ms"
             f"  {calls[name]:6,.0f} Python calls ({calls[floor] / calls[name]:.2f} of the floor's)"
         )
     if options.profile:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -87,6 +88,17 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / '
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
 # A health check costs a query at the start of every request; on by choice only.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("CONN_HEALTH_CHECKS", default=False)
+if DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql"):
+    # The hot paths' statements (``config.db.bound_cursor``) are prepared on a connection
+    # once run this many times there; "off" never (a pooler older than PgBouncer 1.21).
+    _prepare = env.str("DATABASE_PREPARE_THRESHOLD", default="2").strip().lower()
+    if _prepare not in ("off", "none", "") and not _prepare.isdigit():
+        raise ImproperlyConfigured(
+            f"DATABASE_PREPARE_THRESHOLD must be a whole number or off, not {_prepare!r}."
+        )
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "prepare_threshold", int(_prepare) if _prepare.isdigit() else None
+    )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The embedded default serves one developer; a busy timeout avoids "database is locked"
     # when the dev server and a command write at the same time.

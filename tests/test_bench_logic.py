@@ -270,3 +270,20 @@ def test_the_cpu_table_puts_each_path_beside_its_floor():
         ["floor", "1.00", "0.50", "0.00", "0.50", "2.00", "", ""],
         ["path", "1.00", "2.00", "0.75", "0.25", "4.00", "+2.00", "0.50"],
     ]
+
+
+def test_the_batch_cpu_table_gives_the_ratio_cpu_alone_allows():
+    # given: 10 batches; HTTP spent 1,000 ms of CPU in all, the SQL 500 ms
+    spent = {
+        "HTTP": {"client": 100.0, "web workers": 500.0, "PostgreSQL": 400.0},
+        "hand-written SQL": {"client": 200.0, "PostgreSQL": 300.0},
+    }
+
+    # when
+    table = ingest.batch_cpu_table(spent, 10)
+
+    # then: per batch, and the SQL's total over each path's
+    assert table[1:] == [
+        ["HTTP", "10.0", "50.0", "40.0", "0.0", "100.0", "0.50"],
+        ["hand-written SQL", "20.0", "0.0", "30.0", "0.0", "50.0", "1.00"],
+    ]

@@ -8,6 +8,8 @@ from collections.abc import Iterable
 
 from django.db import connection
 
+from config.db import bound_cursor
+
 
 def _lock_key(account_id: uuid.UUID, metric: str) -> int:
     """A stable signed 64-bit key for ``(account, metric)``; a collision only serializes more."""
@@ -32,6 +34,6 @@ def usage_lock(*, pairs: Iterable[tuple[uuid.UUID, str]]) -> None:
     keys = sorted({_lock_key(account_id, metric) for account_id, metric in pairs})
     if not keys:
         return
-    with connection.cursor() as cursor:
+    with bound_cursor() as cursor:
         # unnest() yields the array in order: the locks are taken in ascending key order.
         cursor.execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS t(k)", [keys])

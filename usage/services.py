@@ -19,8 +19,7 @@ import dataclasses
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -53,6 +52,7 @@ from accounts.models import Account, Limit, ScopedLimit
 from accounts.selectors import LimitsDocument, quote_name
 from accounts.services import MAX_THRESHOLD
 from accounts.windows import PeriodKind, window_containing
+from config.db import bound_cursor
 from config.request_ids import current_correlation_id, current_request_id
 
 from .ingest import Errors, EventIn, EventsInvalid, ReservationIn, parse_metric
@@ -97,32 +97,6 @@ class IngestResult:
     usage: list[MetricUsage]
 
 
-@contextmanager
-def _cursor() -> Iterator[Any]:
-    """A cursor of the default connection; on PostgreSQL, one that sends the parameters
-    apart from the statement (server-side binding), for the statements of a batch.
-
-    Django binds parameters on the client: each is quoted into the SQL text, which
-    PostgreSQL then reads back character by character. A batch's rows travel as JSON
-    texts of hundreds of kilobytes; sent apart, PostgreSQL takes them as they are. The
-    cursor is wrapped as Django wraps its own, so query logging and
-    ``connection.execute_wrapper`` see these statements as any other.
-    """
-    if connection.vendor != "postgresql":
-        with connection.cursor() as cursor:
-            yield cursor
-        return
-    from django.db.backends.postgresql.base import ServerBindingCursor
-
-    connection.ensure_connection()
-    connection.validate_thread_sharing()
-    with connection.wrap_database_errors:
-        raw = ServerBindingCursor(connection.connection)
-    wrap = connection.make_debug_cursor if connection.queries_logged else connection.make_cursor
-    with wrap(raw) as cursor:
-        yield cursor
-
-
 def _insert_events(
     events: list[tuple[str, EventIn]], received_at: datetime
 ) -> list[tuple[str, str]]:
@@ -136,7 +110,7 @@ def _insert_events(
         " labels, request_id, correlation_id"
     )
     request_id, correlation_id = current_request_id(), current_correlation_id()
-    with _cursor() as cursor:
+    with bound_cursor() as cursor:
         if connection.vendor == "postgresql":
             # The batch travels as one JSON text parameter: Django's client-side binding
             # escapes it in one C call, where arrays would be escaped element by element.
@@ -360,7 +334,7 @@ def counters_add(deltas: CounterDeltas, now: datetime) -> dict[tuple[uuid.UUID, 
     )
     day_columns = "account_id, metric, labels, day, quantity_milli, updated_at"
     hour_columns = "account_id, metric, labels, hour, day, quantity_milli, updated_at"
-    with _cursor() as cursor:
+    with bound_cursor() as cursor:
         if connection.vendor == "postgresql":
             # One statement: the hour upsert runs as a data-modifying WITH, to completion,
             # before the day upsert (the same order in every writer). The rows travel as
@@ -447,7 +421,7 @@ def label_sets_add(keys: list[LabelSetKey]) -> list[LabelSetKey]:
         "ON CONFLICT (account_id, metric, day, labels) DO NOTHING"
         " RETURNING account_id, metric, day, labels"
     )
-    with _cursor() as cursor:
+    with bound_cursor() as cursor:
         if connection.vendor == "postgresql":
             # One JSON text, escaped in one C call (arrays are escaped element by element).
             text = _as_text()
@@ -742,7 +716,7 @@ def usage_event_store_one(
         settle=_EVENT_ONE_SETTLE if event.reservation_id else "",
         label_sets=_EVENT_ONE_LABEL_SETS if event.labels_key else "",
     )
-    with connection.cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     inserted, total = int(row[0]), row[1]
@@ -1524,7 +1498,7 @@ def _reservation_insert(reservation: Reservation) -> bool:
     columns = ", ".join(quote_name(f.column) for f in fields)
     values = [f.get_db_prep_save(getattr(reservation, f.attname), connection) for f in fields]
     placeholders = ", ".join(["%s"] * len(fields))
-    with connection.cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {Reservation._meta.db_table} ({columns}) VALUES ({placeholders})"
             " ON CONFLICT (account_id, reservation_id) DO NOTHING RETURNING id",

@@ -147,3 +147,39 @@ def test_a_reservation_and_a_single_event_cost_their_known_queries(account, serv
     # is recorded as a batch is, and its line past a threshold looks for crossings
     expected = {"sqlite": (4, 12), "postgresql": (5, 5)}[connection.vendor]
     assert (len(reserved) - base, len(recorded) - base) == expected, (reserved, recorded)
+
+
+def prepared(text: str) -> list[tuple[str, int, int]]:
+    """The statements prepared on this connection that contain ``text``: how PostgreSQL
+    holds them (its plans made so far, generic and custom)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+            " WHERE statement LIKE %s",
+            [f"%{text}%"],
+        )
+        return cursor.fetchall()
+
+
+@pytest.mark.postgres
+def test_the_reads_statement_is_prepared_once_and_planned_no_more(account, service_client):
+    # given: the read asked a few times (the first reads the lines; the statement is
+    # prepared on the connection at its third run)
+    table = Account._meta.db_table
+    with time_machine.travel(NOW, tick=False):
+        for _ in range(4):
+            assert paths(service_client, account)["capacities"]().status_code == 200
+        before = prepared(f'FROM "{table}"')
+
+        # when: asked ten times more
+        for _ in range(10):
+            assert paths(service_client, account)["capacities"]().status_code == 200
+        after = prepared(f'FROM "{table}"')
+
+    # then: the same prepared statement answered all ten, planned for each of its first five
+    # runs, then generically: neither parsed nor planned again
+    assert len(before) == len(after) == 1
+    (statement, generic, custom), (_same, generic_before, custom_before) = after[0], before[0]
+    assert statement == _same
+    assert generic + custom == generic_before + custom_before + 10
+    assert custom == 5
