@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 
 
@@ -37,20 +37,19 @@ def bound_cursor() -> Iterator[Any]:
     ``connection.execute_wrapper`` see its statements as any other. On other databases,
     Django's own cursor.
     """
-    if connection.vendor != "postgresql":
-        with connection.cursor() as cursor:
+    # The connection itself, not the proxy ``django.db.connection`` resolves at each access.
+    db = connections[DEFAULT_DB_ALIAS]
+    if db.vendor != "postgresql":
+        with db.cursor() as cursor:
             yield cursor
         return
     from django.db.backends.postgresql.base import ServerBindingCursor
 
-    connection.ensure_connection()
-    connection.validate_thread_sharing()
-    with connection.wrap_database_errors:
-        raw = ServerBindingCursor(connection.connection)
-    if connection.queries_logged:
-        cursor = _DebugWrapper(raw, connection)
-    else:
-        cursor = connection.make_cursor(raw)
+    db.ensure_connection()
+    db.validate_thread_sharing()
+    with db.wrap_database_errors:
+        raw = ServerBindingCursor(db.connection)
+    cursor = _DebugWrapper(raw, db) if db.queries_logged else db.make_cursor(raw)
     with cursor:
         yield cursor
 
