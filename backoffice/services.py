@@ -249,10 +249,13 @@ def extensions_grant(
 # --- Usage, with the crossings it causes (SPEC sections 5, 6 and 11.5) ---
 
 
-def _labels_of(events: Iterable[EventIn]) -> dict[tuple[uuid.UUID, str], list[dict[str, str]]]:
-    """The distinct label sets of the events, per (account id, metric)."""
+def _labels_of(
+    kinds: Iterable[tuple[uuid.UUID, str, str]],
+) -> dict[tuple[uuid.UUID, str], list[dict[str, str]]]:
+    """The distinct label sets of the events, per (account id, metric), from the events'
+    distinct ``(account id, metric, label key)``."""
     found: dict[tuple[uuid.UUID, str], set[str]] = defaultdict(set)
-    for account_id, metric, key in {(e.account_id, e.metric, e.labels_key) for e in events}:
+    for account_id, metric, key in kinds:
         found[(account_id, metric)].add(key)
     parsed = {key: labels_from_key(key) for key in set().union(*found.values())}
     return {pair: [parsed[key] for key in sorted(keys)] for pair, keys in found.items()}
@@ -276,11 +279,15 @@ def usage_events_record(
     if not is_batch and connection.vendor == "postgresql":
         return _usage_event_record(events[0], now=now)
 
+    # One pass over the events: what follows works on their few distinct kinds (an id is
+    # a ``UUID``, which hashes in Python: once per event, not once per step).
+    kinds = {(e.account_id, e.metric, e.labels_key) for e in events}
+    pairs = {(account_id, metric) for account_id, metric, _key in kinds}
+    metrics = {metric for _account_id, metric in pairs}
     # The accounts, each marked when it has a scoped limit on a metric of the request (in
     # the same query): only those have scoped lines to look at for crossings.
-    metrics = {e.metric for e in events}
     accounts = list(
-        Account.objects.filter(pk__in={e.account_id for e in events}, is_active=True)
+        Account.objects.filter(pk__in={account_id for account_id, _ in pairs}, is_active=True)
         .annotate(
             has_scoped=Exists(
                 ScopedLimit.objects.filter(account_id=OuterRef("pk"), metric__in=metrics)
@@ -290,14 +297,14 @@ def usage_events_record(
     )
     zones: dict[uuid.UUID, ZoneInfo] = {account.pk: account.zone for account in accounts}
     scoped = [account for account in accounts if account.has_scoped and account.is_enterprise]
-    unknown = [i for i, e in enumerate(events) if e.account_id not in zones]
-    if unknown:
+    if any(account_id not in zones for account_id, _metric in pairs):
+        unknown = [i for i, e in enumerate(events) if e.account_id not in zones]
         message = [_("Unknown or inactive account.")]
         if is_batch:
             raise EventsInvalid({"events": {str(i): {"account": message} for i in unknown}})
         raise EventsInvalid({"account": message})
 
-    touched = sorted({(e.account_id, e.metric) for e in events})
+    touched = sorted(pairs)
     with transaction.atomic():
         usage_lock(pairs=touched)
         # Raising there rolls back this request's events, label sets and counter additions.
@@ -311,7 +318,7 @@ def usage_events_record(
             lines=scoped_lines_reached(
                 accounts=scoped,
                 now=now,
-                labels=_labels_of(events),
+                labels=_labels_of(kinds),
                 month_used={key: found.used_milli for key, found in usage.items()},
             ),
             zones=zones,
