@@ -284,29 +284,30 @@ def usage_events_record(
     kinds = {(e.account_id, e.metric, e.labels_key) for e in events}
     pairs = {(account_id, metric) for account_id, metric, _key in kinds}
     metrics = {metric for _account_id, metric in pairs}
-    # The accounts, each marked when it has a scoped limit on a metric of the request (in
-    # the same query): only those have scoped lines to look at for crossings.
-    accounts = list(
-        Account.objects.filter(pk__in={account_id for account_id, _ in pairs}, is_active=True)
-        .annotate(
-            has_scoped=Exists(
-                ScopedLimit.objects.filter(account_id=OuterRef("pk"), metric__in=metrics)
-            )
-        )
-        .order_by("pk")
-    )
-    zones: dict[uuid.UUID, ZoneInfo] = {account.pk: account.zone for account in accounts}
-    scoped = [account for account in accounts if account.has_scoped and account.is_enterprise]
-    if any(account_id not in zones for account_id, _metric in pairs):
-        unknown = [i for i, e in enumerate(events) if e.account_id not in zones]
-        message = [_("Unknown or inactive account.")]
-        if is_batch:
-            raise EventsInvalid({"events": {str(i): {"account": message} for i in unknown}})
-        raise EventsInvalid({"account": message})
-
     touched = sorted(pairs)
     with transaction.atomic():
         usage_lock(pairs=touched)
+        # The accounts, read under the lock: each marked when it has a scoped limit on a
+        # metric of the request (in the same query), since only those have scoped lines to
+        # look at for crossings. A limit change takes the same locks, so a scoped limit
+        # committed before this batch took them is seen, and its crossing recorded now.
+        accounts = list(
+            Account.objects.filter(pk__in={account_id for account_id, _ in pairs}, is_active=True)
+            .annotate(
+                has_scoped=Exists(
+                    ScopedLimit.objects.filter(account_id=OuterRef("pk"), metric__in=metrics)
+                )
+            )
+            .order_by("pk")
+        )
+        zones: dict[uuid.UUID, ZoneInfo] = {account.pk: account.zone for account in accounts}
+        scoped = [a for a in accounts if a.has_scoped and a.is_enterprise]
+        if any(account_id not in zones for account_id, _metric in pairs):
+            unknown = [i for i, e in enumerate(events) if e.account_id not in zones]
+            message = [_("Unknown or inactive account.")]
+            if is_batch:
+                raise EventsInvalid({"events": {str(i): {"account": message} for i in unknown}})
+            raise EventsInvalid({"account": message})
         # Raising there rolls back this request's events, label sets and counter additions.
         accepted = usage_events_store(events=events, zones=zones, now=now, is_batch=is_batch)
         periods = {account_id: period_containing(now, zone) for account_id, zone in zones.items()}

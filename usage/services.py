@@ -1,7 +1,7 @@
 """Writes of usage: recording events and keeping the day and hour counters exact.
 
-Recording costs a constant number of queries whatever the batch size: one to read the
-accounts, on PostgreSQL one to take the (account, metric) locks (``usage_lock``), one
+Recording costs a constant number of queries whatever the batch size: on PostgreSQL one
+to take the (account, metric) locks (``usage_lock``), one to read the accounts, one
 ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` for the events, with labels one to record
 their label sets and, when some are new, one to count them, and one to read the label keys
 counted for the accounts (``UsageCounterKey``), one counter upsert (two on SQLite: days

@@ -8,9 +8,11 @@ the code lets them, and sweeps (which take no usage lock) racing with the reques
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 import backoffice.services
@@ -176,3 +178,64 @@ def test_concurrent_requests_on_different_accounts_notify_once_each(service_user
     # then
     assert failures == []
     assert [ledger(account) for account in accounts] == [BOTH_LINES] * 3
+
+
+def test_a_batch_records_the_crossing_of_a_scoped_limit_added_just_before_it_locks(monkeypatch):
+    # given: an account with no scoped limit, 50 tokens used today
+    account = AccountFactory(timezone="Europe/Paris")
+    document = {
+        "limits": {"text_tokens": {"warning": 1000, "blocked": None}},
+        "recipients": RECIPIENTS,
+    }
+    limits_replace(account=account, data=document)
+    now = timezone.now()
+    usage_events_record(payload={"events": [event(account, "base", 50, now)]}, now=now)
+    # and: a change that adds a daily line with a warning at 60, committed by another
+    # connection after the batch below was read and before it takes its locks
+    real_lock = backoffice.services.usage_lock
+
+    def change_then_lock(**kwargs):
+        def change():
+            try:
+                limits_replace(
+                    account=account,
+                    data=document
+                    | {
+                        "scoped_limits": [
+                            {
+                                "metric": "text_tokens",
+                                "period": "day",
+                                "window_days": None,
+                                "labels": {},
+                                "warning": 60,
+                                "blocked": None,
+                            }
+                        ]
+                    },
+                )
+            finally:
+                connection.close()
+
+        worker = threading.Thread(target=change)
+        worker.start()
+        worker.join()
+        monkeypatch.setattr(backoffice.services, "usage_lock", real_lock)
+        return real_lock(**kwargs)
+
+    monkeypatch.setattr(backoffice.services, "usage_lock", change_then_lock)
+
+    # when: the batch of 20 tokens takes the day to 70
+    usage_events_record(payload={"events": [event(account, "batch", 20, now)]}, now=now)
+
+    # then: the batch itself recorded the new line's crossing (no sweep ran), once
+    assert ledger(account) == [("day", "warning", 60, 1)]
+
+
+def event(account, event_id: str, quantity: int, at) -> dict:
+    return {
+        "event_id": event_id,
+        "account": str(account.pk),
+        "metric": "text_tokens",
+        "quantity": quantity,
+        "occurred_at": at.isoformat(),
+    }
