@@ -58,7 +58,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -474,20 +474,33 @@ def gunicorn(
             Path(log.name).unlink()
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_stat(pid: int) -> tuple[str, int, float] | None:
+    """A process's command name, parent's id and CPU seconds so far (user and system), from
+    ``/proc/<pid>/stat``; ``None`` once it has exited."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name is in parentheses and may hold spaces; after it, state is field 3
+    # of the line, the parent 4, utime 14 and stime 15.
+    head, _, tail = stat.rpartition(")")
+    fields = tail.split()
+    return head.partition("(")[2], int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def processes() -> Iterator[tuple[int, str, int, float]]:
+    """Every process: its id, then what ``process_stat`` reads of it, in one pass."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (found := process_stat(int(entry.name))) is not None:
+            yield int(entry.name), *found
+
+
 def worker_pids(master: int) -> list[int]:
     """The processes whose parent is ``master`` (gunicorn's workers)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may hold spaces: the parent id follows the closing parenthesis.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == master:
-            pids.append(int(entry.name))
-    return sorted(pids)
+    return sorted(pid for pid, _name, parent, _seconds in processes() if parent == master)
 
 
 def memory_kb(pid: int, key: str) -> int:
@@ -499,33 +512,10 @@ def memory_kb(pid: int, key: str) -> int:
 
 # --- CPU per request, per process kind ---------------------------------------------------
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Where a request's CPU goes, in the order of the printed table.
 CPU_KINDS = ("client", "web workers", "PostgreSQL", "Redis")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of ``pid`` so far, in seconds (0 once it has exited)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    # After the command name: state is field 3 of the line, utime 14 and stime 15.
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def processes_named(*names: str) -> list[int]:
-    """The processes whose command name is one of ``names``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() in names:
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
+# The kind of a process by its command name (gunicorn's workers: by their parent).
+CPU_KIND_OF_COMMAND = {"postgres": "PostgreSQL", "redis-server": "Redis"}
 
 
 @dataclass
@@ -539,14 +529,13 @@ class CpuMeter:
     master: int
 
     def snapshot(self) -> dict[str, dict[int, float]]:
-        own = os.getpid()
-        groups = {
-            "web workers": worker_pids(self.master),
-            "PostgreSQL": processes_named("postgres"),
-            "Redis": processes_named("redis-server"),
-        }
-        taken = {kind: {pid: cpu_seconds(pid) for pid in pids} for kind, pids in groups.items()}
-        taken["client"] = {own: time.process_time()}
+        """CPU seconds so far of every process of each kind, by process id."""
+        taken: dict[str, dict[int, float]] = {kind: {} for kind in CPU_KINDS}
+        for pid, name, parent, seconds in processes():
+            kind = "web workers" if parent == self.master else CPU_KIND_OF_COMMAND.get(name)
+            if kind is not None:
+                taken[kind][pid] = seconds
+        taken["client"] = {os.getpid(): time.process_time()}
         return taken
 
     @staticmethod
@@ -561,6 +550,14 @@ class CpuMeter:
             used = sum(now - then.get(pid, 0.0) for pid, now in after.get(kind, {}).items())
             spent[kind] = max(used, 0.0) * 1000 / requests
         return spent
+
+    @contextmanager
+    def adding_to(self, spent: dict[str, float]) -> Iterator[None]:
+        """Add to ``spent`` (milliseconds by kind) what each kind spends during the block."""
+        before = self.snapshot()
+        yield
+        for kind, used in self.per_request(before, self.snapshot(), 1).items():
+            spent[kind] = spent.get(kind, 0.0) + used
 
 
 # --- Profiling (optional) ---------------------------------------------------------------
@@ -870,14 +867,13 @@ def sql_ingest(conn: psycopg.Connection[Any], batch: SqlBatch) -> int:
 def sql_run(
     batches: Callable[[int], Iterator[SqlBatch]],
     connections: int,
-    cpu: CpuMeter | None = None,
-    spent: dict[str, float] | None = None,
+    measured: AbstractContextManager[None] | None = None,
 ) -> tuple[float, int]:
     """Ingest what ``batches(i)`` yields on connection ``i``, all concurrently.
 
-    Returns the wall time in seconds and the number of rows inserted. With ``cpu``, adds
-    to ``spent`` the CPU each kind of process spent meanwhile (before the connections
-    close, while their backends are there to be read).
+    Returns the wall time in seconds and the number of rows inserted. ``measured`` (a
+    ``CpuMeter.adding_to``) is entered around the work, before the connections close,
+    while their backends are there to be read.
     """
     conns = [sql_connect() for _ in range(connections)]
     inserted = [0] * connections
@@ -887,23 +883,12 @@ def sql_run(
             inserted[index] += sql_ingest(conns[index], batch)
 
     try:
-        before = cpu.snapshot() if cpu else {}
-        elapsed = run_threads(connections, worker)
-        if cpu is not None and spent is not None:
-            cpu_add(spent, before, cpu.snapshot())
+        with measured or nullcontext():
+            elapsed = run_threads(connections, worker)
     finally:
         for conn in conns:
             conn.close()
     return elapsed, sum(inserted)
-
-
-def cpu_add(
-    spent: dict[str, float], before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]
-) -> None:
-    """Add to ``spent`` (milliseconds by kind) what each kind of process spent between the
-    snapshots ``before`` and ``after``."""
-    for kind, used in CpuMeter.per_request(before, after, 1).items():
-        spent[kind] = spent.get(kind, 0.0) + used
 
 
 def shares(items: list[Any], parts: int) -> Callable[[int], Iterator[Any]]:
@@ -1053,13 +1038,12 @@ def part_batches(
     rounds = []
     for number in range(ROUNDS):
         chunk = slice(number * per_round, (number + 1) * per_round)
-        before = meter.snapshot() if meter else {}
-        elapsed, samples = http_post_batches(port, token, bodies[chunk])
-        if meter is not None:
-            cpu_add(http_cpu, before, meter.snapshot())
+        with meter.adding_to(http_cpu) if meter else nullcontext():
+            elapsed, samples = http_post_batches(port, token, bodies[chunk])
         http_seconds += elapsed
         latencies += samples
-        sql_elapsed, inserted = sql_run(shares(prepared[chunk], STREAMS), STREAMS, meter, sql_cpu)
+        measured = meter.adding_to(sql_cpu) if meter else None
+        sql_elapsed, inserted = sql_run(shares(prepared[chunk], STREAMS), STREAMS, measured)
         if inserted != per_round * BATCH:
             raise RuntimeError(f"{inserted} rows inserted out of {per_round * BATCH}")
         sql_seconds += sql_elapsed

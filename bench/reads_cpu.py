@@ -35,12 +35,6 @@ DATABASE = os.environ.get("BENCH_DATABASE", "bench_reads_cpu")
 DSN = "postgres://postgres@127.0.0.1:5432"
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of process ``pid`` so far (``/proc``), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def setup(cache_url: str) -> None:
     os.environ.update(
         DJANGO_SETTINGS_MODULE="bench.settings",
@@ -176,6 +170,12 @@ def main() -> None:
         for _ in range(20):
             send(method, url, body)
     from django.db import connection
+
+    from bench.ingest import process_stat
+
+    def cpu_seconds(pid: int) -> float:
+        found = process_stat(pid)
+        return 0.0 if found is None else found[2]
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")

@@ -3,6 +3,7 @@ docs/performance.md. The bench itself never runs in the suite (no timed assertio
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -287,3 +288,14 @@ def test_the_batch_cpu_table_gives_the_ratio_cpu_alone_allows():
         ["HTTP", "10.0", "50.0", "40.0", "0.0", "100.0", "0.50"],
         ["hand-written SQL", "20.0", "0.0", "30.0", "0.0", "50.0", "1.00"],
     ]
+
+
+def test_processes_are_read_with_their_parent_and_cpu_time():
+    # when
+    found = {pid: rest for pid, *rest in ingest.processes()}
+
+    # then: this process is there, under its parent, with the CPU time it has spent so far
+    _name, parent, seconds = found[os.getpid()]
+    assert parent == os.getppid()
+    assert seconds > 0
+    assert ingest.process_stat(os.getpid())[1] == os.getppid()
