@@ -23,6 +23,7 @@ from notifications.models import Delivery, Notification
 from notifications.services import thresholds_evaluate
 from tests.factories import AccountFactory, LimitFactory, RecipientFactory
 from tests.notifications.test_crossing_races import RECIPIENTS, poster, run_together, token_client
+from tests.notifications.test_lines import event_of
 
 pytestmark = [
     pytest.mark.postgres,
@@ -189,7 +190,7 @@ def test_a_batch_records_the_crossing_of_a_scoped_limit_added_just_before_it_loc
     }
     limits_replace(account=account, data=document)
     now = timezone.now()
-    usage_events_record(payload={"events": [event(account, "base", 50, now)]}, now=now)
+    usage_events_record(payload={"events": [event_of(account, "base", 50, now)]}, now=now)
     # and: a change that adds a daily line with a warning at 60, committed by another
     # connection after the batch below was read and before it takes its locks
     real_lock = backoffice.services.usage_lock
@@ -225,17 +226,7 @@ def test_a_batch_records_the_crossing_of_a_scoped_limit_added_just_before_it_loc
     monkeypatch.setattr(backoffice.services, "usage_lock", change_then_lock)
 
     # when: the batch of 20 tokens takes the day to 70
-    usage_events_record(payload={"events": [event(account, "batch", 20, now)]}, now=now)
+    usage_events_record(payload={"events": [event_of(account, "batch", 20, now)]}, now=now)
 
     # then: the batch itself recorded the new line's crossing (no sweep ran), once
     assert ledger(account) == [("day", "warning", 60, 1)]
-
-
-def event(account, event_id: str, quantity: int, at) -> dict:
-    return {
-        "event_id": event_id,
-        "account": str(account.pk),
-        "metric": "text_tokens",
-        "quantity": quantity,
-        "occurred_at": at.isoformat(),
-    }

@@ -67,18 +67,22 @@ def account_with_line(*, period, warning=None, blocked=None, window_days=None, l
     return account
 
 
+def event_of(account, event_id, quantity, at: datetime, labels=None) -> dict:
+    """An event of text tokens occurring at ``at``, as the API takes it."""
+    return {
+        "event_id": event_id,
+        "account": str(account.pk),
+        "metric": TOKENS,
+        "quantity": quantity,
+        "occurred_at": at.isoformat(),
+        "labels": labels or {},
+    }
+
+
 def record(account, event_id, quantity, at: datetime, labels=None):
     """One event occurring at ``at``, received at that instant."""
     usage_events_record(
-        payload={
-            "event_id": event_id,
-            "account": str(account.pk),
-            "metric": TOKENS,
-            "quantity": quantity,
-            "occurred_at": at.isoformat(),
-            "labels": labels or {},
-        },
-        now=at.astimezone(UTC),
+        payload=event_of(account, event_id, quantity, at, labels), now=at.astimezone(UTC)
     )
 
 
@@ -400,14 +404,7 @@ def test_a_line_far_from_the_months_usage_is_not_read_when_a_batch_is_recorded()
     # all of its account's lines in the one statement that reads the account)
     counts = []
     for account in (far, near):
-        event = {
-            "event_id": "e",
-            "account": str(account.pk),
-            "metric": TOKENS,
-            "quantity": 5,
-            "occurred_at": at.isoformat(),
-            "labels": {"model": "large"},
-        }
+        event = event_of(account, "e", 5, at, {"model": "large"})
         with CaptureQueriesContext(connection) as captured:
             usage_events_record(payload={"events": [event]}, now=at.astimezone(UTC))
         counts.append(len(captured.captured_queries))
