@@ -112,8 +112,8 @@ def _insert_events(
     request_id, correlation_id = current_request_id(), current_correlation_id()
     with bound_cursor() as cursor:
         if connection.vendor == "postgresql":
-            # The batch travels as one JSON text parameter: Django's client-side binding
-            # escapes it in one C call, where arrays would be escaped element by element.
+            # The batch travels as one JSON text parameter, sent apart from the statement
+            # (``bound_cursor``), where arrays would be adapted element by element.
             # Ids as their hex digits, which PostgreSQL reads as UUIDs and writes back.
             rows = json.dumps(
                 [
@@ -338,8 +338,8 @@ def counters_add(deltas: CounterDeltas, now: datetime) -> dict[tuple[uuid.UUID, 
         if connection.vendor == "postgresql":
             # One statement: the hour upsert runs as a data-modifying WITH, to completion,
             # before the day upsert (the same order in every writer). The rows travel as
-            # two JSON texts, which Django's client-side binding escapes in one call each,
-            # where arrays would be escaped element by element (a batch spread over many
+            # two JSON texts, sent apart from the statement (``bound_cursor``) as they are,
+            # where arrays would be adapted element by element (a batch spread over many
             # hours and label sets writes thousands of rows). The rows are sorted as texts,
             # in the order of their keys: a stable order, so concurrent writers lock
             # counter rows alike.
@@ -423,7 +423,7 @@ def label_sets_add(keys: list[LabelSetKey]) -> list[LabelSetKey]:
     )
     with bound_cursor() as cursor:
         if connection.vendor == "postgresql":
-            # One JSON text, escaped in one C call (arrays are escaped element by element).
+            # One JSON text, sent as it is (arrays are adapted element by element).
             text = _as_text()
             rows = json.dumps([[text(k[0]), k[1], text(k[2]), k[3]] for k in keys])
             cursor.execute(
