@@ -27,6 +27,7 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
@@ -115,14 +116,14 @@ def _insert_events(
             # The batch travels as one JSON text parameter, sent apart from the statement
             # (``bound_cursor``), where arrays would be adapted element by element.
             # Ids as their hex digits, which PostgreSQL reads as UUIDs and writes back.
-            rows = json.dumps(
+            rows = _json_rows(
                 [
                     [
                         account_hex,
                         e.event_id,
                         e.metric,
                         e.quantity_milli,
-                        e.occurred_at.isoformat(),
+                        e.occurred_at,
                         e.source,
                         e.metadata,
                         e.labels,
@@ -280,29 +281,15 @@ def event_place(instant: datetime, zone: ZoneInfo) -> tuple[datetime, date, date
     return _quarter_place(zone, quarter) or _place(utc, zone)
 
 
-def _as_text() -> Callable[[object], str]:
-    """``str`` of ids, ``isoformat`` of dates and of times in UTC, cached: a batch repeats
-    few of them.
+def _json_rows(rows: list[list[Any]]) -> str:
+    """``rows`` as one JSON text for ``jsonb_array_elements``, written by orjson.
 
-    Each spelling sorts as its value does (ids as their hex digits, dates and UTC times
-    as ISO 8601), so rows of these texts sort as their keys would, without comparing
-    ``UUID`` objects in Python.
+    orjson writes ids (``UUID`` or their hex digits), dates and aware times (ISO 8601, with
+    their offset) itself, several times faster than the standard library's encoder and
+    without a ``str`` per value first. Its input here is checked already: event ids and
+    JSON texts free of lone surrogates (``config.parsers``), quantities within 64 bits.
     """
-    cache: dict[object, str] = {}
-
-    def text(value: object) -> str:
-        found = cache.get(value)
-        if found is None:
-            if isinstance(value, datetime):
-                found = value.astimezone(UTC).isoformat()
-            elif isinstance(value, date):
-                found = value.isoformat()
-            else:
-                found = str(value)
-            cache[value] = found
-        return found
-
-    return text
+    return orjson.dumps(rows).decode()
 
 
 def _hex(account_id: uuid.UUID | str) -> str:
@@ -340,20 +327,14 @@ def counters_add(deltas: CounterDeltas, now: datetime) -> dict[tuple[uuid.UUID, 
             # before the day upsert (the same order in every writer). The rows travel as
             # two JSON texts, sent apart from the statement (``bound_cursor``) as they are,
             # where arrays would be adapted element by element (a batch spread over many
-            # hours and label sets writes thousands of rows). The rows are sorted as texts,
-            # in the order of their keys: a stable order, so concurrent writers lock
-            # counter rows alike.
-            text = _as_text()
-            hour_list = [
-                [text(k[0]), k[1], k[2], text(k[3]), text(k[4]), delta]
-                for k, delta in deltas.hours.items()
-            ]
-            day_list = [
-                [text(k[0]), k[1], k[2], text(k[3]), delta] for k, delta in deltas.days.items()
-            ]
+            # hours and label sets writes thousands of rows). The rows are sorted in the
+            # order of their keys (an id sorts as its hex digits do): a stable order, so
+            # concurrent writers lock counter rows alike.
+            hour_list = [[*k, delta] for k, delta in deltas.hours.items()]
+            day_list = [[*k, delta] for k, delta in deltas.days.items()]
             hour_list.sort()
             day_list.sort()
-            hour_rows, day_rows = json.dumps(hour_list), json.dumps(day_list)
+            hour_rows, day_rows = _json_rows(hour_list), _json_rows(day_list)
             cursor.execute(
                 f"WITH h AS (INSERT INTO {HOUR_COUNTER_TABLE} ({hour_columns})"
                 " SELECT (x->>0)::uuid, x->>1, x->>2, (x->>3)::timestamptz, (x->>4)::date,"
@@ -424,8 +405,7 @@ def label_sets_add(keys: list[LabelSetKey]) -> list[LabelSetKey]:
     with bound_cursor() as cursor:
         if connection.vendor == "postgresql":
             # One JSON text, sent as it is (arrays are adapted element by element).
-            text = _as_text()
-            rows = json.dumps([[text(k[0]), k[1], text(k[2]), k[3]] for k in keys])
+            rows = _json_rows([list(k) for k in keys])
             cursor.execute(
                 f"INSERT INTO {LABEL_SET_TABLE} ({columns}) SELECT (x->>0)::uuid, x->>1,"
                 " (x->>2)::date, x->>3 FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY"
