@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
+import orjson
 from django.db import connection
 from django.db.models import Max, Q, QuerySet, Sum
 from django.utils import timezone
@@ -35,6 +36,7 @@ from accounts.selectors import (
 )
 from accounts.windows import PeriodKind, Window, cover, window_current
 from config.dates import datetime_text
+from config.db import bound_cursor
 
 from .models import (
     MILLI,
@@ -632,7 +634,7 @@ def accounts_lines_figures(
             )
         wanted.append(item)
     sql = _ACCOUNTS_LINES_SQL.format(wanted=_ACCOUNTS_LINES_WANTED[vendor])
-    params: list[Any] = [json.dumps(wanted)]
+    params: list[Any] = [orjson.dumps(wanted).decode()]
     if minute is not None:
         labels = "e.labels::text" if vendor == "postgresql" else "e.labels"
         sql += _ACCOUNTS_MINUTE_SQL.format(labels=labels, accounts=_MINUTE_ACCOUNTS[vendor])
@@ -644,7 +646,9 @@ def accounts_lines_figures(
     used = [0] * len(items)
     extension = [0] * len(items)
     minute_sums: list[tuple[str, str, dict[str, str], int]] = []
-    with connection.cursor() as cursor:
+    # Bound apart from the statement: a batch's hundreds of lines travel as one JSON text
+    # that PostgreSQL neither parses as SQL nor plans again (``config.db.bound_cursor``).
+    with bound_cursor() as cursor:
         cursor.execute(sql, params)
         for index, account_id, metric, labels, total, granted in cursor.fetchall():
             if index is not None:
@@ -1473,6 +1477,17 @@ def line_with_event(line: LineUsage, *, occurred_at: datetime, quantity_milli: i
     return dataclasses.replace(line, usage=usage)
 
 
+# The scoped limits with a threshold of some accounts, in each account's order (the model's
+# ``ordering``), their labels as their canonical key. Ids travel as an array on
+# PostgreSQL, as a JSON text of their hex digits (as SQLite keeps them) on SQLite.
+_SCOPED_LINES_SQL = {
+    vendor: f"SELECT account_id, id, metric, period, window_days, labels_key, warning, blocked"
+    f" FROM {ScopedLimit._meta.db_table} WHERE account_id IN ({accounts})"
+    " AND (warning IS NOT NULL OR blocked IS NOT NULL) ORDER BY account_id, position, id"
+    for vendor, accounts in _MINUTE_ACCOUNTS.items()
+}
+
+
 def accounts_scoped_lines_usage(
     *,
     accounts: Iterable[Account],
@@ -1482,23 +1497,28 @@ def accounts_scoped_lines_usage(
     """The scoped lines of ``accounts`` with a threshold (those that can stand past one),
     each over its current window, in each account's order; ``keep`` narrows them.
 
-    Two queries whatever the number of accounts and lines (the scoped limits, then
+    Two statements whatever the number of accounts and lines (the scoped limits, then
     ``accounts_lines_figures``): recording a batch of many accounts reads them all at once.
     """
     by_id = {account.pk: account for account in accounts}
     if not by_id:
         return {}
-    rows = (
-        ScopedLimit.objects.filter(account_id__in=by_id)
-        .filter(Q(warning__isnull=False) | Q(blocked__isnull=False))
-        .order_by("account_id", "position", "id")
-        .values_list(
-            "account_id", "pk", "metric", "period", "window_days", "labels", "warning", "blocked"
+    vendor = connection.vendor
+    ids = sorted(by_id)
+    with bound_cursor() as cursor:
+        cursor.execute(
+            _SCOPED_LINES_SQL[vendor],
+            [ids if vendor == "postgresql" else json.dumps([i.hex for i in ids])],
         )
-    )
+        rows = cursor.fetchall()
+    # A batch reads hundreds of lines that spell few label sets and periods: each parsed once.
+    labels_of: dict[str, dict[str, str]] = {}
     items: list[tuple[Account, LimitLine]] = []
-    for account_id, pk, metric, period, window_days, labels, warning, blocked in rows:
-        account = by_id[account_id]
+    for account_id, pk, metric, period, window_days, key, warning, blocked in rows:
+        account = by_id[account_id if vendor == "postgresql" else uuid.UUID(account_id)]
+        labels = labels_of.get(key)
+        if labels is None:
+            labels = labels_of[key] = labels_from_key(key)
         line = LimitLine(
             metric=metric,
             period=PeriodKind(period),
