@@ -312,7 +312,7 @@ def counters_add(deltas: CounterDeltas, now: datetime) -> dict[tuple[uuid.UUID, 
         "ON CONFLICT (account_id, metric, labels, day) DO UPDATE SET "
         f"quantity_milli = {COUNTER_TABLE}.quantity_milli + excluded.quantity_milli, "
         "updated_at = excluded.updated_at "
-        "RETURNING account_id, metric, day, quantity_milli, labels = ''"
+        "RETURNING account_id, metric, day, quantity_milli, labels = '' AS whole"
     )
     hour_upsert = (
         "ON CONFLICT (account_id, metric, labels, hour) DO UPDATE SET "
@@ -323,8 +323,9 @@ def counters_add(deltas: CounterDeltas, now: datetime) -> dict[tuple[uuid.UUID, 
     hour_columns = "account_id, metric, labels, hour, day, quantity_milli, updated_at"
     with bound_cursor() as cursor:
         if connection.vendor == "postgresql":
-            # One statement: the hour upsert runs as a data-modifying WITH, to completion,
-            # before the day upsert (the same order in every writer). The rows travel as
+            # One statement, both upserts as data-modifying WITHs, of which only the day
+            # counters' whole-metric totals come back (the same shape as a single event's
+            # statement, ``_EVENT_ONE_SQL``). The rows travel as
             # two JSON texts, sent apart from the statement (``bound_cursor``) as they are,
             # where arrays would be adapted element by element (a batch spread over many
             # hours and label sets writes thousands of rows). The rows are sorted in the
@@ -339,14 +340,14 @@ def counters_add(deltas: CounterDeltas, now: datetime) -> dict[tuple[uuid.UUID, 
                 f"WITH h AS (INSERT INTO {HOUR_COUNTER_TABLE} ({hour_columns})"
                 " SELECT (x->>0)::uuid, x->>1, x->>2, (x->>3)::timestamptz, (x->>4)::date,"
                 " (x->>5)::bigint, %s FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY"
-                f" AS t(x, n) ORDER BY n {hour_upsert}) "
-                f"INSERT INTO {COUNTER_TABLE} ({day_columns})"
+                f" AS t(x, n) ORDER BY n {hour_upsert}), "
+                f"d AS (INSERT INTO {COUNTER_TABLE} ({day_columns})"
                 " SELECT (x->>0)::uuid, x->>1, x->>2, (x->>3)::date, (x->>4)::bigint, %s"
                 " FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS t(x, n) ORDER BY n"
-                f" {day_upsert}",
+                f" {day_upsert}) SELECT account_id, metric, day, quantity_milli FROM d WHERE whole",
                 [now, hour_rows, now, day_rows],
             )
-            return {(a, m, d): int(q) for a, m, d, q, whole in cursor.fetchall() if whole}
+            return {(a, m, d): int(q) for a, m, d, q in cursor.fetchall()}
         # SQLite: the same rows as one JSON text per table (any number of rows, one
         # parameter each), ids as SQLite keeps them (hex) and times as Django writes them.
         days = sorted(deltas.days)  # a stable order, as on PostgreSQL
