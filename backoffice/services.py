@@ -10,6 +10,7 @@ lower apps' writes that would skip the notifications.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -18,7 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -50,8 +51,16 @@ from usage.services import (
     counter_keys_sync,
     extension_grant,
     usage_event_store_one,
+    usage_events_insert,
     usage_events_store,
 )
+
+logger = logging.getLogger(__name__)
+
+# How many times recording usage is tried when PostgreSQL rolls it back to break a deadlock
+# (SQLSTATE ``40P01``), and that state.
+DEADLOCK_ATTEMPTS = 3
+DEADLOCK_DETECTED = "40P01"
 
 # --- Limits and accounts, with the crossings a change causes (SPEC sections 3 and 6) ---
 
@@ -276,9 +285,32 @@ def usage_events_record(
     """
     now = now or timezone.now()
     events, is_batch = parse_events(payload, now, bound=account_id)
-    if not is_batch and connection.vendor == "postgresql":
-        return _usage_event_record(events[0], now=now)
+    for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+        try:
+            if not is_batch and connection.vendor == "postgresql":
+                return _usage_event_record(events[0], now=now)
+            return _usage_events_record(events, is_batch=is_batch, now=now)
+        except OperationalError as error:
+            # Recording is idempotent: the transaction PostgreSQL chose to roll back is
+            # recorded again, and finds what the other one committed. Within a caller's
+            # transaction there is nothing to retry: it is rolled back as a whole.
+            deadlock = getattr(error.__cause__, "sqlstate", None) == DEADLOCK_DETECTED
+            if not deadlock or attempt == DEADLOCK_ATTEMPTS or connection.in_atomic_block:
+                raise
+            logger.warning("usage recording rolled back by a deadlock, recorded again")
+    raise AssertionError("unreachable")
 
+
+def _usage_events_record(events: list[EventIn], *, is_batch: bool, now: datetime) -> IngestResult:
+    """``usage_events_record`` of a batch, or of a single event on SQLite.
+
+    The events are inserted before the usage locks are taken (``usage_events_insert``), so
+    that a batch's largest statement runs while another batch of the same accounts holds
+    them. A single event takes its lock before it inserts (``_usage_event_record``): when
+    it and a batch insert the same event id at once, each can wait for the other, and
+    PostgreSQL rolls one back after ``deadlock_timeout`` (a second); that one is recorded
+    again (``usage_events_record``) and finds the event recorded by the other.
+    """
     # One pass over the events: what follows works on their few distinct kinds (an id is
     # a ``UUID``, which hashes in Python: once per event, not once per step).
     kinds = {(e.account_id, e.metric, e.labels_key) for e in events}
@@ -286,6 +318,9 @@ def usage_events_record(
     metrics = {metric for _account_id, metric in pairs}
     touched = sorted(pairs)
     with transaction.atomic():
+        # The events first, without the locks (``usage_events_insert`` says why): another
+        # batch of the same accounts counts its own meanwhile.
+        inserted = usage_events_insert(events=events, now=now)
         usage_lock(pairs=touched)
         # The accounts, read under the lock: each marked when it has a scoped limit on a
         # metric of the request (in the same query), since only those have scoped lines to
@@ -309,7 +344,7 @@ def usage_events_record(
                 raise EventsInvalid({"events": {str(i): {"account": message} for i in unknown}})
             raise EventsInvalid({"account": message})
         # Raising there rolls back this request's events, label sets and counter additions.
-        accepted = usage_events_store(events=events, zones=zones, now=now, is_batch=is_batch)
+        accepted = usage_events_store(inserted=inserted, zones=zones, now=now, is_batch=is_batch)
         periods = {account_id: period_containing(now, zone) for account_id, zone in zones.items()}
         usage = usage_for(periods=periods, pairs=touched)
         # In the same transaction: a crossing is recorded exactly when its usage is, on the

@@ -515,22 +515,25 @@ def _daily_limit_errors(keys: list[tuple[uuid.UUID, str, date]], *, is_batch: bo
     return {"events": messages} if is_batch else {"quantity": messages}
 
 
-def usage_events_store(
-    *, events: list[EventIn], zones: Mapping[uuid.UUID, ZoneInfo], now: datetime, is_batch: bool
-) -> int:
-    """Store the request's checked ``events`` (in request order) and count the new ones.
+@dataclass(frozen=True)
+class EventsInserted:
+    """What ``usage_events_insert`` wrote: the request's events, the index of the first copy
+    of each ``(account id hex, event_id)``, and those keys of the events that were new."""
 
-    Call inside the recording transaction, under the (account, metric) lock of every event
-    (``usage_lock``); ``zones`` holds each account's time zone. The first copy of an event
-    id wins, in the request as across requests. Each new event adds to the day and hour
-    counters of its metric and of the counted label keys its labels contain
-    (``keys_counted``, ``CounterDeltas``), and settles the reservation
-    it names, if active (``reservations_settle``). Returns how many were new.
+    events: list[EventIn]
+    first: dict[tuple[str, str], int]
+    new: list[tuple[str, str]]
 
-    Raises ``EventsInvalid``, which rolls the transaction back, when a new event would add
-    a label set past ``USAGE_MAX_LABEL_SETS`` for its account, metric and local day (keyed
-    by its ``labels``), or when the request would take a daily counter past
-    ``DAILY_LIMIT`` (``usage.models``).
+
+def usage_events_insert(*, events: list[EventIn], now: datetime) -> EventsInserted:
+    """Insert the request's checked ``events`` that are new (the first copy of an event id
+    wins, in the request as across requests), in request order of their first copies.
+
+    Call inside the recording transaction, *before* taking the usage locks: the unique
+    index on ``(account, event_id)`` alone decides which copy is first (a concurrent copy
+    waits for this transaction to end), and nothing here reads usage, so the batch's
+    largest statement runs while another batch of the same accounts holds their locks.
+    ``usage_events_store`` then counts the new events, under the locks.
     """
     # Per event, accounts are keyed by their ids' hex digits: a ``UUID`` hashes and compares
     # in Python, a ``str`` in C (and keeps its hash). Each id object of the request is
@@ -544,8 +547,31 @@ def usage_events_store(
             account_hex = hex_of[id(account_id)] = account_id.hex
         first.setdefault((account_hex, event.event_id), index)
     # Hex digits sort as the ids do: rows go in (account, event id) order, as ever.
-    inserted = _insert_events([(key[0], events[first[key]]) for key in sorted(first)], now)
+    new = _insert_events([(key[0], events[first[key]]) for key in sorted(first)], now)
+    return EventsInserted(events=events, first=first, new=new)
 
+
+def usage_events_store(
+    *,
+    inserted: EventsInserted,
+    zones: Mapping[uuid.UUID, ZoneInfo],
+    now: datetime,
+    is_batch: bool,
+) -> int:
+    """Count the events ``usage_events_insert`` found new; returns how many they are.
+
+    Call inside the recording transaction, under the (account, metric) lock of every event
+    (``usage_lock``); ``zones`` holds each account's time zone. Each new event adds to the
+    day and hour counters of its metric and of the counted label keys its labels contain
+    (``keys_counted``, ``CounterDeltas``), and settles the reservation it names, if active
+    (``reservations_settle``).
+
+    Raises ``EventsInvalid``, which rolls the transaction back, when a new event would add
+    a label set past ``USAGE_MAX_LABEL_SETS`` for its account, metric and local day (keyed
+    by its ``labels``), or when the request would take a daily counter past
+    ``DAILY_LIMIT`` (``usage.models``).
+    """
+    events, first = inserted.events, inserted.first
     ids = {account_id.hex: account_id for account_id in zones}
     zone_of = {account_hex: zones[account_id] for account_hex, account_id in ids.items()}
     # Summed per label set and hour first, then spread over the counted keys of each set.
@@ -553,7 +579,7 @@ def usage_events_store(
     label_sets: dict[tuple[str, str, date, str], int] = {}
     settling: list[EventIn] = []
     places: dict[tuple[str, int], tuple[datetime, date, date] | None] = {}
-    for account_hex, event_id in inserted:
+    for account_hex, event_id in inserted.new:
         index = first[(account_hex, event_id)]
         event = events[index]
         if event.reservation_id:
@@ -606,7 +632,7 @@ def usage_events_store(
     if settling:
         # In the same transaction as the usage: capacity moves from reserved to used at once.
         reservations_settle(events=settling, now=now)
-    return len(inserted)
+    return len(inserted.new)
 
 
 # --- One event in one statement (PostgreSQL) -------------------------------------------

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import pytest
 from django.db import connection
 from knox.models import AuthToken
 from rest_framework.test import APIClient
 
+import backoffice.services
 from tests.factories import AccountFactory
 from usage.models import UsageCounter, UsageEvent
 
@@ -84,3 +86,141 @@ def test_eight_threads_posting_overlapping_batches_count_each_event_once(service
             UsageCounter.objects.filter(account=account).values_list("quantity_milli", flat=True)
         )
         assert counted == expected
+
+
+# --- A single event and a batch inserting the same event id at once ---
+#
+# A batch inserts its events before it takes the usage locks; a single event takes its lock
+# before it inserts. When both insert the same id at once, each waits for the other and
+# PostgreSQL rolls one back (after ``deadlock_timeout``, a second): that one is recorded
+# again, and finds the event the other recorded. The hooks below hold each request at the
+# point that makes the cycle.
+
+HOLD = 10  # seconds a held request waits for its release at most
+
+
+class Held:
+    """Holds the first call of ``name`` (a function of ``backoffice.services``) made by the
+    thread ``thread`` until ``release``; tells when it got there (``reached``)."""
+
+    def __init__(self, monkeypatch, name: str, thread: str) -> None:
+        self.reached, self.release = threading.Event(), threading.Event()
+        real = getattr(backoffice.services, name)
+
+        def held(**kwargs):
+            if threading.current_thread().name == thread and not self.reached.is_set():
+                self.reached.set()
+                assert self.release.wait(HOLD), f"{name} was never released"
+            return real(**kwargs)
+
+        monkeypatch.setattr(backoffice.services, name, held)
+
+
+def request_thread(name: str, post, answers: dict, failures: list) -> threading.Thread:
+    def run() -> None:
+        try:
+            response = post()
+            answers[name] = (response.status_code, response.json())
+        except Exception as error:  # a deadlock not recorded again surfaces here
+            failures.append(f"{name}: {error!r}")
+        finally:
+            connection.close()
+
+    return threading.Thread(target=run, name=name)
+
+
+def deadlock_posts(service_user, account):
+    _, key = AuthToken.objects.create(user=service_user, expiry=None)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+
+    def event(event_id: str, quantity: int) -> dict:
+        return {
+            "event_id": event_id,
+            "account": str(account.pk),
+            "metric": "text_tokens",
+            "quantity": quantity,
+        }
+
+    def batch():
+        events = {"events": [event("shared", 5), event("batch-only", 7)]}
+        return client.post("/api/v1/usage/events/", events, format="json")
+
+    def single():
+        return client.post("/api/v1/usage/events/", event("shared", 5), format="json")
+
+    return batch, single
+
+
+def counted(account) -> int:
+    return sum(
+        UsageCounter.objects.filter(account=account, labels="").values_list(
+            "quantity_milli", flat=True
+        )
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_single_event_rolled_back_by_a_deadlock_with_a_batch_is_recorded_again(
+    service_user, monkeypatch
+):
+    # given: a batch that inserted "shared" and is held before its locks
+    account = AccountFactory()
+    batch, single = deadlock_posts(service_user, account)
+    held = Held(monkeypatch, "usage_lock", thread="batch")
+    answers: dict = {}
+    failures: list = []
+    batch_thread = request_thread("batch", batch, answers, failures)
+    single_thread = request_thread("single", single, answers, failures)
+    # when: the single event takes its lock and waits for the batch's "shared"; then the
+    # batch asks for that lock
+    batch_thread.start()
+    assert held.reached.wait(HOLD)
+    single_thread.start()
+    time.sleep(0.5)
+    held.release.set()
+    for thread in (batch_thread, single_thread):
+        thread.join(timeout=3 * HOLD)
+    # then: PostgreSQL rolled the single event back (it waited first), which was recorded
+    # again and found "shared" recorded by the batch
+    assert failures == []
+    assert answers["batch"][0] == 201
+    assert (answers["batch"][1]["accepted"], answers["batch"][1]["duplicates"]) == (2, 0)
+    assert answers["single"][0] == 200
+    assert (answers["single"][1]["accepted"], answers["single"][1]["duplicates"]) == (0, 1)
+    assert UsageEvent.objects.filter(account=account).count() == 2
+    assert counted(account) == 12_000
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_batch_rolled_back_by_a_deadlock_with_a_single_event_is_recorded_again(
+    service_user, monkeypatch
+):
+    # given: a single event holding its lock, held before it inserts "shared"
+    account = AccountFactory()
+    batch, single = deadlock_posts(service_user, account)
+    held = Held(monkeypatch, "account_lines_current", thread="single")
+    answers: dict = {}
+    failures: list = []
+    batch_thread = request_thread("batch", batch, answers, failures)
+    single_thread = request_thread("single", single, answers, failures)
+    # when: the batch inserts "shared" and waits for that lock; then the single event
+    # inserts "shared" too
+    single_thread.start()
+    assert held.reached.wait(HOLD)
+    batch_thread.start()
+    time.sleep(0.5)
+    held.release.set()
+    for thread in (batch_thread, single_thread):
+        thread.join(timeout=3 * HOLD)
+    # then: PostgreSQL rolled the batch back (it waited first), which was recorded again
+    # and found "shared" recorded by the single event
+    assert failures == []
+    assert answers["single"][0] == 201
+    assert (answers["single"][1]["accepted"], answers["single"][1]["duplicates"]) == (1, 0)
+    assert answers["batch"][0] == 201
+    assert (answers["batch"][1]["accepted"], answers["batch"][1]["duplicates"]) == (1, 1)
+    assert UsageEvent.objects.filter(account=account).count() == 2
+    assert counted(account) == 12_000
