@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 # (SQLSTATE ``40P01``), and that state.
 DEADLOCK_ATTEMPTS = 3
 DEADLOCK_DETECTED = "40P01"
+FOREIGN_KEY_VIOLATION = "23503"
 
 # --- Limits and accounts, with the crossings a change causes (SPEC sections 3 and 6) ---
 
@@ -315,6 +316,42 @@ def _usage_events_record(events: list[EventIn], *, is_batch: bool, now: datetime
     # a ``UUID``, which hashes in Python: once per event, not once per step).
     kinds = {(e.account_id, e.metric, e.labels_key) for e in events}
     pairs = {(account_id, metric) for account_id, metric, _key in kinds}
+    try:
+        return _usage_events_write(events, kinds, pairs, is_batch=is_batch, now=now)
+    except IntegrityError as error:
+        if getattr(error.__cause__, "sqlstate", None) != FOREIGN_KEY_VIOLATION:
+            raise
+    # An event names no account (``usage_events_insert`` checks them as it inserts, on
+    # PostgreSQL): nothing was recorded. Answered as the check under the locks answers.
+    active = set(
+        Account.objects.filter(
+            pk__in={account_id for account_id, _ in pairs}, is_active=True
+        ).values_list("pk", flat=True)
+    )
+    _accounts_check(events, active, is_batch=is_batch)
+    # Every account exists now: one was created meanwhile.
+    return _usage_events_write(events, kinds, pairs, is_batch=is_batch, now=now)
+
+
+def _accounts_check(events: list[EventIn], active: Container[uuid.UUID], *, is_batch: bool) -> None:
+    """``EventsInvalid`` naming the events whose account is not ``active``, if any."""
+    unknown = [i for i, e in enumerate(events) if e.account_id not in active]
+    if not unknown:
+        return
+    message = [_("Unknown or inactive account.")]
+    if is_batch:
+        raise EventsInvalid({"events": {str(i): {"account": message} for i in unknown}})
+    raise EventsInvalid({"account": message})
+
+
+def _usage_events_write(
+    events: list[EventIn],
+    kinds: set[tuple[uuid.UUID, str, str]],
+    pairs: set[tuple[uuid.UUID, str]],
+    *,
+    is_batch: bool,
+    now: datetime,
+) -> IngestResult:
     metrics = {metric for _account_id, metric in pairs}
     touched = sorted(pairs)
     with transaction.atomic():
@@ -338,11 +375,7 @@ def _usage_events_record(events: list[EventIn], *, is_batch: bool, now: datetime
         zones: dict[uuid.UUID, ZoneInfo] = {account.pk: account.zone for account in accounts}
         scoped = [a for a in accounts if a.has_scoped and a.is_enterprise]
         if any(account_id not in zones for account_id, _metric in pairs):
-            unknown = [i for i, e in enumerate(events) if e.account_id not in zones]
-            message = [_("Unknown or inactive account.")]
-            if is_batch:
-                raise EventsInvalid({"events": {str(i): {"account": message} for i in unknown}})
-            raise EventsInvalid({"account": message})
+            _accounts_check(events, zones, is_batch=is_batch)
         # Raising there rolls back this request's events, label sets and counter additions.
         accepted = usage_events_store(inserted=inserted, zones=zones, now=now, is_batch=is_batch)
         periods = {account_id: period_containing(now, zone) for account_id, zone in zones.items()}

@@ -534,6 +534,10 @@ def usage_events_insert(*, events: list[EventIn], now: datetime) -> EventsInsert
     waits for this transaction to end), and nothing here reads usage, so the batch's
     largest statement runs while another batch of the same accounts holds their locks.
     ``usage_events_store`` then counts the new events, under the locks.
+
+    On PostgreSQL an event naming no account raises ``IntegrityError`` (a foreign key
+    violation, SQLSTATE ``23503``) here, which rolls the transaction back; the caller tells
+    which events those are.
     """
     # Per event, accounts are keyed by their ids' hex digits: a ``UUID`` hashes and compares
     # in Python, a ``str`` in C (and keeps its hash). Each id object of the request is
@@ -546,8 +550,17 @@ def usage_events_insert(*, events: list[EventIn], now: datetime) -> EventsInsert
         if account_hex is None:
             account_hex = hex_of[id(account_id)] = account_id.hex
         first.setdefault((account_hex, event.event_id), index)
-    # Hex digits sort as the ids do: rows go in (account, event id) order, as ever.
-    new = _insert_events([(key[0], events[first[key]]) for key in sorted(first)], now)
+    rows = [(key[0], events[first[key]]) for key in sorted(first)]
+    if connection.vendor != "postgresql":
+        # Hex digits sort as the ids do: rows go in (account, event id) order, as ever.
+        return EventsInserted(events=events, first=first, new=_insert_events(rows, now))
+    with connection.cursor() as cursor:
+        # Each event's account is checked as its row is inserted, here, rather than at
+        # COMMIT as Django's deferred foreign keys are: a batch's thousand checks then run
+        # before the locks instead of under them. The constraints are deferred again after.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        new = _insert_events(rows, now)
+        cursor.execute("SET CONSTRAINTS ALL DEFERRED")
     return EventsInserted(events=events, first=first, new=new)
 
 
