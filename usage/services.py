@@ -564,29 +564,28 @@ def usage_events_insert(*, events: list[EventIn], now: datetime) -> EventsInsert
     return EventsInserted(events=events, first=first, new=new)
 
 
-def usage_events_store(
-    *,
-    inserted: EventsInserted,
-    zones: Mapping[uuid.UUID, ZoneInfo],
-    now: datetime,
-    is_batch: bool,
-) -> int:
-    """Count the events ``usage_events_insert`` found new; returns how many they are.
+@dataclass(frozen=True)
+class EventsSummed:
+    """The new events of a request summed as ``usage_events_store`` counts them, in the
+    time zones ``zones``: per account (hex digits), metric, label set and place (local
+    hour and day, ``event_place``); the first index of each label set per account, metric
+    and local day; and the events that settle a reservation."""
 
-    Call inside the recording transaction, under the (account, metric) lock of every event
-    (``usage_lock``); ``zones`` holds each account's time zone. Each new event adds to the
-    day and hour counters of its metric and of the counted label keys its labels contain
-    (``keys_counted``, ``CounterDeltas``), and settles the reservation it names, if active
-    (``reservations_settle``).
+    zones: dict[uuid.UUID, str]  # account id -> the time zone's key
+    groups: dict[tuple[str, str, str, tuple[datetime, date, date]], int]
+    label_sets: dict[tuple[str, str, date, str], int]
+    settling: list[EventIn]
 
-    Raises ``EventsInvalid``, which rolls the transaction back, when a new event would add
-    a label set past ``USAGE_MAX_LABEL_SETS`` for its account, metric and local day (keyed
-    by its ``labels``), or when the request would take a daily counter past
-    ``DAILY_LIMIT`` (``usage.models``).
-    """
+
+def usage_events_sum(
+    *, inserted: EventsInserted, zones: Mapping[uuid.UUID, ZoneInfo]
+) -> EventsSummed:
+    """Sum the events ``usage_events_insert`` found new, in the time zones ``zones`` (of
+    every account they name). Python alone, no query: the caller may sum before it takes
+    the usage locks, in the zones it expects, and hand the sums to ``usage_events_store``,
+    which sums again if the zones it reads under the locks are others."""
     events, first = inserted.events, inserted.first
-    ids = {account_id.hex: account_id for account_id in zones}
-    zone_of = {account_hex: zones[account_id] for account_hex, account_id in ids.items()}
+    zone_of = {account_id.hex: zone for account_id, zone in zones.items()}
     # Summed per label set and hour first, then spread over the counted keys of each set.
     groups: dict[tuple[str, str, str, tuple[datetime, date, date]], int] = defaultdict(int)
     label_sets: dict[tuple[str, str, date, str], int] = {}
@@ -614,6 +613,40 @@ def usage_events_store(
             set_key = (account_hex, event.metric, place[2], labels)
             if index < label_sets.get(set_key, len(events)):
                 label_sets[set_key] = index
+    return EventsSummed(
+        zones={account_id: zone.key for account_id, zone in zones.items()},
+        groups=groups,
+        label_sets=label_sets,
+        settling=settling,
+    )
+
+
+def usage_events_store(
+    *,
+    inserted: EventsInserted,
+    zones: Mapping[uuid.UUID, ZoneInfo],
+    now: datetime,
+    is_batch: bool,
+    summed: EventsSummed | None = None,
+) -> int:
+    """Count the events ``usage_events_insert`` found new; returns how many they are.
+
+    Call inside the recording transaction, under the (account, metric) lock of every event
+    (``usage_lock``); ``zones`` holds each account's time zone. Each new event adds to the
+    day and hour counters of its metric and of the counted label keys its labels contain
+    (``keys_counted``, ``CounterDeltas``), and settles the reservation it names, if active
+    (``reservations_settle``). ``summed``: the new events summed before the locks
+    (``usage_events_sum``), used when summed in ``zones``.
+
+    Raises ``EventsInvalid``, which rolls the transaction back, when a new event would add
+    a label set past ``USAGE_MAX_LABEL_SETS`` for its account, metric and local day (keyed
+    by its ``labels``), or when the request would take a daily counter past
+    ``DAILY_LIMIT`` (``usage.models``).
+    """
+    if summed is None or summed.zones != {a: zone.key for a, zone in zones.items()}:
+        summed = usage_events_sum(inserted=inserted, zones=zones)
+    groups, label_sets, settling = summed.groups, summed.label_sets, summed.settling
+    ids = {account_id.hex: account_id for account_id in zones}
     if label_sets:
         _label_sets_check(
             {(ids[k[0]], k[1], k[2], k[3]): index for k, index in sorted(label_sets.items())},

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 
 import pytest
 from django.db import connection
 from django.utils import timezone
 
-from accounts.models import Plan
+from accounts.models import Account, Plan
 from backoffice.services import scoped_limit_set
 from tests.factories import AccountFactory, LimitFactory
 from tests.usage.factories import event_body as event
@@ -345,3 +345,30 @@ def test_a_batch_costs_the_same_queries_whatever_its_accounts_scoped_limits(
         response = service_client.post(URL, {"events": batch}, format="json")
     assert response.status_code == 201
     assert response.json()["accepted"] == 1000
+
+
+def test_a_batch_counts_in_the_time_zone_its_account_has_now(service_client):
+    # given: a batch read the account in Paris, then its time zone became Tokyo's
+    account = AccountFactory(timezone="Europe/Paris")
+    first = service_client.post(
+        URL,
+        {"events": [event(account, "in-paris", metric="audio_analyzed_seconds")]},
+        format="json",
+    )
+    assert first.status_code == 201
+    Account.objects.filter(pk=account.pk).update(timezone="Asia/Tokyo")
+    # 16:00 UTC yesterday: yesterday in Paris (17:00 or 18:00), today in Tokyo (01:00)
+    yesterday = timezone.now().astimezone(UTC).date() - timedelta(days=1)
+    instant = datetime.combine(yesterday, time(16), tzinfo=UTC)
+    batch = [event(account, "in-tokyo", quantity=7, occurred_at=instant.isoformat())]
+    # when
+    response = service_client.post(URL, {"events": batch}, format="json")
+    # then: counted on Tokyo's day, not on Paris's
+    assert response.status_code == 201
+    assert response.json()["accepted"] == 1
+    days = dict(
+        UsageCounter.objects.filter(account=account, metric="text_tokens", labels="").values_list(
+            "day", "quantity_milli"
+        )
+    )
+    assert days == {yesterday + timedelta(days=1): 7000}
