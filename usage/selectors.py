@@ -185,7 +185,8 @@ def _usage_rows(
 ) -> dict[tuple[uuid.UUID, str], tuple[int, int, int | None, int | None]]:
     """``(used_milli, extension, warning, blocked)`` of each wanted pair, in one query."""
     sql, params = _usage_statement(wanted, periods)
-    with connection.cursor() as cursor:
+    # Bound apart from the statement: a batch's answer reads a pair per account and metric.
+    with bound_cursor() as cursor:
         cursor.execute(sql, params)
         return _usage_parse(cursor.fetchall(), periods)
 
@@ -197,17 +198,17 @@ def _usage_statement(
     metric, used, extension, warning, blocked)``, named ``c1`` to ``c6``."""
     vendor = connection.vendor
     as_db = str if vendor == "postgresql" else (lambda account_id: account_id.hex)
-    payload = json.dumps(
+    payload = orjson.dumps(
         [
             {
                 "a": as_db(account_id),
                 "m": metric,
-                "f": periods[account_id].first_day.isoformat(),
-                "e": periods[account_id].end_day.isoformat(),
+                "f": periods[account_id].first_day,
+                "e": periods[account_id].end_day,
             }
             for account_id, metric in sorted(wanted)
         ]
-    )
+    ).decode()
     return _USAGE_SQL.format(wanted=_WANTED[vendor]), [payload, Plan.ENTERPRISE.value]
 
 
