@@ -297,11 +297,24 @@ def _hex(account_id: uuid.UUID | str) -> str:
     return account_id if isinstance(account_id, str) else account_id.hex
 
 
-def counters_add(deltas: CounterDeltas, now: datetime) -> dict[tuple[uuid.UUID, str, date], int]:
+def counter_rows(deltas: CounterDeltas) -> tuple[str, str]:
+    """The hour and the day rows of ``deltas`` as ``counters_add`` sends them on PostgreSQL:
+    two JSON texts, rows sorted in the order of their keys (an id sorts as its hex digits
+    do), a stable order, so that concurrent writers lock counter rows alike."""
+    hour_list = [[*k, delta] for k, delta in deltas.hours.items()]
+    day_list = [[*k, delta] for k, delta in deltas.days.items()]
+    hour_list.sort()
+    day_list.sort()
+    return _json_rows(hour_list), _json_rows(day_list)
+
+
+def counters_add(
+    deltas: CounterDeltas, now: datetime, rows: tuple[str, str] | None = None
+) -> dict[tuple[uuid.UUID, str, date], int]:
     """Add ``deltas`` to the day and hour counters, rows in a stable order.
 
     On PostgreSQL one statement writes both (the hour upsert in a ``WITH``); on SQLite one
-    upsert each.
+    upsert each. ``rows``: ``counter_rows(deltas)``, when the caller made them already.
 
     Returns the value after the addition of each whole-metric day counter written (labels
     ``""``), as the upsert wrote it (``RETURNING``): within the caller's transaction, what
@@ -328,14 +341,9 @@ def counters_add(deltas: CounterDeltas, now: datetime) -> dict[tuple[uuid.UUID, 
             # statement, ``_EVENT_ONE_SQL``). The rows travel as
             # two JSON texts, sent apart from the statement (``bound_cursor``) as they are,
             # where arrays would be adapted element by element (a batch spread over many
-            # hours and label sets writes thousands of rows). The rows are sorted in the
-            # order of their keys (an id sorts as its hex digits do): a stable order, so
-            # concurrent writers lock counter rows alike.
-            hour_list = [[*k, delta] for k, delta in deltas.hours.items()]
-            day_list = [[*k, delta] for k, delta in deltas.days.items()]
-            hour_list.sort()
-            day_list.sort()
-            hour_rows, day_rows = _json_rows(hour_list), _json_rows(day_list)
+            # hours and label sets writes thousands of rows), in a stable order
+            # (``counter_rows``).
+            hour_rows, day_rows = rows or counter_rows(deltas)
             cursor.execute(
                 f"WITH h AS (INSERT INTO {HOUR_COUNTER_TABLE} ({hour_columns})"
                 " SELECT (x->>0)::uuid, x->>1, x->>2, (x->>3)::timestamptz, (x->>4)::date,"
@@ -575,6 +583,48 @@ class EventsSummed:
     groups: dict[tuple[str, str, str, tuple[datetime, date, date]], int]
     label_sets: dict[tuple[str, str, date, str], int]
     settling: list[EventIn]
+    # The counter deltas and rows (PostgreSQL) of the sums, for the label keys counted as
+    # this process last read them (``counted``); ``None`` when it had not read them all.
+    counted: dict[tuple[str, str], tuple[str, ...]] | None = None
+    deltas: CounterDeltas | None = None
+    rows: tuple[str, str] | None = None
+
+
+# The label keys counted per metric of each account, as this process last read them under
+# the usage locks (``usage_events_store``): a guess that lets a batch make its counter rows
+# before it takes them, never trusted. A bound on the memory: past it, all is forgotten.
+_counted_read: dict[uuid.UUID, dict[str, tuple[str, ...]]] = {}
+MAX_COUNTED_READ = 10_000
+
+
+def _counter_deltas(
+    groups: Mapping[tuple[str, str, str, tuple[datetime, date, date]], int],
+    counted: Mapping[tuple[str, str], tuple[str, ...]],
+) -> CounterDeltas:
+    """The sums spread over the counters of their metric and of the counted keys their
+    label sets contain; ids stay hex digits (``counters_add`` writes either spelling)."""
+    deltas = CounterDeltas()
+    days, hours = deltas.days, deltas.hours
+    for (account_hex, metric, labels, (hour, hour_day, day)), quantity in groups.items():
+        for key in keys_counted(labels, counted.get((account_hex, metric), ())):
+            days[(account_hex, metric, key, day)] += quantity
+            hours[(account_hex, metric, key, hour, hour_day)] += quantity
+    return deltas
+
+
+def _counted_guess(
+    label_sets: Iterable[tuple[str, str, date, str]], zones: Mapping[uuid.UUID, ZoneInfo]
+) -> dict[tuple[str, str], tuple[str, ...]] | None:
+    """What ``usage_events_store`` will read of the counted keys for these label sets'
+    accounts, as this process last read them; ``None`` when it has not read one of them."""
+    ids = {account_id.hex: account_id for account_id in zones}
+    guess: dict[tuple[str, str], tuple[str, ...]] = {}
+    for account_hex in {k[0] for k in label_sets}:
+        known = _counted_read.get(ids[account_hex])
+        if known is None:
+            return None
+        guess.update(((account_hex, metric), keys) for metric, keys in known.items())
+    return guess
 
 
 def usage_events_sum(
@@ -613,11 +663,20 @@ def usage_events_sum(
             set_key = (account_hex, event.metric, place[2], labels)
             if index < label_sets.get(set_key, len(events)):
                 label_sets[set_key] = index
+    counted = _counted_guess(label_sets, zones)
+    deltas = rows = None
+    if counted is not None:
+        deltas = _counter_deltas(groups, counted)
+        if deltas and connection.vendor == "postgresql":
+            rows = counter_rows(deltas)
     return EventsSummed(
         zones={account_id: zone.key for account_id, zone in zones.items()},
         groups=groups,
         label_sets=label_sets,
         settling=settling,
+        counted=counted,
+        deltas=deltas,
+        rows=rows,
     )
 
 
@@ -655,23 +714,24 @@ def usage_events_store(
         # Read under the usage lock: a key that a change of limits starts counting is
         # either committed with its counters filled before this read, or waits for this
         # transaction and fills from its events (``counter_keys_sync``).
-        counted = {
-            (account_id.hex, metric): keys
-            for (account_id, metric), keys in counted_keys({ids[k[0]] for k in label_sets}).items()
-        }
+        labelled = {ids[k[0]] for k in label_sets}
+        read = counted_keys(labelled)
+        if len(_counted_read) > MAX_COUNTED_READ:
+            _counted_read.clear()
+        for account_id in labelled:
+            _counted_read[account_id] = {}
+        for (account_id, metric), keys in read.items():
+            _counted_read[account_id][metric] = keys
+        counted = {(account_id.hex, metric): keys for (account_id, metric), keys in read.items()}
     else:
         counted = {}
-    # Ids stay hex digits in the counters' keys (``counters_add`` writes either spelling).
-    deltas = CounterDeltas()
-    days, hours = deltas.days, deltas.hours
-    for (account_hex, metric, labels, (hour, hour_day, day)), quantity in groups.items():
-        for key in keys_counted(labels, counted.get((account_hex, metric), ())):
-            days[(account_hex, metric, key, day)] += quantity
-            hours[(account_hex, metric, key, hour, hour_day)] += quantity
+    deltas, rows = summed.deltas, summed.rows
+    if deltas is None or summed.counted != counted:  # made for other keys, or not made
+        deltas, rows = _counter_deltas(groups, counted), None
     if deltas:
         # Checked on the totals the upsert wrote, under the usage lock and the counter
         # rows' locks, so concurrent batches never pass the limit together.
-        totals = counters_add(deltas, now)
+        totals = counters_add(deltas, now, rows)
         passed = sorted(key for key, total in totals.items() if total > DAILY_LIMIT_MILLI)
         if passed:
             raise EventsInvalid(_daily_limit_errors(passed, is_batch=is_batch))

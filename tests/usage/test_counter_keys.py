@@ -15,7 +15,7 @@ from django.utils import timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backoffice.services import scoped_limit_set
+from backoffice.services import scoped_limit_set, usage_events_record
 from tests.factories import AccountFactory
 from tests.usage.factories import event_record
 from usage import services
@@ -342,3 +342,29 @@ def _changes(zone: ZoneInfo, year: int) -> list[datetime]:
             offset = after.astimezone(zone).utcoffset()
         moment = after
     return found
+
+
+def test_a_batch_counts_the_key_of_a_line_saved_since_this_process_last_read_the_keys():
+    # given: a batch read the account's counted keys (none yet), then a line on
+    # model=large made that key counted
+    account = AccountFactory(timezone="Europe/Paris")
+    now = timezone.now()
+
+    def batch(event_id: str, quantity: int) -> None:
+        event = {
+            "event_id": event_id,
+            "account": str(account.pk),
+            "metric": TOKENS,
+            "quantity": quantity,
+            "occurred_at": now.isoformat(),
+            "labels": LARGE,
+        }
+        usage_events_record(payload={"events": [event]}, now=now)
+
+    batch("before", 1)
+    add_line(account, LARGE, **TWO_DAYS)
+    # when: a batch of an event with those labels
+    batch("after", 10)
+    # then: the line counts both (the first filled from the events, the second added by its
+    # batch, for the keys read under the lock, not those this process remembered)
+    assert line_used(account, LARGE, "rolling", now=now, days=2) == 11_000
