@@ -558,9 +558,9 @@ def usage_events_insert(*, events: list[EventIn], now: datetime) -> EventsInsert
         if account_hex is None:
             account_hex = hex_of[id(account_id)] = account_id.hex
         first.setdefault((account_hex, event.event_id), index)
+    # Hex digits sort as the ids do: rows go in (account, event id) order, as ever.
     rows = [(key[0], events[first[key]]) for key in sorted(first)]
     if connection.vendor != "postgresql":
-        # Hex digits sort as the ids do: rows go in (account, event id) order, as ever.
         return EventsInserted(events=events, first=first, new=_insert_events(rows, now))
     with connection.cursor() as cursor:
         # Each event's account is checked as its row is inserted, here, rather than at
