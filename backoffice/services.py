@@ -51,9 +51,9 @@ from usage.services import (
     counter_keys_sync,
     extension_grant,
     usage_event_store_one,
+    usage_events_guess,
     usage_events_insert,
     usage_events_store,
-    usage_events_sum,
 )
 
 logger = logging.getLogger(__name__)
@@ -345,13 +345,6 @@ def _accounts_check(events: list[EventIn], active: Container[uuid.UUID], *, is_b
     raise EventsInvalid({"account": message})
 
 
-# The time zone each account had when this process last read it under the usage locks: a
-# guess that lets a batch sum its events before it takes them (``_usage_events_write``),
-# never trusted. A bound on the memory: past it, all is forgotten.
-_zones_read: dict[uuid.UUID, ZoneInfo] = {}
-MAX_ZONES_READ = 10_000
-
-
 def _usage_events_write(
     events: list[EventIn],
     kinds: set[tuple[uuid.UUID, str, str]],
@@ -365,13 +358,10 @@ def _usage_events_write(
     with transaction.atomic():
         # The events first, without the locks (``usage_events_insert`` says why): another
         # batch of the same accounts counts its own meanwhile. So are the new ones summed,
-        # in the time zones this process last read for their accounts: summed again under
-        # the locks if those read there are others.
+        # as this process last read their accounts: summed again under the locks if what
+        # is read there differs.
         inserted = usage_events_insert(events=events, now=now)
-        expected = {account_id: _zones_read.get(account_id) for account_id, _ in pairs}
-        summed = None
-        if None not in expected.values():
-            summed = usage_events_sum(inserted=inserted, zones=expected)
+        summed = usage_events_guess(inserted=inserted, account_ids={a for a, _ in pairs})
         usage_lock(pairs=touched)
         # The accounts, read under the lock: each marked when it has a scoped limit on a
         # metric of the request (in the same query), since only those have scoped lines to
@@ -387,9 +377,6 @@ def _usage_events_write(
             .order_by("pk")
         )
         zones: dict[uuid.UUID, ZoneInfo] = {account.pk: account.zone for account in accounts}
-        if len(_zones_read) > MAX_ZONES_READ:
-            _zones_read.clear()
-        _zones_read.update(zones)
         scoped = [a for a in accounts if a.has_scoped and a.is_enterprise]
         if any(account_id not in zones for account_id, _metric in pairs):
             _accounts_check(events, zones, is_batch=is_batch)

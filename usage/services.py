@@ -590,11 +590,13 @@ class EventsSummed:
     rows: tuple[str, str] | None = None
 
 
-# The label keys counted per metric of each account, as this process last read them under
-# the usage locks (``usage_events_store``): a guess that lets a batch make its counter rows
-# before it takes them, never trusted. A bound on the memory: past it, all is forgotten.
+# What this process last read of each account under the usage locks (``usage_events_store``):
+# its time zone, and per metric the label keys counted. A guess that lets a batch sum its
+# events and make its counter rows before it takes them (``usage_events_guess``), never
+# trusted. A bound on the memory: past it, all is forgotten.
+_zones_read: dict[uuid.UUID, ZoneInfo] = {}
 _counted_read: dict[uuid.UUID, dict[str, tuple[str, ...]]] = {}
-MAX_COUNTED_READ = 10_000
+MAX_READ = 10_000
 
 
 def _counter_deltas(
@@ -680,6 +682,18 @@ def usage_events_sum(
     )
 
 
+def usage_events_guess(
+    *, inserted: EventsInserted, account_ids: Iterable[uuid.UUID]
+) -> EventsSummed | None:
+    """``usage_events_sum`` in the time zones this process last read for ``account_ids``
+    (the accounts of the events), to be made before the usage locks; ``None`` when it has
+    not read one of them."""
+    zones = {account_id: _zones_read.get(account_id) for account_id in account_ids}
+    if None in zones.values():
+        return None
+    return usage_events_sum(inserted=inserted, zones=zones)
+
+
 def usage_events_store(
     *,
     inserted: EventsInserted,
@@ -695,13 +709,17 @@ def usage_events_store(
     day and hour counters of its metric and of the counted label keys its labels contain
     (``keys_counted``, ``CounterDeltas``), and settles the reservation it names, if active
     (``reservations_settle``). ``summed``: the new events summed before the locks
-    (``usage_events_sum``), used when summed in ``zones``.
+    (``usage_events_guess``), used when summed in ``zones``.
 
     Raises ``EventsInvalid``, which rolls the transaction back, when a new event would add
     a label set past ``USAGE_MAX_LABEL_SETS`` for its account, metric and local day (keyed
     by its ``labels``), or when the request would take a daily counter past
     ``DAILY_LIMIT`` (``usage.models``).
     """
+    if len(_zones_read) > MAX_READ or len(_counted_read) > MAX_READ:
+        _zones_read.clear()
+        _counted_read.clear()
+    _zones_read.update(zones)
     if summed is None or summed.zones != {a: zone.key for a, zone in zones.items()}:
         summed = usage_events_sum(inserted=inserted, zones=zones)
     groups, label_sets, settling = summed.groups, summed.label_sets, summed.settling
@@ -716,8 +734,6 @@ def usage_events_store(
         # transaction and fills from its events (``counter_keys_sync``).
         labelled = {ids[k[0]] for k in label_sets}
         read = counted_keys(labelled)
-        if len(_counted_read) > MAX_COUNTED_READ:
-            _counted_read.clear()
         for account_id in labelled:
             _counted_read[account_id] = {}
         for (account_id, metric), keys in read.items():
