@@ -26,6 +26,7 @@ from notifications.services import thresholds_evaluate
 from notifications.tasks import sweep_notifications
 from tests.factories import AccountFactory
 from tests.notifications.receiver import Receiver
+from tests.notifications.test_lines import event_of
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -101,15 +102,7 @@ def weekly_account(*, blocked=1000):
 def record(account, event_id, quantity, at: datetime, labels=None):
     """One event occurring at ``at``, received at that instant."""
     usage_events_record(
-        payload={
-            "event_id": event_id,
-            "account": str(account.pk),
-            "metric": TOKENS,
-            "quantity": quantity,
-            "occurred_at": at.isoformat(),
-            "labels": labels or {},
-        },
-        now=at.astimezone(UTC),
+        payload=event_of(account, event_id, quantity, at, labels), now=at.astimezone(UTC)
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -13,6 +14,7 @@ from rest_framework.test import APIClient
 
 import backoffice.services
 from tests.factories import AccountFactory
+from tests.usage.factories import event_body
 from usage.models import UsageCounter, UsageEvent
 
 THREADS = 8
@@ -96,6 +98,7 @@ def test_eight_threads_posting_overlapping_batches_count_each_event_once(service
 # again, and finds the event the other recorded. The hooks below hold each request at the
 # point that makes the cycle.
 
+EVENTS = "/api/v1/usage/events/"
 HOLD = 10  # seconds a held request waits for its release at most
 
 
@@ -129,27 +132,37 @@ def request_thread(name: str, post, answers: dict, failures: list) -> threading.
     return threading.Thread(target=run, name=name)
 
 
-def deadlock_posts(service_user, account):
+def deadlock_run(service_user, monkeypatch, *, held: str, first: str) -> tuple[Any, dict]:
+    """Post a batch of "shared" and "batch-only" and a single event "shared" for a new
+    account: the request ``first`` starts first and is held at its first call of ``held``;
+    the other starts then, and 0.5 s later the first is released. Returns the account and
+    each request's ``(status, body)``; no request may fail."""
+    account = AccountFactory()
     _, key = AuthToken.objects.create(user=service_user, expiry=None)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
-
-    def event(event_id: str, quantity: int) -> dict:
-        return {
-            "event_id": event_id,
-            "account": str(account.pk),
-            "metric": "text_tokens",
-            "quantity": quantity,
-        }
-
-    def batch():
-        events = {"events": [event("shared", 5), event("batch-only", 7)]}
-        return client.post("/api/v1/usage/events/", events, format="json")
-
-    def single():
-        return client.post("/api/v1/usage/events/", event("shared", 5), format="json")
-
-    return batch, single
+    shared = event_body(account, "shared", quantity=5)
+    posts = {
+        "batch": lambda: client.post(
+            EVENTS,
+            {"events": [shared, event_body(account, "batch-only", quantity=7)]},
+            format="json",
+        ),
+        "single": lambda: client.post(EVENTS, shared, format="json"),
+    }
+    hold = Held(monkeypatch, held, thread=first)
+    answers: dict = {}
+    failures: list = []
+    threads = {name: request_thread(name, post, answers, failures) for name, post in posts.items()}
+    threads[first].start()
+    assert hold.reached.wait(HOLD)
+    next(thread for name, thread in threads.items() if name != first).start()
+    time.sleep(0.5)
+    hold.release.set()
+    for thread in threads.values():
+        thread.join(timeout=3 * HOLD)
+    assert failures == []
+    return account, answers
 
 
 def counted(account) -> int:
@@ -165,26 +178,12 @@ def counted(account) -> int:
 def test_a_single_event_rolled_back_by_a_deadlock_with_a_batch_is_recorded_again(
     service_user, monkeypatch
 ):
-    # given: a batch that inserted "shared" and is held before its locks
-    account = AccountFactory()
-    batch, single = deadlock_posts(service_user, account)
-    held = Held(monkeypatch, "usage_lock", thread="batch")
-    answers: dict = {}
-    failures: list = []
-    batch_thread = request_thread("batch", batch, answers, failures)
-    single_thread = request_thread("single", single, answers, failures)
+    # given: a batch that inserted "shared", held before its locks
     # when: the single event takes its lock and waits for the batch's "shared"; then the
     # batch asks for that lock
-    batch_thread.start()
-    assert held.reached.wait(HOLD)
-    single_thread.start()
-    time.sleep(0.5)
-    held.release.set()
-    for thread in (batch_thread, single_thread):
-        thread.join(timeout=3 * HOLD)
+    account, answers = deadlock_run(service_user, monkeypatch, held="usage_lock", first="batch")
     # then: PostgreSQL rolled the single event back (it waited first), which was recorded
     # again and found "shared" recorded by the batch
-    assert failures == []
     assert answers["batch"][0] == 201
     assert (answers["batch"][1]["accepted"], answers["batch"][1]["duplicates"]) == (2, 0)
     assert answers["single"][0] == 200
@@ -199,25 +198,13 @@ def test_a_batch_rolled_back_by_a_deadlock_with_a_single_event_is_recorded_again
     service_user, monkeypatch
 ):
     # given: a single event holding its lock, held before it inserts "shared"
-    account = AccountFactory()
-    batch, single = deadlock_posts(service_user, account)
-    held = Held(monkeypatch, "account_lines_current", thread="single")
-    answers: dict = {}
-    failures: list = []
-    batch_thread = request_thread("batch", batch, answers, failures)
-    single_thread = request_thread("single", single, answers, failures)
     # when: the batch inserts "shared" and waits for that lock; then the single event
     # inserts "shared" too
-    single_thread.start()
-    assert held.reached.wait(HOLD)
-    batch_thread.start()
-    time.sleep(0.5)
-    held.release.set()
-    for thread in (batch_thread, single_thread):
-        thread.join(timeout=3 * HOLD)
+    account, answers = deadlock_run(
+        service_user, monkeypatch, held="account_lines_current", first="single"
+    )
     # then: PostgreSQL rolled the batch back (it waited first), which was recorded again
     # and found "shared" recorded by the single event
-    assert failures == []
     assert answers["single"][0] == 201
     assert (answers["single"][1]["accepted"], answers["single"][1]["duplicates"]) == (1, 0)
     assert answers["batch"][0] == 201

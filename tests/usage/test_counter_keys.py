@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from backoffice.services import scoped_limit_set, usage_events_record
 from tests.factories import AccountFactory
-from tests.usage.factories import event_record
+from tests.usage.factories import event_body, event_record
 from usage import services
 from usage.models import UsageCounter, UsageCounterKey, UsageHourCounter
 from usage.selectors import account_lines_usage
@@ -351,14 +351,9 @@ def test_a_batch_counts_the_key_of_a_line_saved_since_this_process_last_read_the
     now = timezone.now()
 
     def batch(event_id: str, quantity: int) -> None:
-        event = {
-            "event_id": event_id,
-            "account": str(account.pk),
-            "metric": TOKENS,
-            "quantity": quantity,
-            "occurred_at": now.isoformat(),
-            "labels": LARGE,
-        }
+        event = event_body(
+            account, event_id, TOKENS, quantity, occurred_at=now.isoformat(), labels=LARGE
+        )
         usage_events_record(payload={"events": [event]}, now=now)
 
     batch("before", 1)
