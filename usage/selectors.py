@@ -1512,7 +1512,7 @@ def accounts_scoped_lines_usage(
             [ids if vendor == "postgresql" else json.dumps([i.hex for i in ids])],
         )
         rows = cursor.fetchall()
-    # A batch reads hundreds of lines that spell few label sets and periods: each parsed once.
+    # A batch reads hundreds of lines that spell few label sets: each set parsed once.
     labels_of: dict[str, dict[str, str]] = {}
     items: list[tuple[Account, LimitLine]] = []
     for account_id, pk, metric, period, window_days, key, warning, blocked in rows:
