@@ -155,8 +155,15 @@ def usage_for(
 
 # What to read travels as one JSON parameter, unpacked by the database into rows
 # (account, metric, first day, end day); each row's sums then use the unique indexes.
-# Limits are joined through the account only when its plan (the second parameter) is
-# Enterprise: the stored limits of other accounts are kept but inactive.
+# Limits count only when the account's plan (a parameter) is Enterprise: the stored limits
+# of other accounts are kept but inactive. The planner cannot tell how many rows the JSON
+# holds (it assumes 100), so the statement's shape says how to reach the accounts and
+# limits. For a few rows (a usage read, a pre-flight's account, a small batch), a subquery
+# per row through the indexes: the cost of the rows, whatever the number of accounts
+# stored (joined, they were read whole: a usage read among 10,000 accounts took five times
+# as long as among 100). For more, one join: the accounts and limits read once, which a
+# subquery per row of hundreds would cost more than on a small table, and which the sweep
+# and the report, reading every account, want anyway.
 _WANTED = {
     "postgresql": "SELECT * FROM jsonb_to_recordset(%s::jsonb) AS w(a uuid, m text, f date, e date)",
     "sqlite": (
@@ -164,7 +171,8 @@ _WANTED = {
         " json_extract(value, '$.f') AS f, json_extract(value, '$.e') AS e FROM json_each(%s)"
     ),
 }
-_USAGE_SQL = f"""
+USAGE_FEW_ROWS = 30
+_USAGE_SUMS = f"""
 WITH w AS ({{wanted}})
 SELECT w.a AS c1, w.m AS c2,
   COALESCE((SELECT SUM(c.quantity_milli) FROM {UsageCounter._meta.db_table} c
@@ -172,7 +180,16 @@ SELECT w.a AS c1, w.m AS c2,
               AND c.day >= w.f AND c.day < w.e), 0) AS c3,
   COALESCE((SELECT SUM(x.amount) FROM {Extension._meta.db_table} x
             WHERE x.account_id = w.a AND x.metric = w.m AND x.period = w.f
-              AND x.scoped_limit_id IS NULL), 0) AS c4,
+              AND x.scoped_limit_id IS NULL), 0) AS c4,"""
+_USAGE_LIMIT = f"""(SELECT l.{{column}} FROM {Limit._meta.db_table} l
+   JOIN {Account._meta.db_table} acc ON acc.id = l.account_id AND acc.plan = %s
+   WHERE l.account_id = w.a AND l.metric = w.m)"""
+_USAGE_SQL_FEW = f"""{_USAGE_SUMS}
+  {_USAGE_LIMIT.format(column="warning")} AS c5,
+  {_USAGE_LIMIT.format(column="blocked")} AS c6
+FROM w
+"""
+_USAGE_SQL_MANY = f"""{_USAGE_SUMS}
   l.warning AS c5, l.blocked AS c6
 FROM w
 LEFT JOIN {Account._meta.db_table} acc ON acc.id = w.a AND acc.plan = %s
@@ -209,7 +226,10 @@ def _usage_statement(
             for account_id, metric in sorted(wanted)
         ]
     ).decode()
-    return _USAGE_SQL.format(wanted=_WANTED[vendor]), [payload, Plan.ENTERPRISE.value]
+    enterprise = Plan.ENTERPRISE.value
+    if len(wanted) <= USAGE_FEW_ROWS:
+        return _USAGE_SQL_FEW.format(wanted=_WANTED[vendor]), [payload, enterprise, enterprise]
+    return _USAGE_SQL_MANY.format(wanted=_WANTED[vendor]), [payload, enterprise]
 
 
 def _usage_parse(

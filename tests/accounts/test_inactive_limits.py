@@ -187,6 +187,51 @@ def test_ingestion_past_the_stored_thresholds_of_an_account_that_left_enterprise
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("others", [0, 10], ids=["few accounts", "many accounts"])
+def test_a_batch_answers_the_thresholds_of_enterprise_accounts_only(service_client, others):
+    # given: an account that left Enterprise and one on it, with the same stored limits,
+    # and other accounts (a batch answering 36 pairs reads the limits joined, one of 6 per pair)
+    former = former_enterprise()
+    current = AccountFactory(name="Current", external_id="crm-current", plan=Plan.ENTERPRISE)
+    limits_replace(account=current, data=LIMITS)
+    named = [former, current, *AccountFactory.create_batch(others, plan=Plan.ENTERPRISE)]
+    metrics = ["audio_transcribed_seconds", "audio_analyzed_seconds", "text_tokens"]
+    events = [
+        {
+            "event_id": f"evt-{next(_event_ids)}",
+            "account": str(account.pk),
+            "metric": metric,
+            "quantity": 900,
+        }
+        for account in named
+        for metric in metrics
+    ]
+    # when
+    response = service_client.post("/api/v1/usage/events/", {"events": events}, format="json")
+    # then
+    assert response.status_code == 201, response.json()
+    answered = {(row["account"], row["metric"]): row for row in response.json()["usage"]}
+    assert len(answered) == len(named) * 3
+    assert answered[(str(former.pk), "text_tokens")] == {
+        "account": str(former.pk),
+        "metric": "text_tokens",
+        "used": 900,
+        "status": "ok",
+        "remaining": None,
+        "is_within_budget": True,
+    }
+    assert answered[(str(current.pk), "text_tokens")] == {
+        "account": str(current.pk),
+        "metric": "text_tokens",
+        "used": 900,
+        "status": "warning",
+        "remaining": 100,
+        "is_within_budget": True,
+    }
+    assert answered[(str(current.pk), "audio_analyzed_seconds")]["remaining"] is None
+
+
+@pytest.mark.django_db
 def test_usage_report_shows_an_account_that_left_enterprise_unlimited():
     account = former_enterprise()
     usage_events_record(payload=batch(account, 1200))
