@@ -158,12 +158,12 @@ def usage_for(
 # Limits count only when the account's plan (a parameter) is Enterprise: the stored limits
 # of other accounts are kept but inactive. The planner cannot tell how many rows the JSON
 # holds (it assumes 100), so the statement's shape says how to reach the accounts and
-# limits. For a few rows (a usage read, a pre-flight's account, a small batch), a subquery
-# per row through the indexes: the cost of the rows, whatever the number of accounts
-# stored (joined, they were read whole: a usage read among 10,000 accounts took five times
-# as long as among 100). For more, one join: the accounts and limits read once, which a
-# subquery per row of hundreds would cost more than on a small table, and which the sweep
-# and the report, reading every account, want anyway.
+# limits. For a few rows (a usage read, one account's report, a small batch's answer), a
+# subquery per row through the indexes: the cost of the rows, whatever the number of
+# accounts stored (joined, they were read whole: a usage read among 10,000 accounts took
+# five times as long as among 100). For more, one join: the accounts and limits read once,
+# which a subquery per row of hundreds would cost more than on a small table, and which the
+# sweep and the report, reading every account, want anyway.
 _WANTED = {
     "postgresql": "SELECT * FROM jsonb_to_recordset(%s::jsonb) AS w(a uuid, m text, f date, e date)",
     "sqlite": (
