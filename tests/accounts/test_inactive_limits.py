@@ -24,6 +24,7 @@ from notifications.services import thresholds_evaluate
 from tests.accounts.test_admin import ENTERPRISE_RULE, page_data, page_errors, post_account_page
 from tests.factories import AccountFactory, UserFactory
 from tests.notifications.factories import usage_already_counted
+from tests.usage.factories import event_body
 from usage.models import Extension
 from usage.selectors import current_period
 
@@ -197,12 +198,7 @@ def test_a_batch_answers_the_thresholds_of_enterprise_accounts_only(service_clie
     named = [former, current, *AccountFactory.create_batch(others, plan=Plan.ENTERPRISE)]
     metrics = ["audio_transcribed_seconds", "audio_analyzed_seconds", "text_tokens"]
     events = [
-        {
-            "event_id": f"evt-{next(_event_ids)}",
-            "account": str(account.pk),
-            "metric": metric,
-            "quantity": 900,
-        }
+        event_body(account, f"evt-{next(_event_ids)}", metric, 900)
         for account in named
         for metric in metrics
     ]
