@@ -1097,6 +1097,7 @@ def batch_cpu_table(spent: dict[str, dict[str, float]], batches: int) -> list[li
 
 
 UNCACHED_FLOOR = "auth. floor GET, token from the DB"
+ACCOUNT_FLOOR = "auth. floor GET + the account read"
 
 
 @dataclass(frozen=True)
@@ -1170,6 +1171,13 @@ def endpoints(
             "/bench/floor/authenticated-uncached/",
             same(None),
             plain,
+        ),
+        Endpoint(
+            ACCOUNT_FLOOR,
+            "GET",
+            f"/bench/floor/account/{probe.id}/",
+            same(None),
+            auth_get,
         ),
         Endpoint(
             "GET .../usage/",
