@@ -56,7 +56,7 @@ from usage.selectors import (
 from .emails import threshold_message
 from .forecasts import Forecast, forecasts_insert, forecasts_of
 from .hooks import webhook_deliveries_create, webhook_deliveries_recover, webhook_deliveries_send
-from .models import SUB_DAY_KINDS, Delivery, EarlyTrackingEvent, Notification
+from .models import SUB_DAY_KINDS, Delivery, EarlyTrackingEvent, Notification, WebhookDelivery
 from .outbox import publish_later
 from .selectors import sweep_read
 
@@ -1006,28 +1006,35 @@ class Requeued:
 
 
 def deliveries_requeue(*, status: str, account_id: uuid.UUID | None = None) -> Requeued:
-    """Hand the deliveries in ``status`` (queued or failed), of every account or of one, to
-    the workers again; returns how many deliveries, in how many notifications.
+    """Hand the e-mail and webhook deliveries in ``status`` (queued or failed), of every
+    account or of one, to the workers again; returns how many deliveries, in how many
+    notifications.
 
-    Failed deliveries are queued again first (their attempts kept, as the admin's resend
-    does); queued ones are only enqueued again, for when their task was lost. The claim
-    makes a task that finds its delivery taken by another harmless.
+    Failed deliveries are queued again first (their attempts kept, and a webhook's
+    ``webhook-id``, as the admin's resend does); queued ones are only enqueued again, for
+    when their task was lost. The claim makes a task that finds its delivery taken by
+    another harmless.
     """
     if status not in (Delivery.Status.QUEUED, Delivery.Status.FAILED):
         raise ValueError(f"Only queued or failed deliveries can be handed over, not {status!r}.")
-    chosen = Delivery.objects.filter(status=status)
-    if account_id is not None:
-        chosen = chosen.filter(notification__account_id=account_id)
+    count = 0
+    notification_ids: set[int] = set()
     with transaction.atomic():
-        rows = list(chosen.values_list("pk", "notification_id"))
-        count = len(rows)
-        if status == Delivery.Status.FAILED and rows:
-            count = Delivery.objects.filter(
-                pk__in=[pk for pk, _notification_id in rows], status=status
-            ).update(status=Delivery.Status.QUEUED, updated_at=timezone.now())
-        notification_ids = sorted({notification_id for _pk, notification_id in rows})
-        transaction.on_commit(lambda: notifications_enqueue(notification_ids))
-    return Requeued(deliveries=count, notifications=len(notification_ids))
+        for model in (Delivery, WebhookDelivery):
+            chosen = model.objects.filter(status=status)
+            if account_id is not None:
+                chosen = chosen.filter(notification__account_id=account_id)
+            rows = list(chosen.values_list("pk", "notification_id"))
+            if status == Delivery.Status.FAILED and rows:
+                count += model.objects.filter(
+                    pk__in=[pk for pk, _notification_id in rows], status=status
+                ).update(status=Delivery.Status.QUEUED, updated_at=timezone.now())
+            else:
+                count += len(rows)
+            notification_ids.update(notification_id for _pk, notification_id in rows)
+        enqueued = sorted(notification_ids)
+        transaction.on_commit(lambda: notifications_enqueue(enqueued))
+    return Requeued(deliveries=count, notifications=len(enqueued))
 
 
 def deliveries_recover(*, now: datetime | None = None) -> list[int]:

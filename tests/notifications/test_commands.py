@@ -3,6 +3,7 @@ send_test_notification, resend_deliveries."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from io import StringIO
 
 import pytest
@@ -12,13 +13,17 @@ from django.core.management.base import CommandError
 from django.utils import translation
 
 from accounts.models import Account, Level
-from notifications.models import Delivery, Notification
+from notifications import hooks
+from notifications.models import Delivery, Notification, WebhookDelivery, WebhookEndpoint
 from tests.factories import AccountFactory, LimitFactory, RecipientFactory
 from tests.notifications.factories import (
     DeliveryFactory,
     NotificationFactory,
     usage_already_counted,
 )
+from tests.notifications.receiver import Receiver
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 pytestmark = pytest.mark.django_db(
     transaction=True, serialized_rollback=True
@@ -349,6 +354,56 @@ def test_resend_deliveries_of_queued_ones_enqueues_them_again_and_leaves_failed_
         ("queued0@acme.example", "sent"),
         ("queued2@acme.example", "sent"),
     ]
+
+
+@pytest.fixture
+def receiver(settings, monkeypatch) -> Iterator[Receiver]:
+    """A webhook receiver on 127.0.0.1 that verifies signatures with ``SECRET``."""
+    settings.WEBHOOKS_ALLOW_LOOPBACK = True
+    monkeypatch.setattr(hooks, "_resolve", lambda host, port: ["127.0.0.1"])
+    server = Receiver()
+    server.secret = SECRET
+    yield server
+    server.close()
+
+
+def failed_webhook_delivery(account: Account, url: str, webhook_id: str) -> WebhookDelivery:
+    endpoint = WebhookEndpoint.objects.create(
+        account=account, url=url, levels=["warning"], secret=SECRET
+    )
+    return WebhookDelivery.objects.create(
+        notification=NotificationFactory(account=account, threshold=5000),
+        endpoint=endpoint,
+        url=url,
+        webhook_id=webhook_id,
+        status=WebhookDelivery.Status.FAILED,
+        attempts=8,
+        last_error="The endpoint answered HTTP 503.",
+    )
+
+
+def test_resend_deliveries_sends_failed_webhook_deliveries_again_with_their_webhook_id(receiver):
+    # given: a failed e-mail and a failed webhook delivery of acme, and one of globex
+    [failed_email] = deliveries_of("acme", "failed")
+    acme = failed_email.notification.account
+    failed = failed_webhook_delivery(acme, receiver.url, "msg_acme")
+    untouched = failed_webhook_delivery(AccountFactory(external_id="globex"), receiver.url, "msg_g")
+    # when
+    lines = run("resend_deliveries", "--account", "acme")
+    # then: both of acme's sent, the webhook with its id and its attempts kept
+    assert lines == ["Failed deliveries queued again: 2 (notifications enqueued: 2)."]
+    assert [message.to for message in mail.outbox] == [["failed0@acme.example"]]
+    [request] = receiver.requests()
+    assert (request.headers["webhook-id"], request.verified) == ("msg_acme", True)
+    failed.refresh_from_db()
+    untouched.refresh_from_db()
+    assert (failed.status, failed.attempts, failed.http_status, failed.last_error) == (
+        "sent",
+        9,
+        200,
+        "",
+    )
+    assert (untouched.status, untouched.attempts) == ("failed", 8)
 
 
 def test_resend_deliveries_with_nothing_to_resend_says_so():

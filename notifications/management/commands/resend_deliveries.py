@@ -17,12 +17,12 @@ STATUSES = [Delivery.Status.QUEUED.value, Delivery.Status.FAILED.value]
 
 class Command(OpsCommand):
     help = _(
-        "Hand deliveries to the workers again, for every account or only ACCOUNT (its id or "
-        "external id). By default (--status failed) the failed deliveries are queued again "
-        "and sent, their attempts kept; with --status queued the queued deliveries are "
-        "enqueued again, for when their task was lost (the sweep does so too, later). "
-        "Deliveries being sent are left to their worker. Prints how many deliveries, in how "
-        "many notifications, were handed over."
+        "Hand e-mail and webhook deliveries to the workers again, for every account or only "
+        "ACCOUNT (its id or external id). By default (--status failed) the failed deliveries "
+        "are queued again and sent, their attempts kept; with --status queued the queued "
+        "deliveries are enqueued again, for when their task was lost (the sweep does so too, "
+        "later). Deliveries being sent are left to their worker. Prints how many deliveries, "
+        "in how many notifications, were handed over."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
