@@ -1025,10 +1025,10 @@ def deliveries_requeue(*, status: str, account_id: uuid.UUID | None = None) -> R
             if account_id is not None:
                 chosen = chosen.filter(notification__account_id=account_id)
             rows = list(chosen.values_list("pk", "notification_id"))
-            if status == Delivery.Status.FAILED and rows:
+            if status == model.Status.FAILED and rows:
                 count += model.objects.filter(
                     pk__in=[pk for pk, _notification_id in rows], status=status
-                ).update(status=Delivery.Status.QUEUED, updated_at=timezone.now())
+                ).update(status=model.Status.QUEUED, updated_at=timezone.now())
             else:
                 count += len(rows)
             notification_ids.update(notification_id for _pk, notification_id in rows)
