@@ -15,6 +15,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from accounts.metrics import METRICS
 from accounts.models import Account, Limit, Plan, Recipient
 from accounts.selectors import limits_document_get
 from accounts.services import AccountNotEnterprise
@@ -196,11 +197,10 @@ def test_a_batch_answers_the_thresholds_of_enterprise_accounts_only(service_clie
     current = AccountFactory(name="Current", external_id="crm-current", plan=Plan.ENTERPRISE)
     limits_replace(account=current, data=LIMITS)
     named = [former, current, *AccountFactory.create_batch(others, plan=Plan.ENTERPRISE)]
-    metrics = ["audio_transcribed_seconds", "audio_analyzed_seconds", "text_tokens"]
     events = [
         event_body(account, f"evt-{next(_event_ids)}", metric, 900)
         for account in named
-        for metric in metrics
+        for metric in METRICS
     ]
     # when
     response = service_client.post("/api/v1/usage/events/", {"events": events}, format="json")

@@ -19,8 +19,10 @@ import pytest
 import time_machine
 from django.db import connection
 
-from accounts.models import Account, Limit, ScopedLimit
+from accounts.metrics import METRICS
+from accounts.models import Account, Limit, Plan, ScopedLimit
 from tests.factories import AccountFactory
+from tests.usage.factories import event_body
 from tests.usage.test_api_capacities import NOW, account_with_lines
 from tests.usage.test_read_queries import paths
 
@@ -39,13 +41,13 @@ WHOLE = re.compile(r"(?:Parallel )?Seq Scan on (\w+)")
 def others_create() -> None:
     """``OTHERS`` Enterprise accounts, each with the three limits and a scoped limit."""
     others = Account.objects.bulk_create(
-        Account(external_id=f"other-{n}", name=f"Other {n}", plan="enterprise")
+        Account(external_id=f"other-{n}", name=f"Other {n}", plan=Plan.ENTERPRISE)
         for n in range(OTHERS)
     )
     Limit.objects.bulk_create(
         Limit(account=account, metric=metric, warning=100, blocked=200)
         for account in others
-        for metric in ("audio_transcribed_seconds", "audio_analyzed_seconds", "text_tokens")
+        for metric in METRICS
     )
     ScopedLimit.objects.bulk_create(
         ScopedLimit(
@@ -81,13 +83,7 @@ def whole_reads(request: Any) -> list[tuple[str, str]]:
 
 def requests_of(client: Any, account: Account, other: Account, run: str) -> dict[str, Any]:
     """The requests of every per-request path, their ids new for each ``run``."""
-    event = {
-        "event_id": f"scale-{run}",
-        "account": str(account.pk),
-        "metric": "text_tokens",
-        "quantity": 5,
-        "labels": {"model": "large"},
-    }
+    event = event_body(account, f"scale-{run}", "text_tokens", 5, labels={"model": "large"})
     batch = {
         "events": [
             {**event, "event_id": f"scale-{run}-{n}", "account": str(pk)}
