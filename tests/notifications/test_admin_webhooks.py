@@ -3,8 +3,6 @@ address checks, deliveries beside the e-mails, resend."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.messages import get_messages
@@ -14,11 +12,10 @@ from notifications import hooks
 from notifications.models import WebhookDelivery, WebhookEndpoint
 from tests.factories import AccountFactory
 from tests.notifications.factories import DeliveryFactory, NotificationFactory
-from tests.notifications.receiver import Receiver
+from tests.notifications.receiver import SECRET
 
 pytestmark = pytest.mark.django_db
 
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 ENDPOINTS_URL = reverse("admin:notifications_webhookendpoint_changelist")
 ADD_URL = reverse("admin:notifications_webhookendpoint_add")
 WEBHOOK_DELIVERIES_URL = reverse("admin:notifications_webhookdelivery_changelist")
@@ -35,14 +32,6 @@ def _settings(settings, monkeypatch) -> None:
         )
 
     monkeypatch.setattr(hooks, "_resolve", resolve)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    server.secret = SECRET
-    yield server
-    server.close()
 
 
 def messages_of(response) -> list[str]:

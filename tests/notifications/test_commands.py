@@ -3,7 +3,6 @@ send_test_notification, resend_deliveries."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from io import StringIO
 
 import pytest
@@ -21,9 +20,7 @@ from tests.notifications.factories import (
     NotificationFactory,
     usage_already_counted,
 )
-from tests.notifications.receiver import Receiver
-
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+from tests.notifications.receiver import SECRET, Receiver
 
 pytestmark = pytest.mark.django_db(
     transaction=True, serialized_rollback=True
@@ -357,14 +354,11 @@ def test_resend_deliveries_of_queued_ones_enqueues_them_again_and_leaves_failed_
 
 
 @pytest.fixture
-def receiver(settings, monkeypatch) -> Iterator[Receiver]:
-    """A webhook receiver on 127.0.0.1 that verifies signatures with ``SECRET``."""
+def receiver(receiver, settings, monkeypatch) -> Receiver:
+    """The receiver on 127.0.0.1, which deliveries may reach: every host resolves to it."""
     settings.WEBHOOKS_ALLOW_LOOPBACK = True
     monkeypatch.setattr(hooks, "_resolve", lambda host, port: ["127.0.0.1"])
-    server = Receiver()
-    server.secret = SECRET
-    yield server
-    server.close()
+    return receiver
 
 
 def failed_webhook_delivery(account: Account, url: str, webhook_id: str) -> WebhookDelivery:

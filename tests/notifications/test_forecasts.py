@@ -25,14 +25,13 @@ from notifications.models import Delivery, Notification, WebhookDelivery, Webhoo
 from notifications.services import thresholds_evaluate
 from notifications.tasks import sweep_notifications
 from tests.factories import AccountFactory
-from tests.notifications.receiver import Receiver
+from tests.notifications.receiver import SECRET
 from tests.notifications.test_lines import event_of
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
 PARIS = ZoneInfo("Europe/Paris")
 TOKENS = "text_tokens"
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 RECIPIENTS = {
     "warning": [
         {"email": "pm@example.com", "language": "en"},
@@ -40,15 +39,6 @@ RECIPIENTS = {
     ],
     "blocked": [{"email": "ops@example.com", "language": "en"}],
 }
-
-
-@pytest.fixture
-def receiver_url():
-    """A receiver on 127.0.0.1 verifying signatures; yields its URL and what it received."""
-    server = Receiver()
-    server.secret = SECRET
-    yield server.url, server.requests
-    server.close()
 
 
 @pytest.fixture(autouse=True)
@@ -510,9 +500,9 @@ def test_the_projected_day_of_the_first_is_1er_in_french():
 # --- Webhooks ---
 
 
-def test_an_endpoint_subscribed_to_forecasts_gets_usage_forecast(receiver_url):
+def test_an_endpoint_subscribed_to_forecasts_gets_usage_forecast(receiver):
     # given: one endpoint subscribed to forecasts, one to the thresholds only
-    url, received = receiver_url
+    url, received = receiver.url, receiver.requests
     account = monthly_account()
     WebhookEndpoint.objects.create(account=account, url=url, secret=SECRET, levels=["forecast"])
     WebhookEndpoint.objects.create(

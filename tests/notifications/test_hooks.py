@@ -34,11 +34,10 @@ from notifications.models import Notification, WebhookDelivery, WebhookEndpoint
 from notifications.services import deliveries_recover, thresholds_evaluate
 from tests.factories import AccountFactory, LimitFactory, RecipientFactory
 from tests.notifications.factories import NotificationFactory, usage_already_counted
-from tests.notifications.receiver import Receiver
+from tests.notifications.receiver import SECRET, Receiver
 
 pytestmark = pytest.mark.django_db
 
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 PUBLIC = "93.184.215.14"
 ONLY_HTTPS = "Only https:// URLs are accepted."
 
@@ -48,14 +47,6 @@ def _settings(settings) -> None:
     settings.EMAIL_BACKEND = "anymail.backends.test.EmailBackend"
     settings.WEBHOOKS_ALLOW_LOOPBACK = True
     settings.WEBHOOKS_TIMEOUT = 5.0
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    server.secret = SECRET
-    yield server
-    server.close()
 
 
 @pytest.fixture
