@@ -15,6 +15,7 @@ from django.utils import timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from backoffice import services as backoffice
 from backoffice.services import scoped_limit_set, usage_events_record
 from tests.factories import AccountFactory
 from tests.usage.factories import event_body, event_record
@@ -160,30 +161,46 @@ def test_a_rebuild_leaves_the_rows_of_uncounted_days_and_keys_alone():
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
-def test_a_line_saved_while_a_batch_is_being_recorded_counts_each_event_once(monkeypatch):
-    # given: a batch paused inside its transaction right after it added to the counters it
-    # read as counted (none of the key yet), while a line of that key is being saved
+@pytest.mark.parametrize("path", ["batch", "single"])
+def test_a_line_saved_while_events_are_being_recorded_counts_each_event_once(monkeypatch, path):
+    # given: events recorded one request at a time, the first paused inside its transaction
+    # right after it wrote its counters (none of the key yet), while a line of that key is
+    # being saved. A batch writes its counters in ``counters_add``, a single event on
+    # PostgreSQL in ``usage_event_store_one``'s one statement: each path is paused where it
+    # writes.
     account = AccountFactory(timezone="Europe/Paris")
     now = datetime.now(UTC)
-    original = services.counters_add
+    module, name = (
+        (services, "counters_add") if path == "batch" else (backoffice, "usage_event_store_one")
+    )
+    original = getattr(module, name)
     paused, saved = threading.Event(), threading.Event()
     failures: list[str] = []
 
-    def counters_add(deltas, when):
-        totals = original(deltas, when)
-        if threading.current_thread().name == "batch":
+    def write(*args, **kwargs):
+        written = original(*args, **kwargs)
+        if threading.current_thread().name == "recorder" and not paused.is_set():
             paused.set()
             # The line's saving runs meanwhile: it finishes only if it does not wait for the
-            # batch (the lock broken); with the lock, it waits and this goes on alone.
+            # recording (the lock broken); with the lock, it waits and this goes on alone.
             saved.wait(timeout=3)
-        return totals
+        return written
 
-    monkeypatch.setattr(services, "counters_add", counters_add)
+    monkeypatch.setattr(module, name, write)
 
     def record() -> None:
         try:
             for index in range(20):
-                event_record(account, now, index + 1, labels=LARGE, event_id=f"e{index}")
+                body = event_body(
+                    account,
+                    f"e{index}",
+                    quantity=index + 1,
+                    labels=LARGE,
+                    occurred_at=now.isoformat(),
+                )
+                usage_events_record(
+                    payload={"events": [body]} if path == "batch" else body, now=now
+                )
         except Exception as exc:
             failures.append(repr(exc))
         finally:
@@ -191,23 +208,24 @@ def test_a_line_saved_while_a_batch_is_being_recorded_counts_each_event_once(mon
 
     def save() -> None:
         try:
-            paused.wait(timeout=30)
-            add_line(account, LARGE, **TWO_DAYS)
-            saved.set()
+            if paused.wait(timeout=30):
+                add_line(account, LARGE, **TWO_DAYS)
+                saved.set()
         except Exception as exc:
             failures.append(repr(exc))
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=record, name="batch"), threading.Thread(target=save)]
+    threads = [threading.Thread(target=record, name="recorder"), threading.Thread(target=save)]
     # when
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
 
-    # then: the line counts every event once, and the counters agree with the events
-    assert failures == []
+    # then: the recording did pause in its transaction while the line was saved; the line
+    # counts every event once, and the counters agree with the events
+    assert (paused.is_set(), saved.is_set(), failures) == (True, True, [])
     used = line_used(account, LARGE, period="rolling", now=timezone.now())
     assert used == sum(range(1, 21)) * 1000
     assert counters_rebuild(repair=False, repaired_by="test") == []

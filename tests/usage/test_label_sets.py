@@ -11,6 +11,7 @@ import time_machine
 from django.db import connection
 from django.test import override_settings
 
+from backoffice import services as backoffice
 from backoffice.services import usage_events_record
 from tests.factories import AccountFactory
 from tests.usage.factories import event_body as event
@@ -134,42 +135,54 @@ def test_the_refusal_is_in_french_for_a_french_client(service_client, account):
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
-def test_two_batches_racing_cannot_both_add_the_last_set(monkeypatch):
-    # given: 99 sets; each thread adds one more, and both would count before either commits
+@pytest.mark.parametrize("path", ["batch", "single"])
+def test_two_requests_racing_cannot_both_add_the_last_set(monkeypatch, path):
+    # given: 99 sets; each thread adds one more, and both would count before either commits.
+    # A batch counts the sets in ``label_sets_count``, a single event on PostgreSQL in
+    # ``usage_event_store_one``'s one statement: each path meets the other thread there.
     account = AccountFactory(timezone="Europe/Paris")
     usage_events_record(
         payload={"events": [labelled(account, f"e{i}", f"m{i}") for i in range(99)]},
         now=NOW,
     )
     meet = threading.Barrier(2)
-    counted = services.label_sets_count
+    module, name = (
+        (services, "label_sets_count") if path == "batch" else (backoffice, "usage_event_store_one")
+    )
+    original = getattr(module, name)
+    arrived: list[str] = []
 
-    def count_when_both_are_here(days):
+    def count_when_both_are_here(*args, **kwargs):
         # Without the lock both threads count at once; with it, the other thread waits for
         # this one's commit, and this one goes on alone.
+        arrived.append(threading.current_thread().name)
         with contextlib.suppress(threading.BrokenBarrierError):
             meet.wait(timeout=3)
-        return counted(days)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(services, "label_sets_count", count_when_both_are_here)
+    monkeypatch.setattr(module, name, count_when_both_are_here)
     answers: list[str] = []
 
     def post(model: str) -> None:
+        body = labelled(account, model, model)
         try:
-            usage_events_record(payload=labelled(account, model, model), now=NOW)
+            usage_events_record(payload={"events": [body]} if path == "batch" else body, now=NOW)
             answers.append("accepted")
         except services.EventsInvalid:
             answers.append("refused")
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=post, args=(f"last-{n}",)) for n in range(2)]
+    threads = [
+        threading.Thread(target=post, args=(f"last-{n}",), name=f"last-{n}") for n in range(2)
+    ]
     # when
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    # then
+    # then: both requests reached the count; one added the last set, the other was refused
+    assert sorted(arrived) == ["last-0", "last-1"]
     assert sorted(answers) == ["accepted", "refused"]
     assert UsageLabelSet.objects.filter(account=account).count() == 100
     assert UsageEvent.objects.filter(account=account).count() == 100
