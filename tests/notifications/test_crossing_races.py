@@ -10,6 +10,7 @@ the code lets them.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,9 @@ pytestmark = [
 
 ROUNDS = 8
 WAIT = 60.0
+# Rounds of the lowered-threshold race, and how long its first reader waits for the other.
+LOWERED_ROUNDS = 3
+MEET = 2.0
 # Whole-hour offsets around the globe; at any instant one of them is on day 2 or later of
 # its month and more than an hour from the month's end (see ``zone_with_two_days``).
 ZONES = ("Etc/GMT+12", "Etc/GMT+6", "UTC", "Etc/GMT-6", "Etc/GMT-12", "Pacific/Kiritimati")
@@ -211,11 +215,39 @@ def test_concurrent_sweeps_and_requests_record_a_crossing_once(service_user):
     ] * ROUNDS
 
 
-def test_a_threshold_lowered_while_usage_is_recorded_notifies_once(service_user):
-    # given: 400 of a 1000 cap used
+def test_a_threshold_lowered_while_usage_is_recorded_notifies_once(service_user, monkeypatch):
+    # given: 400 of a 1000 cap used. The change of limits and the request each wait, right
+    # before they read (the change the usage, the request its lines and their thresholds),
+    # for the other to get there too, at most MEET seconds: without the usage lock both get
+    # there, each reads what the other has not committed yet, and the crossing is lost;
+    # with it, the first waits alone and commits before the other reads.
     client = token_client(service_user)
+    meeting: dict[str, threading.Barrier] = {}
+    arrived: list[str] = []
+
+    def meet_before(read: Callable[..., object], name: str) -> Callable[..., object]:
+        def wait_then_read(**kwargs):
+            barrier = meeting.get("round")
+            if barrier is not None and threading.current_thread().name != "MainThread":
+                arrived.append(name)
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    barrier.wait(timeout=MEET)
+            return read(**kwargs)
+
+        return wait_then_read
+
+    monkeypatch.setattr(
+        notifications.services,
+        "sweep_read",
+        meet_before(notifications.services.sweep_read, "change"),
+    )
+    monkeypatch.setattr(
+        backoffice.services,
+        "account_lines_current",
+        meet_before(backoffice.services.account_lines_current, "request"),
+    )
     accounts = []
-    for round_number in range(ROUNDS):
+    for round_number in range(LOWERED_ROUNDS):
         account = AccountFactory(timezone="UTC")
         limits_replace(
             account=account,
@@ -238,8 +270,12 @@ def test_a_threshold_lowered_while_usage_is_recorded_notifies_once(service_user)
             )
 
         # when: the cap is lowered to 500 while a request adds 200
+        meeting["round"] = threading.Barrier(2)
         failures = run_together([lower, poster(client, account, f"r{round_number}", 200, now)])
+        del meeting["round"]
         assert failures == []
         accounts.append(account)
-    # then: whichever came first, the crossing of the new cap was seen, once
-    assert [ledger(account) for account in accounts] == [[("blocked", 500, 1)]] * ROUNDS
+    # then: both reached their read in every round, and whichever read first, the crossing
+    # of the new cap was seen, once
+    assert sorted(arrived) == sorted(["change", "request"] * LOWERED_ROUNDS)
+    assert [ledger(account) for account in accounts] == [[("blocked", 500, 1)]] * LOWERED_ROUNDS
