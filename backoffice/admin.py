@@ -58,10 +58,12 @@ from backoffice.charts import FRAME, account_charts
 from backoffice.services import extensions_grant, limits_reactivate, limits_replace
 from config.dates import datetime_text, month_text
 from notifications.admin import (
+    LEVEL_LABELS,
     NotificationInline,
     evaluate_thresholds_now,
     send_test_notification,
 )
+from notifications.selectors import webhook_endpoint_list
 from usage.forms import ExtensionInlineForm, ExtensionInlineFormSet
 from usage.models import MILLI, Extension, Reservation, UsageCounter, UsageEvent
 from usage.quantities import (
@@ -492,7 +494,7 @@ class AccountAdmin(SimpleHistoryAdmin):
     search_fields = ("name", "external_id")
     ordering = ("name", "external_id")
     record_fields = ("id", "limits_updated_at", "created_at", "updated_at")
-    readonly_fields = (*record_fields, "limits_summary")
+    readonly_fields = (*record_fields, "limits_summary", "webhooks_summary", "webhooks_list")
 
     class Media:
         css = {"all": ["accounts/usage.css"]}
@@ -578,6 +580,11 @@ class AccountAdmin(SimpleHistoryAdmin):
         elif obj is not None:
             limits = {"fields": ["limits_summary"], "description": note}
             fieldsets.append((_("Limits"), limits))
+        if obj is not None and request.user.has_perm("notifications.view_webhookendpoint"):
+            # Endpoints are added on their own page, which shows the signing secret once.
+            adds = request.user.has_perm("notifications.add_webhookendpoint")
+            webhooks = "webhooks_summary" if adds else "webhooks_list"
+            fieldsets.append((_("Webhooks"), {"fields": [webhooks]}))
         if obj is not None:
             fieldsets.append(
                 (_("Details"), {"fields": self.record_fields, "classes": ["collapse"]})
@@ -728,6 +735,39 @@ class AccountAdmin(SimpleHistoryAdmin):
         if request.method == "POST" and self.revert_disabled(request):
             raise PermissionDenied
         return super().history_form_view(request, object_id, version_id, extra_context)
+
+    @admin.display(description=_("Webhook endpoints"))
+    def webhooks_list(self, obj: Account) -> str:
+        """The account's webhook endpoints, each linked to its page, with its levels and
+        whether it is active."""
+        items = format_html_join(
+            "",
+            '<li><a href="{}">{}</a> · {} · {}</li>',
+            (
+                (
+                    reverse("admin:notifications_webhookendpoint_change", args=[endpoint.pk]),
+                    endpoint.url,
+                    ", ".join(str(LEVEL_LABELS.get(level, level)) for level in endpoint.levels),
+                    gettext("active") if endpoint.is_active else gettext("inactive"),
+                )
+                for endpoint in webhook_endpoint_list(account=obj)
+            ),
+        )
+        if not items:
+            return format_html("<p>{}</p>", gettext("No webhook endpoint."))
+        return format_html('<ul class="webhook-endpoints">{}</ul>', items)
+
+    @admin.display(description=_("Webhook endpoints"))
+    def webhooks_summary(self, obj: Account) -> str:
+        """``webhooks_list`` and a link that adds an endpoint to this account."""
+        add = reverse("admin:notifications_webhookendpoint_add")
+        return format_html(
+            '{}<p><a class="addlink" href="{}?account={}">{}</a></p>',
+            self.webhooks_list(obj),
+            add,
+            obj.pk,
+            gettext("Add a webhook endpoint"),
+        )
 
     @admin.display(description=_("Limits"))
     def limits_summary(self, obj: Account) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
 from django.urls import reverse
 
@@ -220,3 +221,81 @@ def test_resend_of_a_webhook_delivery_that_did_not_fail_says_so(admin_client):
     )
 
     assert messages_of(response) == ["Nothing to resend: none of the selected deliveries failed."]
+
+
+ENDPOINTS_SHOWN = {
+    "en": ("Webhook endpoints:", "Warning, Blocked · active", "Restored · inactive"),
+    "fr": ("Webhooks du compte\u00a0:", "Avertissement, Bloqué · actif", "Rétablie · inactif"),
+}
+
+
+@pytest.mark.parametrize("language", ["en", "fr"])
+def test_the_account_page_lists_its_webhook_endpoints_and_links_to_add_one(admin_client, language):
+    # given: two endpoints of the account (one inactive) and one of another account
+    account = AccountFactory()
+    first = WebhookEndpoint.objects.create(
+        account=account, url="https://crm.example.com/hooks", levels=["warning", "blocked"]
+    )
+    second = WebhookEndpoint.objects.create(
+        account=account, url="https://ops.example.com/in", levels=["restored"], is_active=False
+    )
+    WebhookEndpoint.objects.create(
+        account=AccountFactory(), url="https://other.example.com/hooks", levels=["warning"]
+    )
+    # when
+    page = admin_client.get(
+        reverse("admin:accounts_account_change", args=[account.pk]), HTTP_ACCEPT_LANGUAGE=language
+    )
+    # then: each endpoint links to its page, and the link to add one names the account
+    label, first_text, second_text = ENDPOINTS_SHOWN[language]
+    first_url = reverse("admin:notifications_webhookendpoint_change", args=[first.pk])
+    second_url = reverse("admin:notifications_webhookendpoint_change", args=[second.pk])
+    add_text = {"en": "Add a webhook endpoint", "fr": "Ajouter un webhook"}
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert f"<label>{label}</label>" in html
+    assert (
+        '<div class="readonly"><ul class="webhook-endpoints">'
+        f'<li><a href="{first_url}">https://crm.example.com/hooks</a> · {first_text}</li>'
+        f'<li><a href="{second_url}">https://ops.example.com/in</a> · {second_text}</li>'
+        f'</ul><p><a class="addlink" href="{ADD_URL}?account={account.pk}">'
+        f"{add_text[language]}</a></p></div>"
+    ) in html
+    assert "other.example.com" not in html
+    # and the add page it links to has the account chosen
+    add_page = admin_client.get(f"{ADD_URL}?account={account.pk}")
+    assert add_page.context["adminform"].form.initial["account"] == str(account.pk)
+
+
+def test_an_account_without_endpoints_says_so(admin_client):
+    account = AccountFactory()
+    page = admin_client.get(reverse("admin:accounts_account_change", args=[account.pk]))
+    assert '<div class="readonly"><p>No webhook endpoint.</p><p><a class="addlink"' in (
+        page.content.decode()
+    )
+
+
+def test_who_may_only_view_endpoints_gets_no_link_to_add_one_and_who_may_not_sees_none(
+    client, django_user_model
+):
+    # given: a user who may view accounts and endpoints, and one who may view accounts only
+    account = AccountFactory()
+    WebhookEndpoint.objects.create(account=account, url="https://crm.example.com/hooks")
+    viewer = django_user_model.objects.create_user("viewer", password="x", is_staff=True)
+    viewer.user_permissions.add(
+        Permission.objects.get(codename="view_account"),
+        Permission.objects.get(codename="view_webhookendpoint"),
+    )
+    blind = django_user_model.objects.create_user("blind", password="x", is_staff=True)
+    blind.user_permissions.add(Permission.objects.get(codename="view_account"))
+    page_url = reverse("admin:accounts_account_change", args=[account.pk])
+    # when
+    client.force_login(viewer)
+    seen = client.get(page_url).content.decode()
+    client.force_login(blind)
+    unseen = client.get(page_url).content.decode()
+    # then
+    assert "https://crm.example.com/hooks</a> · " in seen
+    assert "addlink" not in seen.split('class="webhook-endpoints"')[1].split("</div>")[0]
+    assert "crm.example.com" not in unseen
+    assert "Webhook endpoints" not in unseen
