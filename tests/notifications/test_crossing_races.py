@@ -217,34 +217,35 @@ def test_concurrent_sweeps_and_requests_record_a_crossing_once(service_user):
 
 def test_a_threshold_lowered_while_usage_is_recorded_notifies_once(service_user, monkeypatch):
     # given: 400 of a 1000 cap used. The change of limits and the request each wait, right
-    # before they read (the change the usage, the request its lines and their thresholds),
-    # for the other to get there too, at most MEET seconds: without the usage lock both get
-    # there, each reads what the other has not committed yet, and the crossing is lost;
+    # after they read (the change the usage, the request its lines and their thresholds)
+    # and before they write, for the other to have read too, at most MEET seconds: without
+    # the usage lock both read what the other has not committed, and the crossing is lost;
     # with it, the first waits alone and commits before the other reads.
     client = token_client(service_user)
     meeting: dict[str, threading.Barrier] = {}
     arrived: list[str] = []
 
-    def meet_before(read: Callable[..., object], name: str) -> Callable[..., object]:
-        def wait_then_read(**kwargs):
+    def meet_after(read: Callable[..., object], name: str) -> Callable[..., object]:
+        def read_then_wait(**kwargs):
+            found = read(**kwargs)
             barrier = meeting.get("round")
             if barrier is not None and threading.current_thread().name != "MainThread":
                 arrived.append(name)
                 with contextlib.suppress(threading.BrokenBarrierError):
                     barrier.wait(timeout=MEET)
-            return read(**kwargs)
+            return found
 
-        return wait_then_read
+        return read_then_wait
 
     monkeypatch.setattr(
         notifications.services,
         "sweep_read",
-        meet_before(notifications.services.sweep_read, "change"),
+        meet_after(notifications.services.sweep_read, "change"),
     )
     monkeypatch.setattr(
         backoffice.services,
         "account_lines_current",
-        meet_before(backoffice.services.account_lines_current, "request"),
+        meet_after(backoffice.services.account_lines_current, "request"),
     )
     accounts = []
     for round_number in range(LOWERED_ROUNDS):
