@@ -58,8 +58,8 @@ from backoffice.charts import FRAME, account_charts
 from backoffice.services import extensions_grant, limits_reactivate, limits_replace
 from config.dates import datetime_text, month_text
 from notifications.admin import (
-    LEVEL_LABELS,
     NotificationInline,
+    endpoint_levels_text,
     evaluate_thresholds_now,
     send_test_notification,
 )
@@ -747,7 +747,7 @@ class AccountAdmin(SimpleHistoryAdmin):
                 (
                     reverse("admin:notifications_webhookendpoint_change", args=[endpoint.pk]),
                     endpoint.url,
-                    ", ".join(str(LEVEL_LABELS.get(level, level)) for level in endpoint.levels),
+                    endpoint_levels_text(endpoint),
                     gettext("active") if endpoint.is_active else gettext("inactive"),
                 )
                 for endpoint in webhook_endpoint_list(account=obj)

@@ -587,6 +587,11 @@ class WebhookDeliveryAdmin(WebhookResendPermission, ReadOnlyAdmin):
 LEVEL_LABELS = dict(NoticeLevel.choices)
 
 
+def endpoint_levels_text(endpoint: WebhookEndpoint) -> str:
+    """The levels an endpoint subscribes to, by their labels: ``Warning, Blocked``."""
+    return ", ".join(str(LEVEL_LABELS.get(level, level)) for level in endpoint.levels)
+
+
 class WebhookEndpointForm(forms.ModelForm):
     levels = forms.MultipleChoiceField(
         label=_("levels"),
@@ -631,7 +636,7 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("levels"))
     def levels_display(self, obj: WebhookEndpoint) -> str:
-        return ", ".join(str(LEVEL_LABELS.get(level, level)) for level in obj.levels)
+        return endpoint_levels_text(obj)
 
     def save_model(
         self, request: HttpRequest, obj: WebhookEndpoint, form: forms.ModelForm, change: bool
