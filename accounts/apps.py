@@ -15,3 +15,8 @@ class AccountsConfig(AppConfig):
         self.apps.get_app_config("knox").verbose_name = _("API tokens")
         AuthToken._meta.verbose_name = _("API token")
         AuthToken._meta.verbose_name_plural = _("API tokens")
+
+        from .generations import announce_changes_of
+        from .models import Account, Limit, ScopedLimit
+
+        announce_changes_of(Account, Limit, ScopedLimit)

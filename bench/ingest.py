@@ -35,7 +35,8 @@ and dropped by the next run. Run from the project root:
 
     .venv/bin/python bench/ingest.py [--quick] [--strict] [--parts abcdef] [--threads N]
         [--profile DIR]
-        [--cache-url URL] [--token-cache-seconds N] [--lines N] [--table-events N]
+        [--cache-url URL] [--token-cache-seconds N] [--lines-memory-seconds N]
+        [--lines N] [--table-events N]
         [--server KIND] [--compare-servers LIST] [--compare-threads N] [--crossings N]
         [--broker-url URL] [--results FILE]
 """
@@ -1927,6 +1928,14 @@ def main() -> int:
         "token cache off, to measure the floor without it)",
     )
     parser.add_argument(
+        "--lines-memory-seconds",
+        type=int,
+        metavar="N",
+        help="the server's LINES_MEMORY_SECONDS (default: the setting's, 60; 0 turns the "
+        "memory of lines off: every read of capacities, the pre-flight and the usage reads "
+        "the database, as right after a write to the account)",
+    )
+    parser.add_argument(
         "--lines",
         type=int,
         choices=range(len(SCOPED_LIMITS) + 1),
@@ -2005,6 +2014,8 @@ def main() -> int:
     served = {"DJANGO_SETTINGS_MODULE": "bench.settings", "CACHE_URL": args.cache_url}
     if args.token_cache_seconds is not None:
         served["TOKEN_CACHE_SECONDS"] = str(args.token_cache_seconds)
+    if args.lines_memory_seconds is not None:
+        served["LINES_MEMORY_SECONDS"] = str(args.lines_memory_seconds)
     report = Report()
     begun = time.perf_counter()
     busy = cpu_busy()
@@ -2043,7 +2054,8 @@ def main() -> int:
     port = free_port()
     print(
         f"gunicorn: {args.server} on {HOST}:{port}, CACHE_URL={args.cache_url}, "
-        f"TOKEN_CACHE_SECONDS={served.get('TOKEN_CACHE_SECONDS', 'default')}"
+        f"TOKEN_CACHE_SECONDS={served.get('TOKEN_CACHE_SECONDS', 'default')}, "
+        f"LINES_MEMORY_SECONDS={served.get('LINES_MEMORY_SECONDS', 'default')}"
     )
     with gunicorn(port, token, served, args.server) as server:
 

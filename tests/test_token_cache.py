@@ -49,6 +49,9 @@ def shared_cache_settings(settings, location: str) -> None:
         }
     }
     settings.TOKEN_CACHE_SECONDS = 60
+    # The usage read makes its one statement at every request, as without the memory of
+    # lines (tests/usage/test_lines_memory.py): what these tests count is the token's.
+    settings.LINES_MEMORY_SECONDS = 0
 
 
 @pytest.fixture(autouse=True)

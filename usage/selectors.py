@@ -7,6 +7,7 @@ import functools
 import itertools
 import json
 import operator
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -16,14 +17,16 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import orjson
+from django.conf import settings
 from django.db import connection
-from django.db.models import Max, Q, QuerySet, Sum
+from django.db.models import Max, Min, Q, QuerySet, Sum
 from django.utils import timezone
 from django.utils.text import format_lazy
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from accounts.forms import limit_label
+from accounts.generations import UNREAD, account_generation
 from accounts.labels import labels_from_key, labels_key, labels_match
 from accounts.metrics import METRICS
 from accounts.models import Account, Language, Level, Limit, Plan, Recipient, ScopedLimit
@@ -1436,6 +1439,108 @@ def account_lines_current(
         now=now,
         reservations=reservations,
     )
+
+
+# --- Lines known since the last change (capacities, the pre-flight) ---
+#
+# A process remembers the lines it read for an account, tagged with the account's
+# generation in the shared cache (``accounts.generations``), until the first of: another
+# generation (a change committed anywhere), the end of the shortest window of a line or of
+# the first reservation to expire, ``LINES_MEMORY_SECONDS``. A read of an account that
+# nothing changed since costs one round trip to Redis and no statement.
+
+
+@dataclass(frozen=True)
+class KnownLines:
+    """``account_lines_current`` of an account, all its lines with their reservations, and
+    a place for a view to keep what it made of them while they hold."""
+
+    account: Account
+    lines: list[LineUsage]
+    generation: str | None
+    # The instant the figures stop holding (a window ends, a reservation expires) and the
+    # ``time.monotonic()`` past which they are read again whatever happened.
+    valid_until: datetime
+    forget_at: float
+    made: dict[Any, Any] = field(default_factory=dict, compare=False)
+
+    def applying(self, *, metric: str, labels: Mapping[str, str]) -> list[LineUsage]:
+        """The lines of ``metric`` that apply to usage carrying ``labels`` (SPEC 11.4)."""
+        return [
+            line
+            for line in self.lines
+            if line.line.metric == metric and labels_match(line=line.line.labels, event=labels)
+        ]
+
+
+_known: dict[uuid.UUID, KnownLines] = {}
+
+
+def account_lines_known(
+    *, account_id: uuid.UUID, now: datetime | None = None, found: Any = UNREAD
+) -> KnownLines | None:
+    """The account's lines as ``account_lines_current`` reads them (every metric, with
+    reservations), from this process's memory while nothing changed (see above); ``None``
+    when there is no such account. ``found``: the value of the account's ``generation_key``
+    if the caller read it (``account_generation``)."""
+    now = now or timezone.now()
+    generation = account_generation(account_id, found=found)
+    if generation is not None:
+        known = _known.get(account_id)
+        if (
+            known is not None
+            and known.generation == generation
+            and now < known.valid_until
+            and time.monotonic() < known.forget_at
+        ):
+            return known
+    read = account_lines_current(account_id=account_id, now=now)
+    if read is None:
+        _known.pop(account_id, None)
+        return None
+    account, lines = read
+    if generation is None:  # nothing remembered
+        return KnownLines(account, lines, None, valid_until=now, forget_at=0.0)
+    valid_until = min((line.window.end for line in lines), default=now)
+    if any(line.reserved_milli for line in lines):
+        first_expiry = reservations_active(account=account, now=now).aggregate(
+            first=Min("expires_at")
+        )["first"]
+        if first_expiry is not None:
+            valid_until = min(valid_until, first_expiry)
+    known = KnownLines(
+        account=account,
+        lines=lines,
+        generation=generation,
+        valid_until=valid_until,
+        forget_at=time.monotonic() + settings.LINES_MEMORY_SECONDS,
+    )
+    if len(_known) >= MAX_REMEMBERED:
+        _known.clear()
+    _known[account_id] = known
+    return known
+
+
+def account_usage_read(
+    *, account_id: uuid.UUID, period_code: str | None = None, now: datetime | None = None
+) -> tuple[Account, Period, list[MetricUsage], dict[Any, Any]] | None:
+    """``account_usage_current``, and a place for the view to keep what it made of it while
+    it holds (``KnownLines.made``; a new one each time when not remembered). The current
+    period, with a shared cache, comes from ``account_lines_known``: the usage of each
+    whole-metric monthly line (reservations are not usage, SPEC 12.1), in the order of
+    ``METRICS``. ``None`` when there is no such account; ``ValueError`` for a bad code.
+    Without a generation (no shared cache, or it did not answer), one statement."""
+    now = now or timezone.now()
+    generation = None if period_code is not None else account_generation(account_id)
+    if generation is not None:
+        known = account_lines_known(account_id=account_id, now=now, found=generation)
+        if known is None:
+            return None
+        account = known.account
+        usage = [line.usage for line in known.lines if line.is_whole_metric_month]
+        return account, period_containing(now, account.zone), usage, known.made
+    found = account_usage_current(account_id=account_id, period_code=period_code, now=now)
+    return None if found is None else (*found, {})
 
 
 def _guess(

@@ -47,6 +47,7 @@ from django.db.models.functions import Cast, Trunc
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from accounts.generations import accounts_changed
 from accounts.labels import PAIR_SEPARATOR, labels_from_key, labels_key
 from accounts.metrics import METRICS
 from accounts.models import Account, Limit, ScopedLimit
@@ -320,6 +321,7 @@ def counters_add(
     ``""``), as the upsert wrote it (``RETURNING``): within the caller's transaction, what
     concurrent writers committed before is included.
     """
+    accounts_changed({key[0] for key in deltas.days} | {key[0] for key in deltas.hours})
     totals: dict[tuple[uuid.UUID, str, date], int] = {}
     day_upsert = (
         "ON CONFLICT (account_id, metric, labels, day) DO UPDATE SET "
@@ -820,6 +822,7 @@ def usage_event_store_one(
     ``usage_events_store`` does (label sets past ``USAGE_MAX_LABEL_SETS``, a day past
     ``DAILY_LIMIT``), which rolls the transaction back.
     """
+    accounts_changed([event.account_id])
     hour, hour_day, day = event_place(event.occurred_at, zone)
     params = {
         "a": str(event.account_id),
@@ -1636,6 +1639,7 @@ def _reservation_insert(reservation: Reservation) -> bool:
         row = cursor.fetchone()
     if row is None:
         return False
+    accounts_changed([reservation.account_id])
     reservation.pk = row[0]
     reservation._state.adding = False
     reservation._state.db = connection.alias
@@ -1727,12 +1731,13 @@ def reservation_release(
     changes the row only while it is active and not past its expiry.
     """
     now = now or timezone.now()
-    Reservation.objects.filter(
+    if Reservation.objects.filter(
         account=account,
         reservation_id=reservation_id,
         status=Reservation.Status.ACTIVE,
         expires_at__gt=now,
-    ).update(status=Reservation.Status.RELEASED, ended_at=now)
+    ).update(status=Reservation.Status.RELEASED, ended_at=now):
+        accounts_changed([account.pk])
     return Reservation.objects.filter(account=account, reservation_id=reservation_id).first()
 
 
@@ -1754,6 +1759,7 @@ def reservations_settle(*, events: list[EventIn], now: datetime) -> int:
     for (account_id, reservation_id), event_id in by_reservation.items():
         by_account[account_id].append((reservation_id, event_id))
     settled = 0
+    accounts_changed(by_account)
     for account_id, pairs in by_account.items():
         for start in range(0, len(pairs), SETTLE_CHUNK):
             chunk = pairs[start : start + SETTLE_CHUNK]
@@ -1776,7 +1782,8 @@ def reservations_settle(*, events: list[EventIn], now: datetime) -> int:
 def reservations_expire(*, now: datetime | None = None) -> int:
     """Write ``expired`` on the active reservations past their expiry; returns how many.
 
-    Tidying only: reads already take a reservation past ``expires_at`` as expired.
+    Tidying only: reads already take a reservation past ``expires_at`` as expired (and
+    what the lines read remembered holds until the first expiry: nothing to announce).
     """
     now = now or timezone.now()
     return Reservation.objects.filter(status=Reservation.Status.ACTIVE, expires_at__lte=now).update(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +26,8 @@ from accounts.api.base import (
     account_get_or_404,
     account_id_or_404,
 )
-from accounts.labels import labels_parse
+from accounts.generations import UNREAD, generation_key
+from accounts.labels import labels_key, labels_parse
 from accounts.metrics import METRICS
 from accounts.models import Account
 from backoffice.services import usage_events_record
@@ -56,14 +58,16 @@ from usage.periods import (
     FIRST_PERIOD_CODE,
     LAST_PERIOD_CODE,
     PERIOD_PATTERN,
+    Period,
 )
 from usage.quantities import quantity_number
 from usage.selectors import (
+    KnownLines,
     LineUsage,
     MetricUsage,
-    account_lines_current,
+    account_lines_known,
     account_lines_with_reservations,
-    account_usage_current,
+    account_usage_read,
     line_period_data,
     reservation_get,
     worst_status,
@@ -170,7 +174,7 @@ class AccountUsageView(AccountScopedView):
     )
     def get(self, request: Request, id: str) -> Response:
         try:
-            found = account_usage_current(
+            found = account_usage_read(
                 account_id=account_id_or_404(id), period_code=request.query_params.get("period")
             )
         except ValueError:
@@ -184,32 +188,37 @@ class AccountUsageView(AccountScopedView):
             ) from None
         if found is None:
             raise NotFound(_("Account not found."))
-        account, period, metrics = found
-        return Response(
+        account, period, metrics, made = found
+        body = made.get("usage")
+        if body is None:
+            body = made["usage"] = _usage_body(account, period, metrics)
+        return Response(body)
+
+
+def _usage_body(account: Account, period: Period, metrics: list[MetricUsage]) -> dict[str, Any]:
+    return {
+        "account": account.pk,
+        "period": {
+            "start": period.start.isoformat(),
+            "end": period.end.isoformat(),
+            "timezone": account.timezone,
+        },
+        "has_remaining_capacity": all(m.is_within_budget for m in metrics),
+        "metrics": [
             {
-                "account": account.pk,
-                "period": {
-                    "start": period.start.isoformat(),
-                    "end": period.end.isoformat(),
-                    "timezone": account.timezone,
-                },
-                "has_remaining_capacity": all(m.is_within_budget for m in metrics),
-                "metrics": [
-                    {
-                        "metric": m.metric,
-                        "unit": METRICS[m.metric].unit,
-                        "used": quantity_number(m.used_milli, m.metric),
-                        "warning_threshold": m.warning,
-                        "blocked_threshold": m.blocked,
-                        "extension": m.extension,
-                        "remaining": quantity_number(m.remaining_milli, m.metric),
-                        "status": m.status,
-                        "is_within_budget": m.is_within_budget,
-                    }
-                    for m in metrics
-                ],
+                "metric": m.metric,
+                "unit": METRICS[m.metric].unit,
+                "used": quantity_number(m.used_milli, m.metric),
+                "warning_threshold": m.warning,
+                "blocked_threshold": m.blocked,
+                "extension": m.extension,
+                "remaining": quantity_number(m.remaining_milli, m.metric),
+                "status": m.status,
+                "is_within_budget": m.is_within_budget,
             }
-        )
+            for m in metrics
+        ],
+    }
 
 
 class UsageCheckView(AccountScopedView):
@@ -218,6 +227,11 @@ class UsageCheckView(AccountScopedView):
     parser_classes = [ExactJSONParser]
     required_permissions = {"POST": ["usage.check_usage"]}
     throttle_scope = "check"
+
+    def throttle_reads(self, request: Request) -> list[str]:
+        """The account's generation, read in the throttle's round trip (``config.throttling``)."""
+        self.generation_key = _generation_key(self.kwargs["id"])
+        return [] if self.generation_key is None else [self.generation_key]
 
     @extend_schema(
         operation_id="accounts_usage_check",
@@ -236,36 +250,66 @@ class UsageCheckView(AccountScopedView):
         except ValidationError:
             account_get_or_404(id)  # an unknown account is a 404 whatever the body
             raise
-        found = account_lines_current(account_id=account_id, metric=metric, labels=labels)
-        if found is None:
+        read = getattr(self, "throttle_read", {})
+        known = account_lines_known(
+            account_id=account_id, found=read.get(getattr(self, "generation_key", None), UNREAD)
+        )
+        if known is None:
             raise NotFound(_("Account not found."))
-        lines = found[1]
-        used = next(line.usage.used_milli for line in lines if line.is_whole_metric_month)
-        entries = []
-        for line in lines:
-            remaining = line.remaining_milli
-            entries.append(
-                {
-                    "period": line.line.period,
-                    "window_days": line.line.window_days,
-                    "labels": dict(sorted(line.line.labels.items())),
-                    "used": quantity_number(line.usage.used_milli, metric),
-                    "remaining": quantity_number(remaining, metric),
-                    "status": line.usage.status,
-                    "allowed": line.allows(quantity_milli),
-                }
-            )
-        remaining = [line.remaining_milli for line in lines if line.remaining_milli is not None]
+        # What the answer says of the lines that apply, but whether each allows the quantity:
+        # made once while the lines hold.
+        memo_key = ("check", metric, labels_key(labels))
+        memo = known.made.get(memo_key)
+        if memo is None:
+            memo = known.made[memo_key] = _check_lines(known, metric, labels)
+        lines, entries, body = memo
+        allowed = [line.allows(quantity_milli) for line in lines]
         return Response(
             {
-                "allowed": all(entry["allowed"] for entry in entries),
-                "metric": metric,
-                "used": quantity_number(used, metric),
-                "remaining": quantity_number(min(remaining, default=None), metric),
-                "status": worst_status(line.usage for line in lines),
-                "lines": entries,
+                "allowed": all(allowed),
+                **body,
+                "lines": [
+                    {**entry, "allowed": line_allowed}
+                    for entry, line_allowed in zip(entries, allowed, strict=True)
+                ],
             }
         )
+
+
+def _check_lines(
+    known: KnownLines, metric: str, labels: dict[str, str]
+) -> tuple[list[LineUsage], list[dict[str, Any]], dict[str, Any]]:
+    """The lines of ``metric`` that apply to ``labels``, each line's entry of the pre-flight
+    answer without ``allowed``, and the answer's other fields."""
+    lines = known.applying(metric=metric, labels=labels)
+    used = next(line.usage.used_milli for line in lines if line.is_whole_metric_month)
+    entries = [
+        {
+            "period": line.line.period,
+            "window_days": line.line.window_days,
+            "labels": dict(sorted(line.line.labels.items())),
+            "used": quantity_number(line.usage.used_milli, metric),
+            "remaining": quantity_number(line.remaining_milli, metric),
+            "status": line.usage.status,
+        }
+        for line in lines
+    ]
+    remaining = [line.remaining_milli for line in lines if line.remaining_milli is not None]
+    body = {
+        "metric": metric,
+        "used": quantity_number(used, metric),
+        "remaining": quantity_number(min(remaining, default=None), metric),
+        "status": worst_status(line.usage for line in lines),
+    }
+    return lines, entries, body
+
+
+def _generation_key(account_id: str) -> str | None:
+    """``generation_key`` of the account named in the path; ``None`` for no account id."""
+    try:
+        return generation_key(uuid.UUID(account_id))
+    except ValueError:
+        return None
 
 
 def _check_parse(payload: Any) -> tuple[str, int, dict[str, str]]:
@@ -323,17 +367,18 @@ class CapacitiesView(AccountScopedView):
         responses={200: CapacitiesSerializer, **ACCOUNT_ERRORS},
     )
     def get(self, request: Request, id: str) -> Response:
-        found = account_lines_current(account_id=account_id_or_404(id))
-        if found is None:
+        known = account_lines_known(account_id=account_id_or_404(id))
+        if known is None:
             raise NotFound(_("Account not found."))
-        account, lines = found
-        return Response(
-            {
+        body = known.made.get("capacities")
+        if body is None:
+            account, lines = known.account, known.lines
+            body = known.made["capacities"] = {
                 "account": account.pk,
                 "has_remaining_capacity": all(line.usage.is_within_budget for line in lines),
                 "items": [_capacity_entry(line, account) for line in lines],
             }
-        )
+        return Response(body)
 
 
 # --- Reservations (SPEC 12.1) ---

@@ -1,11 +1,14 @@
 """A change of an account's lines made in one process shows in another's next read.
 
-Each process remembers the lines it last read of an account, to send their figures in the
-same statement as the account and its current lines; it uses them only when that
-statement finds them unchanged (``usage.selectors.account_lines_current``). The API is
-served by a real gunicorn process (one worker, so that every request meets its memory);
-this process changes the lines behind the ORM's signals, as another server, a queryset
-update or raw SQL would, and nothing tells the server: its next answer shows the change.
+Each process remembers the lines it last read of an account, tagged with the account's
+generation in Redis (``usage.selectors.account_lines_known``), and, in the same statement
+as the account, sends the figures of the lines it last read
+(``usage.selectors.account_lines_current``). The API is served by a real gunicorn process
+(one worker, so that every request meets its memory); this process changes the lines.
+Through the ORM (the admin, the services) every change announces itself once committed,
+and the server's next answer shows it. A change behind the ORM's signals (a queryset
+update, ``bulk_create``, raw SQL) shows once announced with ``accounts_changed``, as
+docs/how-it-works.md says; until then the server answers from its memory.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import pytest
 from django.contrib.auth.models import Group
 from knox.models import AuthToken
 
+from accounts.generations import accounts_changed
 from accounts.models import Account, Limit, ScopedLimit
 from accounts.roles import USAGE_SERVICES
 from tests.factories import AccountFactory, UserFactory
@@ -65,20 +69,39 @@ def test_changed_lines_show_in_another_process_at_once(server, service):
     key, account = service
     assert blocked(server, key, account) == [None, None, 100, 50]
     assert blocked(server, key, account) == [None, None, 100, 50]  # from its memory
-    # when: thresholds changed, a line added, the time zone and plan changed
-    ScopedLimit.objects.filter(account=account).update(blocked=70)
+    # when: thresholds changed, a line added, the time zone and plan changed, through the ORM
+    line = ScopedLimit.objects.get(account=account)
+    line.blocked = 70
+    line.save()
     assert blocked(server, key, account) == [None, None, 100, 70]
-    Limit.objects.filter(account=account).update(blocked=90)
+    limit = Limit.objects.get(account=account)
+    limit.blocked = 90
+    limit.save()
     assert blocked(server, key, account) == [None, None, 90, 70]
-    ScopedLimit.objects.bulk_create(
-        [ScopedLimit(account=account, metric="text_tokens", period="hour", blocked=5, position=1)]
+    ScopedLimit.objects.create(
+        account=account, metric="text_tokens", period="hour", blocked=5, position=1
     )
     assert blocked(server, key, account) == [None, None, 90, 70, 5]
-    Account.objects.filter(pk=account.pk).update(plan="pro")
+    account.plan = "pro"
+    account.save()
     assert blocked(server, key, account) == [None, None, None, None, None]
-    Account.objects.filter(pk=account.pk).update(plan="enterprise", timezone="Asia/Tokyo")
+    account.plan, account.timezone = "enterprise", "Asia/Tokyo"
+    account.save()
     status, body = server.get(f"/api/v1/accounts/{account.pk}/capacities/", key)
     assert status == 200
     assert body["items"][3]["current_period"]["start_time"].endswith("+09:00")
     ScopedLimit.objects.filter(account=account).delete()
     assert blocked(server, key, account) == [None, None, 90]
+
+
+def test_a_change_behind_the_signals_shows_once_announced(server, service):
+    key, account = service
+    assert blocked(server, key, account) == [None, None, 100, 50]
+    # when: a queryset update, which sends no signal
+    ScopedLimit.objects.filter(account=account).update(blocked=70)
+    Limit.objects.filter(account=account).update(blocked=90)
+    # then: the server still answers from its memory...
+    assert blocked(server, key, account) == [None, None, 100, 50]
+    # ...until the change is announced
+    accounts_changed([account.pk])
+    assert blocked(server, key, account) == [None, None, 90, 70]
