@@ -39,8 +39,10 @@ UNREAD = object()
 def _redis() -> RedisCache | None:
     """The default cache when it is Redis and lines may be remembered; else ``None``.
 
-    Generations are kept as plain strings, read and written with the Redis client itself
-    (as ``config.throttling`` does): the throttle's script reads them in its round trip.
+    A generation is a random positive integer, which Django's Redis cache stores as its
+    digits: the token's authentication reads it with the token's generation, in one
+    ``MGET`` through the cache (``config.authentication``), and this module reads and
+    writes it with the Redis client itself (``SET NX``, ``DEL`` of many keys).
     """
     if settings.LINES_MEMORY_SECONDS <= 0:
         return None
@@ -53,18 +55,16 @@ def _hex(account_id: uuid.UUID | str) -> str:
 
 
 def generation_key(account_id: uuid.UUID | str) -> str | None:
-    """The Redis key of the account's generation; ``None`` when nothing is remembered."""
-    cache = _redis()
-    return None if cache is None else cache.make_key(KEY_FORMAT % _hex(account_id))
+    """The default cache's key of the account's generation; ``None`` when nothing is
+    remembered."""
+    return None if _redis() is None else KEY_FORMAT % _hex(account_id)
 
 
-def account_generation(account_id: uuid.UUID, *, found: Any = UNREAD) -> str | None:
+def account_generation(account_id: uuid.UUID, *, found: Any = UNREAD) -> int | None:
     """The account's current generation, a new one when it had none; ``None`` when nothing
     may be remembered (no shared cache, or it did not answer). ``found``: the value of its
-    key (``generation_key``) the caller read in a round trip of its own, if it did."""
-    if isinstance(found, bytes):
-        return found.decode()
-    if isinstance(found, str):  # a generation this request read already
+    key (``generation_key``; ``None`` when missing) if the caller read it already."""
+    if isinstance(found, int):
         return found
     cache = _redis()
     if cache is None:
@@ -74,9 +74,9 @@ def account_generation(account_id: uuid.UUID, *, found: Any = UNREAD) -> str | N
         client = cache._cache.get_client(key, write=True)
         if found is UNREAD:
             found = client.get(key)
-        if found is not None:
-            return found.decode()
-        fresh = secrets.token_hex(8)
+            if found is not None:
+                return int(found)
+        fresh = secrets.randbits(62) + 1
         return fresh if client.set(key, fresh, nx=True) else None
     except Exception:
         logger.warning("lines cache unavailable, lines read in the database", exc_info=True)

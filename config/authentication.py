@@ -103,9 +103,14 @@ def _shared_cache() -> Any | None:
     return cache
 
 
-def _generation(cache: Any) -> Any:
+def _generation(cache: Any, also: list[str]) -> tuple[Any, dict[str, Any]]:
+    """The generation, and the value of each key of ``also`` (``None``: missing), read in
+    one round trip."""
     try:
-        return cache.get(GENERATION_KEY)
+        if not also:
+            return cache.get(GENERATION_KEY), {}
+        found = cache.get_many([GENERATION_KEY, *also])
+        return found.get(GENERATION_KEY), {key: found.get(key) for key in also}
     except Exception as error:
         # Entries are trusted only while the generation can be read: forget them, so that
         # a revocation made during the outage is not missed when the cache comes back.
@@ -135,13 +140,30 @@ class TokenAuthentication(knox.auth.TokenAuthentication):
     verified in the last ``TOKEN_CACHE_SECONDS`` costs no query (see the module).
     """
 
+    def authenticate(self, request: Any) -> tuple[Any, Any] | None:
+        """Knox's, and the keys the view reads in the same round trip as the generation.
+
+        A view with ``generation_reads(request)`` (a list of keys of the default cache) has
+        their values read with the token's generation, and set on it as
+        ``generations_read`` (a key to its value, ``None`` when missing); nothing is set
+        when nothing was read (no shared cache, or it did not answer).
+        """
+        view = request.parser_context.get("view") if request.parser_context else None
+        reads = getattr(view, "generation_reads", None)
+        self.also = reads(request) if reads is not None else []
+        self.read: dict[str, Any] | None = None
+        answer = super().authenticate(request)
+        if self.read is not None and view is not None:
+            view.generations_read = self.read
+        return answer
+
     def authenticate_credentials(self, token: bytes) -> tuple[Any, Any]:
         key = token.decode("utf-8")
         cache = _shared_cache()
         if cache is None:
             return self._from_database(key)
         try:
-            generation = _generation(cache)
+            generation, self.read = _generation(cache, getattr(self, "also", []))
         except _Unavailable:
             return self._from_database(key)
         try:

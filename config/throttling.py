@@ -66,10 +66,8 @@ class TokenRateThrottle(ScopedRateThrottle):
         if self.rate is None:
             return True
         self.num_requests, self.duration = self.parse_rate(self.rate)
-        reads = getattr(view, "throttle_reads", None)
-        keys = reads(request) if reads is not None else []
         try:
-            count, self.remaining = self._count(self.get_cache_key(request, view), keys, view)
+            count, self.remaining = self._count(self.get_cache_key(request, view))
         except Exception:
             # Any failure of the cache (server down, timeout): usage must never be lost to
             # a throttle, so the request goes on, and the outage shows in the logs.
@@ -81,16 +79,14 @@ class TokenRateThrottle(ScopedRateThrottle):
             return True
         return count <= self.num_requests
 
-    def _count(self, key: str, reads: list[str], view: Any) -> tuple[int, float]:
+    def _count(self, key: str) -> tuple[int, float]:
         """Add this request to the bucket's current window; its count, and the seconds
-        until the window closes. On Redis, the values of the Redis keys ``reads`` are read
-        in the same round trip, into ``view.throttle_read`` (a key to its value)."""
+        until the window closes."""
         cache = caches["default"]  # at each request: settings may change (and do in tests)
         if isinstance(cache, RedisCache):
             redis_key = cache.make_and_validate_key(key)
             client = cache._cache.get_client(redis_key, write=True)
-            count, left, values = _redis_count(client, redis_key, self.duration * 1000, reads)
-            view.throttle_read = dict(zip(reads, values, strict=True))
+            count, left = _redis_count(client, redis_key, self.duration * 1000)
             return count, left / 1000
         # Another cache (process memory): the window's end is kept beside its count.
         now = self.timer()
@@ -101,7 +97,7 @@ class TokenRateThrottle(ScopedRateThrottle):
             count = cache.incr(key)
         except ValueError:  # the window closed in between: this request opens the next
             cache.delete(f"{key}:until")
-            return self._count(key, reads, view)
+            return self._count(key)
         return count, cache.get(f"{key}:until", now + self.duration) - now
 
     def wait(self) -> float:
@@ -111,26 +107,18 @@ class TokenRateThrottle(ScopedRateThrottle):
 
 # Counts a request in its bucket, atomically: the counter's first request sets its expiry,
 # the window's length in milliseconds (ARGV[1]); returns the count and the milliseconds
-# left, then the value of each other key (KEYS[2] on: what the view reads in the same round
-# trip, ``throttle_reads``; ``false`` for a missing key). Run by its digest (``EVALSHA``);
-# sent whole once per Redis server that lacks it.
+# left. Run by its digest (``EVALSHA``); sent whole once per Redis server that lacks it.
 _COUNT_SCRIPT = """
 local count = redis.call('INCR', KEYS[1])
 if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-local answer = {count, redis.call('PTTL', KEYS[1])}
-for i = 2, #KEYS do answer[i + 1] = redis.call('GET', KEYS[i]) end
-return answer
+return {count, redis.call('PTTL', KEYS[1])}
 """
 _COUNT_SCRIPT_SHA = hashlib.sha1(_COUNT_SCRIPT.encode()).hexdigest()
 
 
-def _redis_count(
-    client: Any, key: str, milliseconds: int, reads: list[str]
-) -> tuple[int, int, list[bytes | None]]:
-    keys = [key, *reads]
+def _redis_count(client: Any, key: str, milliseconds: int) -> tuple[int, int]:
     try:
-        answer = client.evalsha(_COUNT_SCRIPT_SHA, len(keys), *keys, milliseconds)
+        count, left = client.evalsha(_COUNT_SCRIPT_SHA, 1, key, milliseconds)
     except NoScriptError:
-        answer = client.eval(_COUNT_SCRIPT, len(keys), *keys, milliseconds)
-    # A missing key's ``false`` arrives as ``None``.
-    return int(answer[0]), int(answer[1]), list(answer[2:])
+        count, left = client.eval(_COUNT_SCRIPT, 1, key, milliseconds)
+    return int(count), int(left)

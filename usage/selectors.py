@@ -1457,7 +1457,7 @@ class KnownLines:
 
     account: Account
     lines: list[LineUsage]
-    generation: str | None
+    generation: int | None
     # The instant the figures stop holding (a window ends, a reservation expires) and the
     # ``time.monotonic()`` past which they are read again whatever happened.
     valid_until: datetime
@@ -1522,16 +1522,21 @@ def account_lines_known(
 
 
 def account_usage_read(
-    *, account_id: uuid.UUID, period_code: str | None = None, now: datetime | None = None
+    *,
+    account_id: uuid.UUID,
+    period_code: str | None = None,
+    now: datetime | None = None,
+    found: Any = UNREAD,
 ) -> tuple[Account, Period, list[MetricUsage], dict[Any, Any]] | None:
     """``account_usage_current``, and a place for the view to keep what it made of it while
     it holds (``KnownLines.made``; a new one each time when not remembered). The current
     period, with a shared cache, comes from ``account_lines_known``: the usage of each
     whole-metric monthly line (reservations are not usage, SPEC 12.1), in the order of
     ``METRICS``. ``None`` when there is no such account; ``ValueError`` for a bad code.
-    Without a generation (no shared cache, or it did not answer), one statement."""
+    Without a generation (no shared cache, or it did not answer), one statement.
+    ``found``: as ``account_lines_known``'s."""
     now = now or timezone.now()
-    generation = None if period_code is not None else account_generation(account_id)
+    generation = None if period_code is not None else account_generation(account_id, found=found)
     if generation is not None:
         known = account_lines_known(account_id=account_id, now=now, found=generation)
         if known is None:
@@ -1539,8 +1544,8 @@ def account_usage_read(
         account = known.account
         usage = [line.usage for line in known.lines if line.is_whole_metric_month]
         return account, period_containing(now, account.zone), usage, known.made
-    found = account_usage_current(account_id=account_id, period_code=period_code, now=now)
-    return None if found is None else (*found, {})
+    read = account_usage_current(account_id=account_id, period_code=period_code, now=now)
+    return None if read is None else (*read, {})
 
 
 def _guess(

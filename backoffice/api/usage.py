@@ -154,7 +154,29 @@ class AccountScopedView(APIView):
         return account_get_or_404(account_id)
 
 
-class AccountUsageView(AccountScopedView):
+class AccountLinesView(AccountScopedView):
+    """A read of the account's lines: the account's generation is read in the same round
+    trip as the token's (``config.authentication``, ``accounts.generations``)."""
+
+    generation_key: str | None = None
+
+    def generation_reads(self, request: Request) -> list[str]:
+        try:
+            self.generation_key = generation_key(uuid.UUID(self.kwargs["id"]))
+        except ValueError:  # not an account id: a 404 later
+            return []
+        return [] if self.generation_key is None else [self.generation_key]
+
+    def generation_found(self) -> Any:
+        """The account's generation as the authentication read it (``None``: missing);
+        ``UNREAD`` when it read nothing."""
+        read = getattr(self, "generations_read", None)
+        if read is None or self.generation_key not in read:
+            return UNREAD
+        return read[self.generation_key]
+
+
+class AccountUsageView(AccountLinesView):
     """Current-period usage of every metric, or a past month with ``?period=YYYY-MM``."""
 
     required_permissions = {"GET": ["usage.view_usagecounter"]}
@@ -175,7 +197,9 @@ class AccountUsageView(AccountScopedView):
     def get(self, request: Request, id: str) -> Response:
         try:
             found = account_usage_read(
-                account_id=account_id_or_404(id), period_code=request.query_params.get("period")
+                account_id=account_id_or_404(id),
+                period_code=request.query_params.get("period"),
+                found=self.generation_found(),
             )
         except ValueError:
             raise ValidationError(
@@ -221,17 +245,12 @@ def _usage_body(account: Account, period: Period, metrics: list[MetricUsage]) ->
     }
 
 
-class UsageCheckView(AccountScopedView):
+class UsageCheckView(AccountLinesView):
     """Pre-flight: may this much more usage be processed now?"""
 
     parser_classes = [ExactJSONParser]
     required_permissions = {"POST": ["usage.check_usage"]}
     throttle_scope = "check"
-
-    def throttle_reads(self, request: Request) -> list[str]:
-        """The account's generation, read in the throttle's round trip (``config.throttling``)."""
-        self.generation_key = _generation_key(self.kwargs["id"])
-        return [] if self.generation_key is None else [self.generation_key]
 
     @extend_schema(
         operation_id="accounts_usage_check",
@@ -250,10 +269,7 @@ class UsageCheckView(AccountScopedView):
         except ValidationError:
             account_get_or_404(id)  # an unknown account is a 404 whatever the body
             raise
-        read = getattr(self, "throttle_read", {})
-        known = account_lines_known(
-            account_id=account_id, found=read.get(getattr(self, "generation_key", None), UNREAD)
-        )
+        known = account_lines_known(account_id=account_id, found=self.generation_found())
         if known is None:
             raise NotFound(_("Account not found."))
         # What the answer says of the lines that apply, but whether each allows the quantity:
@@ -304,14 +320,6 @@ def _check_lines(
     return lines, entries, body
 
 
-def _generation_key(account_id: str) -> str | None:
-    """``generation_key`` of the account named in the path; ``None`` for no account id."""
-    try:
-        return generation_key(uuid.UUID(account_id))
-    except ValueError:
-        return None
-
-
 def _check_parse(payload: Any) -> tuple[str, int, dict[str, str]]:
     """The pre-flight's metric, quantity in thousandths and labels; ``ValidationError``."""
     if not isinstance(payload, dict):
@@ -357,7 +365,7 @@ def _capacity_entry(line: LineUsage, account: Account) -> dict[str, Any]:
     }
 
 
-class CapacitiesView(AccountScopedView):
+class CapacitiesView(AccountLinesView):
     """Every limit line of the account, its current period and what is left (SPEC 11.3)."""
 
     required_permissions = {"GET": ["usage.view_usagecounter"]}
@@ -367,7 +375,7 @@ class CapacitiesView(AccountScopedView):
         responses={200: CapacitiesSerializer, **ACCOUNT_ERRORS},
     )
     def get(self, request: Request, id: str) -> Response:
-        known = account_lines_known(account_id=account_id_or_404(id))
+        known = account_lines_known(account_id=account_id_or_404(id), found=self.generation_found())
         if known is None:
             raise NotFound(_("Account not found."))
         body = known.made.get("capacities")
