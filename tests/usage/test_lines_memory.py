@@ -13,8 +13,10 @@ embedded default (process memory) nothing is remembered.
 from __future__ import annotations
 
 import io
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 import time_machine
@@ -22,7 +24,7 @@ from django.core.cache import cache
 from django.core.management import call_command
 
 from accounts.generations import KEY_FORMAT
-from accounts.models import Account
+from accounts.models import Account, ScopedLimit
 from backoffice.services import account_upsert, extensions_grant
 from config import authentication
 from tests.usage.test_api_capacities import account_with_lines
@@ -338,3 +340,20 @@ def test_when_redis_is_down_the_answers_are_the_databases(account, service_clien
     during = answers(service_client, account)
     assert during == from_database(service_client, account, settings)
     assert during[3]["lines"][1]["used"] == 42800
+
+
+def test_a_change_behind_the_signals_shows_after_lines_memory_seconds(
+    account, service_client, settings, monkeypatch
+):
+    # given: the answers remembered, then a threshold changed by a queryset update, which
+    # announces nothing (as a change made by hand in SQL)
+    before = answers(service_client, account)
+    ScopedLimit.objects.filter(account=account, period="day").update(blocked=60000)
+    assert answers(service_client, account) == before
+    # when: LINES_MEMORY_SECONDS pass
+    later = time.monotonic() + settings.LINES_MEMORY_SECONDS
+    monkeypatch.setattr(selectors, "time", SimpleNamespace(monotonic=lambda: later))
+    # then: the answers are the database's
+    after = answers(service_client, account)
+    assert after == from_database(service_client, account, settings)
+    assert after != before
