@@ -28,6 +28,7 @@ from accounts.models import Account, ScopedLimit
 from backoffice.services import account_upsert, extensions_grant
 from config import authentication
 from tests.usage.test_api_capacities import account_with_lines
+from tests.usage.test_reservations import post_event
 from usage import selectors
 from usage.models import UsageCounter
 
@@ -120,23 +121,10 @@ def test_without_a_shared_cache_every_read_reads_the_database(
     assert selectors._known == {}
 
 
-def post_event(client, account, event_id, quantity, labels):
-    response = client.post(
-        "/api/v1/usage/events/",
-        {
-            "event_id": event_id,
-            "account": str(account.pk),
-            "metric": "text_tokens",
-            "quantity": quantity,
-            "labels": labels,
-        },
-        format="json",
-    )
-    assert response.status_code == 201, response.json()
-
-
 def change_event(account, manager_client, service_client):
-    post_event(service_client, account, "one-more", 500, {"model": "large", "vendor": "acme"})
+    post_event(
+        service_client, account, "one-more", 500, labels={"model": "large", "vendor": "acme"}
+    )
 
 
 def change_batch(account, manager_client, service_client):
@@ -261,7 +249,7 @@ def test_a_change_committed_while_a_read_reads_the_database_is_not_remembered(
         found = read(**kwargs)
         if not recorded:
             recorded.append(True)
-            post_event(service_client, account, "during", 700, {"model": "large"})
+            post_event(service_client, account, "during", 700, labels={"model": "large"})
         return found
 
     monkeypatch.setattr(selectors, "account_lines_current", read_then_record)
@@ -280,7 +268,7 @@ def test_a_window_that_ends_is_read_again_without_any_change(
     # given: a minute line with usage in the current minute, remembered
     account = account_with_lines(manager_client, service_client)
     change_scoped_limit(account, manager_client, service_client)
-    post_event(service_client, account, "this-minute", 400, {"model": "large"})
+    post_event(service_client, account, "this-minute", 400, labels={"model": "large"})
     before = answers(service_client, account)
     minute = next(i for i in before[1]["items"] if i["current_period"]["period"] == "minute")
     assert minute["used"] == 400
@@ -317,7 +305,7 @@ def test_a_generation_lost_by_redis_is_a_new_one(account, service_client, settin
     before = answers(service_client, account)
     key = KEY_FORMAT % account.pk.hex
     assert cache._cache.get_client(write=True).delete(cache.make_key(key)) == 1
-    post_event(service_client, account, "after-restart", 900, {"model": "large"})
+    post_event(service_client, account, "after-restart", 900, labels={"model": "large"})
     # then: the next read is the database's
     after = answers(service_client, account)
     assert after == from_database(service_client, account, settings)
@@ -335,7 +323,7 @@ def test_when_redis_is_down_the_answers_are_the_databases(account, service_clien
         }
     }
     # when: an event is recorded meanwhile (its announcement is lost)
-    post_event(service_client, account, "while-down", 800, {"model": "large"})
+    post_event(service_client, account, "while-down", 800, labels={"model": "large"})
     # then: the reads go to the database, and answer it
     during = answers(service_client, account)
     assert during == from_database(service_client, account, settings)
