@@ -196,9 +196,9 @@ REST_KNOX = {"TOKEN_TTL": None, "AUTO_REFRESH": False}
 # instead of reading them again; 0: never. Only with a shared cache (CACHE_URL=redis://...),
 # through which every revocation reaches every process at once (config/authentication.py).
 TOKEN_CACHE_SECONDS = env.int("TOKEN_CACHE_SECONDS", default=60)
-# Seconds a process remembers an account's lines (capacities, the pre-flight) while no
-# change to them is announced; 0: never. Only with a shared cache, as above
-# (accounts/generations.py): each change committed reaches every process at once.
+# Seconds a process remembers an account's lines (capacities, the pre-flight, the usage
+# read) while no change to them is announced; 0: never. Only with Redis as the shared
+# cache (accounts/generations.py): each change committed reaches every process at once.
 LINES_MEMORY_SECONDS = env.int("LINES_MEMORY_SECONDS", default=60)
 
 SPECTACULAR_SETTINGS = {
