@@ -278,6 +278,12 @@ class Line(Protocol):
     labels: Mapping[str, str]
 
 
+def line_counts(line: Line, metric: str, labels: Mapping[str, str]) -> bool:
+    """Whether ``line`` counts usage of ``metric`` carrying ``labels``: its metric, and every
+    pair of its labels among them (SPEC 11.2, 11.4)."""
+    return line.metric == metric and labels_match(line=line.labels, event=labels)
+
+
 # Each line travels as one element of a JSON parameter: its index, what it reads (``d``: day
 # counters from ``f`` to ``e`` excluded; ``h``: the hour counter starting at ``h``; ``m``:
 # nothing, see below), its metric and labels key, and for a scoped limit its id ``s`` and
@@ -585,11 +591,7 @@ def _as_json_rows(sql: str, params: list[Any], columns: int) -> tuple[str, list[
 
 def _matching(groups: list[tuple[str, dict[str, str], int]], line: Line) -> int:
     """The sum of the ``(metric, labels, total)`` groups that ``line`` counts."""
-    return sum(
-        total
-        for metric, labels, total in groups
-        if metric == line.metric and labels_match(line=line.labels, event=labels)
-    )
+    return sum(total for metric, labels, total in groups if line_counts(line, metric, labels))
 
 
 def _lines_windows(items: Sequence[tuple[Account, Line]], now: datetime) -> list[Window]:
@@ -689,9 +691,7 @@ def accounts_lines_figures(
             used[index] = sum(
                 total
                 for account_id, metric, labels, total in minute_sums
-                if account_id == owner
-                and metric == line.metric
-                and labels_match(line=line.labels, event=labels)
+                if account_id == owner and line_counts(line, metric, labels)
             )
     return [LineFigures(used_milli=u, extension=x) for u, x in zip(used, extension, strict=True)]
 
@@ -1441,13 +1441,14 @@ def account_lines_current(
     )
 
 
-# --- Lines known since the last change (capacities, the pre-flight) ---
+# --- Lines known since the last change (capacities, the pre-flight, the usage read) ---
 #
 # A process remembers the lines it read for an account, tagged with the account's
 # generation in the shared cache (``accounts.generations``), until the first of: another
 # generation (a change committed anywhere), the end of the shortest window of a line or of
 # the first reservation to expire, ``LINES_MEMORY_SECONDS``. A read of an account that
-# nothing changed since costs one round trip to Redis and no statement.
+# nothing changed since makes no statement; its generation comes with the token's
+# (``config.authentication``).
 
 
 @dataclass(frozen=True)
@@ -1466,11 +1467,7 @@ class KnownLines:
 
     def applying(self, *, metric: str, labels: Mapping[str, str]) -> list[LineUsage]:
         """The lines of ``metric`` that apply to usage carrying ``labels`` (SPEC 11.4)."""
-        return [
-            line
-            for line in self.lines
-            if line.line.metric == metric and labels_match(line=line.line.labels, event=labels)
-        ]
+        return [line for line in self.lines if line_counts(line.line, metric, labels)]
 
 
 _known: dict[uuid.UUID, KnownLines] = {}
