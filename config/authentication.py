@@ -13,6 +13,10 @@ account binding) sets a new generation once committed, which every process sees 
 next request. Without a shared cache (the embedded default's process memory) nothing is
 remembered: a process cannot hear of a revocation made in another. The reasoning is in
 ``docs/how-it-works.md`` ("Token verification cache").
+
+The generation is read in the request's one round trip to Redis, with what the view reads
+there (``generation_reads``) and, for a token this process knows, the view's throttle
+count (``config.throttling``).
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from knox.crypto import hash_token
 from knox.models import get_token_model
 from knox.settings import CONSTANTS, knox_settings
 from rest_framework import exceptions
+
+from config.throttling import count_and_read
 
 logger = logging.getLogger(__name__)
 
@@ -103,20 +109,38 @@ def _shared_cache() -> Any | None:
     return cache
 
 
-def _generation(cache: Any, also: list[str]) -> tuple[Any, dict[str, Any]]:
-    """The generation, and the value of each key of ``also`` (``None``: missing), read in
-    one round trip."""
+def _generation(
+    cache: Any, also: list[str], bucket: tuple[str, int] | None = None
+) -> tuple[Any, dict[str, Any], tuple[int, int] | None]:
+    """The generation, the value of each key of ``also`` (``None``: missing) and, given a
+    throttle's ``bucket`` (``TokenRateThrottle.bucket_ahead``), the request's count in it
+    (count, milliseconds left), read in one round trip."""
     try:
+        if bucket is not None:
+            counted, found = count_and_read(cache, bucket, [GENERATION_KEY, *also])
+            return found.pop(GENERATION_KEY), found, counted
         if not also:
-            return cache.get(GENERATION_KEY), {}
+            return cache.get(GENERATION_KEY), {}, None
         found = cache.get_many([GENERATION_KEY, *also])
-        return found.get(GENERATION_KEY), {key: found.get(key) for key in also}
+        return found.get(GENERATION_KEY), {key: found.get(key) for key in also}, None
     except Exception as error:
         # Entries are trusted only while the generation can be read: forget them, so that
         # a revocation made during the outage is not missed when the cache comes back.
         _verified.clear()
         logger.warning("token cache unavailable, tokens verified in the database", exc_info=True)
         raise _Unavailable from error
+
+
+def _bucket_ahead(view: Any, digest: str) -> tuple[str, int] | None:
+    """The bucket of the view's token throttle that this token's request counts in, when
+    the throttle can take a count made with the token's reads."""
+    if view is None:
+        return None
+    for throttle in view.get_throttles():
+        ahead = getattr(throttle, "bucket_ahead", None)
+        if ahead is not None:
+            return ahead(view, digest)
+    return None
 
 
 def _values(instance: models.Model) -> tuple[Any, ...]:
@@ -150,6 +174,7 @@ class TokenAuthentication(knox.auth.TokenAuthentication):
         """
         view = request.parser_context.get("view") if request.parser_context else None
         reads = getattr(view, "generation_reads", None)
+        self.view = view
         self.also = reads(request) if reads is not None else []
         self.read: dict[str, Any] | None = None
         answer = super().authenticate(request)
@@ -163,14 +188,20 @@ class TokenAuthentication(knox.auth.TokenAuthentication):
         if cache is None:
             return self._from_database(key)
         try:
-            generation, self.read = _generation(cache, getattr(self, "also", []))
-        except _Unavailable:
-            return self._from_database(key)
-        try:
             digest = hash_token(key)
         except (TypeError, binascii.Error):
             raise exceptions.AuthenticationFailed(_("Invalid token.")) from None
         entry = _verified.get(digest)
+        view = getattr(self, "view", None)
+        # A token this process knows is counted by the view's throttle in the same round
+        # trip (``config.throttling``); an unknown one, by the throttle once it is verified.
+        bucket = None if entry is None else _bucket_ahead(view, digest)
+        try:
+            generation, self.read, counted = _generation(cache, getattr(self, "also", []), bucket)
+        except _Unavailable:
+            return self._from_database(key)
+        if counted is not None:
+            view.throttle_counted = {bucket[0]: counted}
         if entry is not None:
             if entry.generation == generation and entry.until > time.monotonic():
                 auth_token = self._from_entry(entry)

@@ -11,6 +11,12 @@ window's counter, and past N the requests are refused with 429 until the window 
 which ``Retry-After`` tells. On Redis that is one round trip (a script that increments the
 counter, gives a new one its expiry and returns both) instead of DRF's read and rewrite of
 a pickled list of timestamps; a burst may reach 2N across the end of a window.
+
+A request whose token this process verified already has no round trip of its own for the
+throttle: the token's authentication (``config.authentication``) counts it in the same
+script as its reads (``bucket_ahead``, ``count_and_read``), and the throttle takes that
+count. Such a request is counted once its token is known, before DRF's permission check:
+a request the permissions then refuse is counted too, as every other request of its token.
 """
 
 from __future__ import annotations
@@ -57,17 +63,39 @@ class TokenRateThrottle(ScopedRateThrottle):
             ident = f"address:{self.get_ident(request)}"
         return self.cache_format % {"scope": self.scope, "ident": ident}
 
-    def allow_request(self, request: Any, view: Any) -> bool:
-        # ``ScopedRateThrottle`` reads the view's scope and rate here, then counts.
+    def _scoped(self, view: Any) -> bool:
+        """Read the view's scope and rate (as ``ScopedRateThrottle`` does when it counts);
+        whether the view is throttled."""
         self.scope = getattr(view, self.scope_attr, None)
         if not self.scope:
-            return True
+            return False
         self.rate = self.get_rate()
         if self.rate is None:
-            return True
+            return False
         self.num_requests, self.duration = self.parse_rate(self.rate)
+        return True
+
+    def bucket_ahead(self, view: Any, digest: str) -> tuple[str, int] | None:
+        """The bucket a request of the token with this digest counts in, for the
+        authentication to count it in its own round trip: its cache key (unprefixed) and its
+        window in milliseconds; ``None`` when the view is not throttled or the cache is not
+        Redis. The count is handed back on the view (``throttle_counted``)."""
+        if not self._scoped(view) or not isinstance(caches["default"], RedisCache):
+            return None
+        key = self.cache_format % {"scope": self.scope, "ident": f"token:{digest}"}
+        return key, self.duration * 1000
+
+    def allow_request(self, request: Any, view: Any) -> bool:
+        if not self._scoped(view):
+            return True
+        key = self.get_cache_key(request, view)
+        counted = getattr(view, "throttle_counted", None) or {}
+        if key in counted:  # counted with the token's reads (``bucket_ahead``)
+            count, left = counted.pop(key)
+            self.remaining = left / 1000
+            return count <= self.num_requests
         try:
-            count, self.remaining = self._count(self.get_cache_key(request, view))
+            count, self.remaining = self._count(key)
         except Exception:
             # Any failure of the cache (server down, timeout): usage must never be lost to
             # a throttle, so the request goes on, and the outage shows in the logs.
@@ -122,3 +150,41 @@ def _redis_count(client: Any, key: str, milliseconds: int) -> tuple[int, int]:
     except NoScriptError:
         count, left = client.eval(_COUNT_SCRIPT, 1, key, milliseconds)
     return int(count), int(left)
+
+
+# The same count, after reading the values of the other keys (``MGET``): returns those
+# values (nil when missing), then the count and the milliseconds left. The bucket is the
+# last key.
+_READ_AND_COUNT_SCRIPT = """
+local bucket = KEYS[#KEYS]
+local answer = {}
+if #KEYS > 1 then answer = redis.call('MGET', unpack(KEYS, 1, #KEYS - 1)) end
+local count = redis.call('INCR', bucket)
+if count == 1 then redis.call('PEXPIRE', bucket, ARGV[1]) end
+answer[#KEYS] = count
+answer[#KEYS + 1] = redis.call('PTTL', bucket)
+return answer
+"""
+_READ_AND_COUNT_SCRIPT_SHA = hashlib.sha1(_READ_AND_COUNT_SCRIPT.encode()).hexdigest()
+
+
+def count_and_read(
+    cache: RedisCache, bucket: tuple[str, int], keys: list[str]
+) -> tuple[tuple[int, int], dict[str, Any]]:
+    """Count a request in ``bucket`` (``TokenRateThrottle.bucket_ahead``) and read the
+    default cache's ``keys``, in one round trip: the bucket's count and milliseconds left,
+    and each key's value (``None`` when missing)."""
+    bucket_key, milliseconds = bucket
+    made = [cache.make_and_validate_key(key) for key in (*keys, bucket_key)]
+    client = cache._cache.get_client(made[-1], write=True)
+    try:
+        answer = client.evalsha(_READ_AND_COUNT_SCRIPT_SHA, len(made), *made, milliseconds)
+    except NoScriptError:
+        answer = client.eval(_READ_AND_COUNT_SCRIPT, len(made), *made, milliseconds)
+    *values, count, left = answer
+    loads = cache._cache._serializer.loads
+    found = {
+        key: None if value is None else loads(value)
+        for key, value in zip(keys, values, strict=True)
+    }
+    return (int(count), int(left)), found

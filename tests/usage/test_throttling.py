@@ -242,15 +242,14 @@ def redis_rates(rates, settings):
 
 @pytest.fixture
 def redis_commands(monkeypatch):
-    """The Redis commands sent that name a throttle's bucket, as (command, key) pairs."""
-    sent: list[tuple[str, str]] = []
+    """The Redis commands that got an answer, as (command, the keys and arguments named)."""
+    sent: list[tuple[str, list[str]]] = []
     original = redis.Redis.execute_command
 
     def spy(self, *args, **options):
-        names = [arg for arg in args[1:] if isinstance(arg, str) and "throttle:" in arg]
-        if names:
-            sent.append((str(args[0]).upper(), names[0]))
-        return original(self, *args, **options)
+        answer = original(self, *args, **options)
+        sent.append((str(args[0]).upper(), [str(arg) for arg in args[1:]]))
+        return answer
 
     monkeypatch.setattr(redis.Redis, "execute_command", spy)
     return sent
@@ -260,28 +259,38 @@ def redis_commands(monkeypatch):
 def test_on_redis_a_check_costs_one_round_trip_and_past_the_rate_answers_429(
     redis_rates, redis_commands, service_user
 ):
-    # given: two checks a minute
+    # given: three checks a minute, and a token this process verified by a first check
+    redis_rates(check="3/min")
     account = AccountFactory()
     client = client_for(service_user)
     body = {"metric": "text_tokens", "quantity": 5}
+    first = client.post(check_url(account), body, format="json")
     # when
-    checks = [client.post(check_url(account), body, format="json") for _ in range(3)]
-    # then: two answered, the third refused until the minute opened by the first ends
-    assert [r.status_code for r in checks] == [200, 200, 429]
+    checks, sent = [], []
+    for _ in range(3):
+        redis_commands.clear()
+        checks.append(client.post(check_url(account), body, format="json"))
+        sent.append(list(redis_commands))
+    # then: two more answered, the fourth refused until the minute opened by the first ends
+    assert [r.status_code for r in [first, *checks]] == [200, 200, 200, 429]
     wait = int(checks[2]["Retry-After"])
     assert 1 <= wait <= 60
     unit = "second" if wait == 1 else "seconds"
     assert checks[2].json() == {
         "detail": f"Request was throttled. Expected available in {wait} {unit}."
     }
-    # and each request sent one command about its bucket, to one key that expires
-    assert [command for command, _key in redis_commands] in (
-        ["EVALSHA"] * 3,
-        ["EVALSHA", "EVAL", "EVALSHA", "EVALSHA"],  # the script sent once to this server
+    # and each sent one command, which read the token's and the account's generations and
+    # counted the request in its bucket, once
+    assert [[command for command, _names in commands] for commands in sent] in (
+        [["EVALSHA"]] * 3,
+        [["EVAL"], ["EVALSHA"], ["EVALSHA"]],  # the script sent once to this server
     )
-    (key,) = {key for _command, key in redis_commands}
+    for _command, names in (commands[0] for commands in sent):
+        assert any(name.endswith(":auth:tokens:generation") for name in names)
+        assert any(f":lines:generation:{account.pk.hex}" in name for name in names)
+    (key,) = {name for commands in sent for name in commands[0][1] if "throttle:check:" in name}
     server = caches["default"]._cache.get_client(key)
-    assert int(server.get(key)) == 3
+    assert int(server.get(key)) == 4
     assert 0 < server.pttl(key) <= 60_000
 
 
