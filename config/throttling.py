@@ -112,9 +112,7 @@ class TokenRateThrottle(ScopedRateThrottle):
         until the window closes."""
         cache = caches["default"]  # at each request: settings may change (and do in tests)
         if isinstance(cache, RedisCache):
-            redis_key = cache.make_and_validate_key(key)
-            client = cache._cache.get_client(redis_key, write=True)
-            count, left = _redis_count(client, redis_key, self.duration * 1000)
+            (count, left), _ = count_and_read(cache, (key, self.duration * 1000), [])
             return count, left / 1000
         # Another cache (process memory): the window's end is kept beside its count.
         now = self.timer()
@@ -133,28 +131,11 @@ class TokenRateThrottle(ScopedRateThrottle):
         return max(1, math.ceil(self.remaining))
 
 
-# Counts a request in its bucket, atomically: the counter's first request sets its expiry,
-# the window's length in milliseconds (ARGV[1]); returns the count and the milliseconds
-# left. Run by its digest (``EVALSHA``); sent whole once per Redis server that lacks it.
-_COUNT_SCRIPT = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return {count, redis.call('PTTL', KEYS[1])}
-"""
-_COUNT_SCRIPT_SHA = hashlib.sha1(_COUNT_SCRIPT.encode()).hexdigest()
-
-
-def _redis_count(client: Any, key: str, milliseconds: int) -> tuple[int, int]:
-    try:
-        count, left = client.evalsha(_COUNT_SCRIPT_SHA, 1, key, milliseconds)
-    except NoScriptError:
-        count, left = client.eval(_COUNT_SCRIPT, 1, key, milliseconds)
-    return int(count), int(left)
-
-
-# The same count, after reading the values of the other keys (``MGET``): returns those
-# values (nil when missing), then the count and the milliseconds left. The bucket is the
-# last key.
+# Counts a request in its bucket (the last key), atomically: the counter's first request
+# sets its expiry, the window's length in milliseconds (ARGV[1]). Reads the values of the
+# other keys first (``MGET``), if any; returns those values (nil when missing), then the
+# count and the milliseconds left. Run by its digest (``EVALSHA``); sent whole once per
+# Redis server that lacks it.
 _READ_AND_COUNT_SCRIPT = """
 local bucket = KEYS[#KEYS]
 local answer = {}
@@ -171,8 +152,9 @@ _READ_AND_COUNT_SCRIPT_SHA = hashlib.sha1(_READ_AND_COUNT_SCRIPT.encode()).hexdi
 def count_and_read(
     cache: RedisCache, bucket: tuple[str, int], keys: list[str]
 ) -> tuple[tuple[int, int], dict[str, Any]]:
-    """Count a request in ``bucket`` (``TokenRateThrottle.bucket_ahead``) and read the
-    default cache's ``keys``, in one round trip: the bucket's count and milliseconds left,
+    """Count a request in ``bucket`` (a cache key, unprefixed, and its window in
+    milliseconds: ``TokenRateThrottle.bucket_ahead``) and read the default cache's ``keys``
+    (none to count only), in one round trip: the bucket's count and milliseconds left,
     and each key's value (``None`` when missing)."""
     bucket_key, milliseconds = bucket
     made = [cache.make_and_validate_key(key) for key in (*keys, bucket_key)]
