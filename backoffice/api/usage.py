@@ -158,22 +158,22 @@ class AccountLinesView(AccountScopedView):
     """A read of the account's lines: the account's generation is read in the same round
     trip as the token's (``config.authentication``, ``accounts.generations``)."""
 
-    generation_key: str | None = None
+    account_generation_key: str | None = None
 
     def generation_reads(self, request: Request) -> list[str]:
         try:
-            self.generation_key = generation_key(uuid.UUID(self.kwargs["id"]))
+            self.account_generation_key = generation_key(uuid.UUID(self.kwargs["id"]))
         except ValueError:  # not an account id: a 404 later
             return []
-        return [] if self.generation_key is None else [self.generation_key]
+        return [] if self.account_generation_key is None else [self.account_generation_key]
 
     def generation_found(self) -> Any:
         """The account's generation as the authentication read it (``None``: missing);
         ``UNREAD`` when it read nothing."""
         read = getattr(self, "generations_read", None)
-        if read is None or self.generation_key not in read:
+        if read is None or self.account_generation_key not in read:
             return UNREAD
-        return read[self.generation_key]
+        return read[self.account_generation_key]
 
 
 class AccountUsageView(AccountLinesView):
