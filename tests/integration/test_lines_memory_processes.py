@@ -13,7 +13,10 @@ docs/how-it-works.md says; until then the server answers from its memory.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.contrib.auth.models import Group
@@ -50,9 +53,26 @@ def service() -> tuple[str, Account]:
     return key, account
 
 
+# The account's lines (monthly and daily) all end at its midnight, where the server forgets
+# them with no change announced; a test that reads twice from the server's memory must not
+# straddle it.
+MIDNIGHT_MARGIN = timedelta(seconds=60)
+
+
+def clear_of_midnight(zone: str) -> None:
+    """Wait, when the next midnight in ``zone`` is less than ``MIDNIGHT_MARGIN`` away, until it
+    has passed."""
+    now = datetime.now(ZoneInfo(zone))
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), now.tzinfo)
+    left = midnight.timestamp() - now.timestamp()
+    if left < MIDNIGHT_MARGIN.total_seconds():
+        time.sleep(left + 1)
+
+
 @pytest.fixture
 def server(cache_url, service) -> Iterator[Server]:  # noqa: F811
     key, account = service
+    clear_of_midnight(account.timezone)
     started = Server(cache_url)
     started.wait(f"/api/v1/accounts/{account.pk}/capacities/", key)
     yield started
